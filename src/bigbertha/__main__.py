@@ -1,0 +1,5 @@
+"""`python -m bigbertha` runs the CLI."""
+
+from bigbertha.cli import app
+
+app()

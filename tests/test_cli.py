@@ -1,0 +1,39 @@
+"""Every registered subcommand has working help; unknown ones fail cleanly."""
+
+from __future__ import annotations
+
+import typer
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from bigbertha.cli import app
+
+runner = CliRunner()
+
+
+def _command_paths() -> list[list[str]]:
+    root = get_command(app)
+    paths: list[list[str]] = []
+
+    def walk(command, prefix):
+        paths.append(prefix)
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*prefix, name])
+
+    walk(root, [])
+    return paths
+
+
+def test_every_subcommand_has_help():
+    paths = _command_paths()
+    assert ["version"] in paths and ["config", "show"] in paths
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage:" in result.output
+
+
+def test_unknown_subcommand_exits_2():
+    result = runner.invoke(app, ["frobnicate"])
+    assert result.exit_code == 2
+    assert isinstance(app, typer.Typer)

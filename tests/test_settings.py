@@ -1,0 +1,103 @@
+"""Settings: env, YAML file and flags, their sources, masking, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bigbertha import settings as settings_mod
+from bigbertha.cli import app
+from bigbertha.errors import ConfigError
+
+runner = CliRunner()
+
+
+def test_defaults_point_at_embedded_local_stores(clean_env):
+    s = settings_mod.load()
+    assert s.milvus.uri.endswith(".bigbertha/milvus.db")
+    assert s.mlflow.tracking_uri.startswith("sqlite:///")
+    assert s.redis.url is None and s.s3.endpoint is None
+
+
+def test_env_file_and_flag_priority(clean_env, monkeypatch):
+    config = clean_env / "bb.yaml"
+    config.write_text("milvus: {uri: from-file, collection: filecoll}\nexporter: {port: 9000}\n")
+    monkeypatch.setenv("BIGBERTHA_MILVUS__URI", "http://milvus:19530")
+    s = settings_mod.load(config, {"exporter": {"port": 9100}})
+    assert s.milvus.uri == "http://milvus:19530"  # env beats file
+    assert s.milvus.collection == "filecoll"  # file beats default, merged per key
+    assert s.exporter.port == 9100  # flag beats file
+    origin = settings_mod.sources(s, config, {"exporter": {"port": 9100}})
+    assert origin["milvus"]["uri"] == "env:BIGBERTHA_MILVUS__URI"
+    assert origin["milvus"]["collection"] == f"file:{config}"
+    assert origin["exporter"]["port"] == "flag"
+    assert origin["chat"]["port"] == "default"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("BIGBERTHA_EXPORTER__PORT", "not-a-port", "exporter.port (from BIGBERTHA_EXPORTER__PORT)"),
+        ("BIGBERTHA_EXPORTER__PORT", "70000", "less than or equal to 65535"),
+        ("BIGBERTHA_LLM__BACKEND", "gpt", "llm.backend"),
+        ("BIGBERTHA_MILVUS__COLLECTION", "bad name!", "milvus.collection"),
+        ("BIGBERTHA_MILVUS__URL", "typo", "milvus.url"),
+    ],
+)
+def test_bad_env_value_is_one_clear_line_and_exit_2(clean_env, monkeypatch, name, value, expected):
+    monkeypatch.setenv(name, value)
+    result = runner.invoke(app, ["config", "show"])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: invalid setting")
+    assert expected in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_two_bad_fields_give_two_lines(clean_env, monkeypatch):
+    monkeypatch.setenv("BIGBERTHA_EXPORTER__PORT", "x")
+    monkeypatch.setenv("BIGBERTHA_CHAT__TOP_K", "0")
+    with pytest.raises(ConfigError) as info:
+        settings_mod.load()
+    assert len(str(info.value).splitlines()) == 2
+
+
+def test_missing_or_malformed_config_file(clean_env):
+    result = runner.invoke(app, ["--config", "nope.yaml", "config", "show"])
+    assert result.exit_code == 2 and "nope.yaml: not found" in result.stderr
+    Path("bad.yaml").write_text("- a\n- b\n")
+    result = runner.invoke(app, ["--config", "bad.yaml", "config", "show"])
+    assert result.exit_code == 2 and "top level must be a mapping" in result.stderr
+
+
+def test_config_show_json_masks_secrets_and_names_sources(clean_env, monkeypatch):
+    monkeypatch.setenv("BIGBERTHA_S3__SECRET_KEY", "hunter2")
+    monkeypatch.setenv("BIGBERTHA_S3__ENDPOINT", "minio:9000")
+    result = runner.invoke(app, ["config", "show", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["s3"]["secret_key"] == {"value": "***", "source": "env:BIGBERTHA_S3__SECRET_KEY"}
+    assert doc["s3"]["endpoint"]["value"] == "minio:9000"
+    assert doc["mlflow"]["model_name"] == {"value": "bigbertha-llm", "source": "default"}
+    assert "hunter2" not in result.output
+
+
+def test_config_show_text(clean_env, monkeypatch):
+    monkeypatch.setenv("BIGBERTHA_REDIS__URL", "redis://:pw@redis:6379/0")
+    result = runner.invoke(app, ["config", "show"])
+    assert result.exit_code == 0
+    assert "[redis]" in result.stdout and "url = ***    # env:BIGBERTHA_REDIS__URL" in result.stdout
+    assert "pw@" not in result.stdout
+
+
+def test_installed_console_script(clean_env):
+    bigbertha = Path(sys.executable).parent / "bigbertha"
+    out = subprocess.run([str(bigbertha), "version"], capture_output=True, text=True, check=True)
+    from bigbertha import __version__
+
+    assert out.stdout.strip() == __version__
