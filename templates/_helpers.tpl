@@ -1,0 +1,125 @@
+{{/* Shared names and labels. Component-specific helpers live beside their component. */}}
+
+{{/* bigbertha.fullname: root context -> release-scoped base name (max 63 chars). */}}
+{{- define "bigbertha.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* bigbertha.labels: (dict "ctx" . "component" "<name>") -> standard labels for metadata. */}}
+{{- define "bigbertha.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "bigbertha.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: bigbertha
+{{- end -}}
+
+{{/* bigbertha.selectorLabels: (dict "ctx" . "component" "<name>") -> immutable selector labels. */}}
+{{- define "bigbertha.selectorLabels" -}}
+app.kubernetes.io/name: {{ .ctx.Chart.Name }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* bigbertha.events.webhookServiceName: root ctx -> Service Argo Events creates for the alerts EventSource. */}}
+{{- define "bigbertha.events.webhookServiceName" -}}
+{{- printf "%s-alerts-eventsource-svc" (include "bigbertha.fullname" .) -}}
+{{- end -}}
+
+{{/* bigbertha.events.webhookUrl: root ctx -> full http URL of the alerts webhook EventSource. */}}
+{{- define "bigbertha.events.webhookUrl" -}}
+{{- $w := .Values.events.webhook -}}
+{{- printf "http://%s.%s.svc:%d%s" (include "bigbertha.events.webhookServiceName" .) .Release.Namespace (int $w.port) $w.endpoint -}}
+{{- end -}}
+
+{{/* bigbertha.events.webhookSecretName: root ctx -> Secret with the webhook bearer token (key "token"). */}}
+{{- define "bigbertha.events.webhookSecretName" -}}
+{{- .Values.events.webhook.auth.existingSecret | default (printf "%s-events-webhook" (include "bigbertha.fullname" .)) -}}
+{{- end -}}
+
+{{/* bigbertha.image: (dict "ctx" . "image" <image values>) -> registry/repository:tag; global.imageRegistry wins. */}}
+{{- define "bigbertha.image" -}}
+{{- $registry := .ctx.Values.global.imageRegistry | default .image.registry -}}
+{{- $tag := .image.tag | default .ctx.Chart.AppVersion -}}
+{{- if $registry -}}
+{{- printf "%s/%s:%s" $registry .image.repository $tag -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* bigbertha.imagePullSecrets: root ctx -> imagePullSecrets list from global.imagePullSecrets. */}}
+{{- define "bigbertha.imagePullSecrets" -}}
+{{- with .Values.global.imagePullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* bigbertha.generatedSecretValue: (dict "ctx" . "name" <secret> "key" <key>) -> the value kept from the live Secret, else a new random one. */}}
+{{- define "bigbertha.generatedSecretValue" -}}
+{{- $live := lookup "v1" "Secret" .ctx.Release.Namespace .name -}}
+{{- $kept := dig "data" .key "" ($live | default dict) -}}
+{{- if $kept -}}
+{{- $kept | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 40 -}}
+{{- end -}}
+{{- end -}}
+
+{{/* bigbertha.s3SecretName: root ctx -> Secret with rootUser/rootPassword for the S3 API. */}}
+{{- define "bigbertha.s3SecretName" -}}
+{{- .Values.objectStorage.existingSecret | default (printf "%s-s3" (include "bigbertha.fullname" .)) -}}
+{{- end -}}
+
+{{/* bigbertha.s3Endpoint: root ctx -> host:port of the S3 API (this release's MinIO by default). */}}
+{{- define "bigbertha.s3Endpoint" -}}
+{{- .Values.objectStorage.endpoint | default (printf "%s-minio.%s.svc:9000" .Release.Name .Release.Namespace) -}}
+{{- end -}}
+
+{{/* bigbertha.redisSecretName: root ctx -> Secret with the Redis `password`. */}}
+{{- define "bigbertha.redisSecretName" -}}
+{{- .Values.redis.auth.existingSecret | default (printf "%s-redis" (include "bigbertha.fullname" .)) -}}
+{{- end -}}
+
+{{/* bigbertha.env: (dict "ctx" . "s3" bool "redis" bool) -> settings ConfigMap and the secret env vars a bigbertha container needs. */}}
+{{- define "bigbertha.env" -}}
+{{- $ctx := .ctx -}}
+envFrom:
+  - configMapRef:
+      name: {{ include "bigbertha.fullname" $ctx }}-settings
+env:
+{{- if .s3 }}
+  - name: BIGBERTHA_S3__ACCESS_KEY
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "bigbertha.s3SecretName" $ctx }}
+        key: rootUser
+  - name: BIGBERTHA_S3__SECRET_KEY
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "bigbertha.s3SecretName" $ctx }}
+        key: rootPassword
+{{- end }}
+{{- if and .redis $ctx.Values.redis.enabled }}
+  - name: REDIS_PASSWORD
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "bigbertha.redisSecretName" $ctx }}
+        key: password
+  - name: BIGBERTHA_REDIS__URL
+    value: {{ printf "redis://:$(REDIS_PASSWORD)@%s-redis.%s.svc:6379/0" (include "bigbertha.fullname" $ctx) $ctx.Release.Namespace | quote }}
+{{- end }}
+  - name: HOME
+    value: /tmp
+  - name: HF_HOME
+    value: /cache/huggingface
+{{- end -}}

@@ -1,0 +1,48 @@
+{{/* bigbertha.workflows.container: (dict "ctx" . "args" <list> "resources" <map> "s3" bool "redis" bool) -> the container of one `bigbertha <subcommand>` step. */}}
+{{- define "bigbertha.workflows.container" -}}
+{{- $ctx := .ctx -}}
+image: {{ include "bigbertha.image" (dict "ctx" $ctx "image" $ctx.Values.workflows.image) }}
+imagePullPolicy: {{ $ctx.Values.workflows.image.pullPolicy }}
+command: ["bigbertha"]
+args:
+  {{- toYaml .args | nindent 2 }}
+{{- include "bigbertha.env" (dict "ctx" $ctx "s3" .s3 "redis" .redis) | nindent 0 }}
+resources:
+  {{- toYaml .resources | nindent 2 }}
+securityContext:
+  {{- toYaml $ctx.Values.securityContext | nindent 2 }}
+volumeMounts:
+  - name: tmp
+    mountPath: /tmp
+  - name: cache
+    mountPath: /cache
+{{- end -}}
+
+{{/* bigbertha.workflows.spec: (dict "ctx" . "component" <name>) -> Workflow-level fields both WorkflowTemplates share (account, security, GC, volumes). */}}
+{{- define "bigbertha.workflows.spec" -}}
+{{- $ctx := .ctx -}}
+{{- $w := $ctx.Values.workflows -}}
+serviceAccountName: {{ include "bigbertha.fullname" $ctx }}-workflows
+podMetadata:
+  labels:
+    {{- include "bigbertha.labels" (dict "ctx" $ctx "component" .component) | nindent 4 }}
+securityContext:
+  {{- toYaml $ctx.Values.podSecurityContext | nindent 2 }}
+{{- with $ctx.Values.global.imagePullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+podGC:
+  {{- toYaml $w.podGC | nindent 2 }}
+ttlStrategy:
+  secondsAfterCompletion: {{ $w.ttlSecondsAfterCompletion }}
+volumes:
+  - name: tmp
+    emptyDir:
+      sizeLimit: 1Gi
+  - name: cache
+    emptyDir:
+      sizeLimit: {{ $w.cacheSizeLimit }}
+{{- end -}}
