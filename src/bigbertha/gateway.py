@@ -1,0 +1,540 @@
+"""A local event gateway: Argo Events and Argo Workflows on one machine, for `bigbertha demo`.
+
+It does not re-implement our pipeline; it interprets the objects the CHART renders:
+
+- receives Alertmanager's webhook (bearer token checked, as the Argo webhook EventSource's
+  `authSecret` does) and MinIO notifications (the webhook-target form, key query-escaped),
+  and wraps each into the event data the Argo Sensor sees (`{header, body}` for the webhook,
+  `{notification: [...]}` with the raw key for MinIO's listen API);
+- applies each Sensor dependency's data filters with gjson paths (pygjson, a port of the
+  tidwall/gjson library Argo Events uses) and unanchored regular expressions, as Argo does;
+- builds the Workflow from the trigger's resource and parameters (dataKey, dataTemplate,
+  value; dest with overwrite/append/prepend), so the cooldown-by-name rule holds: a Workflow
+  whose name already ran is refused, as the API server refuses a duplicate name;
+- runs the WorkflowTemplate's DAG tasks in dependency order as local `bigbertha` processes
+  with the same arguments, holding the template's mutex (one run at a time), honouring
+  `retryStrategy.limit` for exit code 1, and running the `onExit` handler.
+
+Keep it small: it is a development aid; the cluster runs on Argo.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+import subprocess
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Manifest = dict[str, Any]
+# A step runner gets the argv and returns its exit code (the demo runs real processes).
+Runner = Callable[[list[str]], int]
+
+
+# --- events as the Sensor sees them -------------------------------------------------------
+
+
+def webhook_event(body: Mapping[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
+    """Argo's webhook event data: headers as lists, Authorization masked, the JSON body."""
+    header = {
+        key: ["*** Masked Auth Secret ***" if key.lower() == "authorization" else value]
+        for key, value in headers.items()
+    }
+    return {"header": header, "body": dict(body)}
+
+
+def minio_event_from_notification(notification: Mapping[str, Any]) -> dict[str, Any]:
+    """Argo's MinIO event data from a MinIO notification.
+
+    A notification *target* (webhook) POST carries top-level `EventName` and `Key` and escapes
+    `s3.object.key` with Go's url.QueryEscape (`+` for a space); a listen-API line has only
+    `Records`, with the key raw. Argo's MinIO EventSource uses the listen API: keys go on raw.
+    """
+    records = copy.deepcopy(list(notification.get("Records") or []))
+    if not records:
+        raise ValueError("MinIO notification has no Records")
+    if "Key" in notification:  # the escaped, webhook-target form
+        for record in records:
+            obj = record["s3"]["object"]
+            obj["key"] = urllib.parse.unquote_plus(obj["key"])
+    return {"notification": records}
+
+
+# --- Sensor interpretation ------------------------------------------------------------------
+
+
+def _gjson(data: Mapping[str, Any], path: str) -> Any:
+    import pygjson  # the same path language as the Sensor; imported lazily (Rust extension)
+
+    return pygjson.get(json.dumps(data), path)
+
+
+def data_filters_pass(filters: Mapping[str, Any] | None, data: Mapping[str, Any]) -> bool:
+    """Argo's data filter: every path must exist and match one of its values (AND by default).
+
+    Only the `data` filter kind is interpreted; a Sensor using others is refused loudly,
+    so the gateway never silently disagrees with the cluster.
+    """
+    if not filters:
+        return True
+    unsupported = set(filters) - {"data", "dataLogicalOperator"}
+    if unsupported:
+        raise ValueError(f"gateway does not interpret Sensor filters {sorted(unsupported)}")
+    any_mode = filters.get("dataLogicalOperator") == "or"
+    results = []
+    for rule in filters.get("data") or []:
+        result = _gjson(data, rule["path"])
+        if not result.exists():
+            results.append(False)
+            continue
+        results.append(_value_matches(rule, result))
+    return any(results) if any_mode else all(results)
+
+
+def _value_matches(rule: Mapping[str, Any], result: Any) -> bool:
+    kind = rule.get("type", "string")
+    comparator = rule.get("comparator", "=") or "="
+    values = [str(v) for v in rule.get("value") or []]
+    if kind == "string":
+        matched = [re.search(v, result.to_str()) is not None for v in values]
+        return any(matched) if comparator == "=" else any(not m for m in matched)
+    if kind == "bool":
+        return any(v.lower() == str(result.to_bool()).lower() for v in values)
+    if kind == "number":
+        ops: dict[str, Callable[[float, float], bool]] = {
+            "=": lambda a, b: a == b,
+            "!=": lambda a, b: a != b,
+            ">": lambda a, b: a > b,
+            ">=": lambda a, b: a >= b,
+            "<": lambda a, b: a < b,
+            "<=": lambda a, b: a <= b,
+        }
+        return any(ops[comparator](result.to_float(), float(v)) for v in values)
+    raise ValueError(f"unsupported data filter type {kind!r}")
+
+
+_EPOCH_WINDOW = re.compile(r"^\{\{\s*div\s*\(\s*now\s*\|\s*unixEpoch\s*\)\s*(\d+)\s*\}\}$")
+
+
+def _parameter_value(src: Mapping[str, Any], data: Mapping[str, Any], now: float) -> str:
+    if "dataKey" in src:
+        result = _gjson(data, src["dataKey"])
+        if result.exists():
+            return str(result.to_str())
+    elif "dataTemplate" in src:
+        # The one sprig template the chart uses: the cooldown window number.
+        match = _EPOCH_WINDOW.match(src["dataTemplate"].strip())
+        if not match:
+            raise ValueError(f"gateway does not interpret dataTemplate {src['dataTemplate']!r}")
+        return str(int(now) // int(match.group(1)))
+    elif "value" in src:
+        return str(src["value"])
+    if "value" in src:  # Argo's default when the key is missing
+        return str(src["value"])
+    raise ValueError(f"parameter source {dict(src)} resolved to nothing")
+
+
+def _set_path(obj: dict[str, Any], dest: str, value: str, operation: str) -> None:
+    """Argo's `dest` (sjson path with numeric array indexes) with overwrite/append/prepend."""
+    parts = dest.split(".")
+    node: Any = obj
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    last = parts[-1]
+    key: Any = int(last) if isinstance(node, list) else last
+    current = node[key] if (isinstance(node, list) or key in node) else ""
+    current = "" if current is None else str(current)
+    if operation == "append":
+        value = current + value
+    elif operation == "prepend":
+        value = value + current
+    node[key] = value
+
+
+@dataclass
+class Trigger:
+    """One Sensor trigger: the Workflow it submits, filled from the event."""
+
+    sensor: str
+    dependency: str
+    event_source: str
+    event_name: str
+    filters: dict[str, Any]
+    resource: dict[str, Any]
+    parameters: list[dict[str, Any]]
+
+    def matches(self, event_source: str, event_name: str, data: Mapping[str, Any]) -> bool:
+        if (event_source, event_name) != (self.event_source, self.event_name):
+            return False
+        return data_filters_pass(self.filters, data)
+
+    def workflow(self, data: Mapping[str, Any], now: float | None = None) -> dict[str, Any]:
+        workflow = copy.deepcopy(self.resource)
+        now = time.time() if now is None else now
+        for param in self.parameters:
+            value = _parameter_value(param["src"], data, now)
+            _set_path(workflow, param["dest"], value, param.get("operation", "overwrite"))
+        return workflow
+
+
+def triggers_from(manifests: Sequence[Manifest]) -> list[Trigger]:
+    """Every argoWorkflow trigger of every rendered Sensor (one dependency per trigger)."""
+    found = []
+    for sensor in (m for m in manifests if m.get("kind") == "Sensor"):
+        deps = {d["name"]: d for d in sensor["spec"]["dependencies"]}
+        for trig in sensor["spec"]["triggers"]:
+            spec = trig["template"]["argoWorkflow"]
+            params = spec.get("parameters") or []
+            names = {p["src"]["dependencyName"] for p in params} or set(deps)
+            if len(names) != 1:
+                raise ValueError(f"Sensor {sensor['metadata']['name']}: one dependency per trigger")
+            dep = deps[names.pop()]
+            found.append(
+                Trigger(
+                    sensor=sensor["metadata"]["name"],
+                    dependency=dep["name"],
+                    event_source=dep["eventSourceName"],
+                    event_name=dep["eventName"],
+                    filters=dep.get("filters") or {},
+                    resource=spec["source"]["resource"],
+                    parameters=params,
+                )
+            )
+    return found
+
+
+# --- Workflow execution ---------------------------------------------------------------------
+
+_PARAM = re.compile(r"\{\{\s*([a-zA-Z0-9_.\-]+)\s*\}\}")
+
+
+def substitute(text: str, scope: Mapping[str, str]) -> str:
+    """Argo's simple `{{name}}` substitution; unknown names are an error, as in Argo."""
+
+    def repl(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in scope:
+            raise KeyError(f"unresolved workflow variable {{{{{name}}}}}")
+        return scope[name]
+
+    return _PARAM.sub(repl, text)
+
+
+def _toposort(tasks: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """DAG tasks in an order respecting `depends` (names joined by &&) or `dependencies`."""
+    remaining = {t["name"]: t for t in tasks}
+    done: set[str] = set()
+    ordered = []
+    while remaining:
+        ready = [
+            t
+            for t in remaining.values()
+            if set(t.get("dependencies") or re.findall(r"[A-Za-z0-9\-]+", t.get("depends", "")))
+            <= done
+        ]
+        if not ready:
+            raise ValueError(f"DAG has a cycle or unknown dependency among {sorted(remaining)}")
+        for task in ready:
+            ordered.append(task)
+            done.add(task["name"])
+            del remaining[task["name"]]
+    return ordered
+
+
+@dataclass
+class WorkflowRun:
+    """The record of one Workflow run, for the demo's timeline and report."""
+
+    name: str
+    template: str
+    arguments: dict[str, str]
+    status: str = "Pending"
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    started: float = 0.0
+    finished: float = 0.0
+    message: str = ""
+
+
+class WorkflowEngine:
+    """Runs WorkflowTemplates' DAGs locally; one lock per mutex name, names never reused."""
+
+    def __init__(self, manifests: Sequence[Manifest], runner: Runner) -> None:
+        self.templates = {
+            m["metadata"]["name"]: m for m in manifests if m.get("kind") == "WorkflowTemplate"
+        }
+        self.runner = runner
+        self.runs: list[WorkflowRun] = []
+        self._names: set[str] = set()
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def submit(self, workflow: Mapping[str, Any]) -> WorkflowRun | None:
+        """Register a Workflow; None when its name already exists (the cooldown refusal)."""
+        name = workflow["metadata"]["name"]
+        ref = workflow["spec"]["workflowTemplateRef"]["name"]
+        if ref not in self.templates:
+            raise ValueError(f"Workflow {name}: no WorkflowTemplate {ref} in the chart")
+        template = self.templates[ref]
+        args = {
+            p["name"]: str(p.get("value", ""))
+            for p in template["spec"].get("arguments", {}).get("parameters", [])
+        }
+        args.update(
+            {
+                p["name"]: str(p["value"])
+                for p in workflow["spec"].get("arguments", {}).get("parameters", [])
+                if p.get("value") is not None
+            }
+        )
+        with self._guard:
+            if name in self._names:
+                log.info("workflow %s already exists: refused (cooldown)", name)
+                return None
+            self._names.add(name)
+            run = WorkflowRun(name=name, template=ref, arguments=args)
+            self.runs.append(run)
+        return run
+
+    def execute(self, run: WorkflowRun) -> WorkflowRun:
+        """Run the DAG under the template's mutexes, then the exit handler."""
+        spec = self.templates[run.template]["spec"]
+        mutexes = [m["name"] for m in (spec.get("synchronization") or {}).get("mutexes", [])]
+        locks = []
+        with self._guard:
+            for mutex in mutexes:
+                locks.append(self._locks.setdefault(mutex, threading.Lock()))
+        for lock in locks:
+            lock.acquire()
+        try:
+            run.started = time.time()
+            run.status = "Running"
+            failures = self._run_dag(run, spec)
+            run.status = "Failed" if failures else "Succeeded"
+            run.message = "; ".join(failures)
+            if spec.get("onExit"):
+                scope = self._workflow_scope(run) | {
+                    "workflow.status": run.status,
+                    "workflow.failures": json.dumps(
+                        [{"displayName": f, "message": "failed"} for f in failures]
+                    ),
+                }
+                self._run_template(run, spec, spec["onExit"], scope, {})
+            run.finished = time.time()
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+        return run
+
+    def _workflow_scope(self, run: WorkflowRun) -> dict[str, str]:
+        scope = {"workflow.name": run.name}
+        scope.update({f"workflow.parameters.{k}": v for k, v in run.arguments.items()})
+        return scope
+
+    def _templates(self, spec: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+        return {t["name"]: t for t in spec["templates"]}
+
+    def _run_dag(self, run: WorkflowRun, spec: Mapping[str, Any]) -> list[str]:
+        entry = self._templates(spec)[spec["entrypoint"]]
+        scope = self._workflow_scope(run)
+        # The entrypoint's inputs come from the Workflow's arguments.
+        entry_inputs = {
+            f"inputs.parameters.{p['name']}": run.arguments.get(p["name"], p.get("value", ""))
+            for p in (entry.get("inputs") or {}).get("parameters", [])
+        }
+        if "dag" not in entry:
+            ok = self._run_template(run, spec, entry["name"], scope, entry_inputs)
+            return [] if ok else [entry["name"]]
+        for task in _toposort(entry["dag"]["tasks"]):
+            task_scope = scope | entry_inputs
+            inputs = {
+                f"inputs.parameters.{p['name']}": substitute(str(p.get("value", "")), task_scope)
+                for p in (task.get("arguments") or {}).get("parameters", [])
+            }
+            if not self._run_template(run, spec, task["template"], scope, inputs, task["name"]):
+                return [task["name"]]  # later tasks depend on it: the DAG stops here
+        return []
+
+    def _run_template(
+        self,
+        run: WorkflowRun,
+        spec: Mapping[str, Any],
+        template_name: str,
+        scope: Mapping[str, str],
+        inputs: Mapping[str, str],
+        display: str | None = None,
+    ) -> bool:
+        template = self._templates(spec)[template_name]
+        container = template["container"]
+        full_scope = dict(scope) | dict(inputs)
+        argv = [
+            substitute(a, full_scope)
+            for a in [*container.get("command", []), *container.get("args", [])]
+        ]
+        limit = int((template.get("retryStrategy") or {}).get("limit", 0) or 0)
+        step = {
+            "name": display or template_name,
+            "argv": argv,
+            "attempts": 0,
+            "started": time.time(),
+        }
+        run.steps.append(step)
+        code = 1
+        for attempt in range(limit + 1):
+            step["attempts"] = attempt + 1
+            code = self.runner(argv)
+            # The chart retries errors and exit code 1 (transient); 2 and 3 are final.
+            if code != 1:
+                break
+        step.update(exit_code=code, finished=time.time())
+        log.info("workflow %s step %s exited %d", run.name, step["name"], code)
+        return code == 0
+
+
+def subprocess_runner(env: Mapping[str, str], cwd: str | None = None) -> Runner:
+    """Run a step as a real local process with the local stack's settings in its env."""
+
+    def run(argv: list[str]) -> int:
+        return subprocess.run(argv, env=dict(env), cwd=cwd, check=False).returncode
+
+    return run
+
+
+# --- the HTTP front: EventSources ------------------------------------------------------------
+
+
+class Unauthorized(Exception):
+    """The webhook request did not carry the expected bearer token."""
+
+
+@dataclass
+class Gateway:
+    """EventSources + Sensors + Workflows from the rendered chart, on one machine."""
+
+    manifests: Sequence[Manifest]
+    runner: Runner
+    token: str
+    on_run: Callable[[WorkflowRun], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.triggers = triggers_from(self.manifests)
+        self.engine = WorkflowEngine(self.manifests, self.runner)
+        self.webhooks: dict[str, tuple[str, str]] = {}
+        self.minio: list[tuple[str, str, dict[str, Any]]] = []
+        for source in (m for m in self.manifests if m.get("kind") == "EventSource"):
+            name = source["metadata"]["name"]
+            for event_name, hook in (source["spec"].get("webhook") or {}).items():
+                self.webhooks[hook["endpoint"]] = (name, event_name)
+            for event_name, spec in (source["spec"].get("minio") or {}).items():
+                self.minio.append((name, event_name, spec))
+        self._threads: list[threading.Thread] = []
+
+    # Alertmanager -> webhook EventSource
+    def alertmanager(
+        self, endpoint: str, body: Mapping[str, Any], headers: Mapping[str, str]
+    ) -> list[WorkflowRun]:
+        if endpoint not in self.webhooks:
+            raise KeyError(f"no webhook EventSource serves {endpoint}")
+        if headers.get("Authorization") != f"Bearer {self.token}":
+            raise Unauthorized(endpoint)
+        source, event_name = self.webhooks[endpoint]
+        return self.dispatch(source, event_name, webhook_event(body, headers))
+
+    # MinIO -> MinIO EventSource (bucket, event type and key filters as MinIO's listen API)
+    def object_store(self, notification: Mapping[str, Any]) -> list[WorkflowRun]:
+        data = minio_event_from_notification(notification)
+        record = data["notification"][0]
+        bucket, key = record["s3"]["bucket"]["name"], record["s3"]["object"]["key"]
+        runs: list[WorkflowRun] = []
+        for source, event_name, spec in self.minio:
+            flt = spec.get("filter") or {}
+            if (
+                spec["bucket"]["name"] == bucket
+                and any(_glob(p, record["eventName"]) for p in spec.get("events", []))
+                and key.startswith(flt.get("prefix") or "")
+                and key.endswith(flt.get("suffix") or "")
+            ):
+                runs += self.dispatch(source, event_name, data)
+        return runs
+
+    def dispatch(
+        self, event_source: str, event_name: str, data: Mapping[str, Any]
+    ) -> list[WorkflowRun]:
+        """Submit every matching trigger's Workflow and run it in the background."""
+        runs = []
+        for trigger in self.triggers:
+            if not trigger.matches(event_source, event_name, data):
+                continue
+            workflow = trigger.workflow(data)
+            meta = workflow["metadata"]
+            if "name" not in meta:
+                meta["name"] = meta.pop("generateName", "workflow-") + uuid.uuid4().hex[:5]
+            run = self.engine.submit(workflow)
+            if run is None:
+                continue
+            thread = threading.Thread(target=self._execute, args=(run,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+            runs.append(run)
+        return runs
+
+    def _execute(self, run: WorkflowRun) -> None:
+        self.engine.execute(run)
+        if self.on_run:
+            self.on_run(run)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for every started Workflow; True when all finished in time."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in list(self._threads):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(left)
+        return not any(t.is_alive() for t in self._threads)
+
+    def flask_app(self) -> Any:
+        """The HTTP endpoints: each webhook EventSource's endpoint, and /minio for MinIO."""
+        from flask import Flask, jsonify, request
+
+        app = Flask("bigbertha-gateway")
+
+        def receive(endpoint: str) -> Any:
+            try:
+                runs = self.alertmanager(
+                    endpoint, request.get_json(force=True), dict(request.headers)
+                )
+            except Unauthorized:
+                return jsonify(error="unauthorized"), 401
+            return jsonify(workflows=[r.name for r in runs])
+
+        for endpoint in self.webhooks:
+            app.add_url_rule(
+                endpoint,
+                endpoint=f"hook{endpoint}",
+                view_func=lambda e=endpoint: receive(e),
+                methods=["POST"],
+            )
+
+        @app.post("/minio")
+        def minio() -> Any:
+            runs = self.object_store(request.get_json(force=True))
+            return jsonify(workflows=[r.name for r in runs])
+
+        @app.get("/healthz")
+        def healthz() -> Any:
+            return jsonify(status="ok")
+
+        return app
+
+
+def _glob(pattern: str, value: str) -> bool:
+    import fnmatch
+
+    return fnmatch.fnmatchcase(value, pattern)
