@@ -1,0 +1,212 @@
+"""Render the umbrella chart offline with Helm's own engine (helm-python-sdk) and index the result.
+
+A fresh Chart is loaded for every render (the SDK's loaded chart is mutated by a render). The API
+versions passed are those the cluster has once ci/install-crds.sh has run: the group/versions and
+the group/version/Kind of every custom kind the chart renders (templates/validate.yaml checks them).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import yaml
+from helm_python import _native
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("BIGBERTHA_SHARED", ROOT.parent / "shared"))
+RELEASE = "bigbertha"
+NAMESPACE = "bigbertha"
+KUBE_VERSION = "v1.30.0"
+ENVS = ("default", "dev", "local", "prod")
+CUSTOM_KINDS = {
+    "argoproj.io/v1alpha1": ("EventBus", "EventSource", "Sensor", "Workflow", "WorkflowTemplate",
+                             "Application"),
+    "monitoring.coreos.com/v1": ("ServiceMonitor", "PrometheusRule", "PodMonitor"),
+    "monitoring.coreos.com/v1alpha1": ("AlertmanagerConfig",),
+}
+API_VERSIONS = [gv for gv in CUSTOM_KINDS] + [
+    f"{gv}/{kind}" for gv, kinds in CUSTOM_KINDS.items() for kind in kinds
+]
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Helm's -f layering: maps merge key by key, anything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def env_values(env: str) -> dict[str, Any]:
+    """The user-supplied values of one environment ('default' = none)."""
+    if env == "default":
+        return {}
+    return yaml.safe_load((ROOT / "values" / f"{env}.yaml").read_text()) or {}
+
+
+def render_raw(
+    values: dict[str, Any] | None = None,
+    *,
+    release: str = RELEASE,
+    api_versions: list[str] | None = None,
+    kube_version: str = KUBE_VERSION,
+) -> dict[str, str]:
+    """Template path -> rendered text, as `helm template` would produce it."""
+    opts = {
+        "name": release,
+        "namespace": NAMESPACE,
+        "is_install": True,
+        "kube_version": kube_version,
+        "api_versions": API_VERSIONS if api_versions is None else api_versions,
+    }
+    chart = helm.Chart.load(ROOT)
+    try:
+        out = _native.call_string(
+            "helm_render", chart._raw(), json.dumps(values or {}), json.dumps(opts)
+        )
+    finally:
+        chart.close()
+    rendered: dict[str, str] = json.loads(out)
+    return rendered
+
+
+def documents(rendered: dict[str, str]) -> list[dict[str, Any]]:
+    """Every Kubernetes object in a render, each tagged with its template under `__template`."""
+    docs = []
+    for path, text in sorted(rendered.items()):
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                doc["__template"] = path
+                docs.append(doc)
+    return docs
+
+
+def render(values: dict[str, Any] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    return documents(render_raw(values, **kwargs))
+
+
+@functools.cache
+def render_env_raw(env: str) -> dict[str, str]:
+    """One render per environment per session (tests only read it)."""
+    return render_raw(env_values(env))
+
+
+def render_env(env: str) -> list[dict[str, Any]]:
+    return _render_env_docs(env)
+
+
+@functools.cache
+def _render_env_docs(env: str) -> list[dict[str, Any]]:
+    return documents(render_env_raw(env))
+
+
+def manifest_text(env: str) -> str:
+    """The whole render as one multi-document YAML stream (what `helm template` prints)."""
+    parts = []
+    for path, text in sorted(render_env_raw(env).items()):
+        if path.endswith((".yaml", ".yml")) and text.strip():
+            parts.append(f"---\n# Source: {path}\n{text.strip()}\n")
+    return "".join(parts)
+
+
+def clean(doc: dict[str, Any]) -> dict[str, Any]:
+    """The object without our `__template` tag."""
+    return {k: v for k, v in doc.items() if k != "__template"}
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [
+        d
+        for d in docs
+        if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)
+    ]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(object name, pod spec) of every Deployment, StatefulSet and plain Pod."""
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet"):
+            yield d["metadata"]["name"], d["spec"]["template"]["spec"]
+        elif d["kind"] == "Pod":
+            yield d["metadata"]["name"], d["spec"]
+
+
+def workflow_containers(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(WorkflowTemplate/template name, template) of every container step."""
+    for wt in find(docs, "WorkflowTemplate"):
+        for tpl in wt["spec"]["templates"]:
+            if "container" in tpl:
+                yield f"{wt['metadata']['name']}/{tpl['name']}", tpl
+
+
+_GJSON_QUERY = re.compile(r'^#\((?P<path>[^=!<>%]+)(?P<op>==|!=)"(?P<value>[^"]*)"\)(?P<all>#?)$')
+
+
+def gjson_get(data: Any, path: str) -> Any:
+    """The subset of GJSON the Sensors use: dotted keys, `#(p=="v")` (first match), `#(p=="v")#`
+    (all matches), array indexes and the `|` pipe. Returns None when nothing matches, like
+    gjson's Result.Exists() == false. Keeps the chart's gjson paths testable in Python."""
+    current: Any = data
+    for segment in path.split("|"):
+        current = _gjson_path(current, segment)
+        if current is None:
+            return None
+    return current
+
+
+def _gjson_path(data: Any, path: str) -> Any:
+    parts = re.findall(r'#\([^)]*\)#?|[^.]+', path)
+    current = data
+    for index, part in enumerate(parts):
+        if current is None:
+            return None
+        query = _GJSON_QUERY.match(part)
+        if query:
+            if not isinstance(current, list):
+                return None
+            matches = [
+                item
+                for item in current
+                if (str(_gjson_path(item, query["path"])) == query["value"])
+                == (query["op"] == "==")
+            ]
+            if query["all"]:
+                rest = ".".join(parts[index + 1 :])
+                if not rest:
+                    return matches
+                mapped = [_gjson_path(item, rest) for item in matches]
+                return [m for m in mapped if m is not None]
+            current = matches[0] if matches else None
+        elif isinstance(current, list) and part.isdigit():
+            current = current[int(part)] if int(part) < len(current) else None
+        elif isinstance(current, dict):
+            current = current.get(part)
+        else:
+            return None
+    return current
+
+
+def gjson_string(value: Any) -> str:
+    """How gjson's Result.String() prints a value (objects and arrays as compact JSON)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
