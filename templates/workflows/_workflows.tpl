@@ -34,6 +34,8 @@ imagePullSecrets:
   - name: {{ . }}
 {{- end }}
 {{- end }}
+# No Service env vars in the steps (a Service named bigbertha-exporter would inject BIGBERTHA_EXPORTER_*).
+podSpecPatch: '{"enableServiceLinks": false}'
 podGC:
   {{- toYaml $w.podGC | nindent 2 }}
 ttlStrategy:

@@ -1,0 +1,191 @@
+"""Every rendered object is valid Kubernetes: built-in kinds against the API schemas (strict),
+custom resources against the pinned CRD schemas with unknown fields rejected, restricted pod
+security, standard labels."""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+
+from tests.chart.render import (
+    CUSTOM_KINDS,
+    clean,
+    find,
+    pod_specs,
+    render,
+    workflow_containers,
+)
+
+KUBE_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+
+
+def _is_custom(doc: dict[str, Any]) -> bool:
+    return doc["apiVersion"] in CUSTOM_KINDS
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_builtin_kinds_are_valid_strict(docs: list[dict[str, Any]], kube_version: str) -> None:
+    errors = []
+    for doc in docs:
+        if _is_custom(doc):
+            continue
+        try:
+            kubernetes_validate.validate(clean(doc), kube_version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message}")
+    assert not errors, errors
+
+
+def _close(node: Any) -> Any:
+    """Reject unknown fields wherever the CRD does not preserve them."""
+    if isinstance(node, dict):
+        if (
+            node.get("type") == "object"
+            and "properties" in node
+            and "additionalProperties" not in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            node["additionalProperties"] = False
+        for value in node.values():
+            _close(value)
+    elif isinstance(node, list):
+        for value in node:
+            _close(value)
+    return node
+
+
+@cache
+def _validator(shared: Path, kind: str, version: str) -> tuple[jsonschema.Draft7Validator, bool]:
+    """(validator, advisory_required). The Argo Events *.full.json schemas are built from the Go
+    types and over-require some fields, so their `required` errors are advisory (shared/README)."""
+    full = shared / "schemas" / f"{kind.lower()}_{version}.full.json"
+    path = full if full.exists() else shared / "schemas" / f"{kind.lower()}_{version}.json"
+    schema = _close(json.loads(path.read_text()))
+    return jsonschema.Draft7Validator(schema), full.exists()
+
+
+def _cr_errors(shared: Path, doc: dict[str, Any]) -> list[str]:
+    validator, advisory_required = _validator(shared, doc["kind"], doc["apiVersion"].split("/")[1])
+    return [
+        f"{doc['kind']}/{doc['metadata']['name']} {'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(clean(doc))
+        if not (advisory_required and e.validator == "required")
+    ]
+
+
+def test_custom_resources_match_the_crd_schemas(docs: list[dict[str, Any]], shared_dir: Path) -> None:
+    customs = [d for d in docs if _is_custom(d)]
+    assert {d["kind"] for d in customs} >= {"EventBus", "EventSource", "Sensor", "WorkflowTemplate"}
+    errors = [e for doc in customs for e in _cr_errors(shared_dir, doc)]
+    assert not errors, errors
+
+
+def test_unknown_fields_in_custom_resources_are_rejected(
+    default_docs: list[dict[str, Any]], shared_dir: Path
+) -> None:
+    for kind in ("Sensor", "EventSource", "WorkflowTemplate", "ServiceMonitor"):
+        doc = copy.deepcopy(find(default_docs, kind)[0])
+        doc["spec"]["triggerz" if kind == "Sensor" else "unknownField"] = True
+        assert _cr_errors(shared_dir, doc), f"{kind}: an unknown field went unnoticed"
+
+
+def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return pod["containers"] + pod.get("initContainers", [])
+
+
+def test_pods_run_restricted(docs: list[dict[str, Any]]) -> None:
+    """Pod Security Standard `restricted`, read-only root and no service links, for every pod
+    and every workflow step."""
+    pods = list(pod_specs(docs))
+    pods += [
+        (name, {**wt["spec"], "containers": [tpl["container"]]})
+        for wt in find(docs, "WorkflowTemplate")
+        for name, tpl in workflow_containers([wt])
+    ]
+    assert len(pods) >= 8
+    for name, pod in pods:
+        psc = pod["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["seccompProfile"]["type"] == "RuntimeDefault", name
+        for c in _containers(pod):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert "resources" in c and c["resources"].get("limits", {}).get("memory"), name
+            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            if c["image"].split("/")[-1].startswith("bigbertha"):
+                assert {"/tmp", "/cache"} <= mounts, f"{name}: writable caches must be emptyDirs"
+        service_links = json.loads(pod["podSpecPatch"]) if "podSpecPatch" in pod else pod
+        assert service_links["enableServiceLinks"] is False, name
+
+
+def test_service_account_tokens_only_where_the_api_is_called(docs: list[dict[str, Any]]) -> None:
+    for name, pod in pod_specs(docs):
+        assert pod["automountServiceAccountToken"] is False, f"{name} mounts an unused token"
+        assert pod["enableServiceLinks"] is False, name
+    accounts = {d["metadata"]["name"]: d for d in find(docs, "ServiceAccount")}
+    with_token = {n for n, d in accounts.items() if d.get("automountServiceAccountToken", True)}
+    # Workflow steps (the Argo executor reports results) and Sensors (they submit Workflows).
+    assert with_token == {"bigbertha-workflows", "bigbertha-events"}
+
+
+def test_rbac_is_least_privilege(docs: list[dict[str, Any]]) -> None:
+    rules = {d["metadata"]["name"]: d["rules"] for d in find(docs, "Role")}
+    assert find(docs, "ClusterRole") == []
+    assert rules["bigbertha-workflows"] == [
+        {"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"],
+         "verbs": ["create", "patch"]}
+    ]
+    events = {tuple(r["resources"]): r for r in rules["bigbertha-events"]}
+    assert set(events[("workflows",)]["verbs"]) == {"create", "get", "list"}
+    assert events[("workflowtemplates",)]["verbs"] == ["get"]
+    assert set(events[("workflowtemplates",)]["resourceNames"]) == {
+        "bigbertha-ingest", "bigbertha-finetune"}
+    for role_rules in rules.values():
+        for rule in role_rules:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+
+
+def test_standard_labels_everywhere(docs: list[dict[str, Any]]) -> None:
+    for doc in docs:
+        labels = doc["metadata"].get("labels", {})
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance",
+                    "app.kubernetes.io/component", "app.kubernetes.io/managed-by",
+                    "helm.sh/chart"):
+            assert key in labels, f"{doc['kind']}/{doc['metadata']['name']} lacks {key}"
+    for doc in find(docs, "Deployment") + find(docs, "StatefulSet"):
+        selector = doc["spec"]["selector"]["matchLabels"]
+        assert set(selector) == {"app.kubernetes.io/name", "app.kubernetes.io/instance",
+                                 "app.kubernetes.io/component"}, "selectors are immutable: no version"
+
+
+def test_no_hard_coded_namespace(docs: list[dict[str, Any]]) -> None:
+    assert all("namespace" not in d["metadata"] for d in docs)
+
+
+def test_registry_override_and_pull_secrets_reach_every_pod() -> None:
+    docs = render({"global": {"imageRegistry": "mirror.example:5000",
+                              "imagePullSecrets": ["mirror-pull"]}})
+    images = [c["image"] for _, pod in pod_specs(docs) for c in _containers(pod)]
+    images += [tpl["container"]["image"] for _, tpl in workflow_containers(docs)]
+    assert images and all(i.startswith("mirror.example:5000/") for i in images), images
+    for name, pod in pod_specs(docs):
+        assert pod["imagePullSecrets"] == [{"name": "mirror-pull"}], name
+    for wt in find(docs, "WorkflowTemplate"):
+        assert wt["spec"]["imagePullSecrets"] == [{"name": "mirror-pull"}]
+    for kind in ("Sensor", "EventSource"):
+        for doc in find(docs, kind):
+            assert doc["spec"]["template"]["imagePullSecrets"] == [{"name": "mirror-pull"}]
+
+
+def test_image_tags_default_to_the_app_version(default_docs: list[dict[str, Any]]) -> None:
+    images = [c["image"] for _, pod in pod_specs(default_docs) for c in _containers(pod)]
+    ours = [i for i in images if "/bigbertha/" in i]
+    assert ours and all(i.endswith(":0.1.0") for i in ours), ours
