@@ -1,0 +1,196 @@
+"""Argo Events objects: the Sensors' filters and parameter mappings run on the real-shaped sample
+payloads (../shared/samples) exactly as the Sensor would apply them (gjson paths, unanchored
+regular expressions, dest paths into the submitted Workflow)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chart.render import find, gjson_get, gjson_string, one, render
+
+
+def _sample(shared: Path, name: str) -> dict[str, Any]:
+    return json.loads((shared / "samples" / name).read_text())
+
+
+def _passes(sensor: dict[str, Any], event: dict[str, Any]) -> bool:
+    """Argo Events data filters: every filter must match (dataLogicalOperator defaults to and);
+    a path that does not exist fails; string values are unanchored regular expressions."""
+    dep = sensor["spec"]["dependencies"][0]
+    for data_filter in dep.get("filters", {}).get("data", []):
+        assert data_filter["type"] == "string"
+        value = gjson_get(event, data_filter["path"])
+        if value is None:
+            return False
+        if not any(re.search(p, gjson_string(value)) for p in data_filter["value"]):
+            return False
+    return True
+
+
+def _submitted(sensor: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """The Workflow the trigger would submit: its parameters applied to the source resource."""
+    trigger = sensor["spec"]["triggers"][0]["template"]["argoWorkflow"]
+    workflow = copy.deepcopy(trigger["source"]["resource"])
+    for param in trigger["parameters"]:
+        src = param["src"]
+        if "dataTemplate" in src:
+            continue  # time-dependent (the cooldown window); checked on its own below
+        value = gjson_string(gjson_get(event, src["dataKey"]))
+        node: Any = workflow
+        *parents, last = param["dest"].split(".")
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        key: Any = int(last) if last.isdigit() else last
+        if param.get("operation") == "append":
+            node[key] = node[key] + value
+        else:
+            node[key] = value
+    return workflow
+
+
+def _arguments(workflow: dict[str, Any]) -> dict[str, str]:
+    return {p["name"]: p.get("value") for p in workflow["spec"]["arguments"]["parameters"]}
+
+
+@pytest.fixture(scope="module")
+def retrain(default_docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(default_docs, "Sensor", "bigbertha-retrain")
+
+
+@pytest.fixture(scope="module")
+def ingest(default_docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(default_docs, "Sensor", "bigbertha-ingest")
+
+
+def test_firing_retrain_alert_starts_a_run_with_its_name_and_labels(
+    retrain: dict[str, Any], shared_dir: Path
+) -> None:
+    event = _sample(shared_dir, "argo-webhook-eventdata-firing.json")
+    assert _passes(retrain, event)
+    args = _arguments(_submitted(retrain, event))
+    assert args["alert-name"] == "BigBerthaNegativeFeedbackHigh"
+    labels = json.loads(args["alert-labels"])
+    assert labels["bigbertha_action"] == "retrain" and labels["model_version"] == "v14"
+
+
+def test_resolved_alerts_start_nothing(retrain: dict[str, Any], shared_dir: Path) -> None:
+    assert not _passes(retrain, _sample(shared_dir, "argo-webhook-eventdata-firing.json") | {
+        "body": _sample(shared_dir, "alertmanager-webhook-resolved.json")})
+
+
+def test_page_alerts_start_nothing_even_when_the_group_fires(
+    retrain: dict[str, Any], shared_dir: Path
+) -> None:
+    event = _sample(shared_dir, "argo-webhook-eventdata-firing.json")
+    alerts = event["body"]["alerts"]
+    # Only the page alert: the group status is still "firing".
+    only_page = copy.deepcopy(event)
+    only_page["body"]["alerts"] = [a for a in alerts if a["labels"]["bigbertha_action"] == "page"]
+    assert only_page["body"]["status"] == "firing" and not _passes(retrain, only_page)
+    # The retrain alert resolved while a page alert still fires: filtered per alert, no run.
+    mixed = copy.deepcopy(event)
+    for alert in mixed["body"]["alerts"]:
+        if alert["labels"]["bigbertha_action"] == "retrain":
+            alert["status"] = "resolved"
+    assert not _passes(retrain, mixed)
+
+
+def test_filter_values_are_anchored(retrain: dict[str, Any]) -> None:
+    for data_filter in retrain["spec"]["dependencies"][0]["filters"]["data"]:
+        assert all(v.startswith("^") and v.endswith("$") for v in data_filter["value"])
+
+
+def test_cooldown_names_the_workflow_after_its_window(retrain: dict[str, Any]) -> None:
+    trigger = retrain["spec"]["triggers"][0]["template"]["argoWorkflow"]
+    metadata = trigger["source"]["resource"]["metadata"]
+    assert "generateName" not in metadata and metadata["name"] == "bigbertha-retrain-"
+    (window,) = [p for p in trigger["parameters"] if p["dest"] == "metadata.name"]
+    assert window["operation"] == "append"
+    assert window["src"]["dataTemplate"] == "{{ div (now | unixEpoch) 3600 }}"
+    shorter = one(render({"events": {"retrain": {"cooldownSeconds": 600}}}), "Sensor",
+                  "bigbertha-retrain")
+    params = shorter["spec"]["triggers"][0]["template"]["argoWorkflow"]["parameters"]
+    assert "{{ div (now | unixEpoch) 600 }}" in [p["src"].get("dataTemplate") for p in params]
+
+
+@pytest.mark.parametrize(
+    ("sample", "event_name"),
+    [
+        ("argo-minio-eventdata-put.json", "s3:ObjectCreated:Put"),
+    ],
+)
+def test_minio_upload_maps_bucket_raw_key_and_event(
+    ingest: dict[str, Any], shared_dir: Path, sample: str, event_name: str
+) -> None:
+    event = _sample(shared_dir, sample)
+    assert _passes(ingest, event)
+    args = _arguments(_submitted(ingest, event))
+    assert args == {"bucket": "datasets", "key": "docs/handbook 2026-08 café.pdf",
+                    "event-name": event_name}
+
+
+@pytest.mark.parametrize(
+    ("notification", "event_name"),
+    [
+        ("minio-notification-delete.json", "s3:ObjectRemoved:Delete"),
+        ("minio-notification-multipart.json", "s3:ObjectCreated:CompleteMultipartUpload"),
+    ],
+)
+def test_minio_delete_and_multipart_map_the_same_way(
+    ingest: dict[str, Any], shared_dir: Path, notification: str, event_name: str
+) -> None:
+    record = _sample(shared_dir, notification)
+    records = record.get("Records", [record]) if isinstance(record, dict) else record
+    event = {"notification": records}
+    args = _arguments(_submitted(ingest, event))
+    assert args["event-name"] == event_name
+    assert args["key"] == records[0]["s3"]["object"]["key"]
+
+
+def test_sensor_parameters_land_on_declared_workflow_template_arguments(
+    docs: list[dict[str, Any]],
+) -> None:
+    templates = {t["metadata"]["name"]: t for t in find(docs, "WorkflowTemplate")}
+    for sensor in find(docs, "Sensor"):
+        trigger = sensor["spec"]["triggers"][0]["template"]["argoWorkflow"]
+        workflow = trigger["source"]["resource"]
+        declared = {p["name"] for p in templates[workflow["spec"]["workflowTemplateRef"]["name"]]
+                    ["spec"]["arguments"]["parameters"]}
+        passed = workflow["spec"]["arguments"]["parameters"]
+        assert {p["name"] for p in passed} <= declared
+        for param in trigger["parameters"]:
+            match = re.fullmatch(r"spec\.arguments\.parameters\.(\d+)\.value", param["dest"])
+            assert match or param["dest"] == "metadata.name", param["dest"]
+            if match:
+                assert int(match[1]) < len(passed), f"{param['dest']} points past the arguments"
+
+
+def test_event_sources_and_bus(docs: list[dict[str, Any]]) -> None:
+    bus = one(docs, "EventBus", "bigbertha")
+    assert "jetstream" in bus["spec"]
+    for kind in ("EventSource", "Sensor"):
+        for doc in find(docs, kind):
+            assert doc["spec"]["eventBusName"] == "bigbertha"
+    minio = one(docs, "EventSource", "bigbertha-minio")["spec"]["minio"]["documents"]
+    assert minio["bucket"]["name"] == "documents"
+    assert minio["events"] == ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
+    hook = one(docs, "EventSource", "bigbertha-alerts")["spec"]["webhook"]["alertmanager"]
+    assert hook["method"] == "POST" and hook["authSecret"]["key"] == "token"
+    sensors = {s["metadata"]["name"]: s for s in find(docs, "Sensor")}
+    deps = {n: s["spec"]["dependencies"][0] for n, s in sensors.items()}
+    assert deps["bigbertha-retrain"]["eventSourceName"] == "bigbertha-alerts"
+    assert deps["bigbertha-retrain"]["eventName"] == "alertmanager"
+    assert deps["bigbertha-ingest"]["eventSourceName"] == "bigbertha-minio"
+    assert deps["bigbertha-ingest"]["eventName"] == "documents"
+
+
+def test_minio_filters_come_from_values() -> None:
+    docs = render({"events": {"minio": {"prefix": "docs/", "suffix": ".pdf"}}})
+    source = one(docs, "EventSource", "bigbertha-minio")["spec"]["minio"]["documents"]
+    assert source["filter"] == {"prefix": "docs/", "suffix": ".pdf"}

@@ -1,0 +1,142 @@
+"""The WorkflowTemplates: the retraining DAG and the ingestion job run `bigbertha <subcommand>`
+steps that parse against the real CLI, with locks, retries, deadlines, GC and placement from
+values."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import typer.main
+from typer.exceptions import TyperException
+
+from bigbertha.cli import app
+from tests.chart.render import find, one, render, render_env, workflow_containers
+
+PLACEHOLDERS = {
+    "inputs.parameters.alert-name": "BigBerthaNegativeFeedbackHigh",
+    "inputs.parameters.alert-labels": '{"alertname":"BigBerthaNegativeFeedbackHigh"}',
+    "inputs.parameters.bucket": "documents",
+    "inputs.parameters.key": "docs/handbook 2026-08 café.pdf",
+    "inputs.parameters.event-name": "s3:ObjectCreated:Put",
+    "workflow.name": "bigbertha-retrain-493827",
+    "workflow.status": "Failed",
+    "workflow.failures": '[{"displayName":"finetune","message":"OOMKilled"}]',
+}
+
+
+def _steps() -> list[tuple[str, list[str]]]:
+    return [
+        (name, [*tpl["container"]["command"], *tpl["container"]["args"]])
+        for name, tpl in workflow_containers(render_env("default"))
+    ]
+
+
+def _fill(arg: str) -> str:
+    return re.sub(r"\{\{([^}]+)\}\}", lambda m: PLACEHOLDERS[m[1]], arg)
+
+
+@pytest.mark.parametrize(("step", "argv"), _steps(), ids=[s for s, _ in _steps()])
+def test_every_step_command_parses_with_the_real_cli(step: str, argv: list[str]) -> None:
+    assert argv[0] == "bigbertha", f"{step}: every container runs `bigbertha <subcommand>`"
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    name, *rest = [_fill(a) for a in argv[1:]]
+    command = commands.get(name)
+    if command is None:
+        pytest.skip(f"`bigbertha {name}` is not registered yet (used by {step})")
+    try:
+        command.make_context(name, list(rest))
+    except TyperException as exc:
+        pytest.fail(f"{step}: `bigbertha {name} {' '.join(rest)}` does not parse: {exc}")
+
+
+def test_every_input_parameter_is_declared(docs: list[dict[str, Any]]) -> None:
+    for wt in find(docs, "WorkflowTemplate"):
+        templates = {t["name"]: t for t in wt["spec"]["templates"]}
+        for tpl in templates.values():
+            declared = {p["name"] for p in tpl.get("inputs", {}).get("parameters", [])}
+            used = set(re.findall(r"\{\{inputs\.parameters\.([\w-]+)\}\}", str(tpl)))
+            assert used <= declared, f"{tpl['name']}: undeclared {used - declared}"
+            for task in tpl.get("dag", {}).get("tasks", []):
+                needed = {p["name"] for p in templates[task["template"]]["inputs"]["parameters"]}
+                given = {p["name"] for p in task["arguments"]["parameters"]}
+                assert needed == given, f"{task['name']}: passes {given}, needs {needed}"
+        entry = templates[wt["spec"]["entrypoint"]]
+        args = {p["name"] for p in wt["spec"]["arguments"]["parameters"]}
+        assert {p["name"] for p in entry.get("inputs", {}).get("parameters", [])} <= args
+
+
+def test_retraining_dag_runs_prepare_finetune_evaluate_promote(docs: list[dict[str, Any]]) -> None:
+    wt = one(docs, "WorkflowTemplate", "bigbertha-finetune")["spec"]
+    tasks = {t["name"]: t for t in next(
+        t for t in wt["templates"] if t["name"] == wt["entrypoint"])["dag"]["tasks"]}
+    assert tasks["prepare-data"].get("depends") is None
+    assert tasks["finetune"]["depends"] == "prepare-data"
+    assert tasks["evaluate"]["depends"] == "finetune"
+    assert tasks["promote"]["depends"] == "evaluate"
+    commands = {t["name"]: t["container"]["args"][0] for t in wt["templates"] if "container" in t}
+    assert commands["finetune"] == "finetune" and commands["promote"] == "promote"
+    assert commands["evaluate"] == "evaluate"
+
+
+def test_retraining_holds_a_mutex_retries_has_a_deadline_gc_and_exit_handler(
+    docs: list[dict[str, Any]],
+) -> None:
+    wt = one(docs, "WorkflowTemplate", "bigbertha-finetune")["spec"]
+    assert wt["synchronization"] == {"mutexes": [{"name": "bigbertha-finetune"}]}
+    assert wt["activeDeadlineSeconds"] > 0
+    assert wt["podGC"]["strategy"] and wt["ttlStrategy"]["secondsAfterCompletion"] > 0
+    handler = next(t for t in wt["templates"] if t["name"] == wt["onExit"])
+    assert "{{workflow.status}}" in handler["container"]["args"]
+    for tpl in wt["templates"]:
+        if "container" in tpl and tpl["name"] != wt["onExit"]:
+            retry = tpl["retryStrategy"]
+            assert retry["limit"] >= 1 and retry["backoff"]["duration"], tpl["name"]
+
+
+def test_ingestion_is_bounded_retried_and_takes_the_raw_key(docs: list[dict[str, Any]]) -> None:
+    wt = one(docs, "WorkflowTemplate", "bigbertha-ingest")["spec"]
+    (semaphore,) = wt["synchronization"]["semaphores"]
+    sync = one(docs, "ConfigMap", semaphore["configMapKeyRef"]["name"])
+    assert int(sync["data"][semaphore["configMapKeyRef"]["key"]]) >= 1
+    (step,) = [t for t in wt["templates"] if "container" in t]
+    args = step["container"]["args"]
+    assert args[0] == "ingest"
+    assert "s3://{{inputs.parameters.bucket}}/{{inputs.parameters.key}}" in args
+    assert args[args.index("--event-name") + 1] == "{{inputs.parameters.event-name}}"
+    assert args[args.index("--key-encoding") + 1] == "raw"
+    assert 'lastRetry.exitCode == "1"' in step["retryStrategy"]["expression"]
+    assert wt["activeDeadlineSeconds"] > 0
+
+
+def test_values_drive_deadlines_parallelism_and_retries() -> None:
+    docs = render({"workflows": {
+        "ingest": {"parallelism": 7, "activeDeadlineSeconds": 600, "retry": {"limit": 5}},
+        "finetune": {"activeDeadlineSeconds": 900}}})
+    ingest = one(docs, "WorkflowTemplate", "bigbertha-ingest")["spec"]
+    assert ingest["activeDeadlineSeconds"] == 600
+    assert ingest["templates"][0]["retryStrategy"]["limit"] == 5
+    assert one(docs, "ConfigMap", "bigbertha-workflows-sync")["data"]["ingest"] == "7"
+    assert one(docs, "WorkflowTemplate", "bigbertha-finetune")["spec"][
+        "activeDeadlineSeconds"] == 900
+
+
+def _template(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    wt = one(docs, "WorkflowTemplate", "bigbertha-finetune")["spec"]
+    return next(t for t in wt["templates"] if t["name"] == name)
+
+
+def test_prod_fine_tunes_on_gpu_nodes(prod_docs: list[dict[str, Any]]) -> None:
+    train = _template(prod_docs, "finetune")
+    assert train["container"]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert train["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert train["tolerations"][0]["key"] == "nvidia.com/gpu"
+    prepare = _template(prod_docs, "prepare-data")
+    assert "nodeSelector" not in prepare, "only the training step needs a GPU node"
+
+
+def test_dev_fine_tunes_on_cpu() -> None:
+    train = _template(render_env("dev"), "finetune")
+    assert "nvidia.com/gpu" not in str(train["container"]["resources"])
+    assert "nodeSelector" not in train and "tolerations" not in train
