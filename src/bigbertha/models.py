@@ -214,6 +214,8 @@ def load_causal_lm(ref: str, settings: Settings, *, quantize: bool = False) -> t
 
         assert source.base is not None
         model, tokenizer, _ = load_causal_lm(source.base, settings, quantize=quantize)
+        if isinstance(model, PeftModel):  # an adapter trained on an adapted base: fold it in
+            model = model.merge_and_unload()
         model = PeftModel.from_pretrained(model, source.location)
         if (Path(source.location) / "tokenizer_config.json").is_file():
             tokenizer = AutoTokenizer.from_pretrained(source.location)

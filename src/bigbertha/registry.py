@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -24,8 +23,6 @@ from typing import TYPE_CHECKING, Any
 from bigbertha.errors import BigberthaError, ConfigError, ServiceUnavailable
 
 if TYPE_CHECKING:
-    from minio import Minio
-
     from bigbertha.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -218,63 +215,35 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def s3_client(settings: Settings) -> Minio:
-    """A MinIO client for s3.endpoint; ConfigError when storage is not configured."""
-    from minio import Minio
-
-    s3 = settings.s3
-    if not s3.endpoint:
-        raise ConfigError("s3:// URI used but s3.endpoint is not set (BIGBERTHA_S3__ENDPOINT)")
-    return Minio(
-        s3.endpoint,
-        access_key=s3.access_key.get_secret_value() if s3.access_key else None,
-        secret_key=s3.secret_key.get_secret_value() if s3.secret_key else None,
-        secure=s3.secure,
-        region=s3.region,
-    )
-
-
 def read_bytes(settings: Settings, uri: str) -> bytes:
-    """The content of a local file or an s3:// object."""
+    """The content of a local file or an s3:// object (retried by `storage`)."""
     if not is_s3(uri):
         try:
             return Path(uri).read_bytes()
         except OSError as exc:
             raise ConfigError(f"{uri}: cannot read ({exc.strerror or exc})") from exc
-    from minio.error import S3Error
+    from bigbertha.storage import open_client
 
     bucket, key = split_s3(uri)
-    try:
-        response = s3_client(settings).get_object(bucket, key)
-    except S3Error as exc:
-        raise ConfigError(f"{uri}: {exc.code}") from exc
-    except OSError as exc:
-        raise ServiceUnavailable(f"object storage at {settings.s3.endpoint}: {exc}") from exc
-    try:
-        return bytes(response.read())
-    finally:
-        response.close()
-        response.release_conn()
+    return open_client(settings).get(bucket, key)
 
 
 def write_bytes(settings: Settings, uri: str, data: bytes) -> None:
-    """Write a local file or an s3:// object (the bucket must exist)."""
+    """Write a local file or an s3:// object (creating the bucket if needed)."""
     if not is_s3(uri):
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
         Path(uri).write_bytes(data)
         return
-    import io
+    from bigbertha.storage import open_client
 
     bucket, key = split_s3(uri)
-    s3 = s3_client(settings)
-    if not s3.bucket_exists(bucket):
-        s3.make_bucket(bucket)
-    s3.put_object(bucket, key, io.BytesIO(data), len(data))
+    store = open_client(settings)
+    store.ensure_bucket(bucket)
+    store.put(bucket, key, data)
 
 
 def upload_path(settings: Settings, src: Path, uri: str) -> str:
-    """Copy a file or directory to `uri` (s3:// prefix or local path); returns `uri`."""
-    files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+    """Copy a file or a directory tree to `uri` (s3:// prefix or local path); returns `uri`."""
     if not is_s3(uri):
         dest = Path(uri)
         if src.resolve() != dest.resolve():
@@ -284,35 +253,40 @@ def upload_path(settings: Settings, src: Path, uri: str) -> str:
             else:
                 shutil.copytree(src, dest, dirs_exist_ok=True)
         return uri
+    from bigbertha.storage import open_client
+
     bucket, prefix = split_s3(uri)
-    s3 = s3_client(settings)
-    if not s3.bucket_exists(bucket):
-        s3.make_bucket(bucket)
-    for path in files:
-        key = prefix if src.is_file() else f"{prefix.rstrip('/')}/{path.relative_to(src)}"
-        s3.fput_object(bucket, key.lstrip("/"), str(path))
+    store = open_client(settings)
+    store.ensure_bucket(bucket)
+    if src.is_file():
+        store.put(bucket, prefix, src.read_bytes())
+        return uri
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        store.put(
+            bucket, f"{prefix.rstrip('/')}/{path.relative_to(src)}".lstrip("/"), path.read_bytes()
+        )
     return uri
 
 
 def download_prefix(settings: Settings, uri: str, dest: Path) -> Path:
     """Download every object under an s3:// prefix into `dest` (replaced); returns `dest`."""
+    from bigbertha.storage import open_client
+
     bucket, prefix = split_s3(uri)
     prefix = prefix.rstrip("/") + "/" if prefix else ""
-    s3 = s3_client(settings)
-    tmp = Path(tempfile.mkdtemp(prefix=".s3-", dir=dest.parent if dest.parent.exists() else None))
+    store = open_client(settings)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".s3-", dir=dest.parent))
     count = 0
-    for obj in s3.list_objects(bucket, prefix=prefix, recursive=True):
-        name = obj.object_name or ""
-        if name.endswith("/"):
-            continue
-        s3.fget_object(bucket, name, str(tmp / name[len(prefix) :]))
+    for obj in store.list(bucket, prefix):
+        target = tmp / obj.key[len(prefix) :]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(store.get(bucket, obj.key))
         count += 1
     if count == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ConfigError(f"{uri}: no objects under this prefix")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.move(str(tmp), dest)
-    os.chmod(dest, 0o755)
+    tmp.rename(dest)
     return dest
