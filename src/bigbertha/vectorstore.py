@@ -150,7 +150,7 @@ def open_store(settings: Settings, *, create: bool) -> MilvusVectorStore:
     properties = None if exists else {MODEL_PROPERTY: model_id(settings.embeddings.model)}
     if properties is not None:
         properties[DIM_PROPERTY] = str(dim)
-    return call(
+    store = call(
         settings,
         f"open {name}",
         lambda: MilvusVectorStore(
@@ -168,3 +168,6 @@ def open_store(settings: Settings, *, create: bool) -> MilvusVectorStore:
             use_async_client=False,
         ),
     )
+    if exists:  # a reopened milvus-lite file starts released; search needs it loaded
+        call(settings, f"load {name}", lambda: store.client.load_collection(name))
+    return store
