@@ -11,12 +11,12 @@ import copy
 import functools
 import json
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import pygjson
 import yaml
 from helm_python import _native
 
@@ -158,55 +158,9 @@ def workflow_containers(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[
                 yield f"{wt['metadata']['name']}/{tpl['name']}", tpl
 
 
-_GJSON_QUERY = re.compile(r'^#\((?P<path>[^=!<>%]+)(?P<op>==|!=)"(?P<value>[^"]*)"\)(?P<all>#?)$')
-
-
-def gjson_get(data: Any, path: str) -> Any:
-    """The subset of GJSON the Sensors use: dotted keys, `#(p=="v")` (first match), `#(p=="v")#`
-    (all matches), array indexes and the `|` pipe. Returns None when nothing matches, like
-    gjson's Result.Exists() == false. Keeps the chart's gjson paths testable in Python."""
-    current: Any = data
-    for segment in path.split("|"):
-        current = _gjson_path(current, segment)
-        if current is None:
-            return None
-    return current
-
-
-def _gjson_path(data: Any, path: str) -> Any:
-    parts = re.findall(r'#\([^)]*\)#?|[^.]+', path)
-    current = data
-    for index, part in enumerate(parts):
-        if current is None:
-            return None
-        query = _GJSON_QUERY.match(part)
-        if query:
-            if not isinstance(current, list):
-                return None
-            matches = [
-                item
-                for item in current
-                if (str(_gjson_path(item, query["path"])) == query["value"])
-                == (query["op"] == "==")
-            ]
-            if query["all"]:
-                rest = ".".join(parts[index + 1 :])
-                if not rest:
-                    return matches
-                mapped = [_gjson_path(item, rest) for item in matches]
-                return [m for m in mapped if m is not None]
-            current = matches[0] if matches else None
-        elif isinstance(current, list) and part.isdigit():
-            current = current[int(part)] if int(part) < len(current) else None
-        elif isinstance(current, dict):
-            current = current.get(part)
-        else:
-            return None
-    return current
-
-
-def gjson_string(value: Any) -> str:
-    """How gjson's Result.String() prints a value (objects and arrays as compact JSON)."""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+def gjson(data: Any, path: str) -> str | None:
+    """What an Argo Events Sensor reads at a gjson `path` of the event data: gjson's
+    Result.String() (objects as raw JSON), or None where Result.Exists() is false. The event
+    data travels as compact JSON, as on the wire. pygjson is a port of tidwall/gjson."""
+    result = pygjson.get(json.dumps(data, separators=(",", ":"), ensure_ascii=False), path)
+    return result.to_str() if result.exists() else None

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart.render import find, gjson_get, gjson_string, one, render
+from tests.chart.render import find, gjson, one, render
 
 
 def _sample(shared: Path, name: str) -> dict[str, Any]:
@@ -25,10 +25,10 @@ def _passes(sensor: dict[str, Any], event: dict[str, Any]) -> bool:
     dep = sensor["spec"]["dependencies"][0]
     for data_filter in dep.get("filters", {}).get("data", []):
         assert data_filter["type"] == "string"
-        value = gjson_get(event, data_filter["path"])
+        value = gjson(event, data_filter["path"])
         if value is None:
             return False
-        if not any(re.search(p, gjson_string(value)) for p in data_filter["value"]):
+        if not any(re.search(p, value) for p in data_filter["value"]):
             return False
     return True
 
@@ -41,7 +41,8 @@ def _submitted(sensor: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
         src = param["src"]
         if "dataTemplate" in src:
             continue  # time-dependent (the cooldown window); checked on its own below
-        value = gjson_string(gjson_get(event, src["dataKey"]))
+        value = gjson(event, src["dataKey"])
+        assert value is not None, f"{src['dataKey']}: nothing at this path"
         node: Any = workflow
         *parents, last = param["dest"].split(".")
         for part in parents:
