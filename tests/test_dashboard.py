@@ -37,6 +37,7 @@ VARIABLES = {
     "$namespace": NAMESPACE,
     "$model": MODEL,
     f"${dashboard.THRESHOLD_VARIABLE}": str(dashboard.DEFAULT_NEGATIVE_FEEDBACK_THRESHOLD),
+    f"${dashboard.WINDOW_VARIABLE}": dashboard.DEFAULT_NEGATIVE_FEEDBACK_WINDOW,
 }
 METRIC = re.compile(r"\b(bigbertha_[a-z0-9_]+|ALERTS)\b")
 
@@ -243,7 +244,12 @@ def test_every_panel_shows_data_from_a_live_exporter(
     prometheus: Service, exprs: list[tuple[str, str]]
 ) -> None:
     # Grafana's $__rate_interval is at least four scrape intervals.
-    variables = {**VARIABLES, "$__rate_interval": "10s", "$__range": "1m"}
+    variables = {
+        **VARIABLES,
+        "$__rate_interval": "10s",
+        "$__range": "1m",
+        f"${dashboard.WINDOW_VARIABLE}": "10s",
+    }
     deadline = time.monotonic() + 30
     pending = dict.fromkeys((title, substitute(e, variables)) for title, e in exprs)
     while pending and time.monotonic() < deadline:
@@ -283,12 +289,18 @@ def test_chart_ships_the_dashboard_for_the_grafana_sidecar(shared_dir: Path) -> 
 
 
 def test_chart_draws_the_threshold_the_alert_uses() -> None:
+    # The generated defaults are the rule's defaults...
+    rule = yaml.safe_load((ROOT / "values.yaml").read_text())["monitoring"]["rules"]
+    assert rule["negativeFeedback"]["threshold"] == dashboard.DEFAULT_NEGATIVE_FEEDBACK_THRESHOLD
+    assert rule["negativeFeedback"]["window"] == dashboard.DEFAULT_NEGATIVE_FEEDBACK_WINDOW
+    # ... and a tuned rule moves the line and the window with it.
     (configmap,) = chart_dashboard(
-        {"monitoring": {"rules": {"negativeFeedback": {"threshold": 0.45}}}}
+        {"monitoring": {"rules": {"negativeFeedback": {"threshold": 0.45, "window": "2h"}}}}
     )
     shipped = json.loads(configmap["data"]["bigbertha.json"])
     variables = {v["name"]: v["query"] for v in shipped["templating"]["list"]}
     assert variables[dashboard.THRESHOLD_VARIABLE] == "0.45"
+    assert variables[dashboard.WINDOW_VARIABLE] == "2h"
 
 
 def test_chart_dashboard_label_and_switch() -> None:

@@ -32,6 +32,9 @@ CHART_PATH = Path("files/dashboards/bigbertha.json")
 THRESHOLD_VARIABLE = "negative_feedback_threshold"
 #: Default of that variable: the ratio of thumbs-down answers BigBerthaNegativeFeedbackHigh uses.
 DEFAULT_NEGATIVE_FEEDBACK_THRESHOLD = 0.3
+#: The rule's window, also a constant the chart overrides, so the panel plots what the rule tests.
+WINDOW_VARIABLE = "negative_feedback_window"
+DEFAULT_NEGATIVE_FEEDBACK_WINDOW = "1h"
 
 # Label selectors shared by the queries: chat series carry model and model_version, pipeline
 # series only the scrape's namespace.
@@ -92,8 +95,8 @@ NEGATIVE_FEEDBACK = (
     Query(
         _ratio(
             f'rate(bigbertha_feedback_total{{namespace=~"$namespace", model=~"$model", '
-            f'rating="down"}}{RATE})',
-            f"rate(bigbertha_feedback_total{CHAT}{RATE})",
+            f'rating="down"}}[${WINDOW_VARIABLE}])',
+            f"rate(bigbertha_feedback_total{CHAT}[${WINDOW_VARIABLE}])",
         ),
         "thumbs-down ratio",
     ),
@@ -199,8 +202,9 @@ def build(
     feedback_ratio = (
         series(
             "Negative feedback ratio",
-            "Share of rated answers that got a thumbs-down. BigBerthaNegativeFeedbackHigh fires "
-            "(and starts a retraining run) above the dashed threshold.",
+            "Share of rated answers that got a thumbs-down over the alert rule's window. "
+            "BigBerthaNegativeFeedbackHigh fires (and starts a retraining run) above the "
+            "dashed threshold once enough votes came in.",
             NEGATIVE_FEEDBACK,
             "percentunit",
         )
@@ -253,6 +257,11 @@ def build(
             db.ConstantVariable(THRESHOLD_VARIABLE)
             .description("Thumbs-down ratio at which BigBerthaNegativeFeedbackHigh fires")
             .value(_number(negative_feedback_threshold))
+        )
+        .with_variable(
+            db.ConstantVariable(WINDOW_VARIABLE)
+            .description("Window over which BigBerthaNegativeFeedbackHigh computes the ratio")
+            .value(DEFAULT_NEGATIVE_FEEDBACK_WINDOW)
         )
         .with_row(db.Row("Traffic and latency"))
         .with_panel(
