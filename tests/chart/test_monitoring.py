@@ -3,8 +3,8 @@
 Render the chart, extract the PrometheusRule groups, generate promtool unit tests from the
 thresholds in the values (a series just past a threshold fires after `for`, one just short does
 not, the minimum-sample guard holds, the alert resolves), and run `promtool test rules`. The
-AlertmanagerConfig is turned into the alertmanager.yml the operator would generate and checked
-with `amtool check-config` and `amtool config routes test`.
+AlertmanagerConfig is turned into the alertmanager.yml the operator would generate
+(bigbertha.alerting) and checked with `amtool check-config` and `amtool config routes test`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bigbertha.alerting import alertmanager_yaml
 from bigbertha.telemetry import LATENCY_BUCKETS, bound_label
 from tests.chart.render import NAMESPACE, RELEASE, ROOT, one, render
 from tests.services import require_binary
@@ -58,53 +59,6 @@ def rules_yaml(rule: dict[str, Any], *, annotations: bool = True) -> str:
             for item in group["rules"]:
                 item.pop("annotations", None)
     return yaml.safe_dump({"groups": groups}, sort_keys=False)
-
-
-def alertmanager_yaml(
-    amc: dict[str, Any], *, namespace: str = NAMESPACE, url: str | None = None, token: str
-) -> str:
-    """The alertmanager.yml the operator generates from one AlertmanagerConfig.
-
-    As prometheus-operator does: receivers are renamed <namespace>/<name>/<receiver>, the route
-    becomes a first-level child route with `continue: true`, and (strategy OnNamespace) its
-    namespace matcher is replaced by the object's namespace. `url` replaces the in-cluster
-    webhook address (tests point it at their receiver); the Secret's token is inlined.
-    """
-    spec = amc["spec"]
-    prefix = f"{namespace}/{amc['metadata']['name']}/"
-    route = spec["route"]
-    matchers = [
-        f'{m["name"]}{m.get("matchType", "=")}"{m["value"]}"'
-        for m in route.get("matchers", [])
-        if m["name"] != "namespace"
-    ] + [f'namespace="{namespace}"']
-    receivers: list[dict[str, Any]] = [{"name": "null"}]
-    for receiver in spec["receivers"]:
-        hooks = []
-        for hook in receiver.get("webhookConfigs", []):
-            auth = hook["httpConfig"]["authorization"]
-            hooks.append(
-                {
-                    "url": url or hook["url"],
-                    "send_resolved": hook.get("sendResolved", True),
-                    "max_alerts": hook.get("maxAlerts", 0),
-                    "http_config": {
-                        "authorization": {"type": auth.get("type", "Bearer"), "credentials": token}
-                    },
-                }
-            )
-        receivers.append({"name": prefix + receiver["name"], "webhook_configs": hooks})
-    child = {
-        "receiver": prefix + route["receiver"],
-        "matchers": matchers,
-        "group_by": route["groupBy"],
-        "group_wait": route["groupWait"],
-        "group_interval": route["groupInterval"],
-        "repeat_interval": route["repeatInterval"],
-        "continue": True,
-    }
-    config = {"route": {"receiver": "null", "routes": [child]}, "receivers": receivers}
-    return yaml.safe_dump(config, sort_keys=False)
 
 
 # -- promtool test generation -------------------------------------------------------------------
@@ -487,7 +441,7 @@ def test_amtool_routes_only_this_releases_retrain_alerts(
     amtool = require_binary("amtool")
     _, amc = default_objects
     config = tmp_path / "alertmanager.yml"
-    config.write_text(alertmanager_yaml(amc, token="t0ken"))
+    config.write_text(alertmanager_yaml(amc, namespace=NAMESPACE, token="t0ken"))
     check = subprocess.run([amtool, "check-config", str(config)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     full = {"namespace": NAMESPACE, "bigbertha_release": RELEASE, "severity": "warning", **labels}

@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 import yaml
 
+from bigbertha.alerting import alertmanager_yaml
 from bigbertha.settings import load
 from bigbertha.telemetry import Recorder
 from tests.chart.render import NAMESPACE, RELEASE
-from tests.chart.test_monitoring import alertmanager_yaml, monitoring_objects, rules_yaml
+from tests.chart.test_monitoring import monitoring_objects, rules_yaml
 from tests.services import Service, ServiceManager, free_port, require_binary
 
 pytestmark = pytest.mark.slow
@@ -104,7 +105,7 @@ def alertmanager_alerts(alertmanager: Service) -> set[str]:
 def stack(services: ServiceManager, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     rule, amc = monitoring_objects(FAST)
     receiver = Receiver()
-    config = alertmanager_yaml(amc, url=receiver.url, token=TOKEN)
+    config = alertmanager_yaml(amc, namespace=NAMESPACE, url=receiver.url, token=TOKEN)
     path = tmp_path_factory.mktemp("alertmanager") / "alertmanager.yml"
     path.write_text(config)
     amtool = require_binary("amtool")
