@@ -133,7 +133,7 @@ class ChatSettings(Section):
 
 
 class IngestSettings(Section):
-    """Document ingestion (owned by ingest.py)."""
+    """Document ingestion: parsing, chunking, rejection and retries."""
 
     # Counted in the embedding model's tokens; all-MiniLM-L6-v2 reads at most 256 of them.
     chunk_size: int = Field(256, ge=32, le=8192, description="chunk size in tokens")
@@ -166,7 +166,7 @@ class IngestSettings(Section):
 
 
 class FinetuneSettings(Section):
-    """QLoRA fine-tuning (owned by finetune.py)."""
+    """QLoRA fine-tuning: base model, data, LoRA and trainer hyperparameters."""
 
     base_model: str = Field(
         "smollm2", description="'smollm2', a path, a Hugging Face id, or models:/<name>@champion"
@@ -174,13 +174,71 @@ class FinetuneSettings(Section):
     quantize: Literal["auto", "4bit", "none"] = Field(
         "auto", description="auto: 4-bit NF4 on GPU, full precision on CPU"
     )
+    data: list[str] = Field(
+        default_factory=list,
+        description="curated JSONL (s3://bucket/key or paths): prompt/completion or messages",
+    )
+    feedback_examples: int = Field(
+        500, ge=0, description="at most this many up-rated chatbot turns join the data (0: none)"
+    )
+    min_examples: int = Field(16, ge=1, description="fewer usable examples stop the run early")
+    output: str = Field(
+        str(HOME / "finetune"), description="where the adapter goes: a path or an s3:// prefix"
+    )
+    merge: bool = Field(False, description="also save merged full weights under <output>/merged")
+    lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="module names LoRA adapts, or ['all-linear']",
+    )
+    learning_rate: float = Field(2e-4, gt=0, description="peak learning rate")
+    epochs: float = Field(3.0, gt=0, description="passes over the data (unless max_steps > 0)")
+    max_steps: int = Field(-1, ge=-1, description="optimizer steps; -1: use epochs")
+    max_seq_length: int = Field(512, ge=16, description="tokens per example (longer truncated)")
+    batch_size: int = Field(4, ge=1, description="examples per device step")
+    gradient_accumulation_steps: int = Field(4, ge=1, description="steps per optimizer update")
+    seed: int = Field(42, description="random seed (data order, LoRA init)")
+    logging_steps: int = Field(5, ge=1, description="log the loss every this many steps")
+
+
+GateMetric = Literal["perplexity", "token_f1", "rouge_l", "tokens_per_second"]
 
 
 class PromoteSettings(Section):
-    """The promotion gate (owned by promote.py)."""
+    """The promotion gate: what a challenger must beat, and by how much."""
 
     margin: float = Field(
         0.0, ge=0, description="a challenger must beat the champion on every gate metric by this"
+    )
+    gate_metrics: list[GateMetric] = Field(
+        ["perplexity", "token_f1"],
+        description="metrics the challenger must beat (relative improvement > margin)",
+    )
+
+
+class EvaluateSettings(Section):
+    """The benchmark behind the gate: held-out set and generation length."""
+
+    data: str | None = Field(
+        None,
+        description="held-out JSONL (question/context/reference or prompt/completion); path or s3://",
+    )
+    max_examples: int = Field(64, ge=1, description="evaluate at most this many examples")
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="generation length per answer")
+    report: str | None = Field(None, description="also write the JSON report here (path or s3://)")
+
+
+class RetrainSettings(Section):
+    """The one-process retraining pipeline (`bigbertha retrain`)."""
+
+    workdir: str = Field(str(HOME / "retrain"), description="scratch space for a run's artifacts")
+    lock_file: str = Field(
+        str(HOME / "retrain.lock"), description="held while a run trains; one run at a time"
+    )
+    lock_wait_seconds: float = Field(
+        0, ge=0, description="wait this long for a running retrain to finish; 0: refuse at once"
     )
 
 
@@ -222,6 +280,8 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     promote: PromoteSettings = Field(default_factory=PromoteSettings)
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod
@@ -314,3 +374,59 @@ def masked(settings: Settings) -> dict[str, dict[str, Any]]:
                 value = "***" if value.get_secret_value() else ""
             out[section][key] = value
     return out
+
+
+# Set by the chart itself (service addresses, ports) or from Secrets: never in `settings:` values.
+CHART_WIRED = {
+    ("milvus", "uri"),
+    ("s3", "endpoint"),
+    ("s3", "secure"),
+    ("mlflow", "tracking_uri"),
+    ("exporter", "host"),
+    ("exporter", "port"),
+    ("chat", "port"),
+}
+
+
+def _is_secret(schema: dict[str, Any]) -> bool:
+    variants = schema.get("anyOf", [schema])
+    return any(v.get("format") == "password" for v in variants)
+
+
+def _values_type(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic field schema as a Helm values schema: no nulls (an unset value is omitted)."""
+    out = {k: v for k, v in schema.items() if k not in ("title", "default", "anyOf")}
+    variants = [v for v in schema.get("anyOf", []) if v.get("type") != "null"]
+    if variants:
+        out.update({k: v for k, v in variants[0].items() if k != "title"})
+    return out
+
+
+def values_schema() -> dict[str, Any]:
+    """JSON schema of the chart's `settings:` values block, generated from these models.
+
+    values.schema.json embeds it (a test checks for drift), so a setting the code accepts is a
+    value the chart accepts, with the same types and bounds, and a typo fails the render.
+    """
+    full = Settings.model_json_schema()
+    defs = full["$defs"]
+    sections: dict[str, Any] = {}
+    for section, ref in full["properties"].items():
+        model = defs[ref["$ref"].rsplit("/", 1)[1]]
+        props = {
+            key: _values_type(field)
+            for key, field in model["properties"].items()
+            if (section, key) not in CHART_WIRED and not _is_secret(field)
+        }
+        sections[section] = {
+            "type": "object",
+            "description": model.get("description", "").splitlines()[0],
+            "properties": props,
+            "additionalProperties": False,
+        }
+    return {
+        "type": "object",
+        "description": "bigbertha settings, rendered as BIGBERTHA_<SECTION>__<KEY> env vars",
+        "properties": sections,
+        "additionalProperties": False,
+    }
