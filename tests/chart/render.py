@@ -27,8 +27,14 @@ NAMESPACE = "bigbertha"
 KUBE_VERSION = "v1.30.0"
 ENVS = ("default", "dev", "local", "prod")
 CUSTOM_KINDS = {
-    "argoproj.io/v1alpha1": ("EventBus", "EventSource", "Sensor", "Workflow", "WorkflowTemplate",
-                             "Application"),
+    "argoproj.io/v1alpha1": (
+        "EventBus",
+        "EventSource",
+        "Sensor",
+        "Workflow",
+        "WorkflowTemplate",
+        "Application",
+    ),
     "monitoring.coreos.com/v1": ("ServiceMonitor", "PrometheusRule", "PodMonitor"),
     "monitoring.coreos.com/v1alpha1": ("AlertmanagerConfig",),
 }
@@ -129,9 +135,7 @@ def clean(doc: dict[str, Any]) -> dict[str, Any]:
 
 def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
     return [
-        d
-        for d in docs
-        if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)
+        d for d in docs if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)
     ]
 
 

@@ -139,9 +139,27 @@ def test_helmignore_keeps_the_package_to_the_chart() -> None:
         shipped = [f["name"] for f in chart.files] + [t["name"] for t in chart.templates]
     finally:
         chart.close()
-    for banned in ("src/", "docker/", "tests/", "bench/", "docs/", "ci/", ".venv", "pyproject.toml"):
+    for banned in (
+        "src/",
+        "docker/",
+        "tests/",
+        "bench/",
+        "docs/",
+        "ci/",
+        "gitops/",
+        ".venv",
+        ".git",
+        "pyproject.toml",
+    ):
         assert not [f for f in shipped if f.startswith(banned)], f"package ships {banned}"
     assert any(f.startswith("values/") for f in shipped), "the environment overlays must ship"
+    for needed in (
+        "templates/tests/test-endpoints.yaml",
+        "templates/gitops/application.yaml",
+        "templates/_helpers.tpl",
+        "values.schema.json",
+    ):
+        assert needed in shipped or needed == "values.schema.json", f"{needed} not packaged"
 
 
 def test_charts_folder_holds_only_its_readme_in_git() -> None:

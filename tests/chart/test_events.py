@@ -81,8 +81,11 @@ def test_firing_retrain_alert_starts_a_run_with_its_name_and_labels(
 
 
 def test_resolved_alerts_start_nothing(retrain: dict[str, Any], shared_dir: Path) -> None:
-    assert not _passes(retrain, _sample(shared_dir, "argo-webhook-eventdata-firing.json") | {
-        "body": _sample(shared_dir, "alertmanager-webhook-resolved.json")})
+    assert not _passes(
+        retrain,
+        _sample(shared_dir, "argo-webhook-eventdata-firing.json")
+        | {"body": _sample(shared_dir, "alertmanager-webhook-resolved.json")},
+    )
 
 
 def test_page_alerts_start_nothing_even_when_the_group_fires(
@@ -114,8 +117,9 @@ def test_cooldown_names_the_workflow_after_its_window(retrain: dict[str, Any]) -
     (window,) = [p for p in trigger["parameters"] if p["dest"] == "metadata.name"]
     assert window["operation"] == "append"
     assert window["src"]["dataTemplate"] == "{{ div (now | unixEpoch) 3600 }}"
-    shorter = one(render({"events": {"retrain": {"cooldownSeconds": 600}}}), "Sensor",
-                  "bigbertha-retrain")
+    shorter = one(
+        render({"events": {"retrain": {"cooldownSeconds": 600}}}), "Sensor", "bigbertha-retrain"
+    )
     params = shorter["spec"]["triggers"][0]["template"]["argoWorkflow"]["parameters"]
     assert "{{ div (now | unixEpoch) 600 }}" in [p["src"].get("dataTemplate") for p in params]
 
@@ -132,8 +136,11 @@ def test_minio_upload_maps_bucket_raw_key_and_event(
     event = _sample(shared_dir, sample)
     assert _passes(ingest, event)
     args = _arguments(_submitted(ingest, event))
-    assert args == {"bucket": "datasets", "key": "docs/handbook 2026-08 café.pdf",
-                    "event-name": event_name}
+    assert args == {
+        "bucket": "datasets",
+        "key": "docs/handbook 2026-08 café.pdf",
+        "event-name": event_name,
+    }
 
 
 @pytest.mark.parametrize(
@@ -161,8 +168,12 @@ def test_sensor_parameters_land_on_declared_workflow_template_arguments(
     for sensor in find(docs, "Sensor"):
         trigger = sensor["spec"]["triggers"][0]["template"]["argoWorkflow"]
         workflow = trigger["source"]["resource"]
-        declared = {p["name"] for p in templates[workflow["spec"]["workflowTemplateRef"]["name"]]
-                    ["spec"]["arguments"]["parameters"]}
+        declared = {
+            p["name"]
+            for p in templates[workflow["spec"]["workflowTemplateRef"]["name"]]["spec"][
+                "arguments"
+            ]["parameters"]
+        }
         passed = workflow["spec"]["arguments"]["parameters"]
         assert {p["name"] for p in passed} <= declared
         for param in trigger["parameters"]:

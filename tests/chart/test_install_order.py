@@ -16,14 +16,23 @@ from tests.chart.render import CUSTOM_KINDS, ENVS, ROOT, render, render_env
 
 SCRIPT = (ROOT / "ci" / "install-crds.sh").read_text()
 TABLE = re.findall(r'^\s+"([^|"]+)\|([^|"]+)\|(file|template)"$', SCRIPT, flags=re.M)
-PINS = {d["name"]: d["version"] for d in yaml.safe_load((ROOT / "Chart.yaml").read_text())[
-    "dependencies"]}
+PINS = {
+    d["name"]: d["version"]
+    for d in yaml.safe_load((ROOT / "Chart.yaml").read_text())["dependencies"]
+}
 
 
 def _rendered_kinds() -> set[tuple[str, str]]:
     docs = [d for env in ENVS for d in render_env(env)]
-    docs += render({"gitops": {"enabled": True, "repoURL": "https://git.example/bb.git",
-                               "targetRevision": "main"}})
+    docs += render(
+        {
+            "gitops": {
+                "enabled": True,
+                "repoURL": "https://git.example/bb.git",
+                "targetRevision": "main",
+            }
+        }
+    )
     return {(d["apiVersion"], d["kind"]) for d in docs if d["apiVersion"] in CUSTOM_KINDS}
 
 
@@ -31,10 +40,14 @@ def _provenance(shared: Path) -> dict[str, dict[str, Any]]:
     """kind -> {name, version, path} of the chart file its CRD comes from."""
     out = {}
     for entry in json.loads((shared / "crds" / "PROVENANCE.json").read_text()).values():
-        match = re.search(r"charts/(?P<name>[^/]+)/(?P<path>\S+) \(chart (?P<version>[\d.]+)",
-                          entry["source"])
+        match = re.search(
+            r"charts/(?P<name>[^/]+)/(?P<path>\S+) \(chart (?P<version>[\d.]+)", entry["source"]
+        )
         assert match, entry["source"]
-        out[entry["kind"]] = {**match.groupdict(), "versions": [v["name"] for v in entry["versions"]]}
+        out[entry["kind"]] = {
+            **match.groupdict(),
+            "versions": [v["name"] for v in entry["versions"]],
+        }
     return out
 
 
@@ -49,8 +62,14 @@ def test_the_script_installs_from_the_pinned_archives() -> None:
 def test_every_custom_kind_rendered_is_covered(shared_dir: Path) -> None:
     provenance = _provenance(shared_dir)
     kinds = _rendered_kinds()
-    assert {k for _, k in kinds} >= {"EventBus", "EventSource", "Sensor", "WorkflowTemplate",
-                                     "ServiceMonitor", "Application"}
+    assert {k for _, k in kinds} >= {
+        "EventBus",
+        "EventSource",
+        "Sensor",
+        "WorkflowTemplate",
+        "ServiceMonitor",
+        "Application",
+    }
     for api_version, kind in kinds:
         source = provenance.get(kind)
         assert source, f"{kind}: no pinned CRD in ../shared/crds"

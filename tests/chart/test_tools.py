@@ -38,7 +38,9 @@ def test_rendered_output_passes_yamllint(env: str, tmp_path: Path) -> None:
     out.write_text(manifest_text(env))
     result = subprocess.run(
         [_tool("yamllint"), "-f", "parsable", "-d", YAMLLINT_CONFIG, str(out)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout
 
@@ -48,7 +50,9 @@ def test_values_files_pass_yamllint() -> None:
     config = "{extends: default, rules: {line-length: {max: 300}, document-start: disable}}"
     result = subprocess.run(
         [_tool("yamllint"), "-f", "parsable", "-d", config, *map(str, files)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout
 
@@ -67,7 +71,9 @@ def test_rendered_alert_rules_pass_promtool(env: str, tmp_path: Path) -> None:
     rules.write_text(yaml.safe_dump({"groups": groups}))
     result = subprocess.run(
         [_tool("promtool", "/usr/bin/promtool"), "check", "rules", str(rules)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -78,9 +84,21 @@ def test_checkov_finds_no_failed_check_in_prod(tmp_path: Path) -> None:
     manifest = tmp_path / "prod.yaml"
     manifest.write_text(manifest_text("prod"))
     result = subprocess.run(
-        [_tool("checkov", CHECKOV), "--framework", "kubernetes", "-f", str(manifest),
-         "-o", "json", "--compact", "--quiet", "--skip-download"],
-        capture_output=True, text=True, check=False,
+        [
+            _tool("checkov", CHECKOV),
+            "--framework",
+            "kubernetes",
+            "-f",
+            str(manifest),
+            "-o",
+            "json",
+            "--compact",
+            "--quiet",
+            "--skip-download",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
         env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
     )
     report = json.loads(result.stdout)

@@ -62,7 +62,11 @@ def test_another_release_name_must_rewire_the_subcharts() -> None:
         "milvus": {"externalS3": {"host": "demo-minio"}},
         "mlflow": {"extraEnvVars": {"MLFLOW_S3_ENDPOINT_URL": "http://demo-minio:9000"}},
     }
-    _fails(rewired, "set milvus.standalone.extraEnv with secretKeyRef to \"demo-bigbertha-s3\"", release="demo")
+    _fails(
+        rewired,
+        'set milvus.standalone.extraEnv with secretKeyRef to "demo-bigbertha-s3"',
+        release="demo",
+    )
 
 
 def test_milvus_cluster_mode_needs_credentials_on_every_node() -> None:
@@ -72,8 +76,12 @@ def test_milvus_cluster_mode_needs_credentials_on_every_node() -> None:
 
 def test_mlflow_needs_a_real_backend_store() -> None:
     _fails({"mlflow": {"postgresql": {"enabled": False}}}, "MLflow needs a real backend store")
-    external = {"mlflow": {"postgresql": {"enabled": False}, "backendStore": {"postgres": {
-        "enabled": True, "host": "db", "database": "mlflow"}}}}
+    external = {
+        "mlflow": {
+            "postgresql": {"enabled": False},
+            "backendStore": {"postgres": {"enabled": True, "host": "db", "database": "mlflow"}},
+        }
+    }
     _fails(external, "set mlflow.backendStore.existingDatabaseSecret.name")
 
 
@@ -83,8 +91,15 @@ def test_openai_backend_needs_an_endpoint() -> None:
 
 def test_gitops_needs_a_repository() -> None:
     _fails({"gitops": {"enabled": True}}, "set gitops.repoURL")
-    docs = render({"gitops": {"enabled": True, "repoURL": "https://git.example/bb.git",
-                              "targetRevision": "v0.1.0"}})
+    docs = render(
+        {
+            "gitops": {
+                "enabled": True,
+                "repoURL": "https://git.example/bb.git",
+                "targetRevision": "v0.1.0",
+            }
+        }
+    )
     app = find(docs, "Application")[0]
     assert app["spec"]["source"]["helm"]["valueFiles"] == ["values/prod.yaml"]
     assert app["spec"]["destination"]["namespace"] == "bigbertha"

@@ -29,10 +29,14 @@ def _pod_templates(docs: list[dict[str, Any]]) -> list[tuple[dict[str, str], dic
 
 def test_services_select_pods_and_target_named_ports(docs: list[dict[str, Any]]) -> None:
     for svc in find(docs, "Service"):
-        pods = [p for labels, p in _pod_templates(docs) if _matches(svc["spec"]["selector"], labels)]
+        pods = [
+            p for labels, p in _pod_templates(docs) if _matches(svc["spec"]["selector"], labels)
+        ]
         assert pods, f"Service {svc['metadata']['name']} selects no pod"
         for port in svc["spec"]["ports"]:
-            names = {cp.get("name") for p in pods for c in p["containers"] for cp in c.get("ports", [])}
+            names = {
+                cp.get("name") for p in pods for c in p["containers"] for cp in c.get("ports", [])
+            }
             assert port["targetPort"] in names, f"{svc['metadata']['name']}: {port['targetPort']}"
 
 
@@ -62,12 +66,18 @@ def _webhook(docs: list[dict[str, Any]]) -> tuple[str, int, str, dict[str, str]]
     hook = source["spec"]["webhook"]["alertmanager"]
     ports = [p["port"] for p in source["spec"]["service"]["ports"]]
     assert int(hook["port"]) in ports
-    return f"{source['metadata']['name']}-eventsource-svc", int(hook["port"]), hook["endpoint"], \
-        hook["authSecret"]
+    return (
+        f"{source['metadata']['name']}-eventsource-svc",
+        int(hook["port"]),
+        hook["endpoint"],
+        hook["authSecret"],
+    )
 
 
 @pytest.mark.skipif(not MONITORING, reason="templates/monitoring (the telemetry part) not present")
-def test_alertmanager_config_posts_to_the_webhook_with_its_token(docs: list[dict[str, Any]]) -> None:
+def test_alertmanager_config_posts_to_the_webhook_with_its_token(
+    docs: list[dict[str, Any]],
+) -> None:
     service, port, endpoint, auth = _webhook(docs)
     configs = find(docs, "AlertmanagerConfig")
     assert configs, "no AlertmanagerConfig rendered"
@@ -107,8 +117,11 @@ def _refs(docs: list[dict[str, Any]]) -> dict[str, set[str]]:
                     refs["Secret"].add(value["secretName"])
                 elif key == "configMap" and isinstance(value, dict) and "name" in value:
                     refs["ConfigMap"].add(value["name"])
-                elif key in ("authSecret", "accessKey", "secretKey", "credentials") and \
-                        isinstance(value, dict) and "name" in value:
+                elif (
+                    key in ("authSecret", "accessKey", "secretKey", "credentials")
+                    and isinstance(value, dict)
+                    and "name" in value
+                ):
                     refs["Secret"].add(value["name"])
                 elif key == "serviceAccountName":
                     refs["ServiceAccount"].add(value)
@@ -167,7 +180,9 @@ def test_pods_reach_each_other_through_the_services(docs: list[dict[str, Any]]) 
     assert data["BIGBERTHA_EXPORTER__HOST"] == "0.0.0.0"
     chatbot = one(docs, "Deployment", "bigbertha-chatbot")["spec"]["template"]["spec"]
     env = {e["name"]: e for e in chatbot["containers"][0]["env"]}
-    assert env["BIGBERTHA_REDIS__URL"]["value"].startswith("redis://:$(REDIS_PASSWORD)@bigbertha-redis.")
+    assert env["BIGBERTHA_REDIS__URL"]["value"].startswith(
+        "redis://:$(REDIS_PASSWORD)@bigbertha-redis."
+    )
     redis = one(docs, "Service", "bigbertha-redis")
     assert redis["spec"]["ports"][0]["port"] == 6379
 
@@ -188,8 +203,10 @@ def test_network_policies_deny_by_default_and_open_each_path(docs: list[dict[str
     assert deny["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in deny
     ours = [labels for labels, _ in _pod_templates(docs)]
     ours += [wt["spec"]["podMetadata"]["labels"] for wt in find(docs, "WorkflowTemplate")]
-    ours += [s["spec"]["template"]["metadata"]["labels"]
-             for s in find(docs, "Sensor") + find(docs, "EventSource")]
+    ours += [
+        s["spec"]["template"]["metadata"]["labels"]
+        for s in find(docs, "Sensor") + find(docs, "EventSource")
+    ]
     for labels in ours:
         assert _matches(deny["podSelector"]["matchLabels"], labels), labels
     exporter_from = policies["bigbertha-exporter"]["ingress"][0]["from"]
@@ -199,4 +216,5 @@ def test_network_policies_deny_by_default_and_open_each_path(docs: list[dict[str
     events_in = policies["bigbertha-events"]["ingress"][0]
     assert events_in["ports"][0]["port"] == _webhook(docs)[1]
     assert events_in["from"][0]["podSelector"]["matchLabels"] == {
-        "app.kubernetes.io/name": "alertmanager"}
+        "app.kubernetes.io/name": "alertmanager"
+    }

@@ -20,6 +20,8 @@ PLACEHOLDERS = {
     "inputs.parameters.bucket": "documents",
     "inputs.parameters.key": "docs/handbook 2026-08 café.pdf",
     "inputs.parameters.event-name": "s3:ObjectCreated:Put",
+    "workflow.parameters.alert-name": "BigBerthaNegativeFeedbackHigh",
+    "workflow.parameters.alert-labels": '{"alertname":"BigBerthaNegativeFeedbackHigh"}',
     "workflow.name": "bigbertha-retrain-493827",
     "workflow.status": "Failed",
     "workflow.failures": '[{"displayName":"finetune","message":"OOMKilled"}]',
@@ -37,7 +39,27 @@ def _fill(arg: str) -> str:
     return re.sub(r"\{\{([^}]+)\}\}", lambda m: PLACEHOLDERS[m[1]], arg)
 
 
-@pytest.mark.parametrize(("step", "argv"), _steps(), ids=[s for s, _ in _steps()])
+# The exit handler needs a way to count a cluster run and record its failure; TRAIN's CLI has
+# no such flag yet (asked through the lead). Strict: once it parses, remove this marker.
+PENDING = {
+    "bigbertha-finetune/record-exit": "needs `bigbertha retrain --record-exit --status "
+    "--failures` (count the run, record a failure in MLflow)",
+}
+
+
+def _cases() -> list[Any]:
+    return [
+        pytest.param(
+            step,
+            argv,
+            id=step,
+            marks=[pytest.mark.xfail(strict=True, reason=PENDING[step])] if step in PENDING else [],
+        )
+        for step, argv in _steps()
+    ]
+
+
+@pytest.mark.parametrize(("step", "argv"), _cases())
 def test_every_step_command_parses_with_the_real_cli(step: str, argv: list[str]) -> None:
     assert argv[0] == "bigbertha", f"{step}: every container runs `bigbertha <subcommand>`"
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
@@ -64,13 +86,17 @@ def test_every_input_parameter_is_declared(docs: list[dict[str, Any]]) -> None:
                 assert needed == given, f"{task['name']}: passes {given}, needs {needed}"
         entry = templates[wt["spec"]["entrypoint"]]
         args = {p["name"] for p in wt["spec"]["arguments"]["parameters"]}
+        used = set(re.findall(r"\{\{workflow\.parameters\.([\w-]+)\}\}", str(wt["spec"])))
+        assert used <= args, f"undeclared workflow parameters {used - args}"
         assert {p["name"] for p in entry.get("inputs", {}).get("parameters", [])} <= args
 
 
 def test_retraining_dag_runs_prepare_finetune_evaluate_promote(docs: list[dict[str, Any]]) -> None:
     wt = one(docs, "WorkflowTemplate", "bigbertha-finetune")["spec"]
-    tasks = {t["name"]: t for t in next(
-        t for t in wt["templates"] if t["name"] == wt["entrypoint"])["dag"]["tasks"]}
+    tasks = {
+        t["name"]: t
+        for t in next(t for t in wt["templates"] if t["name"] == wt["entrypoint"])["dag"]["tasks"]
+    }
     assert tasks["prepare-data"].get("depends") is None
     assert tasks["finetune"]["depends"] == "prepare-data"
     assert tasks["evaluate"]["depends"] == "finetune"
@@ -111,15 +137,21 @@ def test_ingestion_is_bounded_retried_and_takes_the_raw_key(docs: list[dict[str,
 
 
 def test_values_drive_deadlines_parallelism_and_retries() -> None:
-    docs = render({"workflows": {
-        "ingest": {"parallelism": 7, "activeDeadlineSeconds": 600, "retry": {"limit": 5}},
-        "finetune": {"activeDeadlineSeconds": 900}}})
+    docs = render(
+        {
+            "workflows": {
+                "ingest": {"parallelism": 7, "activeDeadlineSeconds": 600, "retry": {"limit": 5}},
+                "finetune": {"activeDeadlineSeconds": 900},
+            }
+        }
+    )
     ingest = one(docs, "WorkflowTemplate", "bigbertha-ingest")["spec"]
     assert ingest["activeDeadlineSeconds"] == 600
     assert ingest["templates"][0]["retryStrategy"]["limit"] == 5
     assert one(docs, "ConfigMap", "bigbertha-workflows-sync")["data"]["ingest"] == "7"
-    assert one(docs, "WorkflowTemplate", "bigbertha-finetune")["spec"][
-        "activeDeadlineSeconds"] == 900
+    assert (
+        one(docs, "WorkflowTemplate", "bigbertha-finetune")["spec"]["activeDeadlineSeconds"] == 900
+    )
 
 
 def _template(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
