@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 import urllib.error
@@ -175,13 +177,34 @@ def test_exporter_needs_a_redis_url(clean_env: object):
         create_app(load())
 
 
-def test_redis_stopped_mid_test_still_answers(services: ServiceManager):
+def test_redis_hung_then_stopped_mid_test_still_answers(services: ServiceManager):
     own = services.redis()
-    settings = load(overrides={"redis": {"url": own.extra["url"]}, "mlflow": {"model_name": "bb"}})
+    settings = load(
+        overrides={
+            "redis": {"url": own.extra["url"]},
+            "mlflow": {"model_name": "bb"},
+            "exporter": {"redis_timeout_seconds": 0.3},
+        }
+    )
     drive(settings)
     client = create_app(settings).test_client()
     assert json.loads(client.get("/healthz").data) == {"status": "ok", "redis": "up"}
     assert "bigbertha_exporter_redis_up 1.0" in client.get("/metrics").get_data(as_text=True)
+
+    os.kill(own.pid, signal.SIGSTOP)  # hung: connections open, nothing answers
+    try:
+        started = time.perf_counter()
+        hung = client.get("/metrics").get_data(as_text=True)
+        scrape_s = time.perf_counter() - started
+        started = time.perf_counter()
+        health = client.get("/healthz")
+        health_s = time.perf_counter() - started
+    finally:
+        os.kill(own.pid, signal.SIGCONT)
+    assert "bigbertha_exporter_redis_up 0.0" in hung and scrape_s < 1.0
+    # Within the kubelet's default 1 s probe timeout: a slow Redis never restarts the exporter.
+    assert health.status_code == 200 and health_s < 0.5
+    assert json.loads(health.data)["redis"] == "down"
 
     own.stop()
     started = time.perf_counter()
