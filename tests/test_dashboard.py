@@ -203,7 +203,7 @@ def test_every_metric_is_one_the_exporter_exposes(
 
 
 @pytest.fixture(scope="module")
-def prometheus(services: ServiceManager, exporter: str) -> Service:
+def prometheus(services: ServiceManager, exporter: str) -> Iterator[Service]:
     """A real Prometheus scraping the exporter every second, with one BigBertha alert firing."""
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -229,7 +229,11 @@ def prometheus(services: ServiceManager, exporter: str) -> Service:
             }
         ]
     }
-    return services.prometheus(yaml.safe_dump(config), {"probe-rules.yaml": yaml.safe_dump(probe)})
+    service = services.prometheus(
+        yaml.safe_dump(config), {"probe-rules.yaml": yaml.safe_dump(probe)}
+    )
+    yield service
+    service.stop()  # before the exporter closes: no scrape races the shutdown
 
 
 def query(prom: Service, expr: str) -> list[dict[str, Any]]:
