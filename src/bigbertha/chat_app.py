@@ -1,0 +1,160 @@
+"""The Streamlit chatbot UI (UI only: answering lives in rag.py).
+
+`bigbertha chat` runs this file with Streamlit's server on chat.port. Every browser session
+shares one `RagEngine` (one model per process, via st.cache_resource); each session keeps its
+own history. Answers stream in as they are generated, with their sources underneath and a
+thumbs up/down that is recorded for the model version that produced the answer. Degraded
+services show as warnings on the answer and in the sidebar, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from bigbertha.settings import Settings
+
+APP_TITLE = "BigBertha"
+
+
+def serve(settings: Settings, *, host: str, config_file: Path | None) -> None:
+    """Run the Streamlit server in this process until it is stopped."""
+    from streamlit.web import bootstrap
+
+    flags = {
+        "server.port": settings.chat.port,
+        "server.address": host,
+        "server.headless": True,
+        "server.fileWatcherType": "none",
+        "server.runOnSave": False,
+        "browser.gatherUsageStats": False,
+        "client.toolbarMode": "viewer",
+    }
+    bootstrap.load_config_options(flag_options=flags)
+    args = ["--config", str(config_file)] if config_file else []
+    bootstrap.run(__file__, False, args, flags)
+
+
+def _config_file(argv: list[str]) -> Path | None:
+    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+        return Path(argv[argv.index("--config") + 1])
+    return None
+
+
+def _sidebar(st: Any, engine: Any) -> None:
+    status = engine.models.status()
+    st.sidebar.title(APP_TITLE)
+    st.sidebar.markdown(f"**Model version:** `{status.version}`")
+    st.sidebar.caption(f"{status.ref} · swapped {status.swaps}×")
+    if status.loading:
+        st.sidebar.info(f"Loading the new champion {status.loading} in the background…")
+    if not status.registry_ok:
+        st.sidebar.warning(
+            f"Model registry unreachable ({status.registry_failures} failed checks): "
+            "serving the current model."
+        )
+    elif status.last_error:
+        st.sidebar.warning(status.last_error)
+    if not engine.feedback.enabled:
+        st.sidebar.caption("Feedback log and metrics are off (redis.url is not set).")
+    elif not engine.feedback.available or engine.recorder.dropped:
+        st.sidebar.warning(
+            f"Redis unreachable: metrics and feedback are not kept "
+            f"({engine.recorder.dropped} telemetry events dropped)."
+        )
+    settings = engine.settings
+    st.sidebar.caption(
+        f"collection `{settings.milvus.collection}` · top-k {settings.chat.top_k} · "
+        f"cutoff {settings.chat.similarity_cutoff}"
+    )
+
+
+def _rate(engine: Any, answer: Any, key: str) -> None:
+    import streamlit as st
+
+    value = st.session_state.get(key)
+    if value is None:
+        return
+    rating = "up" if value == 1 else "down"
+    stored = engine.rate(answer, rating)
+    st.session_state[f"{key}-stored"] = (rating, stored)
+
+
+def _details(st: Any, engine: Any, answer: Any) -> None:
+    """Warnings, sources, timing and the rating widget under one answer."""
+    for text in answer.warnings.values():
+        st.warning(text, icon="⚠️")
+    if answer.error:
+        st.error("The model failed on this answer; it was counted as an error.")
+    if answer.sources:
+        with st.expander(f"Sources ({len(answer.sources)})", expanded=True):
+            for source in answer.sources:
+                st.markdown(
+                    f"**[{source.n}] {source.label}** · score `{source.score:.3f}`  \n"
+                    f"<small>{source.document}</small>",
+                    unsafe_allow_html=True,
+                )
+                st.caption(source.snippet)
+    t = answer.timings
+    st.caption(
+        f"model {answer.model_version} · {t.total:.1f}s "
+        f"(retrieval {t.retrieval * 1000:.0f} ms, generation {t.generation:.1f}s)"
+    )
+    key = f"rating-{answer.turn_id}"
+    st.feedback("thumbs", key=key, on_change=_rate, args=(engine, answer, key))
+    stored = st.session_state.get(f"{key}-stored")
+    if stored is not None:
+        rating, ok = stored
+        if ok:
+            st.caption(
+                f"Thanks: rated {'👍' if rating == 'up' else '👎'} "
+                f"for model {answer.model_version}."
+            )
+        else:
+            st.caption("Rating shown but not stored: Redis is unreachable.")
+
+
+def main() -> None:
+    import streamlit as st
+
+    from bigbertha.errors import BigberthaError
+    from bigbertha.rag import shared_engine
+    from bigbertha.settings import load
+
+    st.set_page_config(page_title=APP_TITLE, page_icon="🤖")
+    try:
+        settings = load(_config_file(sys.argv))
+        with st.spinner("Loading the model…"):
+            engine = shared_engine(settings)
+    except BigberthaError as exc:
+        st.error(f"The chatbot cannot start: {exc}")
+        st.stop()
+        return
+    _sidebar(st, engine)
+    st.title(f"{APP_TITLE} 🤖")
+    st.caption("Answers come from your ingested documents, with their sources.")
+
+    history: list[Any] = st.session_state.setdefault("history", [])
+    for answer in history:
+        with st.chat_message("user"):
+            st.markdown(answer.question)
+        with st.chat_message("assistant"):
+            st.markdown(answer.text)
+            _details(st, engine, answer)
+
+    question = st.chat_input("Ask about your documents")
+    if not question or not question.strip():
+        return
+    with st.chat_message("user"):
+        st.markdown(question)
+    with st.chat_message("assistant"):
+        stream = engine.stream(question)
+        st.write_stream(stream)
+        answer = stream.result()
+        history.append(answer)
+        _details(st, engine, answer)
+
+
+if __name__ == "__main__":
+    main()
