@@ -103,3 +103,17 @@ def test_gitops_needs_a_repository() -> None:
     app = find(docs, "Application")[0]
     assert app["spec"]["source"]["helm"]["valueFiles"] == ["values/prod.yaml"]
     assert app["spec"]["destination"]["namespace"] == "bigbertha"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("milvus", "uri", "http://elsewhere:19530"),
+        ("redis", "url", "redis://x"),
+        ("chat", "port", 9000),
+    ],
+)
+def test_wired_settings_cannot_be_overridden(section: str, key: str, value: Any) -> None:
+    """Service names, ports and Secrets are wired by the chart: the schema refuses them."""
+    with pytest.raises(helm.HelmValuesError, match=f"/settings/{section}.*'{key}' not allowed"):
+        render_raw({"settings": {section: {key: value}}})
