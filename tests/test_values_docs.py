@@ -41,7 +41,9 @@ def generate(generator: Path, values: Path, readme: Path) -> str:
     )
     errors = [line for line in result.stdout.splitlines() if line.startswith("ERROR")]
     assert result.returncode == 0, (
-        f"readme-generator rejects {values.name}'s `## @param` comments:\n"
+        f"readme-generator rejects {values.name}'s `## @param` comments (it documents leaves: "
+        "give a non-empty map one `## @param a.b.c` per key, or `## @extra a.b` plus "
+        "`## @skip a.b` for a list of objects):\n"
         + "\n".join(errors or [result.stdout[-2000:], result.stderr[-2000:]])
     )
     return readme.read_text()
