@@ -105,16 +105,28 @@ def latency_fractions(target: float) -> list[float]:
 
 
 def ratio_inputs(
-    alert: str, cfg: dict[str, Any], bad: bool, volume: float, minutes: int, stop: int | None = None
+    alert: str,
+    cfg: dict[str, Any],
+    bad: bool,
+    volume: float,
+    minutes: int,
+    stop: int | None = None,
+    serving: bool = True,
 ) -> list[dict[str, str]]:
-    """Input series for one ratio alert at `volume` events per minute, just past or short."""
+    """Input series for one ratio alert at `volume` events per minute, just past or short.
+
+    `serving`: the exporter reports the model version as serving (bigbertha_model_info 1).
+    """
     threshold = float(cfg["threshold"])
     delta = max(abs(threshold) * 0.02, 0.002)
     low = alert == "BigBerthaRetrievalRelevanceLow"  # fires BELOW its threshold
     value = threshold + (delta if bad != low else -delta)
     args = {"minutes": minutes, "stop": stop}
+    info = "bigbertha_model_info{" + ",".join(f'{k}="{v}"' for k, v in CHAT.items()) + "}"
+    serving = [{"series": info, "values": f"1x{minutes}"}] if serving else []
     if alert == "BigBerthaNegativeFeedbackHigh":
         return [
+            *serving,
             series("bigbertha_feedback_total", {**CHAT, "rating": "down"}, volume * value, **args),
             series(
                 "bigbertha_feedback_total", {**CHAT, "rating": "up"}, volume * (1 - value), **args
@@ -122,6 +134,7 @@ def ratio_inputs(
         ]
     if alert == "BigBerthaRetrievalRelevanceLow":
         return [
+            *serving,
             series("bigbertha_retrieval_score_count", CHAT, volume, **args),
             series("bigbertha_retrieval_score_sum", CHAT, volume * value, **args),
         ]
@@ -188,7 +201,7 @@ def ratio_tests(alert: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
             ],
         }
 
-    return [
+    tests = [
         case(
             "just past the threshold fires after `for`",
             ratio_inputs(alert, cfg, True, busy, long),
@@ -210,6 +223,15 @@ def ratio_tests(alert: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
             [(f + 120, firing), (stop * 60 + w + 120, [])],
         ),
     ]
+    if ALERTS[alert][1] == "retrain":
+        tests.append(
+            case(
+                "a version no longer serving does not retrain",
+                ratio_inputs(alert, cfg, True, busy, long, serving=False),
+                [(f + 120, []), (w + f + 300, [])],
+            )
+        )
+    return tests
 
 
 def down_tests(alert: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
