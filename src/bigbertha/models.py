@@ -240,8 +240,8 @@ def save_merged(model: Any, tokenizer: Any, directory: Path) -> Path:
 
 def pyfunc_model() -> Any:
     """The MLflow pyfunc form of a challenger: loads the ``adapter`` artifact with
-    `load_causal_lm`; `predict` maps prompts (a list, or a DataFrame with a ``prompt`` column)
-    to greedy completions, so `mlflow.pyfunc.load_model` serves the same model."""
+    `load_causal_lm`; `predict` maps a list of prompts to greedy completions, so
+    `mlflow.pyfunc.load_model` serves the same model."""
     from mlflow.pyfunc import PythonModel
 
     class _CausalLM(PythonModel):
@@ -251,12 +251,10 @@ def pyfunc_model() -> Any:
             path = context.artifacts[ADAPTER_ARTIFACT]
             self.model, self.tokenizer, _ = load_causal_lm(path, Settings())
 
-        def predict(self, context: Any, model_input: Any, params: Any = None) -> list[str]:
-            prompts = (
-                list(model_input["prompt"])
-                if hasattr(model_input, "columns")
-                else list(model_input)
-            )
+        def predict(
+            self, context: Any, model_input: list[str], params: dict[str, Any] | None = None
+        ) -> list[str]:
+            prompts = [str(p) for p in model_input]
             max_new = int((params or {}).get("max_new_tokens", 64))
             out = []
             for prompt in prompts:
