@@ -1,8 +1,8 @@
-{{/* bigbertha.workflows.container: (dict "ctx" . "args" <list> "resources" <map> "s3" bool "redis" bool) -> the container of one `bigbertha <subcommand>` step. */}}
+{{/* bigbertha.workflows.container: (dict "ctx" . "image" <image values> "args" <list> "resources" <map> "s3" bool "redis" bool) -> the container of one `bigbertha <subcommand>` step. */}}
 {{- define "bigbertha.workflows.container" -}}
 {{- $ctx := .ctx -}}
-image: {{ include "bigbertha.image" (dict "ctx" $ctx "image" $ctx.Values.workflows.image) }}
-imagePullPolicy: {{ $ctx.Values.workflows.image.pullPolicy }}
+image: {{ include "bigbertha.image" (dict "ctx" $ctx "image" .image) }}
+imagePullPolicy: {{ .image.pullPolicy }}
 command: ["bigbertha"]
 args:
   {{- toYaml .args | nindent 2 }}

@@ -117,3 +117,22 @@ def test_wired_settings_cannot_be_overridden(section: str, key: str, value: Any)
     """Service names, ports and Secrets are wired by the chart: the schema refuses them."""
     with pytest.raises(helm.HelmValuesError, match=f"/settings/{section}.*'{key}' not allowed"):
         render_raw({"settings": {section: {key: value}}})
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ({"minio": {"existingSecret": "other"}}, 'set minio.existingSecret to "bigbertha-s3"'),
+        ({"milvus": {"externalS3": {"host": "minio"}}}, 'set milvus.externalS3.host to "bigbertha'),
+        (
+            {"mlflow": {"extraEnvVars": {"MLFLOW_S3_ENDPOINT_URL": "http://x:9000"}}},
+            "set mlflow.extraEnvVars.MLFLOW_S3_ENDPOINT_URL",
+        ),
+        (
+            {"mlflow": {"artifactRoot": {"s3": {"existingSecret": {"name": "other"}}}}},
+            'set mlflow.artifactRoot.s3.existingSecret.name to "bigbertha-s3"',
+        ),
+    ],
+)
+def test_each_subchart_wire_is_checked(broken: dict[str, Any], message: str) -> None:
+    _fails(broken, message)
