@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 
@@ -93,6 +94,21 @@ def test_replicas_add_up_and_memory_is_bounded_by_series(redis_url: str, client:
     assert client.hlen(METRICS_KEY) == fields_after_40  # 340 answers, same number of fields
     data = stored(client)
     assert data[("bigbertha_chat_requests_total", "bigbertha-llm", "3")] == 340
+
+
+def test_threads_share_one_recorder_without_losing_counts(recorder: Recorder, client: redis.Redis):
+    # Streamlit serves each session on its own thread, all with the process' one recorder.
+    threads = [
+        threading.Thread(target=lambda: [answer(recorder) for _ in range(50)]) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    data = stored(client)
+    assert data[("bigbertha_chat_requests_total", "bb", "3")] == 400
+    assert data[("bigbertha_chat_tokens_total", "bb", "3", "prompt")] == 400 * 120
+    assert recorder.dropped == 0
 
 
 def test_each_call_is_one_round_trip(recorder: Recorder, monkeypatch: pytest.MonkeyPatch):

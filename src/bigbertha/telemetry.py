@@ -298,8 +298,8 @@ class Recorder:
         if self._clock() < self._retry_at:
             self._count_drop()
             return
-        with self._lock:
-            unreported = self._unreported
+        with self._lock:  # take them, so two threads never report the same drops
+            unreported, self._unreported = self._unreported, 0
         pipe = client.pipeline(transaction=False)
         for name, amount in incr.items():
             if isinstance(amount, float):
@@ -314,6 +314,8 @@ class Recorder:
             pipe.execute()
         except Exception as exc:  # whatever the client raises, the chat goes on
             self._retry_at = self._clock() + self._backoff
+            with self._lock:
+                self._unreported += unreported
             self._count_drop()
             self._warn.warning(
                 "telemetry dropped (Redis unreachable: %s); %d events lost so far",
@@ -323,8 +325,6 @@ class Recorder:
             return
         finally:
             pipe.reset()
-        with self._lock:
-            self._unreported -= unreported
 
 
 def redis_client(url: str, timeout: float) -> redis.Redis:
