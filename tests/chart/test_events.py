@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.chart.render import find, gjson, one, render
 
@@ -206,3 +207,12 @@ def test_minio_filters_come_from_values() -> None:
     docs = render({"events": {"minio": {"prefix": "docs/", "suffix": ".pdf"}}})
     source = one(docs, "EventSource", "bigbertha-minio")["spec"]["minio"]["documents"]
     assert source["filter"] == {"prefix": "docs/", "suffix": ".pdf"}
+
+
+def test_jetstream_version_is_one_the_pinned_controller_knows(
+    docs: list[dict[str, Any]], shared_dir: Path
+) -> None:
+    upstream = yaml.safe_load((shared_dir / "upstream/argo-events-2.4.22/values.yaml").read_text())
+    known = {v["version"] for v in upstream["configs"]["jetstream"]["versions"]}
+    version = one(docs, "EventBus", "bigbertha")["spec"]["jetstream"]["version"]
+    assert version in known - {"latest"}, f"EventBus JetStream {version} not in {sorted(known)}"
