@@ -175,6 +175,10 @@ def test_scrape_is_one_round_trip(settings: Settings, monkeypatch: pytest.Monkey
 def test_exporter_needs_a_redis_url(clean_env: object):
     with pytest.raises(ConfigError, match="redis.url is not set.*BIGBERTHA_REDIS__URL"):
         create_app(load())
+    with pytest.raises(ConfigError, match="redis.url is not set"):
+        create_app(load(overrides={"redis": {"url": ""}}))
+    with pytest.raises(ConfigError, match="invalid setting redis.url"):
+        create_app(load(overrides={"redis": {"url": "localhost:6379"}}))
 
 
 def test_redis_hung_then_stopped_mid_test_still_answers(services: ServiceManager):

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from bigbertha import telemetry
+from bigbertha.errors import ConfigError
 from bigbertha.settings import load
 from bigbertha.telemetry import METRICS_KEY, SERVING_KEY, Recorder
 from tests.services import Service, ServiceManager, free_port
@@ -167,6 +168,13 @@ def test_without_redis_the_recorder_is_a_counting_no_op(clean_env: object):
     recorder.record_feedback("3", "up")
     recorder.set_serving_model("3")
     assert recorder.dropped == 3
+
+
+def test_an_empty_url_is_off_and_a_malformed_one_is_a_clear_error(clean_env: object):
+    assert Recorder.from_settings(load(overrides={"redis": {"url": ""}}))._client is None
+    with pytest.raises(ConfigError, match=r"^invalid setting redis.url: .*redis://") as exc:
+        Recorder.from_settings(load(overrides={"redis": {"url": "http://:hunter2@cache:6379"}}))
+    assert "hunter2" not in str(exc.value)
 
 
 def test_unreachable_redis_gives_up_fast_and_backs_off(caplog: pytest.LogCaptureFixture):

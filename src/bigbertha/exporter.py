@@ -210,7 +210,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     from prometheus_client import platform_collector, process_collector
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-    if settings.redis.url is None:
+    if settings.redis.url is None or not settings.redis.url.get_secret_value():
         raise ConfigError(
             "redis.url is not set: the exporter reads telemetry from Redis. "
             "Set BIGBERTHA_REDIS__URL (redis://[:password@]host:port/db)."

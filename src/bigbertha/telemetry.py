@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from bigbertha.errors import ConfigError
 from bigbertha.logs import RateLimitedLogger
 
 if TYPE_CHECKING:
@@ -203,12 +204,15 @@ class Recorder:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Recorder:
-        """A recorder for `settings.redis.url` labelled with `settings.mlflow.model_name`."""
+        """A recorder for `settings.redis.url` labelled with `settings.mlflow.model_name`.
+
+        Raises ConfigError for a malformed URL; an empty one means telemetry off.
+        """
         model = settings.mlflow.model_name
-        if settings.redis.url is None:
+        url = settings.redis.url.get_secret_value() if settings.redis.url else ""
+        if not url:
             log.info("telemetry off: redis.url is not set (BIGBERTHA_REDIS__URL)")
             return cls(None, model)
-        url = settings.redis.url.get_secret_value()
         return cls(redis_client(url, settings.redis.timeout_seconds), model)
 
     # -- the interface the chatbot and the jobs call -------------------------------------------
@@ -328,16 +332,24 @@ class Recorder:
 
 
 def redis_client(url: str, timeout: float) -> redis.Redis:
-    """A Redis client that gives up after `timeout` seconds and never retries on its own."""
+    """A Redis client that gives up after `timeout` seconds and never retries on its own.
+
+    Connects lazily. Raises ConfigError (without echoing the URL: it may hold a password).
+    """
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-        decode_responses=True,
-    )
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            decode_responses=True,
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"invalid setting redis.url: {exc} (expected redis://[:password@]host:port/db)"
+        ) from None
