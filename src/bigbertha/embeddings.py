@@ -109,7 +109,10 @@ def _embedding_class() -> type[BaseEmbedding]:
         def _get_query_embedding(self, query: str) -> list[float]:
             with self._lock:
                 vector = self._model.encode_query(
-                    [query], normalize_embeddings=True, convert_to_numpy=True
+                    [query],
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
                 )[0]
             return [float(x) for x in vector]
 

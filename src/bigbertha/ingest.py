@@ -191,6 +191,7 @@ class Report:
     started: float = field(default_factory=time.time)
     outcomes: list[Outcome] = field(default_factory=list)
     fatal: str | None = None
+    finished: float | None = None
 
     @property
     def exit_code(self) -> int:
@@ -208,7 +209,7 @@ class Report:
             "action": self.action,
             "event_name": self.event_name,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
-            "duration_s": round(time.time() - self.started, 3),
+            "duration_s": round((self.finished or time.time()) - self.started, 3),
             "exit_code": self.exit_code,
             "fatal": self.fatal,
             "totals": totals,
@@ -286,11 +287,12 @@ class Chunker:
         self, uri: str, name: str, sections: list[readers.Section], etag: str, version: str | None
     ) -> list[TextNode]:
         from llama_index.core import Document
+        from llama_index.core.schema import NodeRelationship, RelatedNodeInfo
 
         docs = []
-        for section in sections:
+        for number, section in enumerate(sections):
             doc = Document(
-                id_=uri,
+                id_=f"{uri}#{number}",  # unique: the splitter maps nodes back to docs by id
                 text=section.text,
                 metadata={
                     "source": uri,
@@ -308,6 +310,8 @@ class Chunker:
         for index, node in enumerate(nodes):
             node.metadata["chunk_index"] = index
             node.id_ = chunk_id(uri, index, node.get_content())
+            # The ref doc is the source, so all its chunks are found and deleted together.
+            node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=uri)
         return nodes  # type: ignore[return-value]
 
 
@@ -487,6 +491,7 @@ class Ingestion:
     def ingest(self, refs: list[SourceRef]) -> None:
         from bigbertha.embeddings import embed_model
 
+        items = self.items(refs)  # storage first: if it is down, fail before loading a model
         embed = embed_model(self.settings)
         # Opening the store checks the collection's model and dim before anything is written.
         index = Index(vectorstore.open_store(self.settings, create=True), self.settings)
@@ -499,7 +504,6 @@ class Ingestion:
                 max_tokens,
             )
         chunker = Chunker(self.settings, getattr(embed, "tokenizer", None))
-        items = self.items(refs)
         progress = Progress(len(items))
         window: list[Pending] = []
 
@@ -566,6 +570,7 @@ def run(
         report.fatal = str(exc)
         raise
     finally:
+        report.finished = time.time()
         if report_path is not None:
             report_path.parent.mkdir(parents=True, exist_ok=True)
             text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
