@@ -41,7 +41,8 @@ def redis_url(redis_server: Service) -> Iterator[str]:
 
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
-    return load(overrides={"redis": {"url": redis_url}, "mlflow": {"model_name": "bb"}})
+    redis_settings = {"url": redis_url, "timeout_seconds": 1.0}  # a loaded CI machine
+    return load(overrides={"redis": redis_settings, "mlflow": {"model_name": "bb"}})
 
 
 def drive(settings: Settings) -> None:

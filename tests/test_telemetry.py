@@ -55,7 +55,9 @@ def client(redis_url: str) -> redis.Redis:
 
 @pytest.fixture
 def recorder(redis_url: str) -> Recorder:
-    settings = load(overrides={"redis": {"url": redis_url}, "mlflow": {"model_name": "bb"}})
+    # A generous timeout: these tests are about aggregation, not about a loaded CI machine.
+    redis_settings = {"url": redis_url, "timeout_seconds": 1.0}
+    settings = load(overrides={"redis": redis_settings, "mlflow": {"model_name": "bb"}})
     return Recorder.from_settings(settings)
 
 
@@ -84,7 +86,7 @@ def test_answer_aggregates_counters_and_histograms(recorder: Recorder, client: r
 
 
 def test_replicas_add_up_and_memory_is_bounded_by_series(redis_url: str, client: redis.Redis):
-    settings = load(overrides={"redis": {"url": redis_url}})
+    settings = load(overrides={"redis": {"url": redis_url, "timeout_seconds": 1.0}})
     replicas = [Recorder.from_settings(settings) for _ in range(2)]
     for replica in replicas:
         for _ in range(20):
@@ -204,7 +206,7 @@ def own_redis(services: ServiceManager) -> Iterator[Service]:
 
 def test_hung_then_stopped_redis_never_stalls_a_chat(own_redis: Service):
     now = [0.0]
-    settings = load(overrides={"redis": {"url": own_redis.extra["url"], "timeout_seconds": 0.05}})
+    settings = load(overrides={"redis": {"url": own_redis.extra["url"], "timeout_seconds": 0.2}})
     recorder = Recorder.from_settings(settings)
     recorder._clock = lambda: now[0]  # control the back-off without sleeping
     client = redis.Redis.from_url(str(own_redis.extra["url"]), decode_responses=True)
