@@ -212,3 +212,30 @@ def test_image_tags_default_to_the_app_version(default_docs: list[dict[str, Any]
     images = [c["image"] for _, pod in pod_specs(default_docs) for c in _containers(pod)]
     ours = [i for i in images if "/bigbertha/" in i]
     assert ours and all(i.endswith(":0.1.0") for i in ours), ours
+
+
+def test_prod_chatbot_survives_a_node_drain(prod_docs: list[dict[str, Any]]) -> None:
+    pdb = find(prod_docs, "PodDisruptionBudget")[0]
+    deploy = find(prod_docs, "Deployment", "bigbertha-chatbot")[0]
+    assert deploy["spec"]["replicas"] > 1 and pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    assert find(render({}), "PodDisruptionBudget") == [], "one replica: a PDB would block drains"
+
+
+def test_chatbot_ingress_routes_to_its_service() -> None:
+    docs = render(
+        {
+            "chatbot": {
+                "ingress": {
+                    "enabled": True,
+                    "host": "chat.example.org",
+                    "tlsSecretName": "chat-tls",
+                }
+            }
+        }
+    )
+    (ingress,) = find(docs, "Ingress")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "bigbertha-chatbot", "port": {"name": "http"}}
+    assert ingress["spec"]["tls"] == [{"hosts": ["chat.example.org"], "secretName": "chat-tls"}]
+    assert find(render({}), "Ingress") == []
