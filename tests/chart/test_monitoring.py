@@ -21,7 +21,17 @@ import yaml
 
 from bigbertha.alerting import alertmanager_yaml
 from bigbertha.telemetry import LATENCY_BUCKETS, bound_label
-from tests.chart.render import NAMESPACE, RELEASE, ROOT, one, render
+from tests.chart.render import (
+    ENVS,
+    NAMESPACE,
+    RELEASE,
+    ROOT,
+    deep_merge,
+    env_values,
+    one,
+    render,
+    render_env,
+)
 from tests.services import require_binary
 
 JOB = f"{RELEASE}-exporter"  # the ServiceMonitor's job: the exporter Service's name
@@ -362,10 +372,12 @@ def test_every_alert_is_labelled_described_and_has_a_runbook(default_objects):
         assert f'job="{JOB}",namespace="{NAMESPACE}"' in item["expr"]
 
 
-def test_rules_from_the_default_values_behave(default_objects, tmp_path: Path):
-    rule, _ = default_objects
-    tests = promtool_tests(DEFAULTS)
-    out = run_promtool(tmp_path, rules_yaml(rule, annotations=False), tests)
+@pytest.mark.parametrize("env", ENVS)
+def test_rules_of_every_environment_behave(env: str, tmp_path: Path):
+    """The thresholds each environment ships with (defaults + values/<env>.yaml) hold."""
+    rule = one(render_env(env), "PrometheusRule", f"{RELEASE}-alerts")
+    values = deep_merge(DEFAULTS, env_values(env))
+    out = run_promtool(tmp_path, rules_yaml(rule, annotations=False), promtool_tests(values))
     assert "SUCCESS" in out
 
 
