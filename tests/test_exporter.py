@@ -145,11 +145,19 @@ def test_foreign_fields_and_old_serving_versions_are_ignored(settings: Settings)
     raw.hset(METRICS_KEY, "not json", 3)
     raw.hset(METRICS_KEY, field("bigbertha_unknown_total", "x"), 1)
     raw.hset(METRICS_KEY, field("bigbertha_chat_requests_total", "too-few-labels"), 1)
+    raw.hset(METRICS_KEY, json.dumps(["bigbertha_chat_requests_total", "bb", 7]), 5)
+    raw.hset(METRICS_KEY, field("bigbertha_chat_latency_seconds_bucket", "bb", "7"), 2)
+    raw.hset(METRICS_KEY, field("bigbertha_chat_latency_seconds_bucket", "bb", "7", "x"), 2)
+    raw.hset(METRICS_KEY, json.dumps(["bigbertha_chat_latency_seconds_bucket"]), 2)
+    raw.hset(METRICS_KEY, field("bigbertha_chat_requests_total", "bb", "7", "x"), "NaN?")
     raw.hset(SERVING_KEY, field("bb", "6"), time.time() - 3600)  # replaced an hour ago
     raw.hset(SERVING_KEY, field("bb", "8"), time.time() - 60)  # still answering (rollout)
     registry = CollectorRegistry()
-    create_app(settings, registry=registry)
+    app = create_app(settings, registry=registry)
     assert registry.get_sample_value("bigbertha_chat_requests_total", CHAT) == 4
+    assert registry.get_sample_value("bigbertha_chat_latency_seconds_count", CHAT) == 4
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert len(list(text_string_to_metric_families(text))) > 10  # still a valid exposition
     info = {"model": "bb"}
     assert registry.get_sample_value("bigbertha_model_info", {**info, "model_version": "6"}) is None
     assert registry.get_sample_value("bigbertha_model_info", {**info, "model_version": "7"}) == 1

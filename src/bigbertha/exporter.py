@@ -101,18 +101,18 @@ class TelemetryCollector(Collector):
                 value = float(raw_value)
             except (ValueError, KeyError, TypeError):
                 continue  # a field from another version of the recorder: not ours to export
+            key: Any = "value"
             if spec.kind == "histogram":
-                if sample.endswith("_sum"):
-                    key: Any = "sum"
-                else:
+                key = "sum" if sample.endswith("_sum") else None
+                if key is None and label_values:
                     *label_values, bound = label_values
                     key = _parse_bound(bound, spec.buckets)
-                    if key is None:
-                        continue
-                target = values[spec][tuple(label_values)]
-                target[key] = target.get(key, 0.0) + value
-            elif len(label_values) == len(spec.labels):
-                values[spec][tuple(label_values)]["value"] = value
+            if key is None or len(label_values) != len(spec.labels):
+                continue
+            if not all(isinstance(v, str) for v in label_values):
+                continue
+            target = values[spec][tuple(label_values)]
+            target[key] = target.get(key, 0.0) + value if spec.kind == "histogram" else value
         for spec, series in values.items():
             if spec.kind == "histogram":
                 histogram = HistogramMetricFamily(spec.name, spec.doc, labels=list(spec.labels))
@@ -182,11 +182,11 @@ def _scalar_family(spec: telemetry.MetricSpec) -> CounterMetricFamily | GaugeMet
     return GaugeMetricFamily(spec.name, spec.doc, labels=list(spec.labels))
 
 
-def _parse_bound(text: str, buckets: tuple[float, ...]) -> float | None:
+def _parse_bound(text: Any, buckets: tuple[float, ...]) -> float | None:
     """The configured bound a stored `le` belongs to (bounds changed across versions fold up)."""
     try:
         bound = math.inf if text == "+Inf" else float(text)
-    except ValueError:
+    except (ValueError, TypeError):
         return None
     return telemetry.bucket_for(buckets, bound)
 
