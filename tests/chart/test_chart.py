@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ def test_chart_metadata_and_exact_pins() -> None:
         assert VALUES[dep["name"]]["enabled"] in (True, False), f"{dep['name']}.enabled missing"
 
 
+@functools.cache
 def _upstream_values(shared: Path, name: str, version: str) -> dict[str, Any]:
     for chart_yaml in shared.glob("upstream/*/Chart.yaml"):
         meta = yaml.safe_load(chart_yaml.read_text())
