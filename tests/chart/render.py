@@ -25,7 +25,8 @@ SHARED = Path(os.environ.get("BIGBERTHA_SHARED", ROOT.parent / "shared"))
 RELEASE = "bigbertha"
 NAMESPACE = "bigbertha"
 KUBE_VERSION = "v1.30.0"
-ENVS = ("default", "dev", "local", "prod")
+# The chart defaults and every environment overlay in values/ (each is rendered and checked).
+ENVS = ("default", *sorted(p.stem for p in (ROOT / "values").glob("*.yaml")))
 CUSTOM_KINDS = {
     "argoproj.io/v1alpha1": (
         "EventBus",
