@@ -102,8 +102,23 @@ def download_version(settings: Settings, name: str, version: str, cache_root: Pa
             if isinstance(exc, BigberthaError):
                 raise
             raise _unavailable(settings, exc) from exc
-    adapter = final / "artifacts" / "adapter"
-    return adapter if adapter.is_dir() else final
+    return _artifact_dir(final)
+
+
+def _artifact_dir(model_dir: Path) -> Path:
+    """The ``adapter`` artifact of a pyfunc model directory (MLmodel names its path)."""
+    import yaml
+
+    from bigbertha.models import ADAPTER_ARTIFACT
+
+    mlmodel = model_dir / "MLmodel"
+    if mlmodel.is_file():
+        doc = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
+        artifacts = doc.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+        path = artifacts.get(ADAPTER_ARTIFACT, {}).get("path")
+        if path and (model_dir / path).is_dir():
+            return model_dir / path
+    return model_dir
 
 
 def pip_requirements() -> list[str]:

@@ -1,0 +1,113 @@
+"""The promotion gate against the real MLflow registry: both ways, previous, rollback, telemetry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from bigbertha import finetune, promote, registry
+from bigbertha.settings import Settings
+from tests.test_finetune import one_torch_thread, trained_adapter  # noqa: F401
+from tests.test_models import task_data, tiny_model  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+def promotions(redis_url: str) -> dict[str, int]:
+    """The promotion counters the telemetry Recorder wrote to Redis."""
+    import redis
+
+    from bigbertha.telemetry import METRICS_KEY
+
+    counts: dict[str, int] = {}
+    for name, value in redis.Redis.from_url(redis_url).hgetall(METRICS_KEY).items():
+        sample, *labels = json.loads(name)
+        if sample.startswith("bigbertha_promotions_total"):
+            counts[labels[-1]] = int(float(value))
+    return counts
+
+
+def with_finetune(settings: Settings, **changes: Any) -> Settings:
+    return settings.model_copy(update={"finetune": settings.finetune.model_copy(update=changes)})
+
+
+def test_gate_needs_every_metric_better_by_the_margin() -> None:
+    champion = {"perplexity": 10.0, "token_f1": 0.5}
+    better = {"perplexity": 8.0, "token_f1": 0.6}
+    assert promote.gate(better, champion, ["perplexity", "token_f1"], 0.1)[0]
+    passed, reason, table = promote.gate(better, champion, ["perplexity", "token_f1"], 0.25)
+    assert not passed and "perplexity" in reason and "token_f1" in reason
+    assert table["perplexity"]["improvement"] == pytest.approx(0.2)
+    mixed = {"perplexity": 5.0, "token_f1": 0.4}
+    assert not promote.gate(mixed, champion, ["perplexity", "token_f1"], 0.0)[0]
+    assert not promote.gate(champion, champion, ["perplexity"], 0.0)[0]  # a tie is not a win
+
+
+def test_gate_promotes_better_keeps_previous_rejects_worse_and_rolls_back(
+    trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],  # noqa: F811
+    mlflow_server: Any,
+    redis_server: Any,
+    tiny_model: Path,  # noqa: F811
+    task_data: Path,  # noqa: F811
+    tmp_path: Path,
+    clean_env: Path,
+) -> None:
+    adapter, result, trained_settings = trained_adapter
+    redis_url = redis_server.extra["url"]
+    name = f"{trained_settings.mlflow.model_name}-gate"
+    settings = trained_settings.model_copy(
+        update={
+            "redis": trained_settings.redis.model_copy(update={"url": SecretStr(redis_url)}),
+            "mlflow": trained_settings.mlflow.model_copy(update={"model_name": name}),
+        }
+    )
+    before = promotions(redis_server.extra["url"])
+
+    # 1. No champion yet: the challenger must beat its own base model, and does.
+    first = promote.run(settings, str(adapter), lineage={"workflow_name": "wf-1"})
+    assert first.decision == "promoted", first.reason
+    assert registry.alias_version(settings, "champion") == first.version
+    tags = registry.version_tags(settings, first.version)
+    assert tags["gate.decision"] == "promoted"
+    assert tags["base_model"] == str(tiny_model) and tags["dataset_hash"] == result.dataset_hash
+    assert tags["alert_name"] == "BigBerthaNegativeFeedbackHigh" and tags["workflow_name"] == "wf-1"
+
+    # 2. A stronger challenger trained on top of the champion replaces it; the old one is previous.
+    champion_ref = f"models:/{name}@champion"
+    stronger = finetune.run(
+        with_finetune(settings, base_model=champion_ref, max_steps=30, output=str(tmp_path / "s"))
+    )
+    assert stronger.base_model == f"models:/{name}/{first.version}"  # the alias is pinned
+    second = promote.run(settings, stronger.output)
+    assert second.decision == "promoted", second.reason
+    assert registry.alias_version(settings, "champion") == second.version
+    assert registry.alias_version(settings, "previous") == first.version
+
+    # 3. A barely trained challenger is registered but does not become champion.
+    weak_settings = with_finetune(
+        settings, max_steps=1, learning_rate=1e-6, output=str(tmp_path / "weak")
+    )
+    weak = finetune.run(weak_settings)
+    third = promote.run(settings, weak.output)
+    assert third.decision == "rejected"
+    assert "not better by the margin on: perplexity" in third.reason
+    assert registry.alias_version(settings, "champion") == second.version
+    tags = registry.version_tags(settings, str(third.version))
+    assert tags["gate.decision"] == "rejected"
+    assert float(tags["gate.perplexity.challenger"]) > float(tags["gate.perplexity.champion"])
+
+    # 4. Rollback restores the previous champion.
+    back = promote.rollback(settings)
+    assert (back.champion_before, back.champion_after) == (second.version, first.version)
+    assert registry.alias_version(settings, "champion") == first.version
+    assert registry.alias_version(settings, "previous") is None
+    with pytest.raises(registry.BigberthaError, match="no 'previous' alias"):
+        promote.rollback(settings)
+
+    after = promotions(redis_server.extra["url"])
+    gained = {k: after.get(k, 0) - before.get(k, 0) for k in ("promoted", "rejected", "rollback")}
+    assert gained == {"promoted": 2, "rejected": 1, "rollback": 1}
