@@ -117,8 +117,10 @@ def run(answers: int, versions: int, baseline_sample: int) -> dict[str, Any]:
             url = str(manager.redis().extra["url"]).rsplit("/", 1)[0]
             # Database 0 gets all the answers, database 1 only the first 1,000: scraping both
             # in turn shows whether scrape time grows with the number of answers.
-            big = load(overrides={"redis": {"url": url + "/0"}})
-            small = load(overrides={"redis": {"url": url + "/1"}})
+            # A 1 s write timeout instead of the chat's 50 ms: on a loaded machine the short one
+            # drops writes (counted below), and dropped calls would flatter the median.
+            big = load(overrides={"redis": {"url": url + "/0", "timeout_seconds": 1.0}})
+            small = load(overrides={"redis": {"url": url + "/1", "timeout_seconds": 1.0}})
             client = redis.Redis.from_url(url + "/0", decode_responses=True)
             ours, few = Recorder.from_settings(big), Recorder.from_settings(small)
             seed = SeedRecorder(client, big.mlflow.model_name)
@@ -162,7 +164,7 @@ def run(answers: int, versions: int, baseline_sample: int) -> dict[str, Any]:
                 }
             )
             fields = client.hlen(METRICS_KEY)
-            dropped = ours.dropped  # writes that hit redis.timeout_seconds on a loaded machine
+            dropped = ours.dropped  # writes that hit the timeout: should be 0
             few_fields = redis.Redis.from_url(url + "/1").hlen(METRICS_KEY)
             print(
                 f"ours: /metrics after 1,000 answers: {scrapes['few']:.2f} ms ({few_fields} fields)"
@@ -194,7 +196,7 @@ def run(answers: int, versions: int, baseline_sample: int) -> dict[str, Any]:
         "redis_fields": fields,
         "baseline_keys": len(keys),
         "record_under_1ms": record_median < 1000,
-        "dropped_on_timeout": dropped,
+        "dropped": dropped,
     }
 
 
