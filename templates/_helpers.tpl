@@ -118,6 +118,14 @@ env:
   - name: BIGBERTHA_REDIS__URL
     value: {{ printf "redis://:$(REDIS_PASSWORD)@%s-redis.%s.svc:6379/0" (include "bigbertha.fullname" $ctx) $ctx.Release.Namespace | quote }}
 {{- end }}
+{{- with $ctx.Values.huggingface.existingSecret }}
+  # Gated or private Hugging Face models (e.g. Llama 2): huggingface_hub reads HF_TOKEN.
+  - name: HF_TOKEN
+    valueFrom:
+      secretKeyRef:
+        name: {{ . }}
+        key: token
+{{- end }}
   - name: HOME
     value: /tmp
   - name: HF_HOME
