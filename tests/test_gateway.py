@@ -238,3 +238,18 @@ def manifests_bucket(manifests) -> str:
     (source,) = [m for m in manifests if m["kind"] == "EventSource" and "minio" in m["spec"]]
     (spec,) = source["spec"]["minio"].values()
     return spec["bucket"]["name"]
+
+
+def test_ingestion_semaphore_bounds_concurrent_workflows(manifests, shared_dir):
+    # values/local.yaml sets workflows.ingest.parallelism: 1, read from the rendered ConfigMap.
+    runner = Recorder(delay=0.05)
+    gw = _gateway(manifests, runner)
+    bucket = manifests_bucket(manifests)
+    for i in range(4):
+        note = copy.deepcopy(_sample(shared_dir, "minio-notification-put-webhook-target.json"))
+        note["Records"][0]["s3"]["bucket"]["name"] = bucket
+        note["Records"][0]["s3"]["object"]["key"] = f"docs%2Fdoc-{i}.md"
+        note["Key"] = f"{bucket}/docs/doc-{i}.md"
+        gw.object_store(note)
+    assert gw.wait(30)
+    assert len(runner.calls) == 4 and runner.max_active == 1

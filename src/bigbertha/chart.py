@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from bigbertha.errors import ConfigError
+
 ROOT = Path(__file__).resolve().parents[2]
 # What a cluster with the subcharts' CRDs installed reports (the chart checks for them).
 _KINDS = {
@@ -64,7 +66,7 @@ def render(
     api_versions: Iterable[str] = API_VERSIONS,
     kube_version: str = KUBE_VERSION,
 ) -> list[dict[str, Any]]:
-    """The rendered objects, in template order. Raises helm_python.HelmError on bad values."""
+    """The rendered objects, in template order. Raises ConfigError naming what is wrong."""
     import helm_python
     from helm_python import _native
 
@@ -79,6 +81,8 @@ def render(
             "kube_version": kube_version,
         }
         raw = _native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(opts))
+    except helm_python.HelmError as exc:
+        raise ConfigError(f"chart render failed: {' '.join(str(exc).split())}") from exc
     finally:
         chart.close()
     objects = []

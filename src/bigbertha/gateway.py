@@ -13,7 +13,8 @@ It does not re-implement our pipeline; it interprets the objects the CHART rende
   whose name already ran is refused, as the API server refuses a duplicate name;
 - runs the WorkflowTemplate's DAG tasks in dependency order as local `bigbertha` processes
   with the same arguments, holding the template's mutex (one run at a time), honouring
-  `retryStrategy.limit` for exit code 1, and running the `onExit` handler.
+  `retryStrategy.limit` for exit code 1, and running the `onExit` handler; mutexes and
+  semaphores (limits from the chart's ConfigMap) bound concurrency as the controller does.
 
 Keep it small: it is a development aid; the cluster runs on Argo.
 """
@@ -274,8 +275,14 @@ class WorkflowEngine:
         self.runner = runner
         self.runs: list[WorkflowRun] = []
         self._names: set[str] = set()
-        self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        # Mutexes are semaphores of one; a semaphore's limit is a ConfigMap key, as in Argo.
+        self._configmaps = {
+            m["metadata"]["name"]: m.get("data") or {}
+            for m in manifests
+            if m.get("kind") == "ConfigMap"
+        }
+        self._semaphores: dict[str, threading.Semaphore] = {}
 
     def submit(self, workflow: Mapping[str, Any]) -> WorkflowRun | None:
         """Register a Workflow; None when its name already exists (the cooldown refusal)."""
@@ -307,11 +314,7 @@ class WorkflowEngine:
     def execute(self, run: WorkflowRun) -> WorkflowRun:
         """Run the DAG under the template's mutexes, then the exit handler."""
         spec = self.templates[run.template]["spec"]
-        mutexes = [m["name"] for m in (spec.get("synchronization") or {}).get("mutexes", [])]
-        locks = []
-        with self._guard:
-            for mutex in mutexes:
-                locks.append(self._locks.setdefault(mutex, threading.Lock()))
+        locks = self._sync_locks(spec.get("synchronization") or {})
         for lock in locks:
             lock.acquire()
         try:
@@ -333,6 +336,21 @@ class WorkflowEngine:
             for lock in reversed(locks):
                 lock.release()
         return run
+
+    def _sync_locks(self, sync: Mapping[str, Any]) -> list[threading.Semaphore]:
+        """The workflow-level mutexes and semaphores, in a fixed order (no lock-order deadlock)."""
+        wanted: dict[str, int] = {f"mutex/{m['name']}": 1 for m in sync.get("mutexes", [])}
+        for sem in sync.get("semaphores", []):
+            ref = sem["configMapKeyRef"]
+            limit = int(self._configmaps.get(ref["name"], {}).get(ref["key"], 0) or 0)
+            if limit < 1:
+                raise ValueError(f"semaphore {ref['name']}/{ref['key']}: no limit in the chart")
+            wanted[f"semaphore/{ref['name']}/{ref['key']}"] = limit
+        with self._guard:
+            return [
+                self._semaphores.setdefault(key, threading.Semaphore(limit))
+                for key, limit in sorted(wanted.items())
+            ]
 
     def _workflow_scope(self, run: WorkflowRun) -> dict[str, str]:
         scope = {"workflow.name": run.name}
