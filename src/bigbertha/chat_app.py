@@ -131,7 +131,6 @@ def main() -> None:
         st.error(f"The chatbot cannot start: {exc}")
         st.stop()
         return
-    _sidebar(st, engine)
     st.title(f"{APP_TITLE} 🤖")
     st.caption("Answers come from your ingested documents, with their sources.")
 
@@ -144,16 +143,17 @@ def main() -> None:
             _details(st, engine, answer)
 
     question = st.chat_input("Ask about your documents")
-    if not question or not question.strip():
-        return
-    with st.chat_message("user"):
-        st.markdown(question)
-    with st.chat_message("assistant"):
-        stream = engine.stream(question)
-        st.write_stream(stream)
-        answer = stream.result()
-        history.append(answer)
-        _details(st, engine, answer)
+    if question and question.strip():
+        with st.chat_message("user"):
+            st.markdown(question)
+        with st.chat_message("assistant"):
+            stream = engine.stream(question)
+            st.write_stream(stream)
+            answer = stream.result()
+            history.append(answer)
+            _details(st, engine, answer)
+    # Last, so it shows what this run learnt (a failed Redis write, a swapped model).
+    _sidebar(st, engine)
 
 
 if __name__ == "__main__":
