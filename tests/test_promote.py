@@ -17,8 +17,8 @@ from tests.test_models import task_data, tiny_model  # noqa: F401
 pytestmark = pytest.mark.slow
 
 
-def promotions(redis_url: str) -> dict[str, int]:
-    """The promotion counters the telemetry Recorder wrote to Redis."""
+def telemetry_counts(redis_url: str, metric: str) -> dict[str, int]:
+    """Counters of `metric` by their last label, as the telemetry Recorder wrote them to Redis."""
     import redis
 
     from bigbertha.telemetry import METRICS_KEY
@@ -26,7 +26,7 @@ def promotions(redis_url: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     for name, value in redis.Redis.from_url(redis_url).hgetall(METRICS_KEY).items():
         sample, *labels = json.loads(name)
-        if sample.startswith("bigbertha_promotions_total"):
+        if sample.startswith(metric):
             counts[labels[-1]] = int(float(value))
     return counts
 
@@ -65,7 +65,7 @@ def test_gate_promotes_better_keeps_previous_rejects_worse_and_rolls_back(
             "mlflow": trained_settings.mlflow.model_copy(update={"model_name": name}),
         }
     )
-    before = promotions(redis_server.extra["url"])
+    before = telemetry_counts(redis_url, "bigbertha_promotions_total")
 
     # 1. No champion yet: the challenger must beat its own base model, and does.
     first = promote.run(settings, str(adapter), lineage={"workflow_name": "wf-1"})
@@ -108,6 +108,6 @@ def test_gate_promotes_better_keeps_previous_rejects_worse_and_rolls_back(
     with pytest.raises(registry.BigberthaError, match="no 'previous' alias"):
         promote.rollback(settings)
 
-    after = promotions(redis_server.extra["url"])
+    after = telemetry_counts(redis_url, "bigbertha_promotions_total")
     gained = {k: after.get(k, 0) - before.get(k, 0) for k in ("promoted", "rejected", "rollback")}
     assert gained == {"promoted": 2, "rejected": 1, "rollback": 1}
