@@ -67,6 +67,7 @@ def bare_trl(model_dir: Path, data: Path, steps: int, out: Path) -> float:
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
+        lr_scheduler_type="cosine",
     )
     trainer = SFTTrainer(
         model=model,
@@ -118,13 +119,17 @@ def main() -> int:
 
     import torch
 
-    from bigbertha import models
+    from bigbertha import models, training_data
 
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
+    # Both train on the exact JSONL `bigbertha prepare-data` writes (conversational prompt and
+    # completion), so they tokenise the same chat-formatted examples.
     data = work / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows()))
+    data.write_bytes(
+        training_data.Dataset([training_data.to_example(r) for r in rows()]).to_jsonl()
+    )
     corpus = [f"{r['prompt']} {r['completion']}" for r in rows()] + ["user assistant :"]
     model_dir = models.tiny_llama(work / "tiny", corpus)
 
