@@ -272,3 +272,22 @@ def test_milvus_down_answers_without_context_and_warns(kb: Settings, milvus: Ser
     assert answer.error is None and answer.text and answer.sources == []
     assert "Document search is unavailable" in answer.warnings["retrieval_unavailable"]
     assert metric(kb, "bigbertha_retrieval_empty_total", "smollm2") == empty + 1
+
+
+def test_one_engine_per_process_for_the_same_settings() -> None:
+    from bigbertha import rag
+
+    built: list[Settings] = []
+
+    def build(settings: Settings) -> Any:
+        built.append(settings)
+        return object()
+
+    a = Settings(redis={"url": "redis://a:6379/0"}, chat={"top_k": 7})
+    b = Settings(redis={"url": "redis://b:6379/0"}, chat={"top_k": 7})
+    first = rag.shared_engine(a, build=build)
+    assert (
+        rag.shared_engine(Settings(redis={"url": "redis://a:6379/0"}, chat={"top_k": 7})) is first
+    )
+    assert rag.shared_engine(b, build=build) is not first  # differs only in a secret
+    assert len(built) == 2

@@ -14,6 +14,7 @@ error in the metrics, never a traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -21,6 +22,8 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from pydantic import SecretStr
 
 from bigbertha.errors import InputError
 from bigbertha.feedback import FeedbackLog, FeedbackSource, Turn
@@ -389,6 +392,12 @@ class RagEngine:
 
 
 _SHARED: dict[str, RagEngine] = {}
+
+
+def _plain(value: Any) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+
+
 _SHARED_LOCK = threading.Lock()
 
 
@@ -400,7 +409,8 @@ def shared_engine(
     Every chat session calls this; the first builds the engine (`build`, default
     `RagEngine.from_settings` plus a warm-up), the others wait for it and share it.
     """
-    key = settings.model_dump_json()
+    # Secrets count: two settings that differ only in redis.url are two engines.
+    key = json.dumps(settings.model_dump(), sort_keys=True, default=_plain)
     with _SHARED_LOCK:
         engine = _SHARED.get(key)
         if engine is None:
