@@ -197,8 +197,9 @@ def run(
         metrics=metrics,
         samples=samples,
     )
-    registry.client(settings)
-    mlflow.set_experiment(registry.EXPERIMENT)
+    with registry.mlflow_errors(settings):
+        registry.client(settings)
+        mlflow.set_experiment(registry.EXPERIMENT)
     with mlflow.start_run(run_name=f"evaluate-{version}") as run:
         mlflow.set_tags({"step": "evaluate", "model": model_ref, "model_version": version})
         mlflow.set_tags({k: v for k, v in (tags or {}).items() if v})

@@ -169,8 +169,9 @@ def run(
     workdir = Path(tempfile.mkdtemp(prefix="bigbertha-finetune-"))
     try:
         # 3. Train, with parameters, the loss curve and system metrics in one MLflow run.
-        registry.client(settings)
-        mlflow.set_experiment(registry.EXPERIMENT)
+        with registry.mlflow_errors(settings):  # unreachable: a clear error before training
+            registry.client(settings)
+            mlflow.set_experiment(registry.EXPERIMENT)
         run_name = f"finetune-{(lineage or {}).get('workflow_name') or 'local'}"
         with mlflow.start_run(run_name=run_name, log_system_metrics=True) as mlflow_run:
             mlflow.set_tags(

@@ -12,11 +12,12 @@ or local paths; `download_prefix` / `upload_path` / `read_bytes` / `write_bytes`
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,17 @@ def client(settings: Settings) -> Any:
 def _unavailable(settings: Settings, exc: Exception) -> ServiceUnavailable:
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return ServiceUnavailable(f"MLflow at {settings.mlflow.tracking_uri}: {first}")
+
+
+@contextlib.contextmanager
+def mlflow_errors(settings: Settings) -> Iterator[None]:
+    """Turn MLflow client failures (after its own HTTP retries) into ServiceUnavailable."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, OSError) as exc:
+        raise _unavailable(settings, exc) from exc
 
 
 def alias_version(
@@ -154,9 +166,10 @@ def register_challenger(settings: Settings, adapter_dir: Path, tags: Mapping[str
         mv = mlflow.register_model(info.model_uri, name, tags={**tags, "run_id": run.info.run_id})
     except (mlflow.exceptions.MlflowException, OSError) as exc:
         raise _unavailable(settings, exc) from exc
-    mlflow_client.update_model_version(
-        name, mv.version, description=f"challenger from {tags.get('base_model', '?')}"
-    )
+    with mlflow_errors(settings):
+        mlflow_client.update_model_version(
+            name, mv.version, description=f"challenger from {tags.get('base_model', '?')}"
+        )
     log.info("registered %s version %s", name, mv.version)
     return str(mv.version)
 
@@ -164,13 +177,17 @@ def register_challenger(settings: Settings, adapter_dir: Path, tags: Mapping[str
 def set_tags(settings: Settings, version: str, tags: Mapping[str, Any]) -> None:
     """Set tags on a version of the registered model (values stringified)."""
     mlflow_client = client(settings)
-    for key, value in tags.items():
-        mlflow_client.set_model_version_tag(settings.mlflow.model_name, version, key, str(value))
+    with mlflow_errors(settings):
+        for key, value in tags.items():
+            mlflow_client.set_model_version_tag(
+                settings.mlflow.model_name, version, key, str(value)
+            )
 
 
 def version_tags(settings: Settings, version: str) -> dict[str, str]:
     """The tags of a version of the registered model."""
-    mv = client(settings).get_model_version(settings.mlflow.model_name, version)
+    with mlflow_errors(settings):
+        mv = client(settings).get_model_version(settings.mlflow.model_name, version)
     return dict(mv.tags)
 
 
@@ -181,11 +198,12 @@ def promote(settings: Settings, version: str) -> str | None:
     old = alias_version(settings, CHAMPION)
     if old == version:
         return old
-    if old is not None:
-        mlflow_client.set_registered_model_alias(name, PREVIOUS, old)
-        mlflow_client.set_model_version_tag(name, version, PREVIOUS_TAG, old)
-    # The champion moves last: a failure above leaves it where it was.
-    mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+    with mlflow_errors(settings):
+        if old is not None:
+            mlflow_client.set_registered_model_alias(name, PREVIOUS, old)
+            mlflow_client.set_model_version_tag(name, version, PREVIOUS_TAG, old)
+        # The champion moves last: a failure above leaves it where it was.
+        mlflow_client.set_registered_model_alias(name, CHAMPION, version)
     return old
 
 
@@ -203,13 +221,14 @@ def rollback(settings: Settings) -> tuple[str, str]:
         raise BigberthaError(
             f"cannot roll back {name}: no '{PREVIOUS}' alias (nothing was promoted over a champion)"
         )
-    mlflow_client.set_registered_model_alias(name, CHAMPION, target)
-    mlflow_client.set_model_version_tag(name, current, "rolled_back", "true")
-    before = version_tags(settings, target).get(PREVIOUS_TAG)
-    if before and before != current:
-        mlflow_client.set_registered_model_alias(name, PREVIOUS, before)
-    else:
-        mlflow_client.delete_registered_model_alias(name, PREVIOUS)
+    with mlflow_errors(settings):
+        mlflow_client.set_registered_model_alias(name, CHAMPION, target)
+        mlflow_client.set_model_version_tag(name, current, "rolled_back", "true")
+        before = version_tags(settings, target).get(PREVIOUS_TAG)
+        if before and before != current:
+            mlflow_client.set_registered_model_alias(name, PREVIOUS, before)
+        else:
+            mlflow_client.delete_registered_model_alias(name, PREVIOUS)
     return current, target
 
 
