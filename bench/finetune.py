@@ -8,6 +8,11 @@ hyperparameters, in this process, alternating rounds so machine noise hits both 
   metrics, adapter save); its speed is the trainer's own steps/s (train_runtime);
 - baseline: trl's documented minimal SFT script (SFTTrainer + peft LoraConfig, report_to none).
 The ratio is ours / baseline (aim: >= 0.9). The last line printed is one JSON object.
+
+With a CUDA GPU, `--gpu` also compares QLoRA (4-bit NF4 + double quantisation, prepared for
+k-bit training as `finetune` does) with 16-bit LoRA on a SmolLM2-135M-shaped Llama: peak GPU
+memory and training tokens per second, and prints both ratios (`--gpu-only` skips the CPU part,
+for a machine without trl).
 """
 
 from __future__ import annotations
@@ -108,12 +113,99 @@ def ours(model_dir: Path, data: Path, steps: int, out: Path) -> float:
     return finetune.run(settings).steps_per_second
 
 
+def gpu_lora(quantized: bool, steps: int, batch: int, seq: int) -> dict[str, float]:
+    """Peak memory and tokens/s of LoRA training on a SmolLM2-135M-shaped model (random init)."""
+    import time
+
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from bigbertha import models
+
+    config = LlamaConfig(  # SmolLM2-135M's shape
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
+    path = Path(tempfile.gettempdir()) / "bench-smollm2-shape"
+    if not (path / "config.json").is_file():
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(path)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    if quantized:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=models.quantization_config(True), dtype=torch.bfloat16
+        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda()
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    model.train()
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ids = torch.randint(0, config.vocab_size, (batch, seq), device="cuda")
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    result = {
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "tokens_per_second": steps * batch * seq / seconds,
+    }
+    return result
+
+
+def gpu_compare(steps: int) -> dict[str, object]:
+    import torch
+
+    qlora = gpu_lora(True, steps, batch=16, seq=512)
+    torch.cuda.empty_cache()
+    lora16 = gpu_lora(False, steps, batch=16, seq=512)
+    out = {
+        "gpu": torch.cuda.get_device_name(0),
+        "qlora_peak_gib": round(qlora["peak_gib"], 3),
+        "lora16_peak_gib": round(lora16["peak_gib"], 3),
+        "qlora_tokens_per_second": round(qlora["tokens_per_second"]),
+        "lora16_tokens_per_second": round(lora16["tokens_per_second"]),
+        "memory_ratio_qlora_vs_lora16": round(qlora["peak_gib"] / lora16["peak_gib"], 3),
+        "throughput_ratio_qlora_vs_lora16": round(
+            qlora["tokens_per_second"] / lora16["tokens_per_second"], 3
+        ),
+    }
+    print(f"GPU: {out}", file=sys.stderr)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both")
+    parser.add_argument("--gpu", action="store_true", help="also QLoRA vs 16-bit LoRA on a GPU")
+    parser.add_argument("--gpu-only", action="store_true", help="only the GPU comparison")
     args = parser.parse_args()
+    if args.gpu_only:
+        print(json.dumps({"benchmark": "finetune_gpu_qlora_vs_lora16", **gpu_compare(20)}))
+        return 0
 
     import logging
 
@@ -156,6 +248,13 @@ def main() -> int:
         "ratio": round(mine / bare, 3),
         "aim": 0.9,
     }
+    if args.gpu:
+        import torch
+
+        if torch.cuda.is_available():
+            result.update(gpu_compare(20))
+        else:
+            result["gpu"] = "none"
     print(json.dumps(result))
     return 0
 
