@@ -212,3 +212,44 @@ def test_a_crash_mid_training_leaves_the_champion_and_records_why(
         f"name = '{run_settings.mlflow.model_name}'"
     )
     assert [v.version for v in versions] == [champion]
+
+
+# --- the cluster Workflow's exit handler ------------------------------------------------------
+
+
+def test_record_exit_counts_the_run_and_records_why_it_failed(
+    mlflow_server: Any, redis_server: Any
+) -> None:
+    """`retrain --record-exit` (the WorkflowTemplate's onExit) counts and explains a failure."""
+    from mlflow import MlflowClient
+
+    from tests.test_models import mlflow_settings
+
+    settings = mlflow_settings(mlflow_server, redis={"url": redis_server.extra["url"]})
+    before = retrain_counts(redis_server.extra["url"])
+    failures = json.dumps(
+        [{"displayName": "finetune", "message": "OOMKilled", "templateName": "finetune"}]
+    )
+    workflow = f"bigbertha-retrain-{time.time_ns()}"
+    lineage = {"workflow_name": workflow, "alert_name": "BigBerthaNegativeFeedbackHigh"}
+    assert retrain.record_exit(settings, "Failed", failures, lineage) == "failed"
+    assert retrain.record_exit(settings, "Succeeded", "[]", {}) == "succeeded"
+    after = retrain_counts(redis_server.extra["url"])
+    assert after.get("failed", 0) == before.get("failed", 0) + 1
+    assert after.get("succeeded", 0) == before.get("succeeded", 0) + 1
+    client = MlflowClient(mlflow_server.url)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.workflow_name = '{workflow}'",
+    )
+    assert len(runs) == 1
+    assert runs[0].data.tags["failed_step"] == "finetune"
+    assert "OOMKilled" in runs[0].data.tags["failure_reason"]
+    assert runs[0].info.status == "FAILED"
+    # The exit handler never creates or moves a champion.
+    assert registry.alias_version(settings, registry.CHAMPION) is None
+
+
+def test_record_exit_cli_needs_a_status() -> None:
+    result = CliRunner().invoke(app, ["retrain", "--record-exit"])
+    assert result.exit_code == 2 and "--status" in result.output

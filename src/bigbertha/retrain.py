@@ -183,6 +183,33 @@ def _record_failure(settings: Settings, step: str, reason: str, lineage: Mapping
         log.warning("could not record the failure in MLflow: %s", str(exc).splitlines()[0])
 
 
+def record_exit(settings: Settings, status: str, failures: str, lineage: Mapping[str, str]) -> str:
+    """The cluster Workflow's exit handler: count the run's result, record a failure's cause.
+
+    `status` is Argo's `{{workflow.status}}` (Succeeded, Failed, Error); `failures` its
+    `{{workflow.failures}}` JSON list of failed nodes (displayName, message, ...). The champion
+    is never touched here: the alias only moves inside a successful promote step.
+    """
+    result = "succeeded" if status == "Succeeded" else "failed"
+    _recorder(settings).record_retrain_run(result)
+    if result == "failed":
+        try:
+            nodes = json.loads(failures or "[]")
+        except ValueError:
+            nodes = [{"displayName": "workflow", "message": failures}]
+        if not isinstance(nodes, list) or not nodes:
+            nodes = [{"displayName": "workflow", "message": f"status {status}"}]
+        step = str(nodes[0].get("displayName", "workflow")) if isinstance(nodes[0], dict) else ""
+        reason = "; ".join(
+            f"{n.get('displayName', '?')}: {n.get('message', '')}"
+            for n in nodes
+            if isinstance(n, dict)
+        )
+        log.error("retraining workflow %s: %s", status, reason)
+        _record_failure(settings, step or "workflow", reason or status, lineage)
+    return result
+
+
 def run(
     settings: Settings,
     *,

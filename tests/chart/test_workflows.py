@@ -39,24 +39,8 @@ def _fill(arg: str) -> str:
     return re.sub(r"\{\{([^}]+)\}\}", lambda m: PLACEHOLDERS[m[1]], arg)
 
 
-# The exit handler needs a way to count a cluster run and record its failure; TRAIN's CLI has
-# no such flag yet (asked through the lead). Strict: once it parses, remove this marker.
-PENDING = {
-    "bigbertha-finetune/record-exit": "needs `bigbertha retrain --record-exit --status "
-    "--failures` (count the run, record a failure in MLflow)",
-}
-
-
 def _cases() -> list[Any]:
-    return [
-        pytest.param(
-            step,
-            argv,
-            id=step,
-            marks=[pytest.mark.xfail(strict=True, reason=PENDING[step])] if step in PENDING else [],
-        )
-        for step, argv in _steps()
-    ]
+    return [pytest.param(step, argv, id=step) for step, argv in _steps()]
 
 
 @pytest.mark.parametrize(("step", "argv"), _cases())
