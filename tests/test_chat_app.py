@@ -68,7 +68,7 @@ def test_chat_flow_streams_answer_with_sources_and_records_thumbs_down(app_env: 
     assert metric(app_env, "bigbertha_feedback_total", "smollm2", "down") == downs + 1
     rated = engine.feedback.read(limit=1)[0]
     assert rated["rating"] == "down" and rated["question"] == MASCOT
-    assert any("rated 👎 for model smollm2" in c.value for c in at.chat_message[1].caption)
+    assert any("rated this answer down (model smollm2)" in c.value for c in at.caption)
 
     # A second question keeps the first answer (with its rating) in the session's history.
     at.chat_input[0].set_value("How long do refunds take?").run()

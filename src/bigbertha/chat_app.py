@@ -9,6 +9,7 @@ services show as warnings on the answer and in the sidebar, never as a traceback
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,11 @@ def _sidebar(st: Any, engine: Any) -> None:
     )
 
 
+def _plain_markdown(text: str) -> str:
+    """Chunk text shown as written: a '## Heading' inside a chunk must not become a heading."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|>~<])", r"\\\1", text)
+
+
 def _rate(engine: Any, answer: Any, key: str) -> None:
     import streamlit as st
 
@@ -95,7 +101,7 @@ def _details(st: Any, engine: Any, answer: Any) -> None:
                     f"<small>{source.document}</small>",
                     unsafe_allow_html=True,
                 )
-                st.caption(source.snippet)
+                st.caption(_plain_markdown(source.snippet))
     t = answer.timings
     st.caption(
         f"model {answer.model_version} · {t.total:.1f}s "
@@ -107,10 +113,7 @@ def _details(st: Any, engine: Any, answer: Any) -> None:
     if stored is not None:
         rating, ok = stored
         if ok:
-            st.caption(
-                f"Thanks: rated {'👍' if rating == 'up' else '👎'} "
-                f"for model {answer.model_version}."
-            )
+            st.caption(f"Thanks: you rated this answer {rating} (model {answer.model_version}).")
         else:
             st.caption("Rating shown but not stored: Redis is unreachable.")
 
