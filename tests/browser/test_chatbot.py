@@ -1,0 +1,197 @@
+"""The chatbot in a real browser: Debian's Chromium driven by Playwright against `bigbertha chat`.
+
+Ingest a known document with `bigbertha ingest`, ask about it, see the streamed answer and its
+sources, click thumbs-down, and watch `bigbertha exporter`'s counter go up. The screenshot is
+written to the test's tmp dir; with BIGBERTHA_REGENERATE=1 it also replaces
+docs/images/chatbot.png (the README's picture), never silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bigbertha.stack import http_ok
+from tests.services import IN_CI, Service, free_port, pid_alive
+from tests.test_llm import smollm2_chat_model
+from tests.test_rag import HANDBOOK, MASCOT
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+BIGBERTHA = str(Path(sys.executable).parent / "bigbertha")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _feedback_down(exporter_url: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{exporter_url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "bigbertha_feedback":
+            return sum(
+                s.value
+                for s in family.samples
+                if s.name == "bigbertha_feedback_total" and s.labels.get("rating") == "down"
+            )
+    return 0.0
+
+
+class _Proc:
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait(5)
+        assert not pid_alive(self.process.pid)
+
+
+def _wait_http(url: str, proc: _Proc, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.process.poll() is None, f"exited:\n{proc.tail()}"
+        try:
+            if http_ok(url):
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} did not answer in {timeout}s:\n{proc.tail()}")
+
+
+@pytest.fixture(scope="module")
+def stack(
+    milvus_server: Service, redis_server: Service, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """`bigbertha ingest` the handbook, then run `bigbertha chat` and `bigbertha exporter`."""
+    if not Path(CHROMIUM).exists():
+        message = f"{CHROMIUM} is missing (make setup installs Debian's chromium)"
+        pytest.fail(message) if IN_CI else pytest.skip(message)
+    work = tmp_path_factory.mktemp("browser")
+    # The session's SmolLM2, saved as a model directory: the app loads it in seconds.
+    model_dir = work / "smollm2"
+    model = smollm2_chat_model()
+    # Loaded from GGUF the weights are already dequantised to float32; transformers only
+    # refuses to save because the GGUF quantizer is still attached, so detach it for the save.
+    quantizer = getattr(model.model, "hf_quantizer", None)
+    model.model.hf_quantizer = None
+    try:
+        model.model.save_pretrained(model_dir)
+    finally:
+        model.model.hf_quantizer = quantizer
+    model.tokenizer.save_pretrained(model_dir)
+    (work / "handbook.md").write_text(HANDBOOK)
+    chat_port, exporter_port = free_port(), free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("BIGBERTHA_")},
+        "BIGBERTHA_HOME": str(work / "home"),
+        "BIGBERTHA_MILVUS__URI": str(milvus_server.extra["uri"]),
+        "BIGBERTHA_MILVUS__COLLECTION": "browser_test",
+        "BIGBERTHA_REDIS__URL": str(redis_server.extra["url"]),
+        "BIGBERTHA_REDIS__TIMEOUT_SECONDS": "0.5",
+        "BIGBERTHA_LLM__MODEL": str(model_dir),
+        "BIGBERTHA_LLM__MAX_NEW_TOKENS": "32",
+        "BIGBERTHA_CHAT__CHAMPION_ALIAS": "",
+        "BIGBERTHA_CHAT__SIMILARITY_CUTOFF": "0.3",
+        "BIGBERTHA_MLFLOW__MODEL_NAME": "browser-llm",
+        "BIGBERTHA_LOG__FORMAT": "text",
+        "HF_HUB_OFFLINE": "1",
+    }
+    ingested = subprocess.run(
+        [BIGBERTHA, "ingest", str(work / "handbook.md")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ingested.returncode == 0, ingested.stderr[-2000:]
+    chat = _Proc(
+        [BIGBERTHA, "chat", "--host", "127.0.0.1", "--port", str(chat_port)], env, work / "chat.log"
+    )
+    exporter = _Proc(
+        [BIGBERTHA, "exporter", "--host", "127.0.0.1", "--port", str(exporter_port)],
+        env,
+        work / "exporter.log",
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{chat_port}/_stcore/health", chat, 120)
+        _wait_http(f"http://127.0.0.1:{exporter_port}/healthz", exporter, 60)
+        yield {
+            "chat": f"http://127.0.0.1:{chat_port}",
+            "exporter": f"http://127.0.0.1:{exporter_port}",
+            "screenshot": str(work / "chatbot.png"),
+        }
+    finally:
+        chat.stop()
+        exporter.stop()
+
+
+@pytest.mark.slow
+def test_ask_see_sources_thumbs_down_counts_in_the_exporter(stack: dict[str, str]) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    before = _feedback_down(stack["exporter"])
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(stack["chat"], wait_until="domcontentloaded")
+            # The first session loads the model; the sidebar then names the serving version.
+            expect(page.get_by_text("Model version:")).to_be_visible(timeout=180_000)
+            box = page.get_by_test_id("stChatInputTextArea")
+            box.fill(MASCOT)
+            box.press("Enter")
+            assistant = page.get_by_test_id("stChatMessage").nth(1)
+            expect(assistant.get_by_text("Sources (1)")).to_be_visible(timeout=180_000)
+            expect(assistant).to_contain_text("Gloria")
+            expect(assistant).to_contain_text(
+                "handbook.md, section The BigBertha Handbook > Office"
+            )
+            expect(assistant).to_contain_text("score")
+
+            expect(assistant.get_by_label("Thumbs up")).to_be_visible()
+            assistant.get_by_label("Thumbs down").click()
+            expect(assistant).to_contain_text(
+                "rated this answer down (model smollm2)", timeout=30_000
+            )
+            page.screenshot(path=stack["screenshot"], full_page=True)
+        finally:
+            browser.close()
+
+    deadline = time.monotonic() + 15
+    while _feedback_down(stack["exporter"]) < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _feedback_down(stack["exporter"]) == before + 1
+    shot = Path(stack["screenshot"])
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+    if os.environ.get("BIGBERTHA_REGENERATE") == "1":
+        shutil.copyfile(shot, ROOT / "docs" / "images" / "chatbot.png")
