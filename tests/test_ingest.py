@@ -174,6 +174,7 @@ def test_upload_ingest_ask_reingest_change_delete(
     # A delete event removes every chunk of that object and nothing else.
     other = f"s3://{bucket}/handbook/office.md"
     assert ingest(other)[0].exit_code == 0
+    storage.remove(bucket, key)
     result, report = ingest("--event-name", "s3:ObjectRemoved:Delete", uri)
     assert result.exit_code == 0, result.output
     assert report["results"] == [

@@ -146,6 +146,14 @@ def test_removed_event_deletes_the_objects_chunks(
     ]
     assert chunks(settings, uri) == {}
 
+    # A late delete event for an object uploaded again since: the new version stays indexed.
+    upload(storage, bucket_name, key, "The July handbook, uploaded again.")
+    assert ingest(uri)[0].exit_code == 0
+    result, report = ingest(*argv[1:])
+    assert result.exit_code == 0, result.output
+    assert [(r["source"], r["status"]) for r in report["results"]] == [(uri, "skipped")]
+    assert "uploaded again" in next(iter(chunks(settings, uri).values()))["text"]
+
 
 def test_webhook_target_keys_need_query_decoding(
     env: Env,  # noqa: F811

@@ -433,7 +433,10 @@ class Ingestion:
             return None
         bucket = self.settings.ingest.dead_letter_bucket or item.bucket
         key = self.settings.ingest.dead_letter_prefix + item.key
-        self.storage.copy(item.bucket, item.key, bucket, key)
+        try:
+            self.storage.copy(item.bucket, item.key, bucket, key)
+        except ObjectMissing:  # deleted since it was read: nothing left to keep
+            return None
         note = {"source": item.uri, "reason": reason, "event_name": self.report.event_name}
         self.storage.put(
             bucket,
@@ -526,6 +529,20 @@ class Ingestion:
         finally:
             progress.close()
 
+    def recreated(self, ref: SourceRef) -> bool:
+        """A delete event for an object that exists again (re-uploaded before this job ran, its
+        create event handled first): keep the new version's chunks."""
+        if ref.scheme != "s3" or ref.is_prefix:
+            return False
+        try:
+            self.storage.stat(ref.location, ref.key)
+        except ObjectMissing:
+            return False
+        reason = "the object exists again (re-uploaded after the delete); its chunks are kept"
+        log.info("skipped %s: %s", ref.uri, reason, extra={"source": ref.uri})
+        self.report.outcomes.append(Outcome(ref.uri, "skipped", reason=reason))
+        return True
+
     def delete(self, refs: list[SourceRef]) -> None:
         try:
             index = Index(vectorstore.open_store(self.settings, create=False), self.settings)
@@ -534,6 +551,8 @@ class Ingestion:
             self.report.outcomes += [Outcome(ref.uri, "deleted") for ref in refs]
             return
         for ref in refs:
+            if self.report.event_name and self.recreated(ref):
+                continue
             if ref.is_prefix:
                 prefix = ref.uri if ref.scheme == "s3" else ref.uri.rstrip("/") + "/"
                 found = index.under(prefix)

@@ -111,7 +111,6 @@ def read_html(data: bytes) -> list[Section]:
 def read_pdf(data: bytes) -> list[Section]:
     """Text per page (1-based page numbers); encrypted PDFs are read only if no password is set."""
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
 
     if not data.lstrip()[:5] == b"%PDF-":
         raise Rejected("corrupt PDF: no %PDF- header")
@@ -122,7 +121,9 @@ def read_pdf(data: bytes) -> list[Section]:
         pages = [page.extract_text() or "" for page in reader.pages]
     except Rejected:
         raise
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+    # pypdf raises many types on malformed input (PdfReadError, KeyError, zlib.error, ...);
+    # any of them means this document, not the run, failed.
+    except Exception as exc:
         message = "encrypted PDF: " if "crypt" in str(exc).lower() else "corrupt PDF: "
         raise Rejected(message + f"{type(exc).__name__}: {exc}".splitlines()[0][:200]) from exc
     return [Section(text, page=number) for number, text in enumerate(pages, 1) if text.strip()]
@@ -137,7 +138,7 @@ def read_docx(data: bytes) -> list[Section]:
 
     try:
         document = docx.Document(io.BytesIO(data))
-    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise Rejected(f"corrupt DOCX: {type(exc).__name__}: {exc}".splitlines()[0][:200]) from exc
     lines: list[str] = []
     for paragraph in document.paragraphs:
