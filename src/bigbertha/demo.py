@@ -27,7 +27,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +70,6 @@ class Timeline:
 
     t0: float = field(default_factory=time.time)
     stages: list[Stage] = field(default_factory=list)
-    marks: dict[str, float] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
 
     def print(self, stage: Stage) -> None:
@@ -408,65 +407,81 @@ def ask(platform: LocalPlatform, question: str, feedback: str | None = None) -> 
     return answer
 
 
-def unhappy_users(platform: LocalPlatform, timeline: Timeline) -> str:
-    with timeline.stage("questions, rated down") as st:
-        versions = set()
-        for question in QUESTIONS:
-            answer = ask(platform, question, feedback="down")
-            versions.add(str(answer.get("model_version")))
-            timeline.data.setdefault("answers_before", []).append(answer)
-        st.result = f"{len(QUESTIONS)} answers from {', '.join(sorted(versions))}, all rated down"
-        return versions.pop() if len(versions) == 1 else ",".join(sorted(versions))
+@dataclass
+class Round:
+    """One turn of the quality loop: unhappy users, alert, retraining, gate."""
+
+    number: int
+    margin: float
+    served_before: str = ""
+    workflow: str = ""
+    outcome: dict[str, Any] = field(default_factory=dict)
+    champion_after: str | None = None
+    marks: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return bool(self.champion_after) and self.champion_after != self.served_before
 
 
-def alert_fires(platform: LocalPlatform, timeline: Timeline) -> None:
-    prom = platform.prometheus
-    with timeline.stage("retrain alert fires") as st:
-        query = 'ALERTS{alertname="BigBerthaNegativeFeedbackHigh",alertstate="firing"}'
-        wait_for("the retrain alert", lambda: prom_query(prom, query), 300, 2)
-        timeline.marks["alert_firing"] = time.time()
-        st.result = "BigBerthaNegativeFeedbackHigh firing in Prometheus"
-    with timeline.stage("alertmanager -> gateway") as st:
-        runs = wait_for(
+def quality_round(platform: LocalPlatform, timeline: Timeline, rnd: Round) -> Round:
+    """Rate answers down until the retrain alert fires; follow the Workflow to the gate."""
+    from bigbertha import registry
+
+    tag = f"round {rnd.number}: "
+    platform.env["BIGBERTHA_PROMOTE__MARGIN"] = str(rnd.margin)  # read by the workflow steps
+    known = {r.name for r in platform.gateway.engine.runs if "finetune" in r.template}
+    with timeline.stage(tag + "questions, rated down") as st:
+        versions = {str(ask(platform, q, feedback="down").get("model_version")) for q in QUESTIONS}
+        if len(versions) != 1:
+            raise DemoFailed(f"answers came from several model versions: {sorted(versions)}")
+        rnd.served_before = versions.pop()
+        st.result = f"{len(QUESTIONS)} answers from version {rnd.served_before}, all rated down"
+    with timeline.stage(tag + "retrain alert fires") as st:
+        query = (
+            'ALERTS{alertname="BigBerthaNegativeFeedbackHigh",alertstate="firing",'
+            f'model_version="{rnd.served_before}"}}'
+        )
+        wait_for("the retrain alert", lambda: prom_query(platform.prometheus, query), 300, 2)
+        st.result = f"BigBerthaNegativeFeedbackHigh firing for version {rnd.served_before}"
+    with timeline.stage(tag + "alertmanager -> gateway") as st:
+        run = wait_for(
             "a retraining workflow",
-            lambda: [r for r in platform.gateway.engine.runs if "finetune" in r.template],
+            lambda: next(
+                (
+                    r
+                    for r in platform.gateway.engine.runs
+                    if "finetune" in r.template and r.name not in known
+                ),
+                None,
+            ),
             300,
             1,
         )
-        timeline.marks["retrain_started"] = time.time()
-        st.result = f"workflow {runs[0].name}"
-
-
-def retraining(platform: LocalPlatform, timeline: Timeline) -> Any:
-    with timeline.stage("prepare, finetune, evaluate, gate") as st:
-        run = next(r for r in platform.gateway.engine.runs if "finetune" in r.template)
-        wait_for("the retraining workflow", lambda: run.finished, 900, 2)
-        timeline.marks["retrain_finished"] = time.time()
+        rnd.workflow = run.name
+        st.result = f"workflow {run.name} (alert {run.arguments.get('alert-name')})"
+    with timeline.stage(tag + "prepare, finetune, evaluate, gate") as st:
+        wait_for("the retraining workflow", lambda: run.finished, 1200, 2)
+        rnd.marks["retrain_started"] = run.started
+        rnd.marks["retrain_finished"] = run.finished
         steps = ", ".join(
-            f"{s['name']} {s.get('finished', 0) - s['started']:.0f}s" for s in run.steps
+            f"{s['name']} {s.get('finished', s['started']) - s['started']:.0f}s" for s in run.steps
         )
         st.result = f"{run.status}: {steps}"
         if run.status != "Succeeded":
             raise DemoFailed(f"retraining failed: {run.message}")
-        return run
-
-
-def decision(platform: LocalPlatform, timeline: Timeline, before: str) -> dict[str, Any]:
-    from bigbertha import registry
-
-    settings = platform.settings()
-    with timeline.stage("promotion gate") as st:
-        champion = registry.alias_version(settings, "champion")
-        outcome = last_decision(settings)
-        timeline.data["decision"] = outcome
-        timeline.data["champion"] = champion
-        if champion and champion != before:
-            timeline.marks["promoted"] = time.time()
+    with timeline.stage(tag + "promotion gate") as st:
+        settings = platform.settings()
+        rnd.champion_after = registry.alias_version(settings, "champion")
+        rnd.outcome = last_decision(settings)
+        if rnd.promoted:
+            rnd.marks["promoted"] = time.time()
         st.result = (
-            f"{outcome.get('decision', '?')}: champion {before} -> {champion}"
-            f" ({outcome.get('reason', '')})"
+            f"{rnd.outcome.get('decision', '?')}: champion {rnd.served_before} -> "
+            f"{rnd.champion_after} ({rnd.outcome.get('reason', '')})"
         )
-        return outcome
+    timeline.data.setdefault("rounds", []).append(rnd)
+    return rnd
 
 
 def last_decision(settings: Any) -> dict[str, Any]:
@@ -492,10 +507,10 @@ def last_decision(settings: Any) -> dict[str, Any]:
     }
 
 
-def new_champion_answers(platform: LocalPlatform, timeline: Timeline, expected: str) -> None:
+def champion_answers(platform: LocalPlatform, timeline: Timeline, expected: str) -> None:
+    """The chatbot serves the champion: a fresh answer reports its version."""
     with timeline.stage("chatbot serves the champion") as st:
         answer = ask(platform, QUESTIONS[0])
-        timeline.data["answer_after"] = answer
         served = str(answer.get("model_version"))
         if served != expected:
             raise DemoFailed(f"answer came from {served}, expected champion {expected}")
@@ -506,32 +521,39 @@ def new_champion_answers(platform: LocalPlatform, timeline: Timeline, expected: 
 
 
 def write_report(platform: LocalPlatform | None, timeline: Timeline, path: Path) -> Path:
-    """report.html: the timeline, a plot of feedback ratio/alert/retrain/promotion, the numbers."""
+    """report.html: the decisions and their numbers, the timeline, and a plot of the loop."""
     plot = ""
     if platform is not None and getattr(platform, "prometheus", None) is not None:
         plot = _plot(platform, timeline)
+    esc = html.escape
     rows = "".join(
-        f"<tr><td>{html.escape(s.name)}</td><td>{s.started - timeline.t0:.1f}s</td>"
+        f"<tr><td>{esc(s.name)}</td><td>{s.started - timeline.t0:.1f}s</td>"
         f"<td>{((s.finished or s.started) - s.started):.1f}s</td>"
-        f"<td>{'ok' if s.ok else 'FAILED'}</td><td>{html.escape(s.result)}</td></tr>"
+        f"<td>{'ok' if s.ok else 'FAILED'}</td><td>{esc(s.result)}</td></tr>"
         for s in timeline.stages
     )
-    outcome = timeline.data.get("decision") or {}
-    metrics = outcome.get("metrics") or {}
-    metric_rows = "".join(
-        f"<tr><td>{html.escape(str(name))}</td><td>{html.escape(str(v.get('champion')))}</td>"
-        f"<td>{html.escape(str(v.get('challenger')))}</td></tr>"
-        for name, v in metrics.items()
-        if isinstance(v, Mapping)
-    )
+    decisions = ""
+    for rnd in timeline.data.get("rounds", []):
+        outcome = rnd.outcome
+        metric_rows = "".join(
+            f"<tr><td>{esc(str(name))}</td><td>{esc(str(v.get('champion')))}</td>"
+            f"<td>{esc(str(v.get('challenger')))}</td></tr>"
+            for name, v in (outcome.get("metrics") or {}).items()
+        )
+        decisions += (
+            f"<h3>Round {rnd.number} (margin {rnd.margin:g}): "
+            f"<b>{esc(str(outcome.get('decision', 'none')))}</b></h3>"
+            f"<p>Workflow {esc(rnd.workflow)}; version {esc(str(outcome.get('version')))}; "
+            f"champion {esc(rnd.served_before)} &rarr; {esc(str(rnd.champion_after))}. "
+            f"Why: {esc(str(outcome.get('reason', '')))}</p>"
+            "<table><tr><th>gate metric</th><th>champion (or base)</th><th>challenger</th></tr>"
+            f"{metric_rows}</table>"
+        )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>BigBertha demo</title>
 <style>body{{font-family:sans-serif;margin:2em}}
 td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}</style>
 </head><body><h1>BigBertha demo report</h1>
-<h2>Decision</h2><p><b>{html.escape(str(outcome.get("decision", "none")))}</b>:
-{html.escape(str(outcome.get("reason", "")))}</p>
-<table><tr><th>gate metric</th><th>champion (or base)</th><th>challenger</th></tr>
-{metric_rows}</table>
+<h2>Promotion decisions</h2>{decisions or "<p>No retraining happened.</p>"}
 <h2>Timeline</h2><table><tr><th>stage</th><th>at</th><th>took</th><th></th><th>result</th></tr>
 {rows}</table><h2>Feedback, alert, retraining and promotion</h2>{plot}</body></html>"""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -561,11 +583,15 @@ def _plot(platform: LocalPlatform, timeline: Timeline) -> str:
     fig, ax = plt.subplots(figsize=(9, 3.5))
     if ratio:
         ax.plot(*zip(*ratio, strict=True), label="negative feedback ratio")
-    if alert:
-        ax.step(*zip(*alert, strict=True), where="post", label="retrain alert firing")
-    for mark, style in (("retrain_started", "--"), ("retrain_finished", ":"), ("promoted", "-")):
-        if mark in timeline.marks:
-            ax.axvline(timeline.marks[mark] - start, linestyle=style, color="gray", label=mark)
+    for i, (t, _value) in enumerate(alert):
+        # ALERTS has samples only while firing: shade each sampled step.
+        label = "retrain alert firing" if not i else None
+        ax.axvspan(t, t + 2, color="orange", alpha=0.3, label=label)
+    styles = {"retrain_started": "--", "retrain_finished": ":", "promoted": "-"}
+    for rnd in timeline.data.get("rounds", []):
+        for mark, at in rnd.marks.items():
+            label = mark if rnd.number == 1 or mark == "promoted" else None
+            ax.axvline(at - start, linestyle=styles[mark], color="gray", label=label)
     ax.set_xlabel("seconds since start")
     ax.set_ylim(-0.05, 1.1)
     ax.legend(loc="lower right", fontsize="small")
@@ -580,8 +606,16 @@ def _plot(platform: LocalPlatform, timeline: Timeline) -> str:
 # --- entry point ------------------------------------------------------------------------------
 
 
-def run(workdir: Path, keep: bool = False, margin: float | None = None, tiny: bool = False) -> int:
-    """Run the scenario; 0 when the champion moved, 4 when the gate kept it, 1 on failure."""
+def run(
+    workdir: Path,
+    keep: bool = False,
+    margin: float | None = None,
+    tiny: bool = False,
+    challenge_again: float | None = None,
+) -> int:
+    """Run the scenario. Exit code: 0 when the champion moved (and, with `challenge_again`,
+    the second challenger was kept out), 4 when the gate kept the champion, 130 on Ctrl-C,
+    1 on failure."""
     timeline = Timeline()
     platform: LocalPlatform | None = None
     report = workdir / "report.html"
@@ -597,16 +631,19 @@ def run(workdir: Path, keep: bool = False, margin: float | None = None, tiny: bo
         for name, url in platform.urls.items():
             print(f"  {name:<13} {url}", flush=True)
         upload_and_ingest(platform, timeline)
-        before = unhappy_users(platform, timeline)
-        alert_fires(platform, timeline)
-        retraining(platform, timeline)
-        outcome = decision(platform, timeline, before)
-        champion = timeline.data.get("champion")
-        if champion and champion != before:
-            new_champion_answers(platform, timeline, str(champion))
+        gate_margin = float(platform.settings().promote.margin)
+        first = quality_round(platform, timeline, Round(1, gate_margin))
+        if first.promoted:
+            champion_answers(platform, timeline, str(first.champion_after))
             code = 0
+            if challenge_again is not None:
+                second = quality_round(platform, timeline, Round(2, challenge_again))
+                if second.promoted:
+                    raise DemoFailed(f"margin {challenge_again:g} still promoted a challenger")
+                print(f"champion kept: {second.outcome.get('reason', '')}", flush=True)
+                champion_answers(platform, timeline, str(first.champion_after))
         else:
-            print(f"champion kept: {outcome.get('reason', 'the challenger lost the gate')}")
+            print(f"champion kept: {first.outcome.get('reason', '')}", flush=True)
             code = 4
         write_report(platform, timeline, report)
         print(f"report: {report}", flush=True)

@@ -69,36 +69,37 @@ def _run_to_end(workdir: Path, *args: str, timeout: float = 900) -> tuple[int, s
     return code, "".join(lines), seen
 
 
-def test_demo_runs_both_loops_and_promotes(tmp_path):
-    code, out, seen = _run_to_end(tmp_path / "demo")
+def test_demo_runs_both_loops_promotes_then_keeps_the_champion(tmp_path):
+    # Round 1 promotes the fine-tuned challenger; round 2, gated by a huge margin, must not.
+    code, out, seen = _run_to_end(tmp_path / "demo", "--challenge-again", "1000")
     assert code == 0, out
     order = [
         "upload + ingest documents",
-        "questions, rated down",
-        "retrain alert fires",
-        "alertmanager -> gateway",
-        "prepare, finetune, evaluate, gate",
-        "promotion gate",
+        "round 1: questions, rated down",
+        "round 1: retrain alert fires",
+        "round 1: alertmanager -> gateway",
+        "round 1: prepare, finetune, evaluate, gate",
+        "round 1: promotion gate",
         "chatbot serves the champion",
+        "round 2: questions, rated down",
+        "round 2: retrain alert fires",
+        "round 2: promotion gate",
     ]
-    positions = [out.find(f"{stage} ") for stage in order]
-    assert -1 not in positions and positions == sorted(positions), out
+    done = [line for line in out.splitlines() if " ok " in line]
+    positions = [next(i for i, line in enumerate(done) if f"] {stage} " in line) for stage in order]
+    assert positions == sorted(positions), out
     assert "FAILED" not in out
-    assert "promoted" in out
+    gate_lines = [line for line in done if "promotion gate" in line]
+    assert "promoted: champion tiny-base -> 1" in gate_lines[0], out
+    assert "rejected: champion 1 -> 1" in gate_lines[1], out  # the champion stayed
+    served = [line for line in done if "chatbot serves the champion" in line]
+    assert len(served) == 2 and all("model version 1" in line for line in served)
     report = (tmp_path / "demo" / "report.html").read_text()
-    assert "timeline plot" in report and "promoted" in report
+    assert "timeline plot" in report
+    assert "<b>promoted</b>" in report and "<b>rejected</b>" in report
+    assert "Why: " in report and "margin 1000" in report
     time.sleep(1)
     assert seen and not [p for p in seen if pid_alive(p)], "processes left behind"
-
-
-def test_challenger_that_loses_keeps_the_champion(tmp_path):
-    code, out, seen = _run_to_end(tmp_path / "demo", "--margin", "1000")
-    assert code == 4, out
-    assert "champion kept" in out
-    report = (tmp_path / "demo" / "report.html").read_text()
-    assert "rejected" in report
-    time.sleep(1)
-    assert not [p for p in seen if pid_alive(p)]
 
 
 def test_ctrl_c_stops_everything_within_seconds(tmp_path):
