@@ -145,6 +145,7 @@ def test_every_reference_is_rendered_or_a_documented_existing_secret(
         values.get("objectStorage", {}).get("existingSecret"),
         values.get("redis", {}).get("auth", {}).get("existingSecret"),
         values.get("events", {}).get("webhook", {}).get("auth", {}).get("existingSecret"),
+        values.get("huggingface", {}).get("existingSecret"),
     } - {None, ""}
     for kind, names in _refs(docs).items():
         rendered = {d["metadata"]["name"] for d in find(docs, kind)}
