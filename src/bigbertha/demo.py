@@ -86,7 +86,8 @@ class Timeline:
             yield stage
         except BaseException as exc:
             stage.ok, stage.finished = False, time.time()
-            stage.result = stage.result or str(exc).splitlines()[0][:160]
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            stage.result = stage.result or first[:160]
             self.print(stage)
             raise
         stage.ok, stage.finished = True, time.time()
