@@ -130,4 +130,7 @@ env:
     value: /tmp
   - name: HF_HOME
     value: /cache/huggingface
+  # Registry downloads and the dequantised GGUF copy: the sized cache volume, not /tmp.
+  - name: BIGBERTHA_HOME
+    value: /cache/bigbertha
 {{- end -}}

@@ -192,11 +192,19 @@ def test_registry_alias_that_is_not_set_is_a_clear_error(
 
 
 @pytest.mark.slow
-def test_smollm2_loads_from_the_packaged_gguf_and_answers() -> None:
+def test_smollm2_loads_from_the_packaged_gguf_and_answers(clean_env: Path) -> None:
     import torch
 
     model, tokenizer, version = models.load_causal_lm("smollm2", Settings())
     assert version == "smollm2"
+    # The dequantised copy is kept, and the next process loads the same model from it.
+    cached = models.cache_dir(Settings()) / "gguf" / Path(models.SMOLLM2_GGUF).stem
+    assert (cached / ".complete").is_file()
+    again, _, version_again = models.load_causal_lm("smollm2", Settings())
+    assert version_again == "smollm2"
+    probe = tokenizer("The sky is", return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.allclose(model(**probe).logits, again(**probe).logits, atol=1e-5)
     assert model.config.model_type == "llama"
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],

@@ -33,6 +33,7 @@ import json
 import logging
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -180,6 +181,48 @@ def quantization_config(enabled: bool) -> Any:
     )
 
 
+def _dequantized_copy(source: ModelSource, cache: Path) -> ModelSource:
+    """A GGUF model's dequantised copy under `cache`, when an earlier load saved one.
+
+    transformers dequantises a GGUF file on every load (tens of seconds for SmolLM2 on a CPU);
+    every process after the first loads the saved safetensors copy in a few seconds.
+    """
+    assert source.gguf_file
+    target = cache / "gguf" / Path(source.gguf_file).stem
+    if (target / ".complete").is_file():
+        return ModelSource(source.ref, "model_dir", str(target), source.version)
+    return source
+
+
+def _save_dequantized(model: Any, tokenizer: Any, source: ModelSource, cache: Path) -> None:
+    """Best effort: keep the dequantised weights for the next process (see above)."""
+    assert source.gguf_file
+    target = cache / "gguf" / Path(source.gguf_file).stem
+    # The weights are already float32; transformers only refuses to save while the GGUF
+    # quantizer is attached, so detach it for the save.
+    quantizer = getattr(model, "hf_quantizer", None)
+    tmp: Path | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".gguf-", dir=target.parent))
+        model.hf_quantizer = None
+        try:
+            model.save_pretrained(tmp)
+        finally:
+            model.hf_quantizer = quantizer
+        tokenizer.save_pretrained(tmp)
+        (tmp / ".complete").touch()
+        if not (target / ".complete").is_file():
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+        else:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+    except Exception as exc:  # a cache miss next time is fine; a failed load is not
+        log.warning("could not cache the dequantised %s: %s", source.ref, exc)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _load_base(source: ModelSource, quantize: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -221,6 +264,11 @@ def load_causal_lm(ref: str, settings: Settings, *, quantize: bool = False) -> t
             tokenizer = AutoTokenizer.from_pretrained(source.location)
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
+    elif source.gguf_file:
+        cached = _dequantized_copy(source, cache_dir(settings))
+        model, tokenizer = _load_base(cached, quantize)
+        if cached is source and not quantize:
+            _save_dequantized(model, tokenizer, source, cache_dir(settings))
     else:
         model, tokenizer = _load_base(source, quantize)
     model.eval()
