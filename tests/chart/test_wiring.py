@@ -158,7 +158,8 @@ def _env_names(docs: list[dict[str, Any]]) -> set[str]:
     containers = [c for _, p in pod_specs(docs) for c in p["containers"]]
     containers += [tpl["container"] for _, tpl in workflow_containers(docs)]
     names |= {e["name"] for c in containers for e in c.get("env", [])}
-    return {n for n in names if n.startswith("BIGBERTHA_")}
+    # BIGBERTHA_HOME is where a process keeps local state (settings.HOME), not a setting.
+    return {n for n in names if n.startswith("BIGBERTHA_") and n != "BIGBERTHA_HOME"}
 
 
 def test_settings_env_names_are_real_settings(docs: list[dict[str, Any]]) -> None:
