@@ -197,6 +197,9 @@ def test_smollm2_loads_from_the_packaged_gguf_and_answers(clean_env: Path) -> No
 
     model, tokenizer, version = models.load_causal_lm("smollm2", Settings())
     assert version == "smollm2"
+    # Plain float weights: nothing marks them GGUF-quantized, so trl can train them.
+    assert getattr(model, "hf_quantizer", None) is None
+    assert getattr(model.config, "quantization_config", None) is None
     # The dequantised copy is kept, and the next process loads the same model from it.
     cached = models.cache_dir(Settings()) / "gguf" / Path(models.SMOLLM2_GGUF).stem
     assert (cached / ".complete").is_file()

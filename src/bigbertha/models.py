@@ -198,18 +198,11 @@ def _save_dequantized(model: Any, tokenizer: Any, source: ModelSource, cache: Pa
     """Best effort: keep the dequantised weights for the next process (see above)."""
     assert source.gguf_file
     target = cache / "gguf" / Path(source.gguf_file).stem
-    # The weights are already float32; transformers only refuses to save while the GGUF
-    # quantizer is attached, so detach it for the save.
-    quantizer = getattr(model, "hf_quantizer", None)
     tmp: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".gguf-", dir=target.parent))
-        model.hf_quantizer = None
-        try:
-            model.save_pretrained(tmp)
-        finally:
-            model.hf_quantizer = quantizer
+        model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / ".complete").touch()
         if not (target / ".complete").is_file():
@@ -239,9 +232,21 @@ def _load_base(source: ModelSource, quantize: bool) -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     except OSError as exc:
         raise ModelNotFound(f"model {source.ref!r}: cannot load ({exc})".splitlines()[0]) from exc
+    if source.gguf_file:
+        _as_plain_weights(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _as_plain_weights(model: Any) -> None:
+    """GGUF weights are dequantised to float on load, but transformers keeps the GGUF
+    quantizer attached and then refuses to train or save the model: detach it."""
+    model.hf_quantizer = None
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
 
 
 def load_causal_lm(ref: str, settings: Settings, *, quantize: bool = False) -> tuple[Any, Any, str]:
