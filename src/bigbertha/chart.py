@@ -7,6 +7,7 @@ No cluster or chart repository is contacted; subcharts absent from charts/ are s
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ from bigbertha.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 # What a cluster with the subcharts' CRDs installed reports (the chart checks for them).
-_KINDS = {
+CUSTOM_KINDS = {
     "monitoring.coreos.com/v1": ("ServiceMonitor", "PodMonitor", "PrometheusRule"),
     "monitoring.coreos.com/v1alpha1": ("AlertmanagerConfig",),
     "argoproj.io/v1alpha1": (
@@ -32,18 +33,20 @@ _KINDS = {
         "Application",
     ),
 }
-API_VERSIONS = tuple(_KINDS) + tuple(f"{gv}/{k}" for gv, kinds in _KINDS.items() for k in kinds)
+API_VERSIONS = tuple(CUSTOM_KINDS) + tuple(
+    f"{gv}/{k}" for gv, kinds in CUSTOM_KINDS.items() for k in kinds
+)
 KUBE_VERSION = "1.30.0"
 
 
 def merge_values(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Helm's `-f a.yaml -f b.yaml` merge: maps merge key by key, anything else replaces."""
-    merged = dict(base)
+    merged = copy.deepcopy(dict(base))
     for key, value in override.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
             merged[key] = merge_values(merged[key], value)
         else:
-            merged[key] = value
+            merged[key] = copy.deepcopy(value)
     return merged
 
 
@@ -56,21 +59,23 @@ def load_values(
     return merge_values(values, overrides or {})
 
 
-def render(
-    values_files: Iterable[Path] = (),
-    overrides: Mapping[str, Any] | None = None,
+def render_templates(
+    values: Mapping[str, Any] | None = None,
     *,
     chart_dir: Path = ROOT,
     release: str = "bigbertha",
     namespace: str = "bigbertha",
     api_versions: Iterable[str] = API_VERSIONS,
     kube_version: str = KUBE_VERSION,
-) -> list[dict[str, Any]]:
-    """The rendered objects, in template order. Raises ConfigError naming what is wrong."""
+) -> dict[str, str]:
+    """Template path -> rendered text, as `helm template` prints it.
+
+    Raises helm_python's HelmError (HelmRenderError for a template's `fail`, HelmValuesError
+    for a schema violation): callers that test the chart match on them.
+    """
     import helm_python
     from helm_python import _native
 
-    values = load_values(values_files, overrides)
     chart = helm_python.Chart.load(str(chart_dir))  # fresh per render: rendering mutates it
     try:
         opts = {
@@ -80,13 +85,33 @@ def render(
             "api_versions": list(api_versions),
             "kube_version": kube_version,
         }
-        raw = _native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(opts))
-    except helm_python.HelmError as exc:
-        raise ConfigError(f"chart render failed: {' '.join(str(exc).split())}") from exc
+        raw = _native.call_string(
+            "helm_render", chart._raw(), json.dumps(dict(values or {})), json.dumps(opts)
+        )
     finally:
         chart.close()
+    rendered: dict[str, str] = json.loads(raw)
+    return rendered
+
+
+def render(
+    values_files: Iterable[Path] = (),
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    release: str = "bigbertha",
+    namespace: str = "bigbertha",
+) -> list[dict[str, Any]]:
+    """The rendered objects of values files + overrides. Raises ConfigError naming the problem."""
+    import helm_python
+
+    try:
+        rendered = render_templates(
+            load_values(values_files, overrides), release=release, namespace=namespace
+        )
+    except helm_python.HelmError as exc:
+        raise ConfigError(f"chart render failed: {' '.join(str(exc).split())}") from exc
     objects = []
-    for path, text in sorted(json.loads(raw).items()):
+    for path, text in sorted(rendered.items()):
         if not path.endswith((".yaml", ".yml")):
             continue  # NOTES.txt
         objects += [doc for doc in yaml.safe_load_all(text) if doc]

@@ -7,7 +7,6 @@ the group/version/Kind of every custom kind the chart renders (templates/validat
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import os
@@ -15,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import helm_python as helm
 import pygjson
 import yaml
-from helm_python import _native
+
+from bigbertha import chart
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("BIGBERTHA_SHARED", ROOT.parent / "shared"))
@@ -27,32 +26,10 @@ NAMESPACE = "bigbertha"
 KUBE_VERSION = "v1.30.0"
 # The chart defaults and every environment overlay in values/ (each is rendered and checked).
 ENVS = ("default", *sorted(p.stem for p in (ROOT / "values").glob("*.yaml")))
-CUSTOM_KINDS = {
-    "argoproj.io/v1alpha1": (
-        "EventBus",
-        "EventSource",
-        "Sensor",
-        "Workflow",
-        "WorkflowTemplate",
-        "Application",
-    ),
-    "monitoring.coreos.com/v1": ("ServiceMonitor", "PrometheusRule", "PodMonitor"),
-    "monitoring.coreos.com/v1alpha1": ("AlertmanagerConfig",),
-}
-API_VERSIONS = [gv for gv in CUSTOM_KINDS] + [
-    f"{gv}/{kind}" for gv, kinds in CUSTOM_KINDS.items() for kind in kinds
-]
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Helm's -f layering: maps merge key by key, anything else is replaced."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+# The kinds whose CRDs ci/install-crds.sh installs, and the API versions a render sees.
+CUSTOM_KINDS = chart.CUSTOM_KINDS
+API_VERSIONS = list(chart.API_VERSIONS)
+deep_merge = chart.merge_values  # Helm's -f layering
 
 
 def env_values(env: str) -> dict[str, Any]:
@@ -70,22 +47,13 @@ def render_raw(
     kube_version: str = KUBE_VERSION,
 ) -> dict[str, str]:
     """Template path -> rendered text, as `helm template` would produce it."""
-    opts = {
-        "name": release,
-        "namespace": NAMESPACE,
-        "is_install": True,
-        "kube_version": kube_version,
-        "api_versions": API_VERSIONS if api_versions is None else api_versions,
-    }
-    chart = helm.Chart.load(ROOT)
-    try:
-        out = _native.call_string(
-            "helm_render", chart._raw(), json.dumps(values or {}), json.dumps(opts)
-        )
-    finally:
-        chart.close()
-    rendered: dict[str, str] = json.loads(out)
-    return rendered
+    return chart.render_templates(
+        values,
+        release=release,
+        namespace=NAMESPACE,
+        api_versions=API_VERSIONS if api_versions is None else api_versions,
+        kube_version=kube_version,
+    )
 
 
 def documents(rendered: dict[str, str]) -> list[dict[str, Any]]:
