@@ -111,3 +111,62 @@ def test_gate_promotes_better_keeps_previous_rejects_worse_and_rolls_back(
     after = telemetry_counts(redis_url, "bigbertha_promotions_total")
     gained = {k: after.get(k, 0) - before.get(k, 0) for k in ("promoted", "rejected", "rollback")}
     assert gained == {"promoted": 2, "rejected": 1, "rollback": 1}
+
+
+def test_gate_reuses_the_evaluate_steps_report_only_when_it_matches(
+    trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],  # noqa: F811
+    mlflow_server: Any,
+    tmp_path: Path,
+    clean_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from bigbertha import evaluate
+
+    adapter, _, trained_settings = trained_adapter
+    settings = trained_settings.model_copy(
+        update={
+            "mlflow": trained_settings.mlflow.model_copy(
+                update={"model_name": f"{trained_settings.mlflow.model_name}-reuse"}
+            )
+        }
+    )
+    # The workflow's evaluate step: the challenger's report, as `bigbertha evaluate` writes it.
+    report = tmp_path / "evaluation.json"
+    evaluate.run(settings, str(adapter), report=str(report))
+    benchmarked: list[str] = []
+    real_run = evaluate.run
+
+    def spy(s: Settings, model_ref: str, **kwargs: Any) -> evaluate.EvalReport:
+        benchmarked.append(model_ref)
+        return real_run(s, model_ref, **kwargs)
+
+    monkeypatch.setattr(evaluate, "run", spy)
+
+    first = promote.run(settings, str(adapter), evaluation=str(report))
+    assert first.decision == "promoted", first.reason
+    assert len(benchmarked) == 1 and not benchmarked[0].startswith("models:/")  # the base only
+    tags = registry.version_tags(settings, str(first.version))
+    assert tags["gate.challenger_evaluation"] == str(report)
+    assert float(tags["gate.perplexity.challenger"]) == pytest.approx(
+        json.loads(report.read_text())["metrics"]["perplexity"], rel=1e-5
+    )
+
+    # A report made on another evaluation set is not trusted: the gate benchmarks again.
+    stale = json.loads(report.read_text())
+    stale["eval_hash"] = "0" * 64
+    report.write_text(json.dumps(stale))
+    benchmarked.clear()
+    with caplog.at_level("WARNING", logger="bigbertha.promote"):
+        second = promote.run(settings, str(adapter), evaluation=str(report))
+    assert "its evaluation set differs" in caplog.text
+    assert second.decision == "rejected"  # same weights as the champion: a tie is no win
+    assert len(benchmarked) == 2 and benchmarked[0].startswith("models:/")
+    tags = registry.version_tags(settings, str(second.version))
+    assert tags["gate.challenger_evaluation"] == "evaluated by the gate"
+
+    # An unreadable report is one warning, not a failed gate.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bigbertha.promote"):
+        third = promote.run(settings, str(adapter), evaluation=str(tmp_path / "missing.json"))
+    assert "missing.json unusable" in caplog.text and third.decision == "rejected"

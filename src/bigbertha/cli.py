@@ -397,6 +397,10 @@ def promote_command(
     rollback: Annotated[
         bool, typer.Option("--rollback", help="Move champion back to the previous version.")
     ] = False,
+    evaluation: Annotated[
+        str | None,
+        typer.Option(help="The challenger's `bigbertha evaluate` report, reused if it matches."),
+    ] = None,
     report: ReportOption = None,
     alert_name: AlertNameOption = None,
     alert_labels: AlertLabelsOption = None,
@@ -405,8 +409,8 @@ def promote_command(
     """Register the challenger, gate it against the champion, move `champion` if it wins.
 
     Flags: --challenger REF (required unless --rollback), --data URI, --margin X, --rollback,
-    --report URI, --alert-name, --alert-labels JSON, --workflow-name. Exit 0 whether promoted
-    or rejected (the decision is in the printed JSON and on the MLflow version).
+    --evaluation URI, --report URI, --alert-name, --alert-labels JSON, --workflow-name. Exit 0
+    whether promoted or rejected (the decision is in the printed JSON and on the MLflow version).
     """
     from bigbertha import promote
 
@@ -419,7 +423,14 @@ def promote_command(
             decision = promote.rollback(settings, report=report)
         else:
             assert challenger is not None
-            decision = promote.run(settings, challenger, data=data, lineage=lineage, report=report)
+            decision = promote.run(
+                settings,
+                challenger,
+                data=data,
+                lineage=lineage,
+                report=report,
+                evaluation=evaluation,
+            )
     except BigberthaError as exc:
         raise fail(exc) from None
     typer.echo(json.dumps(decision.to_json()))

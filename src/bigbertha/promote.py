@@ -8,7 +8,9 @@
 evaluates the champion (or, before there is one, the challenger's own base model) and the
 challenger on the same evaluation set, and moves the ``champion`` alias only when the challenger
 beats it on every ``promote.gate_metrics`` by more than ``promote.margin`` (relative
-improvement; perplexity lower, the others higher). The old champion keeps ``previous``. The
+improvement; perplexity lower, the others higher). The evaluate step's report on the same
+challenger and the same set (``--evaluation``) is reused instead of benchmarking it twice. The
+old champion keeps ``previous``. The
 decision and every number are tags on the new version and a JSON report; telemetry counts it
 (`Recorder.record_promotion`). The alias moves last, so any failure leaves the champion as it was.
 """
@@ -23,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bigbertha import evaluate, models, registry
+from bigbertha import evaluate, models, registry, training_data
 from bigbertha.errors import BigberthaError
 
 if TYPE_CHECKING:
@@ -104,6 +106,39 @@ def register(settings: Settings, challenger: str, lineage: Mapping[str, str]) ->
     return registry.register_challenger(settings, Path(source.location), tags)
 
 
+def reusable_evaluation(
+    settings: Settings, uri: str, challenger: str, data: str | None
+) -> evaluate.EvalReport | None:
+    """The evaluate step's report at `uri` if it benchmarked `challenger` on the evaluation set
+    the gate uses now (same examples, same hash) with every gate metric; else None, and why."""
+    try:
+        report = evaluate.EvalReport.from_json(json.loads(registry.read_bytes(settings, uri)))
+    except (BigberthaError, ValueError, TypeError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning(
+            "evaluation report %s unusable (%s): benchmarking the challenger again", uri, why
+        )
+        return None
+    _, examples = evaluate.load_eval_set(settings, data)
+    problems = []
+    if report.model != challenger:
+        problems.append(f"it is for {report.model!r}")
+    if report.eval_hash != training_data.dataset_hash(examples):
+        problems.append("its evaluation set differs")
+    missing = [m for m in settings.promote.gate_metrics if m not in report.metrics]
+    if missing:
+        problems.append(f"it lacks {', '.join(missing)}")
+    if problems:
+        log.warning(
+            "evaluation report %s not reused (%s): benchmarking the challenger again",
+            uri,
+            "; ".join(problems),
+        )
+        return None
+    log.info("reusing the challenger's evaluation from %s", uri)
+    return report
+
+
 def _record(settings: Settings, decision: str) -> None:
     from bigbertha.telemetry import Recorder
 
@@ -117,8 +152,12 @@ def run(
     data: str | None = None,
     lineage: Mapping[str, str] | None = None,
     report: str | None = None,
+    evaluation: str | None = None,
 ) -> Decision:
-    """Register, benchmark both sides on one evaluation set, and move ``champion`` if better."""
+    """Register, benchmark both sides on one evaluation set, and move ``champion`` if better.
+
+    `evaluation`: the challenger's report from `bigbertha evaluate`, reused when it matches.
+    """
     lineage = dict(lineage or {})
     name = settings.mlflow.model_name
     # 1. Register the challenger: it is kept (and traceable) whatever the gate decides.
@@ -136,7 +175,8 @@ def run(
 
     # 2. Benchmark both on the same set (same settings, same process).
     tags = {"workflow_name": lineage.get("workflow_name", ""), "gate_for": version}
-    theirs = evaluate.run(settings, f"models:/{name}/{version}", data=data, tags=tags)
+    reused = reusable_evaluation(settings, evaluation, challenger, data) if evaluation else None
+    theirs = reused or evaluate.run(settings, f"models:/{name}/{version}", data=data, tags=tags)
     ours = evaluate.run(settings, baseline, data=data, tags=tags)
 
     # 3. Decide; record the numbers on the version; move the alias last.
@@ -155,6 +195,7 @@ def run(
         "gate.margin": margin,
         "gate.baseline": baseline,
         "gate.eval_hash": theirs.eval_hash,
+        "gate.challenger_evaluation": evaluation if reused else "evaluated by the gate",
     }
     for metric, row in table.items():
         gate_tags[f"gate.{metric}.challenger"] = f"{row['challenger']:.6g}"
