@@ -1,10 +1,11 @@
 """The Streamlit chatbot UI (UI only: answering lives in rag.py).
 
-`bigbertha chat` runs this file with Streamlit's server on chat.port. Every browser session
-shares one `RagEngine` (one model per process, via st.cache_resource); each session keeps its
-own history. Answers stream in as they are generated, with their sources underneath and a
-thumbs up/down that is recorded for the model version that produced the answer. Degraded
-services show as warnings on the answer and in the sidebar, never as a traceback.
+`bigbertha chat` runs this file with Streamlit's server on chat.port, with the JSON API of
+chat_api.py beside it. Every browser session and the API share one `RagEngine` (one model per
+process, built in the background as the server starts); each session keeps its own history.
+Answers stream in as they are generated, with their sources underneath and a thumbs up/down
+that is recorded for the model version that produced the answer. Degraded services show as
+warnings on the answer and in the sidebar, never as a traceback.
 """
 
 from __future__ import annotations
@@ -20,21 +21,37 @@ APP_TITLE = "BigBertha"
 
 
 def serve(settings: Settings, *, host: str, config_file: Path | None) -> None:
-    """Run the Streamlit server in this process until it is stopped."""
-    from streamlit.web import bootstrap
+    """Run the Streamlit server, with the JSON API beside the UI, until it is stopped.
 
-    flags = {
-        "server.port": settings.chat.port,
-        "server.address": host,
-        "server.headless": True,
-        "server.fileWatcherType": "none",
-        "server.runOnSave": False,
-        "browser.gatherUsageStats": False,
-        "client.toolbarMode": "viewer",
-    }
-    bootstrap.load_config_options(flag_options=flags)
-    args = ["--config", str(config_file)] if config_file else []
-    bootstrap.run(__file__, False, args, flags)
+    The server comes up at once; the engine (the model) is built in the background as it
+    starts, so the champion watcher runs before any browser connects and /api/status says
+    when answers can be served.
+    """
+    import streamlit as st
+
+    from bigbertha import chat_api
+
+    slot = chat_api.EngineSlot(settings)
+    app = st.App(
+        Path(__file__).resolve(),
+        routes=chat_api.routes(slot),
+        lifespan=chat_api.lifespan(slot),
+    )
+    # App.run() reads the script's argv from ours: the UI script sees `--config FILE`.
+    sys.argv = [str(Path(__file__).resolve())]
+    if config_file:
+        sys.argv += ["--config", str(config_file)]
+    app.run(
+        config={
+            "server.port": settings.chat.port,
+            "server.address": host,
+            "server.headless": True,
+            "server.fileWatcherType": "none",
+            "server.runOnSave": False,
+            "browser.gatherUsageStats": False,
+            "client.toolbarMode": "viewer",
+        }
+    )
 
 
 def _config_file(argv: list[str]) -> Path | None:
@@ -121,15 +138,16 @@ def _details(st: Any, engine: Any, answer: Any) -> None:
 def main() -> None:
     import streamlit as st
 
+    from bigbertha.chat_api import serving
     from bigbertha.errors import BigberthaError
     from bigbertha.rag import shared_engine
     from bigbertha.settings import load
 
     st.set_page_config(page_title=APP_TITLE, page_icon="🤖")
     try:
-        settings = load(_config_file(sys.argv))
+        slot = serving()  # `bigbertha chat`: the engine its API answers with, same settings
         with st.spinner("Loading the model…"):
-            engine = shared_engine(settings)
+            engine = slot.get() if slot else shared_engine(load(_config_file(sys.argv)))
     except BigberthaError as exc:
         st.error(f"The chatbot cannot start: {exc}")
         st.stop()

@@ -528,19 +528,33 @@ def ask_command(
         typer.Option(help="Rate the answer: up or down (recorded like a thumbs click)."),
     ] = None,
     top_k: Annotated[int | None, typer.Option(help="Chunks to retrieve (chat.top_k).")] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(help="Ask the running chatbot at this URL (its /api/ask); no model here."),
+    ] = None,
 ) -> None:
     """Answer one question with the chatbot's RAG core: answer, sources with scores, timings.
 
     Exit 0 answered (also without context when Milvus is down: a warning says so), 1 the model
-    failed, 2 bad settings or --feedback value, 3 an empty question.
+    failed or the --server chatbot is unreachable or not ready, 2 bad settings or --feedback
+    value, 3 an empty question.
     """
     from bigbertha import rag
 
     if feedback not in (None, "up", "down"):
         typer.echo(f"error: --feedback {feedback!r}: must be 'up' or 'down'", err=True)
         raise typer.Exit(2)
+    if server and top_k is not None:
+        raise typer.BadParameter("not with --server (it has its chat.top_k)", param_hint="--top-k")
     try:
-        answer = rag.ask_once(ctx.obj.settings(chat={"top_k": top_k}), question, rating=feedback)
+        if server:
+            from bigbertha import chat_api
+
+            ctx.obj.settings()  # logging as configured; the server holds the model settings
+            answer = rag.Answer.from_dict(chat_api.ask_server(server, question, rating=feedback))
+        else:
+            settings = ctx.obj.settings(chat={"top_k": top_k})
+            answer = rag.ask_once(settings, question, rating=feedback)
     except BigberthaError as exc:
         raise fail(exc) from None
     typer.echo(json.dumps(answer.to_dict(), ensure_ascii=False) if as_json else rag.render(answer))

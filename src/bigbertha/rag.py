@@ -105,6 +105,30 @@ class Answer:
     def turn_id(self) -> str:
         return self.turn.turn_id
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Answer:
+        """The answer `to_dict()` described (e.g. one from the chatbot's /api/ask)."""
+        sources = [Source(**{k: v for k, v in s.items() if k != "label"}) for s in data["sources"]]
+        turn = Turn(
+            question=data["question"],
+            answer=data["answer"],
+            sources=[FeedbackSource(s.document, s.page, s.score) for s in sources],
+            model_version=data["model_version"],
+            turn_id=data["turn_id"],
+        )
+        return cls(
+            question=data["question"],
+            text=data["answer"],
+            sources=sources,
+            model_version=data["model_version"],
+            turn=turn,
+            timings=Timings(**data["timings"]),
+            prompt_tokens=data["prompt_tokens"],
+            completion_tokens=data["completion_tokens"],
+            error=data["error"],
+            warnings=data["warnings"],
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "question": self.question,
@@ -225,8 +249,12 @@ class RagEngine:
             raise ValueError("question is empty: type a question")
         return AnswerStream(self, question)
 
-    def ask(self, question: str) -> Answer:
-        return self.stream(question).result()
+    def ask(self, question: str, rating: Literal["up", "down"] | str | None = None) -> Answer:
+        """Answer `question`; rate it `rating` unless the model failed (`bigbertha ask`)."""
+        answer = self.stream(question).result()
+        if rating in ("up", "down") and not answer.error:
+            self.rate(answer, "up" if rating == "up" else "down")
+        return answer
 
     def rate(self, answer: Answer, rating: Literal["up", "down"]) -> bool:
         """Record a thumbs up/down for the model version that produced `answer`.
@@ -438,9 +466,7 @@ def ask_once(
         raise InputError("question is empty: pass the question as the argument")
     engine = RagEngine.from_settings(settings, watch=False)
     try:
-        answer = engine.ask(question)
-        if rating in ("up", "down") and not answer.error:
-            engine.rate(answer, rating)
+        answer = engine.ask(question, rating)
     finally:
         engine.models.stop()
     return answer
