@@ -417,3 +417,24 @@ def test_query_escaped_keys_and_unknown_events(env: Env, storage: Storage, bucke
     result, _ = ingest("--event-name", "s3:ObjectAccessed:Get", f"s3://{bucket}/{key}")
     assert result.exit_code == 2
     assert "expected s3:ObjectCreated:* or s3:ObjectRemoved:*" in result.stderr
+
+
+def test_long_sections_are_split_to_the_chunk_size_without_tokenizer_warnings(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from bigbertha import readers
+    from bigbertha.embeddings import DEFAULT_MODEL, load_sentence_transformer
+    from bigbertha.ingest import Chunker
+
+    # A fresh tokenizer: transformers warns once per instance, so a shared one could hide it.
+    tokenizer = load_sentence_transformer(DEFAULT_MODEL).tokenizer
+    settings = settings_mod.load(overrides={"ingest": {"chunk_size": 64, "chunk_overlap": 8}})
+    text = " ".join(f"Sentence number {i} is about llamas and their fences." for i in range(200))
+    capfd.readouterr()
+    nodes = Chunker(settings, tokenizer).chunks(
+        "file:///long.md", "long.md", [readers.Section(text=text)], "etag", None
+    )
+    assert len(nodes) > 20
+    assert all(len(tokenizer.tokenize(n.text, verbose=False)) <= 64 for n in nodes)
+    assert "Sentence number 199 " in nodes[-1].text
+    assert "longer than the specified maximum" not in capfd.readouterr().err

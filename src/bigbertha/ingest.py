@@ -279,7 +279,9 @@ class Chunker:
         self.splitter = SentenceSplitter(
             chunk_size=settings.ingest.chunk_size,
             chunk_overlap=settings.ingest.chunk_overlap,
-            tokenizer=tokenizer.tokenize if tokenizer is not None else None,
+            # verbose=False: sections longer than the model's window are what the splitter is
+            # for; transformers' "sequence length is longer than..." warning is noise here.
+            tokenizer=partial(tokenizer.tokenize, verbose=False) if tokenizer is not None else None,
             include_prev_next_rel=False,  # neighbours' ids would go stale when a source changes
         )
 
