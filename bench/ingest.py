@@ -14,7 +14,10 @@ one process, with the embedding model already loaded for all three:
       a fresh milvus-lite MilvusVectorStore, with LlamaIndex's defaults (embed batch of 10,
       metadata embedded with the text) and the same splitter settings and model.
 
-Prints chunks/s for each, b/a (aim >= 0.85) and b/c (aim >= 2). The last line is one JSON object.
+Prints chunks/s for each, b/a (aim >= 0.85) and b/c (aim >= 2), and a/c: the most b/c can be
+while ingestion embeds with the same model on the same CPU (b <= a). When a/c < 2 the b/c aim is
+out of reach for any pipeline around this model; only a cheaper embedding could get there. The
+last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -155,6 +158,7 @@ def main() -> None:
     print(f"(b) bigbertha ingest {n_b:5d} chunks {t_b:8.2f} s {b:8.1f} chunks/s")
     print(f"(c) llamaindex      {n_c:6d} chunks {t_c:8.2f} s {c:8.1f} chunks/s")
     print(f"b/a = {b / a:.3f} (aim >= 0.85)   b/c = {b / c:.3f} (aim >= 2)")
+    print(f"a/c = {a / c:.3f}: the ceiling of b/c with this model on this CPU (b <= a)")
     result = {
         "docs": args.docs,
         "chunks": len(texts),
@@ -164,6 +168,7 @@ def main() -> None:
         "llamaindex_chunks": n_c,
         "b_over_a": round(b / a, 3),
         "b_over_c": round(b / c, 3),
+        "a_over_c": round(a / c, 3),
     }
     print(json.dumps(result))
 
