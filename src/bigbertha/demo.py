@@ -5,10 +5,11 @@
 Starts redis-server, an S3 server (moto, reached through the MinIO client like MinIO), a
 milvus-lite server, an MLflow server (sqlite), the exporter, Prometheus with the rules the
 chart renders from values/local.yaml + values/demo.yaml, Alertmanager routing retrain alerts
-(bearer token) to the local event gateway, and the chatbot UI. Then runs the scenario: seed
-documents uploaded and ingested through the gateway, questions asked with `bigbertha ask`,
-negative ratings, the retrain alert firing, fine-tune, evaluate, gate, promotion, and answers
-from the new champion. Prints a live timeline and writes `<workdir>/report.html`.
+(bearer token) to the local event gateway, and the chatbot (UI and JSON API). Then runs the
+scenario: seed documents uploaded and ingested through the gateway, questions asked with
+`bigbertha ask --server` through the running chatbot, negative ratings, the retrain alert
+firing, fine-tune, evaluate, gate, promotion, the chatbot hot-swapping to the new champion and
+its answers reporting the new version. Prints a live timeline and writes `<workdir>/report.html`.
 Every process is stopped on exit or Ctrl-C.
 """
 
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -197,10 +199,12 @@ class LocalPlatform:
             prom = svc.prometheus(*self.prometheus_config(exporter_port, am.port))
             st.result = prom.url
         with timeline.stage("start chatbot") as st:
+            # Ready once its API says the model is loaded (it loads in the background).
             chat = svc.bigbertha(
-                "chat", ["chat"], chat_port, self.env, ready_path="/_stcore/health", timeout=180
+                "chat", ["chat"], chat_port, self.env, ready_path="/api/status", timeout=180
             )
-            st.result = chat.url
+            status = chatbot_status(chat.url)
+            st.result = f"{chat.url} serving model version {status.get('model_version')}"
         self.urls = {
             "chatbot": chat.url,
             "prometheus": prom.url,
@@ -397,8 +401,18 @@ def minio_notification(bucket: str, key: str, size: int) -> dict[str, Any]:
     }
 
 
+def chatbot_status(url: str) -> dict[str, Any]:
+    """The running chatbot's /api/status (a 503 while loading is a status too)."""
+    try:
+        status: dict[str, Any] = _get_json(f"{url}/api/status")
+    except urllib.error.HTTPError as exc:
+        status = json.load(exc)
+    return status
+
+
 def ask(platform: LocalPlatform, question: str, feedback: str | None = None) -> dict[str, Any]:
-    argv = ["ask", question, "--json"]
+    """`bigbertha ask` through the running chatbot: its model, no model load per question."""
+    argv = ["ask", question, "--json", "--server", platform.urls["chatbot"]]
     if feedback:
         argv += ["--feedback", feedback]
     result = platform.run(argv, timeout=300)
@@ -509,13 +523,24 @@ def last_decision(settings: Any) -> dict[str, Any]:
 
 
 def champion_answers(platform: LocalPlatform, timeline: Timeline, expected: str) -> None:
-    """The chatbot serves the champion: a fresh answer reports its version."""
+    """The running chatbot hot-swapped to the champion (no restart): its status says so, and
+    its next answer reports the champion's version."""
+    url = platform.urls["chatbot"]
     with timeline.stage("chatbot serves the champion") as st:
+        status = wait_for(
+            f"the chatbot's hot swap to version {expected}",
+            lambda: (s := chatbot_status(url)).get("model_version") == expected and s,
+            180,
+            1,
+        )
         answer = ask(platform, QUESTIONS[0])
         served = str(answer.get("model_version"))
         if served != expected:
             raise DemoFailed(f"answer came from {served}, expected champion {expected}")
-        st.result = f"next answer from model version {served}"
+        st.result = (
+            f"chatbot hot-swapped to model version {expected} (swaps {status['swaps']}); "
+            f"next answer from model version {served}"
+        )
 
 
 # --- the report -------------------------------------------------------------------------------

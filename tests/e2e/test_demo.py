@@ -94,6 +94,7 @@ def test_demo_runs_both_loops_promotes_then_keeps_the_champion(tmp_path):
     assert "rejected: champion 1 -> 1" in gate_lines[1], out  # the champion stayed
     served = [line for line in done if "chatbot serves the champion" in line]
     assert len(served) == 2 and all("model version 1" in line for line in served)
+    assert "chatbot hot-swapped to model version 1 (swaps 1)" in served[0], out  # no restart
     report = (tmp_path / "demo" / "report.html").read_text()
     assert "timeline plot" in report
     assert "<b>promoted</b>" in report and "<b>rejected</b>" in report
