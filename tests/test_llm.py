@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bigbertha.llm import (
+    ChatModel,
     GenerationError,
     Message,
     ModelLoadError,
@@ -180,19 +181,35 @@ def test_swap_keeps_in_flight_answers_on_the_old_model() -> None:
         loads.append(ref)
         return _Model(ref, gate)
 
-    server = ModelServer(load, fallback_ref="smollm2", champion=registry).start(watch=False)
-    assert server.status().version == "1"
+    server = ModelServer(load, fallback_ref="smollm2", champion=registry)
+    swapped_in: list[str] = []
+    server.on_swap = lambda model: swapped_in.append(model.version)
+    server.start(watch=False)
+    assert server.status().version == "1" and swapped_in == []  # the first load is no swap
     in_flight = iter(server.current().stream(QUESTION, max_new_tokens=4, temperature=0))
     assert next(in_flight) == "answer from 1"
 
     registry.champion = "models:/m/2"
     assert server.check_now() is True
     assert server.current().version == "2" and server.status().swaps == 1
+    assert swapped_in == ["2"]
     gate.set()
     assert next(in_flight) == " (done)"  # the answer that started on 1 finished on 1
     assert server.check_now() is False  # unchanged alias: nothing reloaded
     assert loads == ["models:/m/1", "models:/m/2"]
-    assert server.status().history == ["1", "2"]
+    assert server.status().history == ["1", "2"] and swapped_in == ["2"]
+
+
+def test_a_failing_swap_hook_does_not_undo_the_swap() -> None:
+    registry = _Registry()
+    server = ModelServer(_Model, fallback_ref="smollm2", champion=registry).start(watch=False)
+
+    def broken(model: ChatModel) -> None:
+        raise ConnectionError("redis down")
+
+    server.on_swap = broken
+    registry.champion = "models:/m/2"
+    assert server.check_now() is True and server.current().version == "2"
 
 
 def test_failed_load_keeps_the_current_model_and_says_why() -> None:

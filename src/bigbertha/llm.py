@@ -282,6 +282,8 @@ class ModelServer:
         champion: Callable[[], str | None] | None = None,
         poll_seconds: float = 30.0,
     ) -> None:
+        #: Called with each model swapped in (e.g. to mark it serving in telemetry at once).
+        self.on_swap: Callable[[ChatModel], None] | None = None
         self._load = load
         self._fallback = fallback_ref
         self._champion = champion
@@ -394,6 +396,11 @@ class ModelServer:
             self._status.last_error = None
             self._status.history.append(model.version)
         log.info("now serving chat model %s (version %s)", model.ref, model.version)
+        if self.on_swap is not None:
+            try:
+                self.on_swap(model)
+            except Exception:  # a telemetry hiccup must not undo or fail the swap
+                log.exception("on_swap hook failed after swapping to %s", model.ref)
         return True
 
     def _watch(self) -> None:

@@ -232,8 +232,11 @@ class RagEngine:
         from bigbertha.telemetry import Recorder
 
         limit_registry_retries()
-        models = ModelServer.from_settings(settings).start(watch=watch)
         recorder = Recorder.from_settings(settings)
+        models = ModelServer.from_settings(settings)
+        # The exporter's model_info shows a swapped-in champion at once, not at its first answer.
+        models.on_swap = lambda model: recorder.set_serving_model(model.version)
+        models.start(watch=watch)
         recorder.set_serving_model(models.current().version)
         return cls(
             settings,
