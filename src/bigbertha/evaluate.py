@@ -181,11 +181,16 @@ def run(
     data: str | None = None,
     report: str | None = None,
     tags: Mapping[str, str] | None = None,
+    eval_set: tuple[str, list[training_data.Example]] | None = None,
 ) -> EvalReport:
-    """Benchmark `model_ref`; log to MLflow and write the JSON report (path or s3://)."""
+    """Benchmark `model_ref`; log to MLflow and write the JSON report (path or s3://).
+
+    `eval_set`: what `load_eval_set` returned, for a caller that benchmarks several models on
+    one set (the gate) and reads it once.
+    """
     import mlflow
 
-    uri, examples = load_eval_set(settings, data)
+    uri, examples = eval_set or load_eval_set(settings, data)
     model, tokenizer, version = models.load_causal_lm(model_ref, settings)
     metrics, samples = score(model, tokenizer, examples, settings.evaluate.max_new_tokens)
     result = EvalReport(

@@ -107,10 +107,10 @@ def register(settings: Settings, challenger: str, lineage: Mapping[str, str]) ->
 
 
 def reusable_evaluation(
-    settings: Settings, uri: str, challenger: str, data: str | None
+    settings: Settings, uri: str, challenger: str, eval_hash: str
 ) -> evaluate.EvalReport | None:
     """The evaluate step's report at `uri` if it benchmarked `challenger` on the evaluation set
-    the gate uses now (same examples, same hash) with every gate metric; else None, and why."""
+    the gate uses now (`eval_hash`) with every gate metric; else None, and why."""
     try:
         report = evaluate.EvalReport.from_json(json.loads(registry.read_bytes(settings, uri)))
     except (BigberthaError, ValueError, TypeError) as exc:
@@ -119,11 +119,10 @@ def reusable_evaluation(
             "evaluation report %s unusable (%s): benchmarking the challenger again", uri, why
         )
         return None
-    _, examples = evaluate.load_eval_set(settings, data)
     problems = []
     if report.model != challenger:
         problems.append(f"it is for {report.model!r}")
-    if report.eval_hash != training_data.dataset_hash(examples):
+    if report.eval_hash != eval_hash:
         problems.append("its evaluation set differs")
     missing = [m for m in settings.promote.gate_metrics if m not in report.metrics]
     if missing:
@@ -175,9 +174,14 @@ def run(
 
     # 2. Benchmark both on the same set (same settings, same process).
     tags = {"workflow_name": lineage.get("workflow_name", ""), "gate_for": version}
-    reused = reusable_evaluation(settings, evaluation, challenger, data) if evaluation else None
-    theirs = reused or evaluate.run(settings, f"models:/{name}/{version}", data=data, tags=tags)
-    ours = evaluate.run(settings, baseline, data=data, tags=tags)
+    eval_set = evaluate.load_eval_set(settings, data)  # read once for both sides
+    reused = None
+    if evaluation:
+        eval_hash = training_data.dataset_hash(eval_set[1])
+        reused = reusable_evaluation(settings, evaluation, challenger, eval_hash)
+    challenger_ref = f"models:/{name}/{version}"
+    theirs = reused or evaluate.run(settings, challenger_ref, eval_set=eval_set, tags=tags)
+    ours = evaluate.run(settings, baseline, eval_set=eval_set, tags=tags)
 
     # 3. Decide; record the numbers on the version; move the alias last.
     margin = settings.promote.margin
