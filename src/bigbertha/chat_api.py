@@ -152,8 +152,7 @@ def routes(slot: EngineSlot, *, max_concurrent: int | None = None) -> list[BaseR
     from starlette.routing import Route
 
     # Generation waits in its own threads, not in the pool Streamlit serves static files from.
-    threads = max_concurrent or slot.settings.chat.max_concurrent_answers
-    limiter: list[anyio.CapacityLimiter] = []
+    limiter = anyio.CapacityLimiter(max_concurrent or slot.settings.chat.max_concurrent_answers)
 
     def not_ready() -> JSONResponse:
         return JSONResponse({"ready": False, "error": slot.error or LOADING}, status_code=503)
@@ -172,10 +171,8 @@ def routes(slot: EngineSlot, *, max_concurrent: int | None = None) -> list[BaseR
         engine = slot.ready()
         if engine is None:
             return not_ready()
-        if not limiter:
-            limiter.append(anyio.CapacityLimiter(threads))
         answer = await anyio.to_thread.run_sync(
-            lambda: engine.ask(question, rating=feedback), limiter=limiter[0]
+            lambda: engine.ask(question, rating=feedback), limiter=limiter
         )
         return JSONResponse(answer.to_dict())
 
