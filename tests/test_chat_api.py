@@ -285,7 +285,6 @@ def test_bigbertha_ask_server_asks_the_running_chatbot(chat_server: dict[str, An
     assert seen[0] == (503, False) and seen[-1] == (200, True), chat_server["log"].read_text()
     assert body["model_version"] == "tiny-chat" and body["swaps"] == 0
 
-    started = time.monotonic()
     result = subprocess.run(
         [BIGBERTHA, "ask", MASCOT, "--json", "--server", url],
         env=chat_server["env"],
@@ -293,10 +292,8 @@ def test_bigbertha_ask_server_asks_the_running_chatbot(chat_server: dict[str, An
         text=True,
         timeout=120,
     )
-    took = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["question"] == MASCOT and doc["model_version"] == "tiny-chat"
     assert doc["error"] is None and 0 < doc["completion_tokens"] <= 8
     assert "retrieval_unavailable" in doc["warnings"]  # no Milvus here: said, not hidden
-    assert took < 30, f"an ask through the running chatbot took {took:.1f}s"
