@@ -89,8 +89,8 @@ def fill_random(settings: object, count: int, batch: int = 10_000) -> float:
     client (the rows carry the same fields and metadata ingestion writes); returns seconds."""
     import numpy as np
 
-    from bigbertha.embeddings import dimension, embed_model
-    from bigbertha.vectorstore import open_store
+    from bigbertha.documents.embeddings import dimension, embed_model
+    from bigbertha.documents.vectorstore import open_store
 
     store = open_store(settings, create=True)  # type: ignore[arg-type]
     dim = dimension(embed_model(settings))  # type: ignore[arg-type]
@@ -138,13 +138,13 @@ def main() -> None:
     parser.add_argument("--retrievals", type=int, default=100)
     args = parser.parse_args()
 
-    from bigbertha import ingest
-    from bigbertha.feedback import FeedbackLog
-    from bigbertha.llm import ModelServer, load_transformers
-    from bigbertha.rag import RagEngine
-    from bigbertha.retrieval import Retriever
-    from bigbertha.settings import Settings
-    from bigbertha.telemetry import Recorder
+    from bigbertha.chat.llm import ModelServer, load_transformers
+    from bigbertha.chat.rag import RagEngine
+    from bigbertha.core.settings import Settings
+    from bigbertha.documents import ingest
+    from bigbertha.documents.retrieval import Retriever
+    from bigbertha.telemetry.feedback import FeedbackLog
+    from bigbertha.telemetry.recorder import Recorder
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-chat-"))
     redis_proc, redis_url = start_redis(workdir)

@@ -86,8 +86,8 @@ def bare_trl(model_dir: Path, data: Path, steps: int, out: Path) -> float:
 
 
 def ours(model_dir: Path, data: Path, steps: int, out: Path) -> float:
-    from bigbertha import finetune
-    from bigbertha.settings import Settings
+    from bigbertha.core.settings import Settings
+    from bigbertha.training import finetune
 
     settings = Settings(
         mlflow={"tracking_uri": f"sqlite:///{out.parent / 'mlflow.db'}"},
@@ -121,7 +121,7 @@ def gpu_lora(quantized: bool, steps: int, batch: int, seq: int) -> dict[str, flo
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    from bigbertha import models
+    from bigbertha.models import loading as models
 
     config = LlamaConfig(  # SmolLM2-135M's shape
         vocab_size=49152,
@@ -211,7 +211,8 @@ def main() -> int:
 
     import torch
 
-    from bigbertha import models, training_data
+    from bigbertha.models import loading as models
+    from bigbertha.training import data as training_data
 
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)

@@ -62,8 +62,8 @@ def make_corpus(root: Path, docs: int, seed: int) -> None:
 
 def chunk_texts(settings: Any, corpus: Path, embed: Any) -> list[str]:
     """The exact chunk texts bigbertha embeds for the corpus."""
-    from bigbertha import readers
-    from bigbertha.ingest import Chunker
+    from bigbertha.documents import readers
+    from bigbertha.documents.ingest import Chunker
 
     chunker = Chunker(settings, embed.tokenizer)
     texts: list[str] = []
@@ -81,7 +81,7 @@ def bench_raw(embed: Any, texts: list[str]) -> float:
 
 
 def bench_bigbertha(settings: Any, corpus: Path) -> tuple[float, int]:
-    from bigbertha import ingest
+    from bigbertha.documents import ingest
 
     started = time.perf_counter()
     report = ingest.run(settings, [str(corpus)])
@@ -96,7 +96,7 @@ def bench_llamaindex(settings: Any, corpus: Path, uri: str, embed: Any) -> tuple
     from llama_index.core.node_parser import SentenceSplitter
     from llama_index.vector_stores.milvus import MilvusVectorStore
 
-    from bigbertha.embeddings import _embedding_class
+    from bigbertha.documents.embeddings import _embedding_class
 
     # The same model behind LlamaIndex's default embedding batch size (10).
     default_embed = _embedding_class()(embed._model, model_name="default", batch_size=10)
@@ -128,9 +128,9 @@ def main() -> None:
 
     import torch
 
-    from bigbertha import logs
-    from bigbertha.embeddings import embed_model
-    from bigbertha.settings import load
+    from bigbertha.core import logs
+    from bigbertha.core.settings import load
+    from bigbertha.documents.embeddings import embed_model
 
     logs.configure("WARNING", "text")
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:

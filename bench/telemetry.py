@@ -29,10 +29,10 @@ from flask import Flask
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import Metric
 
-from bigbertha.exporter import TelemetryCollector, create_app
-from bigbertha.settings import load
-from bigbertha.stack import ServiceManager
-from bigbertha.telemetry import METRICS_KEY, SERVING_KEY, Recorder
+from bigbertha.core.settings import load
+from bigbertha.local.stack import ServiceManager
+from bigbertha.telemetry.exporter import TelemetryCollector, create_app
+from bigbertha.telemetry.recorder import METRICS_KEY, SERVING_KEY, Recorder
 
 SCRAPES = 30
 

@@ -1,4 +1,4 @@
-"""The test harness's view of bigbertha.stack: a missing binary skips locally, fails in CI."""
+"""The test harness's view of bigbertha.local.stack: a missing binary skips locally, fails in CI."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bigbertha.errors import ServiceUnavailable
-from bigbertha.stack import Service, find_binary, free_port, pid_alive
-from bigbertha.stack import ServiceManager as _StackManager
+from bigbertha.core.errors import ServiceUnavailable
+from bigbertha.local.stack import Service, find_binary, free_port, pid_alive
+from bigbertha.local.stack import ServiceManager as _StackManager
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

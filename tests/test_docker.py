@@ -374,8 +374,8 @@ from bigbertha.cli import app
 result = CliRunner().invoke(app, ["--help"])
 assert result.exit_code == 0, result.output
 if len(sys.argv) > 2:  # the exporter image: serve one scrape from a real Redis
-    from bigbertha.exporter import create_app
-    from bigbertha.settings import Settings
+    from bigbertha.telemetry.exporter import create_app
+    from bigbertha.core.settings import Settings
     client = create_app(Settings(redis={"url": sys.argv[2]})).test_client()
     response = client.get("/metrics")
     assert response.status_code == 200, response.status_code

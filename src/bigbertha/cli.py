@@ -13,9 +13,10 @@ from typing import Annotated, Any
 
 import typer
 
-from bigbertha import __version__, logs
-from bigbertha.errors import BigberthaError
-from bigbertha.settings import Settings, load, masked, sources
+from bigbertha import __version__
+from bigbertha.core import logs
+from bigbertha.core.errors import BigberthaError
+from bigbertha.core.settings import Settings, load, masked, sources
 
 app = typer.Typer(
     name="bigbertha",
@@ -108,7 +109,7 @@ def exporter_command(
     port: Annotated[int | None, typer.Option(help="Listen port (exporter.port).")] = None,
 ) -> None:
     """Serve Prometheus /metrics (telemetry read from Redis) and /healthz until stopped."""
-    from bigbertha.exporter import serve
+    from bigbertha.telemetry.exporter import serve
 
     try:
         serve(ctx.obj.settings(exporter={"host": host, "port": port}))
@@ -127,7 +128,7 @@ def dashboard_command(
     ] = None,
 ) -> None:
     """Generate the Grafana dashboard the chart ships (needs the dev dependencies)."""
-    from bigbertha import dashboard
+    from bigbertha.telemetry import dashboard
 
     threshold = negative_feedback_threshold
     if threshold is None:
@@ -165,7 +166,7 @@ def demo_command(
     Exit code 0 when the champion moved (and a --challenge-again challenger lost), 4 when the
     gate kept the champion, 130 on Ctrl-C, 1 on failure.
     """
-    from bigbertha import demo
+    from bigbertha.local import demo
 
     raise typer.Exit(
         demo.run(workdir, keep=keep, margin=margin, tiny=tiny, challenge_again=challenge_again)
@@ -204,7 +205,7 @@ def ingest_command(
 
     Prints the JSON report as the last line on stdout.
     """
-    from bigbertha import ingest
+    from bigbertha.documents import ingest
 
     if key_encoding not in ("raw", "query"):
         raise typer.BadParameter("must be raw or query", param_hint="--key-encoding")
@@ -279,7 +280,7 @@ def prepare_data_command(
     Malformed rows are reported and skipped; too few examples exit 3 before anything trains.
     Prints {"output", "examples", "dataset_hash", "rejected", ...} as JSON.
     """
-    from bigbertha import training_data
+    from bigbertha.training import data as training_data
 
     _lineage(alert_name, alert_labels, workflow_name)
     try:
@@ -329,7 +330,7 @@ def finetune_command(
     --workflow-name. Other hyperparameters come from the finetune settings section.
     Prints the result (adapter location, base, dataset hash, steps, loss) as JSON.
     """
-    from bigbertha import finetune
+    from bigbertha.training import finetune
 
     lineage = _lineage(alert_name, alert_labels, workflow_name)
     try:
@@ -369,7 +370,7 @@ def evaluate_command(
     Flags: --model REF (required), --data URI, --max-examples N, --report URI, --alert-name,
     --alert-labels JSON, --workflow-name. Logs to MLflow; prints the report as JSON.
     """
-    from bigbertha import evaluate
+    from bigbertha.training import evaluate
 
     lineage = _lineage(alert_name, alert_labels, workflow_name)
     try:
@@ -412,7 +413,7 @@ def promote_command(
     --evaluation URI, --report URI, --alert-name, --alert-labels JSON, --workflow-name. Exit 0
     whether promoted or rejected (the decision is in the printed JSON and on the MLflow version).
     """
-    from bigbertha import promote
+    from bigbertha.training import promote
 
     lineage = _lineage(alert_name, alert_labels, workflow_name)
     if not rollback and not challenger:
@@ -481,7 +482,7 @@ def retrain_command(
     As the cluster Workflow's exit handler: --record-exit --status S --failures JSON
     [--alert-name --alert-labels --workflow-name] counts the run and records why it failed.
     """
-    from bigbertha import retrain
+    from bigbertha.training import retrain
 
     if record_exit:
         if not status:
@@ -539,7 +540,7 @@ def ask_command(
     failed or the --server chatbot is unreachable or not ready, 2 bad settings or --feedback
     value, 3 an empty question.
     """
-    from bigbertha import rag
+    from bigbertha.chat import rag
 
     if feedback not in (None, "up", "down"):
         typer.echo(f"error: --feedback {feedback!r}: must be 'up' or 'down'", err=True)
@@ -548,7 +549,7 @@ def ask_command(
         raise typer.BadParameter("not with --server (it has its chat.top_k)", param_hint="--top-k")
     try:
         if server:
-            from bigbertha import chat_api
+            from bigbertha.chat import api as chat_api
 
             ctx.obj.settings()  # logging as configured; the server holds the model settings
             answer = rag.Answer.from_dict(chat_api.ask_server(server, question, rating=feedback))
@@ -569,7 +570,7 @@ def chat_command(
     host: Annotated[str, typer.Option(help="Listen address (0.0.0.0 in a pod).")] = "0.0.0.0",
 ) -> None:
     """Serve the Streamlit chatbot on chat.port until stopped (one model for all users)."""
-    from bigbertha import chat_app
+    from bigbertha.chat import ui as chat_app
 
     try:
         settings = ctx.obj.settings(chat={"port": port})

@@ -17,7 +17,7 @@ from typing import Any
 import pygjson
 import yaml
 
-from bigbertha import chart
+from bigbertha.local import chart
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("BIGBERTHA_SHARED", ROOT.parent / "shared"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bigbertha import chat_api
-from bigbertha.settings import Settings
+from bigbertha.chat import api as chat_api
+from bigbertha.core.settings import Settings
 from tests.chart.render import find
 
 

@@ -4,7 +4,7 @@ Render the chart, extract the PrometheusRule groups, generate promtool unit test
 thresholds in the values (a series just past a threshold fires after `for`, one just short does
 not, the minimum-sample guard holds, the alert resolves), and run `promtool test rules`. The
 AlertmanagerConfig is turned into the alertmanager.yml the operator would generate
-(bigbertha.alerting) and checked with `amtool check-config` and `amtool config routes test`.
+(bigbertha.local.alerting) and checked with `amtool check-config` and `amtool config routes test`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bigbertha.alerting import alertmanager_yaml
-from bigbertha.telemetry import LATENCY_BUCKETS, bound_label
+from bigbertha.local.alerting import alertmanager_yaml
+from bigbertha.telemetry.recorder import LATENCY_BUCKETS, bound_label
 from tests.chart.render import (
     ENVS,
     NAMESPACE,

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bigbertha.settings import Settings
+from bigbertha.core.settings import Settings
 from tests.chart.render import ROOT, env_values, find, one, pod_specs, workflow_containers
 
 MONITORING = (ROOT / "templates" / "monitoring").is_dir()

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-from bigbertha.alerting import alertmanager_yaml
-from bigbertha.settings import load
-from bigbertha.telemetry import Recorder
+from bigbertha.core.settings import load
+from bigbertha.local.alerting import alertmanager_yaml
+from bigbertha.telemetry.recorder import Recorder
 from tests.chart.render import NAMESPACE, RELEASE
 from tests.chart.test_monitoring import monitoring_objects, rules_yaml
 from tests.services import Service, ServiceManager, free_port, require_binary

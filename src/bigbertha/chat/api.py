@@ -1,0 +1,223 @@
+"""The chatbot's JSON API, served beside the Streamlit UI in the same process, on its engine.
+
+    GET  /api/status  200 {"ready": true, "model_version", "ref", "swaps", "loading",
+                           "registry_ok", "last_error", "history"}
+                      503 {"ready": false, "error"} while the model loads or after it failed
+    POST /api/ask     {"question": str, "feedback": "up"|"down"|null}
+                      200 what `bigbertha ask --json` prints; 400 {"error"}; 503 not ready
+
+`bigbertha ask --server URL` and the demo ask the running chatbot through it (no model load
+per question), the chart's readinessProbe waits on /api/status, and the demo reads the served
+version from it to see the hot swap. `EngineSlot` builds the process's one `RagEngine` in the
+background at server start; the UI sessions and these routes all get that same engine.
+
+Starlette and anyio are imported inside the server functions: the client half
+(`ask_server`) runs in `bigbertha ask`, which must start without them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from bigbertha.core.errors import BigberthaError, InputError, ServiceUnavailable
+from bigbertha.core.settings import Settings
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import BaseRoute
+
+    from bigbertha.chat.rag import RagEngine
+
+log = logging.getLogger(__name__)
+
+LOADING = "the chat model is still loading: retry in a few seconds"
+ASK_TIMEOUT_SECONDS = 600.0
+
+
+class EngineSlot:
+    """The engine this server answers with: built once, in the background, shared by all.
+
+    `get()` blocks until the engine exists (the UI's spinner); `ready()` never blocks (the
+    API answers 503 meanwhile). A failed build is kept as `error` and retried by the next
+    `get()` (a browser reload), as the UI did before there was an API.
+    """
+
+    def __init__(
+        self, settings: Settings, build: Callable[[Settings], RagEngine] | None = None
+    ) -> None:
+        self.settings = settings
+        self._build = build
+        self._engine: RagEngine | None = None
+        self.error: str | None = None
+
+    def get(self) -> RagEngine:
+        from bigbertha.chat.rag import shared_engine
+
+        try:
+            engine = shared_engine(self.settings, self._build)
+        except Exception as exc:
+            bug = not isinstance(exc, BigberthaError)
+            self.error = f"{type(exc).__name__}: {exc}" if bug else str(exc)
+            raise
+        self._engine, self.error = engine, None
+        return engine
+
+    def ready(self) -> RagEngine | None:
+        return self._engine
+
+    def start(self) -> threading.Thread:
+        """Build the engine in a background thread; a failure is logged in one line."""
+
+        def build() -> None:
+            try:
+                self.get()
+            except BigberthaError as exc:
+                log.error("the chat engine could not be built: %s", exc)
+            except Exception:
+                log.exception("the chat engine could not be built")
+
+        thread = threading.Thread(target=build, name="bigbertha-engine-build", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        if self._engine is not None:
+            self._engine.models.stop()
+
+
+_SERVING: EngineSlot | None = None
+
+
+def serving() -> EngineSlot | None:
+    """The slot of the server running in this process (None under AppTest or `ask`)."""
+    return _SERVING
+
+
+def lifespan(slot: EngineSlot) -> Callable[[Any], Any]:
+    """st.App lifespan: start building the engine as the server starts, stop it at the end."""
+
+    @asynccontextmanager
+    async def run(_app: Any) -> AsyncIterator[None]:
+        global _SERVING
+        _SERVING = slot
+        slot.start()
+        try:
+            yield
+        finally:
+            slot.stop()
+            _SERVING = None
+
+    return run
+
+
+def status_body(engine: RagEngine) -> dict[str, Any]:
+    s = engine.models.status()
+    return {
+        "ready": True,
+        "model_version": s.version,
+        "ref": s.ref,
+        "swaps": s.swaps,
+        "loading": s.loading,
+        "registry_ok": s.registry_ok,
+        "last_error": s.last_error,
+        "history": s.history,
+    }
+
+
+def parse_ask(body: Any) -> tuple[str, str | None]:
+    """The question and rating of an /api/ask body; InputError names the bad field."""
+    if not isinstance(body, dict):
+        raise InputError('body: must be a JSON object like {"question": "..."}')
+    question = body.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise InputError("question: must be a non-empty string")
+    feedback = body.get("feedback")
+    if feedback not in (None, "up", "down"):
+        raise InputError(f"feedback: {feedback!r}: must be 'up', 'down' or null")
+    return question, feedback
+
+
+def routes(slot: EngineSlot, *, max_concurrent: int | None = None) -> list[BaseRoute]:
+    """/api/status and /api/ask over `slot`'s engine."""
+    import anyio
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    # Generation waits in its own threads, not in the pool Streamlit serves static files from.
+    limiter = anyio.CapacityLimiter(max_concurrent or slot.settings.chat.max_concurrent_answers)
+
+    def not_ready() -> JSONResponse:
+        return JSONResponse({"ready": False, "error": slot.error or LOADING}, status_code=503)
+
+    async def status(request: Request) -> JSONResponse:
+        engine = slot.ready()
+        return not_ready() if engine is None else JSONResponse(status_body(engine))
+
+    async def ask(request: Request) -> JSONResponse:
+        try:
+            question, feedback = parse_ask(await request.json())
+        except ValueError as exc:
+            return JSONResponse({"error": f"body: not valid JSON ({exc})"}, status_code=400)
+        except InputError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        engine = slot.ready()
+        if engine is None:
+            return not_ready()
+        answer = await anyio.to_thread.run_sync(
+            lambda: engine.ask(question, rating=feedback), limiter=limiter
+        )
+        return JSONResponse(answer.to_dict())
+
+    return [Route("/api/status", status, methods=["GET"]), Route("/api/ask", ask, methods=["POST"])]
+
+
+# --- the client half: `bigbertha ask --server URL` --------------------------------------------
+
+
+def ask_server(
+    url: str, question: str, *, rating: str | None = None, timeout: float = ASK_TIMEOUT_SECONDS
+) -> dict[str, Any]:
+    """POST the question to a running chatbot's /api/ask; its answer as `Answer.to_dict()`.
+
+    Unreachable or not ready: ServiceUnavailable; a rejected question: InputError.
+    """
+    endpoint = url.rstrip("/") + "/api/ask"
+    body = json.dumps({"question": question, "feedback": rating}).encode()
+    request = urllib.request.Request(
+        endpoint, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer: dict[str, Any] = json.load(response)
+            return answer
+    except urllib.error.HTTPError as exc:
+        error = _error_of(exc)
+        if exc.code == 400:
+            raise InputError(error) from None
+        if exc.code == 503:
+            raise ServiceUnavailable(f"the chatbot at {url} is not ready: {error}") from None
+        raise ServiceUnavailable(
+            f"the chatbot at {url} answered HTTP {exc.code} on /api/ask ({error}): "
+            "is --server the URL of `bigbertha chat`?"
+        ) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ServiceUnavailable(
+            f"the chatbot at {url} is unreachable ({reason}): start `bigbertha chat` "
+            "or fix --server"
+        ) from None
+
+
+def _error_of(exc: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.load(exc)["error"])
+    except Exception:
+        return exc.reason or f"HTTP {exc.code}"

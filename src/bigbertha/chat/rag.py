@@ -1,0 +1,494 @@
+"""The RAG core that `bigbertha ask` and the Streamlit chatbot share.
+
+One answer, top to bottom (`RagEngine.stream`):
+1. retrieve the top-k chunks for the question (Milvus down: answer without context, warn);
+2. build the prompt: numbered context chunks and an instruction to cite them as [n];
+3. generate with the model the server holds at this moment (streamed; it stays that model for
+   the whole answer, even if the champion is swapped meanwhile);
+4. record telemetry (Recorder) and log the turn (FeedbackLog).
+
+Nothing retrieved: the answer says so without asking the model (it would only guess) and the
+empty-retrieval metric counts it. An LLM failure becomes a clear message in the answer and an
+error in the metrics, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from pydantic import SecretStr
+
+from bigbertha.chat.llm import GenerationError, Message, ModelServer, TokenStream
+from bigbertha.core.errors import InputError
+from bigbertha.core.settings import Settings
+from bigbertha.documents.retrieval import Chunk, RetrievalUnavailable, Retriever
+from bigbertha.telemetry.feedback import FeedbackLog, FeedbackSource, Turn
+
+log = logging.getLogger(__name__)
+
+SYSTEM_PROMPT = (
+    "You are BigBertha, an assistant that answers questions about the user's documents. "
+    "Answer only from the numbered context passages. Cite every fact with the number of its "
+    "passage in square brackets, like [1]. If the passages do not contain the answer, say that "
+    "the documents do not say. Be brief."
+)
+NO_CONTEXT_PROMPT = (
+    "You are BigBertha, an assistant for the user's documents. The document search is "
+    "unavailable right now, so answer from general knowledge, briefly, and say that the answer "
+    "is not based on the documents."
+)
+NOTHING_RETRIEVED = (
+    "I found nothing in the ingested documents that matches this question, so I cannot answer "
+    "it from them. Try rephrasing it, or ingest the documents that cover it."
+)
+
+Warning = Literal["retrieval_unavailable", "telemetry_unavailable", "feedback_unavailable"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A source shown under an answer: document, page or section, and its score."""
+
+    n: int
+    document: str
+    file_name: str
+    page: int | None
+    section: str | None
+    score: float
+    snippet: str
+
+    @property
+    def label(self) -> str:
+        where = [self.file_name]
+        if self.page is not None:
+            where.append(f"page {self.page}")
+        if self.section:
+            where.append(f"section {self.section}")
+        return ", ".join(where)
+
+
+@dataclass
+class Timings:
+    """Seconds spent in each stage of one answer."""
+
+    retrieval: float = 0.0
+    prompt: float = 0.0
+    generation: float = 0.0
+    telemetry: float = 0.0
+    ttft: float | None = None
+    total: float = 0.0
+
+
+@dataclass
+class Answer:
+    """A finished answer and everything the UI, the CLI and the feedback log need from it."""
+
+    question: str
+    text: str
+    sources: list[Source]
+    model_version: str
+    turn: Turn
+    timings: Timings
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    warnings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def turn_id(self) -> str:
+        return self.turn.turn_id
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Answer:
+        """The answer `to_dict()` described (e.g. one from the chatbot's /api/ask)."""
+        sources = [Source(**{k: v for k, v in s.items() if k != "label"}) for s in data["sources"]]
+        turn = Turn(
+            question=data["question"],
+            answer=data["answer"],
+            sources=[FeedbackSource(s.document, s.page, s.score) for s in sources],
+            model_version=data["model_version"],
+            turn_id=data["turn_id"],
+        )
+        return cls(
+            question=data["question"],
+            text=data["answer"],
+            sources=sources,
+            model_version=data["model_version"],
+            turn=turn,
+            timings=Timings(**data["timings"]),
+            prompt_tokens=data["prompt_tokens"],
+            completion_tokens=data["completion_tokens"],
+            error=data["error"],
+            warnings=data["warnings"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "answer": self.text,
+            "sources": [asdict(s) | {"label": s.label} for s in self.sources],
+            "model_version": self.model_version,
+            "turn_id": self.turn_id,
+            "timings": asdict(self.timings),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "error": self.error,
+            "warnings": self.warnings,
+        }
+
+
+def sources_from(chunks: Sequence[Chunk], snippet_chars: int = 240) -> list[Source]:
+    """Sources numbered as the prompt numbers them ([1] is the best chunk)."""
+    out = []
+    for n, chunk in enumerate(chunks, start=1):
+        snippet = " ".join(chunk.text.split())
+        if len(snippet) > snippet_chars:
+            snippet = snippet[: snippet_chars - 1].rstrip() + "…"
+        out.append(
+            Source(
+                n=n,
+                document=chunk.source,
+                file_name=chunk.file_name,
+                page=chunk.page,
+                section=chunk.section,
+                score=round(chunk.score, 4),
+                snippet=snippet,
+            )
+        )
+    return out
+
+
+def build_messages(question: str, chunks: Sequence[Chunk] | None) -> list[Message]:
+    """The chat messages for one answer; `chunks=None` means retrieval was unavailable."""
+    if chunks is None:
+        return [
+            {"role": "system", "content": NO_CONTEXT_PROMPT},
+            {"role": "user", "content": question},
+        ]
+    passages = "\n\n".join(
+        f"[{n}] ({chunk.label})\n{chunk.text.strip()}" for n, chunk in enumerate(chunks, start=1)
+    )
+    user = f"Context passages:\n\n{passages}\n\nQuestion: {question}\nAnswer with citations:"
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+class AnswerStream:
+    """Iterate for the answer's text deltas; `answer` is set once iteration has finished.
+
+    Closing it early (a user who left) stops generation at the next token and still records
+    the partial answer.
+    """
+
+    def __init__(self, engine: RagEngine, question: str) -> None:
+        self._engine = engine
+        self.question = question
+        self.answer: Answer | None = None
+        self.warnings: dict[str, str] = {}
+        self._iterator = engine._run(question, self)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._iterator
+
+    def close(self) -> None:
+        self._iterator.close()
+
+    def result(self) -> Answer:
+        """Consume what is left and return the finished answer."""
+        for _ in self._iterator:
+            pass
+        assert self.answer is not None
+        return self.answer
+
+
+class RagEngine:
+    """Retriever + model server + telemetry + feedback log: one per process, thread-safe."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        retriever: Retriever,
+        models: ModelServer,
+        recorder: Any,
+        feedback: FeedbackLog,
+    ) -> None:
+        self.settings = settings
+        self.retriever = retriever
+        self.models = models
+        self.recorder = recorder
+        self.feedback = feedback
+        self._slots = threading.BoundedSemaphore(settings.chat.max_concurrent_answers)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, watch: bool = True) -> RagEngine:
+        """Load the model once (champion if the registry has one) and connect everything."""
+        from bigbertha.telemetry.recorder import Recorder
+
+        limit_registry_retries()
+        recorder = Recorder.from_settings(settings)
+        models = ModelServer.from_settings(settings)
+        # The exporter's model_info shows a swapped-in champion at once, not at its first answer.
+        models.on_swap = lambda model: recorder.set_serving_model(model.version)
+        models.start(watch=watch)
+        recorder.set_serving_model(models.current().version)
+        return cls(
+            settings,
+            retriever=Retriever(settings),
+            models=models,
+            recorder=recorder,
+            feedback=FeedbackLog.from_settings(settings),
+        )
+
+    def stream(self, question: str) -> AnswerStream:
+        question = question.strip()
+        if not question:
+            raise ValueError("question is empty: type a question")
+        return AnswerStream(self, question)
+
+    def ask(self, question: str, rating: Literal["up", "down"] | str | None = None) -> Answer:
+        """Answer `question`; rate it `rating` unless the model failed (`bigbertha ask`)."""
+        answer = self.stream(question).result()
+        if rating in ("up", "down") and not answer.error:
+            self.rate(answer, "up" if rating == "up" else "down")
+        return answer
+
+    def rate(self, answer: Answer, rating: Literal["up", "down"]) -> bool:
+        """Record a thumbs up/down for the model version that produced `answer`.
+
+        Returns False when it could not be stored (Redis down: the UI says so).
+        """
+        dropped = self.recorder.dropped
+        self.recorder.record_feedback(answer.model_version, rating)
+        logged = self.feedback.rate(answer.turn, rating)
+        return logged and self.recorder.dropped == dropped
+
+    def warm_up(self) -> None:
+        """Open the vector store and load the embedding model now, not on the first question."""
+        try:
+            self.retriever.retrieve("warm-up")
+        except RetrievalUnavailable as exc:
+            log.warning("document search unavailable at start: %s", exc)
+
+    def _run(self, question: str, out: AnswerStream) -> Generator[str, None, None]:
+        settings = self.settings
+        started = time.perf_counter()
+        timings = Timings()
+        warnings = out.warnings
+
+        # 1. Retrieve.
+        chunks: list[Chunk] | None
+        try:
+            chunks = self.retriever.retrieve(question)
+        except RetrievalUnavailable as exc:
+            log.warning("answering without context: %s", exc)
+            warnings["retrieval_unavailable"] = (
+                f"Document search is unavailable ({exc}); this answer is not based on "
+                "your documents."
+            )
+            chunks = None
+        timings.retrieval = time.perf_counter() - started
+
+        # 2. Build the prompt.
+        mark = time.perf_counter()
+        messages = build_messages(question, chunks) if chunks != [] else []
+        sources = sources_from(chunks or [])
+        timings.prompt = time.perf_counter() - mark
+
+        # 3. Generate, holding on to this model for the whole answer.
+        model = self.models.current()
+        parts: list[str] = []
+        error: str | None = None
+        error_text = ""
+        tokens = None
+        mark = time.perf_counter()
+        if not messages:
+            parts.append(NOTHING_RETRIEVED)
+            timings.ttft = time.perf_counter() - started
+            timings.generation = time.perf_counter() - mark
+            self._finish(
+                out, question, parts, sources, model.version, timings, started, None, chunks, None
+            )
+            yield NOTHING_RETRIEVED
+            return
+        with self._slots:
+            finished = False
+            try:
+                tokens = model.stream(
+                    messages,
+                    max_new_tokens=settings.llm.max_new_tokens,
+                    temperature=settings.llm.temperature,
+                )
+                for delta in tokens:
+                    if timings.ttft is None:
+                        timings.ttft = time.perf_counter() - started
+                    parts.append(delta)
+                    yield delta
+                finished = True
+            except GenerationError as exc:
+                error = str(exc)
+            except Exception as exc:  # a backend bug must not kill the chat session
+                log.exception("generation failed")
+                error = f"generation failed: {type(exc).__name__}: {exc}"
+            finally:
+                # Also runs when the reader went away (GeneratorExit): record what was produced.
+                if tokens is not None:
+                    tokens.close()
+                timings.generation = time.perf_counter() - mark
+                if finished and not "".join(parts).strip():
+                    error = "the model returned an empty answer"
+                if error is not None:
+                    error_text = ("\n\n" if parts else "") + (
+                        f"The language model could not answer ({error}). Please try again; "
+                        "if it keeps failing, tell the operators."
+                    )
+                    parts.append(error_text)
+                self._finish(
+                    out,
+                    question,
+                    parts,
+                    sources,
+                    model.version,
+                    timings,
+                    started,
+                    tokens,
+                    chunks,
+                    error,
+                )
+        if error_text:
+            yield error_text
+
+    def _finish(
+        self,
+        out: AnswerStream,
+        question: str,
+        parts: list[str],
+        sources: list[Source],
+        version: str,
+        timings: Timings,
+        started: float,
+        tokens: TokenStream | None,
+        chunks: list[Chunk] | None,
+        error: str | None,
+    ) -> None:
+        text = "".join(parts).strip()
+        prompt_tokens = tokens.prompt_tokens if tokens is not None else 0
+        completion_tokens = tokens.completion_tokens if tokens is not None else 0
+        timings.total = time.perf_counter() - started
+        mark = time.perf_counter()
+        turn = Turn(
+            question=question,
+            answer=text,
+            sources=[FeedbackSource(s.document, s.page, s.score) for s in sources],
+            model_version=version,
+        )
+        dropped = self.recorder.dropped
+        self.recorder.record_answer(
+            version,
+            latency_s=timings.total,
+            ttft_s=timings.ttft,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            scores=[c.score for c in chunks or []],
+            context_chunks=len(chunks or []),
+            error=error is not None,
+        )
+        if self.feedback.enabled and self.recorder.dropped != dropped:
+            out.warnings["telemetry_unavailable"] = (
+                "Metrics are not being recorded (Redis unreachable); the chat still works."
+            )
+        if self.feedback.enabled and not self.feedback.append(turn):
+            out.warnings["feedback_unavailable"] = (
+                "The feedback log is unavailable (Redis unreachable); ratings are not kept."
+            )
+        timings.telemetry = time.perf_counter() - mark
+        out.answer = Answer(
+            question=question,
+            text=text,
+            sources=sources,
+            model_version=version,
+            turn=turn,
+            timings=timings,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            error=error,
+            warnings=out.warnings,
+        )
+
+
+_SHARED: dict[str, RagEngine] = {}
+
+
+def _plain(value: Any) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+
+
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_engine(
+    settings: Settings, build: Callable[[Settings], RagEngine] | None = None
+) -> RagEngine:
+    """The one engine (and model) of this process for `settings`, built on first use.
+
+    Every chat session calls this; the first builds the engine (`build`, default
+    `RagEngine.from_settings` plus a warm-up), the others wait for it and share it.
+    """
+    # Secrets count: two settings that differ only in redis.url are two engines.
+    key = json.dumps(settings.model_dump(), sort_keys=True, default=_plain)
+    with _SHARED_LOCK:
+        engine = _SHARED.get(key)
+        if engine is None:
+            if build is None:
+                engine = RagEngine.from_settings(settings)
+                engine.warm_up()
+            else:
+                engine = build(settings)
+            _SHARED[key] = engine
+        return engine
+
+
+def limit_registry_retries() -> None:
+    """Fail fast on an unreachable MLflow: its client retries for minutes by default, but the
+    chatbot polls again every chat.champion_poll_seconds and must start while MLflow is down."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def ask_once(
+    settings: Settings, question: str, *, rating: Literal["up", "down"] | str | None = None
+) -> Answer:
+    """`bigbertha ask`: load the serving model, answer one question, optionally rate it."""
+    if not question.strip():
+        raise InputError("question is empty: pass the question as the argument")
+    engine = RagEngine.from_settings(settings, watch=False)
+    try:
+        answer = engine.ask(question, rating)
+    finally:
+        engine.models.stop()
+    return answer
+
+
+def render(answer: Answer) -> str:
+    """The answer as plain text for a terminal: answer, warnings, sources, timings."""
+    lines = [answer.text, ""]
+    lines += [f"warning: {text}" for text in answer.warnings.values()]
+    if answer.sources:
+        lines.append("sources:")
+        lines += [
+            f"  [{s.n}] {s.label}  (score {s.score:.3f})  {s.document}" for s in answer.sources
+        ]
+    t = answer.timings
+    ttft = f"{t.ttft:.2f}s" if t.ttft is not None else "-"
+    lines.append(
+        f"model {answer.model_version} | total {t.total:.2f}s (retrieval {t.retrieval:.3f}s, "
+        f"prompt {t.prompt:.4f}s, generation {t.generation:.2f}s, telemetry {t.telemetry:.3f}s, "
+        f"first token {ttft}) | tokens {answer.prompt_tokens}+{answer.completion_tokens}"
+    )
+    return "\n".join(lines)

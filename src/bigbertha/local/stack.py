@@ -1,0 +1,294 @@
+"""Real local services on 127.0.0.1: started on free ports, supervised, stopped by PID.
+
+`ServiceManager` launches one real process per service (redis-server, prometheus, alertmanager,
+a moto S3 server standing in for MinIO, an MLflow server, a milvus-lite server, and any
+`bigbertha` subcommand), waits until it answers, and remembers every PID it started so that
+`stop_all` can prove none is left running. `bigbertha demo` and the test suite share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bigbertha.core.errors import ServiceUnavailable
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def find_binary(name: str, *alternatives: str) -> str:
+    """Path of a binary on PATH or beside this interpreter (the venv's console scripts)."""
+    for candidate in (name, *alternatives):
+        if path := shutil.which(candidate):
+            return path
+        if (VENV_BIN / candidate).exists():
+            return str(VENV_BIN / candidate)
+    raise ServiceUnavailable(f"{name} is not installed (make setup installs it)")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is gone for our purposes once reaped; check its state.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+@dataclass
+class Service:
+    """A running service process."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    workdir: Path
+    log_path: Path
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the process group, then SIGKILL what is left; reap it."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout)
+        # Children in the group (mlflow's server workers) go with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def wait_until(check: Callable[[], bool], service: Service, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise ServiceUnavailable(
+                f"{service.name} exited with {service.process.returncode}:\n{service.log_tail()}"
+            )
+        try:
+            if check():
+                return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.2)
+    service.stop()
+    raise ServiceUnavailable(
+        f"{service.name} did not become ready in {timeout}s:\n{service.log_tail()}"
+    )
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return bool(response.status == 200)
+
+
+class ServiceManager:
+    """Starts services under one base directory and records every PID it launched."""
+
+    def __init__(self, base: Path, which: Callable[..., str] = find_binary) -> None:
+        self.base = base
+        self.which = which
+        self.started: list[Service] = []
+
+    def _launch(
+        self, name: str, argv: list[str], port: int, env: dict[str, str] | None = None
+    ) -> Service:
+        workdir = self.base / f"{name}-{port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        log_path = workdir / "service.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                argv,
+                cwd=workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,  # its own process group, so stop() gets the children
+            )
+        service = Service(name, process, port, workdir, log_path)
+        self.started.append(service)
+        return service
+
+    def redis(self, password: str | None = None) -> Service:
+        binary = self.which("redis-server")
+        port = free_port()
+        argv = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        if password:
+            argv += ["--requirepass", password]
+        service = self._launch("redis", argv, port)
+        wait_until(lambda: port_open(port), service, 30)
+        auth = f":{password}@" if password else ""
+        service.extra["url"] = f"redis://{auth}127.0.0.1:{port}/0"
+        return service
+
+    def prometheus(self, config: str, rule_files: dict[str, str] | None = None) -> Service:
+        """`config` is prometheus.yml text; rule files are written beside it by name."""
+        binary = self.which("prometheus")
+        port = free_port()
+        workdir = self.base / f"prometheus-{port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        for filename, text in (rule_files or {}).items():
+            (workdir / filename).write_text(text)
+        (workdir / "prometheus.yml").write_text(config)
+        argv = [
+            binary,
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--web.enable-lifecycle",
+        ]
+        service = self._launch("prometheus", argv, port)
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"), service, 60)
+        return service
+
+    def alertmanager(self, config: str) -> Service:
+        binary = self.which("prometheus-alertmanager", "alertmanager")
+        port = free_port()
+        workdir = self.base / f"alertmanager-{port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "alertmanager.yml").write_text(config)
+        argv = [
+            binary,
+            f"--config.file={workdir / 'alertmanager.yml'}",
+            f"--storage.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            # A single node: no gossip port to bind or to clash with a parallel run.
+            "--cluster.listen-address=",
+        ]
+        service = self._launch("alertmanager", argv, port)
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"), service, 60)
+        return service
+
+    def s3(self) -> Service:
+        binary = self.which("moto_server")
+        port = free_port()
+        service = self._launch("s3", [binary, "-H", "127.0.0.1", "-p", str(port)], port)
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/moto-api/"), service, 60)
+        service.extra.update(
+            endpoint=f"127.0.0.1:{port}", access_key="testing", secret_key="testing-secret"
+        )
+        return service
+
+    def mlflow(self) -> Service:
+        binary = self.which("mlflow")
+        port = free_port()
+        workdir = self.base / f"mlflow-{port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            binary,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{workdir / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(workdir / "artifacts"),
+            "--workers",
+            "1",
+        ]
+        # No GenAI job runner: it only costs start-up time and worker processes here.
+        service = self._launch(
+            "mlflow", argv, port, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        )
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), service, 120)
+        return service
+
+    def milvus(self) -> Service:
+        binary = self.which("milvus-lite")
+        port = free_port()
+        workdir = self.base / f"milvus-{port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            binary,
+            "server",
+            "--data-dir",
+            str(workdir / "data"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        service = self._launch("milvus", argv, port)
+        wait_until(lambda: port_open(port), service, 60)
+        service.extra["uri"] = f"http://127.0.0.1:{port}"
+        return service
+
+    def bigbertha(
+        self,
+        name: str,
+        args: list[str],
+        port: int,
+        env: dict[str, str] | None = None,
+        ready_path: str = "/healthz",
+        timeout: float = 120.0,
+    ) -> Service:
+        """Run a `bigbertha` subcommand as a service and wait for `ready_path` to answer 200."""
+        binary = self.which("bigbertha")
+        service = self._launch(name, [binary, *args], port, env)
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}{ready_path}"), service, timeout)
+        return service
+
+    def stop_all(self) -> list[int]:
+        """Stop every service; return the PIDs still alive afterwards (should be none)."""
+        for service in reversed(self.started):
+            service.stop()
+        return [s.pid for s in self.started if pid_alive(s.pid)]

@@ -1,0 +1,326 @@
+"""Where models and training artifacts are kept: the MLflow model registry and object storage.
+
+Registry conventions (see `models` for how a version is stored and loaded):
+- one registered model, ``mlflow.model_name``; a challenger is a new version with lineage tags
+  (``base_model``, ``dataset_hash``, ``alert_name``, ``alert_labels``, ``workflow_name``);
+- the ``champion`` alias is what the chatbot serves; ``previous`` is the champion before it;
+- the gate's decision and numbers are version tags (``gate.decision``, ``gate.reason``,
+  ``gate.<metric>.challenger`` / ``gate.<metric>.champion``).
+Training artifacts (datasets, adapters, reports) move between workflow steps as ``s3://`` URIs
+or local paths; `download_prefix` / `upload_path` / `read_bytes` / `write_bytes` handle both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bigbertha.core.errors import BigberthaError, ConfigError, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from bigbertha.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+PREVIOUS = "previous"
+EXPERIMENT = "bigbertha-retrain"
+PREVIOUS_TAG = "previous_champion"
+# What a registered challenger needs to load anywhere (exact versions of this environment).
+_RUNTIME_PACKAGES = ("torch", "transformers", "peft", "accelerate", "safetensors", "gguf")
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow registry
+
+
+def client(settings: Settings) -> Any:
+    """An MlflowClient for the configured tracking server (also the registry)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow.tracking_uri)
+    return MlflowClient(settings.mlflow.tracking_uri, settings.mlflow.tracking_uri)
+
+
+def _unavailable(settings: Settings, exc: Exception) -> ServiceUnavailable:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ServiceUnavailable(f"MLflow at {settings.mlflow.tracking_uri}: {first}")
+
+
+@contextlib.contextmanager
+def mlflow_errors(settings: Settings) -> Iterator[None]:
+    """Turn MLflow client failures (after its own HTTP retries) into ServiceUnavailable."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, OSError) as exc:
+        raise _unavailable(settings, exc) from exc
+
+
+def alias_version(
+    settings: Settings, alias: str = CHAMPION, *, name: str | None = None
+) -> str | None:
+    """The version number an alias points at, or None when the alias or model does not exist.
+
+    Raises ServiceUnavailable when the registry cannot be reached.
+    """
+    from mlflow.exceptions import MlflowException, RestException
+
+    name = name or settings.mlflow.model_name
+    try:
+        mv = client(settings).get_model_version_by_alias(name, alias)
+    except RestException as exc:
+        if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
+            return None
+        raise _unavailable(settings, exc) from exc
+    except MlflowException as exc:
+        if "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
+            return None
+        raise _unavailable(settings, exc) from exc
+    except OSError as exc:
+        raise _unavailable(settings, exc) from exc
+    return str(mv.version)
+
+
+def download_version(settings: Settings, name: str, version: str, cache_root: Path) -> Path:
+    """Download a registered version once; return its ``adapter`` (or model) directory."""
+    import mlflow.artifacts
+
+    final = cache_root / name / str(version)
+    if not (final / ".complete").is_file():
+        cache_root.mkdir(parents=True, exist_ok=True)
+        client(settings)  # sets the tracking/registry URIs download_artifacts uses
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_root))
+        try:
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp)
+            )
+            (tmp / ".complete").touch()
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        except Exception as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, BigberthaError):
+                raise
+            raise _unavailable(settings, exc) from exc
+    return _artifact_dir(final)
+
+
+def _artifact_dir(model_dir: Path) -> Path:
+    """The ``adapter`` artifact of a pyfunc model directory (MLmodel names its path)."""
+    import yaml
+
+    from bigbertha.models.loading import ADAPTER_ARTIFACT
+
+    mlmodel = model_dir / "MLmodel"
+    if mlmodel.is_file():
+        doc = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
+        artifacts = doc.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+        path = artifacts.get(ADAPTER_ARTIFACT, {}).get("path")
+        if path and (model_dir / path).is_dir():
+            return model_dir / path
+    return model_dir
+
+
+def pip_requirements() -> list[str]:
+    """Exact pins of the packages a registered model needs to load."""
+    pins = []
+    for package in _RUNTIME_PACKAGES:
+        try:
+            pins.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def register_challenger(settings: Settings, adapter_dir: Path, tags: Mapping[str, str]) -> str:
+    """Log `adapter_dir` as a pyfunc model in a run and register it; return the new version."""
+    import mlflow
+    import mlflow.pyfunc
+
+    from bigbertha.models import loading as models
+
+    name = settings.mlflow.model_name
+    mlflow_client = client(settings)
+    try:
+        mlflow.set_experiment(EXPERIMENT)
+        with mlflow.start_run(run_name=f"register-{tags.get('workflow_name') or 'local'}") as run:
+            mlflow.set_tags({f"lineage.{k}": v for k, v in tags.items()})
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=models.pyfunc_model(),
+                artifacts={models.ADAPTER_ARTIFACT: str(adapter_dir)},
+                pip_requirements=pip_requirements(),
+            )
+        mv = mlflow.register_model(info.model_uri, name, tags={**tags, "run_id": run.info.run_id})
+    except (mlflow.exceptions.MlflowException, OSError) as exc:
+        raise _unavailable(settings, exc) from exc
+    with mlflow_errors(settings):
+        mlflow_client.update_model_version(
+            name, mv.version, description=f"challenger from {tags.get('base_model', '?')}"
+        )
+    log.info("registered %s version %s", name, mv.version)
+    return str(mv.version)
+
+
+def set_tags(settings: Settings, version: str, tags: Mapping[str, Any]) -> None:
+    """Set tags on a version of the registered model (values stringified)."""
+    mlflow_client = client(settings)
+    with mlflow_errors(settings):
+        for key, value in tags.items():
+            mlflow_client.set_model_version_tag(
+                settings.mlflow.model_name, version, key, str(value)
+            )
+
+
+def version_tags(settings: Settings, version: str) -> dict[str, str]:
+    """The tags of a version of the registered model."""
+    with mlflow_errors(settings):
+        mv = client(settings).get_model_version(settings.mlflow.model_name, version)
+    return dict(mv.tags)
+
+
+def promote(settings: Settings, version: str) -> str | None:
+    """Point ``champion`` at `version`; the old champion keeps ``previous``. Returns it."""
+    name = settings.mlflow.model_name
+    mlflow_client = client(settings)
+    old = alias_version(settings, CHAMPION)
+    if old == version:
+        return old
+    with mlflow_errors(settings):
+        if old is not None:
+            mlflow_client.set_registered_model_alias(name, PREVIOUS, old)
+            mlflow_client.set_model_version_tag(name, version, PREVIOUS_TAG, old)
+        # The champion moves last: a failure above leaves it where it was.
+        mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+    return old
+
+
+def rollback(settings: Settings) -> tuple[str, str]:
+    """Move ``champion`` back to ``previous``; returns (from_version, to_version).
+
+    ``previous`` then moves one step further back (the restored version's own predecessor),
+    or is removed when there is none, so repeated rollbacks walk back through history.
+    """
+    name = settings.mlflow.model_name
+    mlflow_client = client(settings)
+    current = alias_version(settings, CHAMPION)
+    target = alias_version(settings, PREVIOUS)
+    if target is None or current is None:
+        raise BigberthaError(
+            f"cannot roll back {name}: no '{PREVIOUS}' alias (nothing was promoted over a champion)"
+        )
+    with mlflow_errors(settings):
+        mlflow_client.set_registered_model_alias(name, CHAMPION, target)
+        mlflow_client.set_model_version_tag(name, current, "rolled_back", "true")
+        before = version_tags(settings, target).get(PREVIOUS_TAG)
+        if before and before != current:
+            mlflow_client.set_registered_model_alias(name, PREVIOUS, before)
+        else:
+            mlflow_client.delete_registered_model_alias(name, PREVIOUS)
+    return current, target
+
+
+# ---------------------------------------------------------------------------------------------
+# Object storage (s3:// URIs) and local paths
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> (bucket, key); a clear error for anything else."""
+    rest = uri[len("s3://") :] if is_s3(uri) else ""
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ConfigError(f"{uri!r} is not an s3://bucket/key URI")
+    return bucket, key
+
+
+def read_bytes(settings: Settings, uri: str) -> bytes:
+    """The content of a local file or an s3:// object (retried by `storage`)."""
+    if not is_s3(uri):
+        try:
+            return Path(uri).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{uri}: cannot read ({exc.strerror or exc})") from exc
+    from bigbertha.core.storage import open_client
+
+    bucket, key = split_s3(uri)
+    return open_client(settings).get(bucket, key)
+
+
+def write_bytes(settings: Settings, uri: str, data: bytes) -> None:
+    """Write a local file or an s3:// object (creating the bucket if needed)."""
+    if not is_s3(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri).write_bytes(data)
+        return
+    from bigbertha.core.storage import open_client
+
+    bucket, key = split_s3(uri)
+    store = open_client(settings)
+    store.ensure_bucket(bucket)
+    store.put(bucket, key, data)
+
+
+def upload_path(settings: Settings, src: Path, uri: str) -> str:
+    """Copy a file or a directory tree to `uri` (s3:// prefix or local path); returns `uri`."""
+    if not is_s3(uri):
+        dest = Path(uri)
+        if src.resolve() != dest.resolve():
+            if src.is_file():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest)
+            else:
+                shutil.copytree(src, dest, dirs_exist_ok=True)
+        return uri
+    from bigbertha.core.storage import open_client
+
+    bucket, prefix = split_s3(uri)
+    store = open_client(settings)
+    store.ensure_bucket(bucket)
+    if src.is_file():
+        store.put(bucket, prefix, src.read_bytes())
+        return uri
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        store.put(
+            bucket, f"{prefix.rstrip('/')}/{path.relative_to(src)}".lstrip("/"), path.read_bytes()
+        )
+    return uri
+
+
+def download_prefix(settings: Settings, uri: str, dest: Path) -> Path:
+    """Download every object under an s3:// prefix into `dest` (replaced); returns `dest`."""
+    from bigbertha.core.storage import open_client
+
+    bucket, prefix = split_s3(uri)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    store = open_client(settings)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".s3-", dir=dest.parent))
+    count = 0
+    for obj in store.list(bucket, prefix):
+        target = tmp / obj.key[len(prefix) :]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(store.get(bucket, obj.key))
+        count += 1
+    if count == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(f"{uri}: no objects under this prefix")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest

@@ -1,0 +1,2 @@
+"""What users and jobs report: the Redis recorder, the feedback log, the Prometheus exporter
+and the Grafana dashboard. Imports only `bigbertha.core`."""

@@ -1,0 +1,444 @@
+"""The BigBertha Grafana dashboard, built as code with grafana-foundation-sdk.
+
+    bigbertha dashboard --output files/dashboards/bigbertha.json
+
+The chart ships the generated JSON (files/dashboards/) as a ConfigMap that kube-prometheus-stack's
+Grafana sidecar loads (templates/dashboards/configmap.yaml), so regenerate it after editing this
+module; tests/telemetry/test_dashboard.py fails while the committed file differs from `build()`.
+
+Every query reads the exporter's metrics (bigbertha.telemetry.recorder names) or Prometheus'
+own ALERTS series. Panels filter on the `namespace` and `model` variables, so one Grafana can
+show several releases. The negative-feedback threshold is a constant variable: the chart sets
+it from the alert rule's value, so the line on the panel is the line the alert fires at.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bigbertha.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from grafana_foundation_sdk.builders.dashboard import Dashboard
+
+UID = "bigbertha-overview"
+TITLE = "BigBertha / LLMOps overview"
+#: Where the chart reads the dashboard from (relative to the chart root).
+CHART_PATH = Path("files/dashboards/bigbertha.json")
+#: The constant variable the chart overrides with the alert rule's threshold.
+THRESHOLD_VARIABLE = "negative_feedback_threshold"
+#: Default of that variable: the ratio of thumbs-down answers BigBerthaNegativeFeedbackHigh uses.
+DEFAULT_NEGATIVE_FEEDBACK_THRESHOLD = 0.3
+#: The rule's window, also a constant the chart overrides, so the panel plots what the rule tests.
+WINDOW_VARIABLE = "negative_feedback_window"
+DEFAULT_NEGATIVE_FEEDBACK_WINDOW = "1h"
+
+# Label selectors shared by the queries: chat series carry model and model_version, pipeline
+# series only the scrape's namespace.
+CHAT = '{namespace=~"$namespace", model=~"$model"}'
+JOB = '{namespace=~"$namespace"}'
+RATE = "[$__rate_interval]"
+
+
+@dataclass(frozen=True)
+class Query:
+    """One PromQL target of a panel (kept as data so the tests can check every expression)."""
+
+    expr: str
+    legend: str
+    instant: bool = False
+    heatmap: bool = False
+    interval: str | None = None
+
+
+def _quantile(q: float, histogram: str) -> Query:
+    expr = f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket{CHAT}{RATE})))"
+    return Query(expr, f"p{int(q * 100)}")
+
+
+def _ratio(numerator: str, denominator: str) -> str:
+    # An idle window is 0/0: no point on the graph rather than a misleading zero.
+    return f"sum({numerator}) / sum({denominator})"
+
+
+REQUESTS = (
+    Query(
+        f"sum by (model_version) (rate(bigbertha_chat_requests_total{CHAT}{RATE}))",
+        "{{model_version}}",
+    ),
+    Query(f"sum(rate(bigbertha_chat_errors_total{CHAT}{RATE}))", "errors"),
+)
+LATENCY = (
+    _quantile(0.5, "bigbertha_chat_latency_seconds"),
+    _quantile(0.95, "bigbertha_chat_latency_seconds"),
+)
+TTFT = (
+    _quantile(0.5, "bigbertha_chat_ttft_seconds"),
+    _quantile(0.95, "bigbertha_chat_ttft_seconds"),
+)
+TOKENS = (
+    Query(f"sum by (kind) (rate(bigbertha_chat_tokens_total{CHAT}{RATE}))", "{{kind}} tokens/s"),
+    # Generation speed: completion tokens per second spent answering.
+    Query(
+        _ratio(
+            f'rate(bigbertha_chat_tokens_total{{namespace=~"$namespace", model=~"$model", '
+            f'kind="completion"}}{RATE})',
+            f"rate(bigbertha_chat_latency_seconds_sum{CHAT}{RATE})",
+        ),
+        "completion tokens per answer-second",
+    ),
+)
+NEGATIVE_FEEDBACK = (
+    Query(
+        _ratio(
+            f'rate(bigbertha_feedback_total{{namespace=~"$namespace", model=~"$model", '
+            f'rating="down"}}[${WINDOW_VARIABLE}])',
+            f"rate(bigbertha_feedback_total{CHAT}[${WINDOW_VARIABLE}])",
+        ),
+        "thumbs-down ratio",
+    ),
+    Query(f"vector(${THRESHOLD_VARIABLE})", "alert threshold"),
+)
+FEEDBACK = (Query(f"sum by (rating) (rate(bigbertha_feedback_total{CHAT}{RATE}))", "{{rating}}"),)
+RETRIEVAL_SCORES = (
+    Query(
+        f"sum by (le) (increase(bigbertha_retrieval_score_bucket{CHAT}{RATE}))",
+        "{{le}}",
+        heatmap=True,
+    ),
+)
+EMPTY_RETRIEVAL = (
+    Query(
+        _ratio(
+            f"rate(bigbertha_retrieval_empty_total{CHAT}{RATE})",
+            f"rate(bigbertha_chat_requests_total{CHAT}{RATE})",
+        ),
+        "questions without context",
+    ),
+)
+ALERTS = (
+    Query(
+        'sum by (alertname, severity) (ALERTS{alertname=~"BigBertha.+", alertstate="firing"})',
+        "{{alertname}} ({{severity}})",
+    ),
+)
+SERVING_MODEL = (
+    Query(f"max by (model_version) (bigbertha_model_info{CHAT})", "{{model_version}}"),
+)
+RETRAIN_RUNS = (
+    Query(
+        f"sum by (result) (increase(bigbertha_retrain_runs_total{JOB}[1h]))",
+        "{{result}}",
+        interval="1h",
+    ),
+)
+PROMOTIONS = (
+    Query(
+        f"sum by (decision) (increase(bigbertha_promotions_total{JOB}[1h]))",
+        "{{decision}}",
+        interval="1h",
+    ),
+)
+REDIS_UP = (Query(f"min(bigbertha_exporter_redis_up{JOB})", "redis", instant=True),)
+DROPPED = (
+    Query(
+        f"sum(increase(bigbertha_telemetry_dropped_total{JOB}[$__range]))",
+        "dropped",
+        instant=True,
+    ),
+)
+
+
+def build(
+    negative_feedback_threshold: float = DEFAULT_NEGATIVE_FEEDBACK_THRESHOLD,
+) -> Dashboard:
+    """The dashboard builder: rows of traffic, quality, retraining and telemetry health panels."""
+    from grafana_foundation_sdk.builders import common as cb
+    from grafana_foundation_sdk.builders import dashboard as db
+    from grafana_foundation_sdk.builders import heatmap, stat, statetimeline, timeseries
+    from grafana_foundation_sdk.models import common
+    from grafana_foundation_sdk.models.dashboard import (
+        DashboardCursorSync,
+        DataSourceRef,
+        DynamicConfigValue,
+        Threshold,
+        ThresholdsMode,
+        VariableRefresh,
+        VariableSort,
+    )
+
+    datasource = DataSourceRef(type_val="prometheus", uid="${datasource}")
+
+    def panel(builder: Any, title: str, description: str, queries: tuple[Query, ...]) -> Any:
+        builder = (
+            builder.title(title).description(description).datasource(datasource).height(8).span(6)
+        )
+        for ref, query in zip("ABCDEFGH", queries, strict=False):
+            target = _target(query, ref, datasource)
+            builder = builder.with_target(target)
+        return builder
+
+    def series(title: str, description: str, queries: tuple[Query, ...], unit: str) -> Any:
+        return panel(timeseries.Panel(), title, description, queries).unit(unit)
+
+    def thresholds(*steps: tuple[float | None, str]) -> Any:
+        return (
+            db.ThresholdsConfig()
+            .mode(ThresholdsMode.ABSOLUTE)
+            .steps([Threshold(value=v, color=c) for v, c in steps])
+        )
+
+    def bars(title: str, description: str, queries: tuple[Query, ...]) -> Any:
+        return (
+            series(title, description, queries, "short")
+            .draw_style(common.GraphDrawStyle.BARS)
+            .fill_opacity(80)
+            .stacking(cb.StackingConfig().mode(common.StackingMode.NORMAL))
+        )
+
+    feedback_ratio = (
+        series(
+            "Negative feedback ratio",
+            "Share of rated answers that got a thumbs-down over the alert rule's window. "
+            "BigBerthaNegativeFeedbackHigh fires (and starts a retraining run) above the "
+            "dashed threshold once enough votes came in.",
+            NEGATIVE_FEEDBACK,
+            "percentunit",
+        )
+        .min(0)
+        .max(1)
+        .override_by_name(
+            "alert threshold",
+            [
+                DynamicConfigValue("custom.lineStyle", {"fill": "dash", "dash": [10, 10]}),
+                DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "red"}),
+            ],
+        )
+    )
+
+    builder = (
+        db.Dashboard(TITLE)
+        .uid(UID)
+        .description(
+            "Chatbot traffic, latency and quality, the retraining loop and telemetry health "
+            "(generated by bigbertha.telemetry.dashboard; edit the code, not the JSON)."
+        )
+        .tags(["bigbertha", "llmops"])
+        .editable()
+        .tooltip(DashboardCursorSync.CROSSHAIR)
+        .refresh("30s")
+        .time("now-6h", "now")
+        .timezone("browser")
+        .with_variable(db.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+        .with_variable(
+            db.QueryVariable("namespace")
+            .label("Namespace")
+            .datasource(datasource)
+            .query("label_values(bigbertha_exporter_redis_up, namespace)")
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+        )
+        .with_variable(
+            db.QueryVariable("model")
+            .label("Model")
+            .datasource(datasource)
+            .query('label_values(bigbertha_chat_requests_total{namespace=~"$namespace"}, model)')
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+        )
+        .with_variable(
+            db.ConstantVariable(THRESHOLD_VARIABLE)
+            .description("Thumbs-down ratio at which BigBerthaNegativeFeedbackHigh fires")
+            .value(_number(negative_feedback_threshold))
+        )
+        .with_variable(
+            db.ConstantVariable(WINDOW_VARIABLE)
+            .description("Window over which BigBerthaNegativeFeedbackHigh computes the ratio")
+            .value(DEFAULT_NEGATIVE_FEEDBACK_WINDOW)
+        )
+        .with_row(db.Row("Traffic and latency"))
+        .with_panel(
+            series(
+                "Request rate",
+                "Answers per second by serving model version, and failed answers.",
+                REQUESTS,
+                "reqps",
+            )
+        )
+        .with_panel(
+            series(
+                "Answer latency p50 / p95",
+                "Question to complete answer (BigBerthaLatencyP95High pages on p95).",
+                LATENCY,
+                "s",
+            )
+        )
+        .with_panel(
+            series(
+                "Time to first token p50 / p95",
+                "Question to the first streamed token: what the user waits for.",
+                TTFT,
+                "s",
+            )
+        )
+        .with_panel(
+            series(
+                "Tokens per second",
+                "Prompt and completion token throughput, and completion tokens per second "
+                "spent answering (generation speed).",
+                TOKENS,
+                "short",
+            )
+        )
+        .with_row(db.Row("Answer quality"))
+        .with_panel(feedback_ratio)
+        .with_panel(
+            series("Feedback", "Ratings per second by thumbs up and down.", FEEDBACK, "short")
+        )
+        .with_panel(
+            panel(
+                heatmap.Panel(),
+                "Retrieval score distribution",
+                "Similarity of the retrieved chunks (BigBerthaRetrievalRelevanceLow retrains "
+                "when it drifts low).",
+                RETRIEVAL_SCORES,
+            )
+            .calculate(False)
+            .y_axis(heatmap.YAxisConfig().unit("short").decimals(1))
+        )
+        .with_panel(
+            series(
+                "Empty retrieval rate",
+                "Share of questions answered with no context chunk (BigBerthaEmptyRetrievalHigh).",
+                EMPTY_RETRIEVAL,
+                "percentunit",
+            )
+            .min(0)
+            .max(1)
+        )
+        .with_row(db.Row("Retraining and models"))
+        .with_panel(
+            panel(
+                statetimeline.Panel(),
+                "Serving model version",
+                "Which registered model versions answered questions over time (champion "
+                "promotions and rollbacks show up as a change of colour).",
+                SERVING_MODEL,
+            ).span(8)
+        )
+        .with_panel(
+            bars(
+                "Retraining runs",
+                "Retraining pipeline runs per hour by result.",
+                RETRAIN_RUNS,
+            ).span(8)
+        )
+        .with_panel(
+            bars(
+                "Promotions",
+                "Promotion gate decisions per hour (promoted, rejected, rollback).",
+                PROMOTIONS,
+            ).span(8)
+        )
+        .with_panel(
+            panel(
+                statetimeline.Panel(),
+                "Firing alerts",
+                "BigBertha alerts while they fire; each links a runbook in docs/runbooks.md.",
+                ALERTS,
+            ).span(12)
+        )
+        .with_panel(
+            panel(
+                stat.Panel(),
+                "Exporter reads Redis",
+                "1 when the exporter's last scrape read the telemetry from Redis "
+                "(BigBerthaRedisDown pages on 0).",
+                REDIS_UP,
+            )
+            .span(6)
+            .thresholds(thresholds((None, "red"), (1, "green")))
+        )
+        .with_panel(
+            panel(
+                stat.Panel(),
+                "Telemetry events dropped",
+                "Events the chatbot and jobs could not write to Redis in the time range.",
+                DROPPED,
+            )
+            .span(6)
+            .thresholds(thresholds((None, "green"), (1, "orange")))
+        )
+    )
+    return builder
+
+
+def _target(query: Query, ref: str, datasource: Any) -> Any:
+    from grafana_foundation_sdk.builders import prometheus
+    from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+    target = (
+        prometheus.Dataquery()
+        .expr(query.expr)
+        .legend_format(query.legend)
+        .ref_id(ref)
+        .datasource(datasource)
+    )
+    target = target.instant() if query.instant else target.range()
+    if query.heatmap:
+        target = target.format(PromQueryFormat.HEATMAP)
+    if query.interval:
+        target = target.interval(query.interval)
+    return target
+
+
+def _number(value: float) -> str:
+    return format(value, "g")
+
+
+def render(negative_feedback_threshold: float = DEFAULT_NEGATIVE_FEEDBACK_THRESHOLD) -> str:
+    """The dashboard as the JSON text the chart ships (stable: sorted keys, trailing newline)."""
+    if not 0 < negative_feedback_threshold < 1:
+        raise ConfigError(
+            f"negative feedback threshold {negative_feedback_threshold}: must be a ratio "
+            "between 0 and 1"
+        )
+    try:
+        from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    except ImportError as exc:
+        raise ConfigError(
+            "grafana-foundation-sdk is not installed: it is a development dependency "
+            "(`make setup` installs it)"
+        ) from exc
+    model = build(negative_feedback_threshold).build()
+    # Stable ids in layout order (rows included), so links to a panel survive regeneration.
+    for number, item in enumerate(model.panels or [], start=1):
+        item.id_val = number
+    return JSONEncoder(sort_keys=True, indent=2).encode(model) + "\n"
+
+
+def queries(document: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, expr) of every Prometheus target in a dashboard JSON document."""
+    found = []
+    for item in document.get("panels", []):
+        for inner in [item, *item.get("panels", [])]:
+            for target in inner.get("targets", []):
+                if "expr" in target:
+                    found.append((inner.get("title", ""), target["expr"]))
+    return found
+
+
+def write(path: Path, negative_feedback_threshold: float) -> Path:
+    """Write the rendered dashboard to `path` (parents created) and return it."""
+    text = render(negative_feedback_threshold)
+    json.loads(text)  # a broken document must never reach the chart
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,355 @@
+"""Chatbot and pipeline telemetry, aggregated in Redis so every replica adds up.
+
+The chatbot calls `Recorder.record_answer` once per answer and `record_feedback` once per rating;
+the retraining jobs call `record_retrain_run` and `record_promotion`. Each call is one pipelined
+round trip of HINCRBY/HINCRBYFLOAT on one Redis hash whose fields are (sample name, label values):
+counters and non-cumulative histogram buckets. Memory is therefore bounded by the number of
+series (metrics x model versions x buckets), never by the number of events. `bigbertha exporter`
+reads the hash back in one round trip and turns it into Prometheus families (see exporter.py).
+
+A recorder call never breaks a chat: Redis gets `redis.timeout_seconds` to answer, after a failure
+the recorder stops trying for a short back-off, every lost event is counted (and added to
+`bigbertha_telemetry_dropped_total` once Redis is back), and warnings are rate-limited.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from bigbertha.core.errors import ConfigError
+from bigbertha.core.logs import RateLimitedLogger
+
+if TYPE_CHECKING:
+    import redis
+
+    from bigbertha.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Redis hash holding every counter and histogram bucket (field: JSON [sample, *label values]).
+METRICS_KEY = "bigbertha:telemetry:v1:metrics"
+#: Redis hash: JSON [model, model_version] -> unix time it last served (set or answered).
+SERVING_KEY = "bigbertha:telemetry:v1:serving"
+
+INF = math.inf
+# Bucket bounds sit on the values the alert objectives use (values.yaml monitoring.rules).
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0, INF)
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, INF)
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, INF)
+
+CHAT_LABELS = ("model", "model_version")
+RETRAIN_RESULTS = ("succeeded", "failed", "skipped")
+PROMOTION_DECISIONS = ("promoted", "rejected", "rollback")
+RATINGS = ("up", "down")
+# After a Redis failure, calls are dropped without a connection attempt for this long.
+BACKOFF_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One exported metric family: its name, type, help text, label names and buckets."""
+
+    name: str
+    kind: Literal["counter", "gauge", "histogram"]
+    doc: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+
+REQUESTS = MetricSpec(
+    "bigbertha_chat_requests_total", "counter", "Answers the chatbot produced.", CHAT_LABELS
+)
+ERRORS = MetricSpec(
+    "bigbertha_chat_errors_total", "counter", "Answers that failed with an error.", CHAT_LABELS
+)
+LATENCY = MetricSpec(
+    "bigbertha_chat_latency_seconds",
+    "histogram",
+    "Time from question to complete answer.",
+    CHAT_LABELS,
+    LATENCY_BUCKETS,
+)
+TTFT = MetricSpec(
+    "bigbertha_chat_ttft_seconds",
+    "histogram",
+    "Time from question to the first streamed token.",
+    CHAT_LABELS,
+    TTFT_BUCKETS,
+)
+TOKENS = MetricSpec(
+    "bigbertha_chat_tokens_total",
+    "counter",
+    "Tokens processed, by kind (prompt or completion).",
+    (*CHAT_LABELS, "kind"),
+)
+FEEDBACK = MetricSpec(
+    "bigbertha_feedback_total", "counter", "User ratings of answers.", (*CHAT_LABELS, "rating")
+)
+RETRIEVAL_SCORE = MetricSpec(
+    "bigbertha_retrieval_score",
+    "histogram",
+    "Similarity scores of the top-k chunks retrieved for each question.",
+    CHAT_LABELS,
+    SCORE_BUCKETS,
+)
+RETRIEVAL_EMPTY = MetricSpec(
+    "bigbertha_retrieval_empty_total",
+    "counter",
+    "Questions answered with no context chunk retrieved.",
+    CHAT_LABELS,
+)
+MODEL_INFO = MetricSpec(
+    "bigbertha_model_info", "gauge", "Model versions currently serving (value 1).", CHAT_LABELS
+)
+RETRAIN_RUNS = MetricSpec(
+    "bigbertha_retrain_runs_total", "counter", "Retraining pipeline runs by result.", ("result",)
+)
+PROMOTIONS = MetricSpec(
+    "bigbertha_promotions_total", "counter", "Promotion gate decisions.", ("decision",)
+)
+DROPPED = MetricSpec(
+    "bigbertha_telemetry_dropped_total",
+    "counter",
+    "Telemetry events lost because Redis was unreachable (reported once it is back).",
+)
+REDIS_UP = MetricSpec(
+    "bigbertha_exporter_redis_up", "gauge", "1 if the exporter could read Redis on this scrape."
+)
+
+#: The families read from the metrics hash, by sample name prefix (the exporter's table).
+STORED = (
+    REQUESTS,
+    ERRORS,
+    LATENCY,
+    TTFT,
+    TOKENS,
+    FEEDBACK,
+    RETRIEVAL_SCORE,
+    RETRIEVAL_EMPTY,
+    RETRAIN_RUNS,
+    PROMOTIONS,
+    DROPPED,
+)
+
+
+def bound_label(bound: float) -> str:
+    """A bucket bound as Prometheus writes it in `le` ("0.5", "1.0", "+Inf")."""
+    return "+Inf" if bound == INF else repr(float(bound))
+
+
+def field(sample: str, *label_values: str) -> str:
+    """The hash field of one sample: a JSON array, so any label value round-trips."""
+    return json.dumps([sample, *label_values], ensure_ascii=False, separators=(",", ":"))
+
+
+def bucket_for(buckets: Sequence[float], value: float) -> float:
+    """The smallest bound >= value (buckets are stored non-cumulative; the exporter sums)."""
+    for bound in buckets:
+        if value <= bound:
+            return bound
+    return INF
+
+
+@functools.lru_cache(maxsize=1024)
+def _fields(spec: MetricSpec, labels: tuple[str, ...]) -> dict[str, str]:
+    """Precomputed fields of one histogram label set: bucket bound label -> field, and sum."""
+    out = {
+        bound_label(b): field(spec.name + "_bucket", *labels, bound_label(b)) for b in spec.buckets
+    }
+    out["sum"] = field(spec.name + "_sum", *labels)
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _field(name: str, labels: tuple[str, ...]) -> str:
+    return field(name, *labels)
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and isinstance(value, int | float) and math.isfinite(value)
+
+
+class Recorder:
+    """Writes telemetry aggregates to Redis; every public method is safe to call from a chat.
+
+    Thread-safe (the redis client pools connections). With no Redis configured each call is a
+    no-op that only counts the dropped event in `dropped`.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | None,
+        model: str,
+        *,
+        backoff_seconds: float = BACKOFF_SECONDS,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._model = model
+        self._backoff = backoff_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._retry_at = 0.0
+        self._unreported = 0  # drops not yet added to the Redis counter
+        self.dropped = 0
+        self._warn = RateLimitedLogger(log, interval=30.0)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Recorder:
+        """A recorder for `settings.redis.url` labelled with `settings.mlflow.model_name`.
+
+        Raises ConfigError for a malformed URL; an empty one means telemetry off.
+        """
+        model = settings.mlflow.model_name
+        url = settings.redis.url.get_secret_value() if settings.redis.url else ""
+        if not url:
+            log.info("telemetry off: redis.url is not set (BIGBERTHA_REDIS__URL)")
+            return cls(None, model)
+        return cls(redis_client(url, settings.redis.timeout_seconds), model)
+
+    # -- the interface the chatbot and the jobs call -------------------------------------------
+
+    def record_answer(
+        self,
+        model_version: str,
+        *,
+        latency_s: float,
+        ttft_s: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        scores: Sequence[float],
+        context_chunks: int,
+        error: bool = False,
+    ) -> None:
+        """One answer: request, error, latency, TTFT, tokens, retrieval scores, empty retrieval."""
+        labels = (self._model, str(model_version))
+        incr: dict[str, float] = {_field(REQUESTS.name, labels): 1}
+        if error:
+            incr[_field(ERRORS.name, labels)] = 1
+        self._observe(incr, LATENCY, labels, [latency_s])
+        if ttft_s is not None:
+            self._observe(incr, TTFT, labels, [ttft_s])
+        for kind, count in (("prompt", prompt_tokens), ("completion", completion_tokens)):
+            if _finite(count) and count > 0:
+                incr[_field(TOKENS.name, (*labels, kind))] = int(count)
+        self._observe(incr, RETRIEVAL_SCORE, labels, scores)
+        if context_chunks == 0:
+            incr[_field(RETRIEVAL_EMPTY.name, labels)] = 1
+        self._write(incr, serving=labels)
+
+    def record_feedback(self, model_version: str, rating: Literal["up", "down"]) -> None:
+        """One user rating of an answer produced by `model_version`."""
+        if rating not in RATINGS:
+            return self._reject(f"rating {rating!r} is not one of {RATINGS}")
+        labels = (self._model, str(model_version), rating)
+        self._write({_field(FEEDBACK.name, labels): 1})
+
+    def record_retrain_run(self, result: str) -> None:
+        """One retraining pipeline run: succeeded, failed or skipped."""
+        if result not in RETRAIN_RESULTS:
+            return self._reject(f"retrain result {result!r} is not one of {RETRAIN_RESULTS}")
+        self._write({_field(RETRAIN_RUNS.name, (result,)): 1})
+
+    def record_promotion(self, decision: str) -> None:
+        """One promotion gate decision: promoted, rejected or rollback."""
+        if decision not in PROMOTION_DECISIONS:
+            return self._reject(f"decision {decision!r} is not one of {PROMOTION_DECISIONS}")
+        self._write({_field(PROMOTIONS.name, (decision,)): 1})
+
+    def set_serving_model(self, model_version: str) -> None:
+        """Mark `model_version` as serving now (exported as bigbertha_model_info)."""
+        self._write({}, serving=(self._model, str(model_version)))
+
+    # -- internals ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _observe(
+        incr: dict[str, float], spec: MetricSpec, labels: tuple[str, ...], values: Iterable[float]
+    ) -> None:
+        fields = _fields(spec, labels)
+        for value in values:
+            if not _finite(value):
+                continue
+            value = float(value)
+            bucket = fields[bound_label(bucket_for(spec.buckets, value))]
+            incr[bucket] = incr.get(bucket, 0) + 1
+            incr[fields["sum"]] = incr.get(fields["sum"], 0.0) + value
+
+    def _reject(self, reason: str) -> None:
+        # A caller bug, not an outage: keep the chat going, say why once in a while.
+        self._count_drop()
+        self._warn.warning("telemetry event dropped: %s", reason)
+
+    def _count_drop(self) -> None:
+        with self._lock:
+            self.dropped += 1
+            if self._client is not None:
+                self._unreported += 1
+
+    def _write(self, incr: dict[str, float], serving: tuple[str, ...] | None = None) -> None:
+        client = self._client
+        if client is None:
+            self._count_drop()
+            return
+        if self._clock() < self._retry_at:
+            self._count_drop()
+            return
+        with self._lock:  # take them, so two threads never report the same drops
+            unreported, self._unreported = self._unreported, 0
+        pipe = client.pipeline(transaction=False)
+        for name, amount in incr.items():
+            if isinstance(amount, float):
+                pipe.hincrbyfloat(METRICS_KEY, name, amount)
+            else:
+                pipe.hincrby(METRICS_KEY, name, int(amount))
+        if unreported:
+            pipe.hincrby(METRICS_KEY, _field(DROPPED.name, ()), unreported)
+        if serving is not None:
+            pipe.hset(SERVING_KEY, _field(serving[0], serving[1:]), repr(time.time()))
+        try:
+            pipe.execute()
+        except Exception as exc:  # whatever the client raises, the chat goes on
+            self._retry_at = self._clock() + self._backoff
+            with self._lock:
+                self._unreported += unreported
+            self._count_drop()
+            self._warn.warning(
+                "telemetry dropped (Redis unreachable: %s); %d events lost so far",
+                exc,
+                self.dropped,
+            )
+            return
+        finally:
+            pipe.reset()
+
+
+def redis_client(url: str, timeout: float) -> redis.Redis:
+    """A Redis client that gives up after `timeout` seconds and never retries on its own.
+
+    Connects lazily. Raises ConfigError (without echoing the URL: it may hold a password).
+    """
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            decode_responses=True,
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"invalid setting redis.url: {exc} (expected redis://[:password@]host:port/db)"
+        ) from None

@@ -1,0 +1,256 @@
+"""Training data for fine-tuning: curated JSONL plus the chatbot's up-rated turns.
+
+Run as a workflow step (the DAG's prepare-data):
+
+    bigbertha prepare-data --data s3://datasets/curated.jsonl --output s3://runs/wf-1/data.jsonl
+
+Accepted rows (one JSON object per line; blank lines and ``#`` comments are ignored):
+- ``{"prompt": "...", "completion": "..."}``
+- ``{"question": "...", "context": "..." | ["...", ...], "answer" | "reference": "..."}``:
+  a RAG example, formatted with the chatbot's own prompt (`rag.SYSTEM_PROMPT`, numbered passages)
+- ``{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}``: the last
+  message must be the assistant's answer; everything before it is the prompt.
+Every source becomes the same conversational prompt/completion form that trl's SFTTrainer
+trains on (loss on the completion only). Malformed rows are reported with file and line and
+skipped; duplicates are dropped; fewer than ``finetune.min_examples`` usable examples stop the
+run with `DatasetTooSmall` before any model is loaded. The SHA-256 of the canonical JSONL is the
+dataset hash recorded for lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bigbertha.core.errors import BigberthaError
+from bigbertha.models import registry
+
+if TYPE_CHECKING:
+    from bigbertha.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, str]
+Example = dict[str, list[Message]]  # {"prompt": [...], "completion": [{"role": "assistant"...}]}
+_ROLES = {"system", "user", "assistant"}
+
+
+class DatasetTooSmall(BigberthaError):
+    """Too few usable examples to train on; nothing was trained."""
+
+    exit_code = 3
+
+
+@dataclass
+class Dataset:
+    """Normalised, deduplicated examples with where they came from."""
+
+    examples: list[Example]
+    rejected: list[str] = field(default_factory=list)  # "<source>:<line>: <reason>"
+    counts: dict[str, int] = field(default_factory=dict)  # source -> examples kept
+
+    @property
+    def hash(self) -> str:
+        return dataset_hash(self.examples)
+
+    def to_jsonl(self) -> bytes:
+        return "".join(canonical(e) + "\n" for e in self.examples).encode()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "examples": len(self.examples),
+            "dataset_hash": self.hash,
+            "rejected": len(self.rejected),
+            "rejected_rows": self.rejected[:50],
+            "sources": self.counts,
+        }
+
+
+def canonical(example: Mapping[str, Any]) -> str:
+    return json.dumps(example, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def dataset_hash(examples: Iterable[Mapping[str, Any]]) -> str:
+    """SHA-256 over the canonical JSON lines, in order: the same data gives the same hash."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(canonical(example).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def rag_prompt(question: str, contexts: Sequence[str]) -> list[Message]:
+    """The chatbot's prompt for a question and its retrieved passages (see `rag`)."""
+    from bigbertha.chat.rag import NO_CONTEXT_PROMPT, SYSTEM_PROMPT
+
+    if not contexts:
+        return [
+            {"role": "system", "content": NO_CONTEXT_PROMPT},
+            {"role": "user", "content": question},
+        ]
+    passages = "\n\n".join(f"[{n}]\n{text.strip()}" for n, text in enumerate(contexts, start=1))
+    user = f"Context passages:\n\n{passages}\n\nQuestion: {question}\nAnswer with citations:"
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def _text(row: Mapping[str, Any], key: str) -> str:
+    value = row.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"'{key}' must be a non-empty string")
+    return value.strip()
+
+
+def _contexts(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [v for v in value if v.strip()]
+    raise ValueError("'context' must be a string or a list of strings")
+
+
+def to_example(row: Any) -> Example:
+    """One JSONL row as a conversational prompt/completion example; ValueError says why not."""
+    if not isinstance(row, dict):
+        raise ValueError("row is not a JSON object")
+    if "messages" in row:
+        return _from_messages(row["messages"])
+    if isinstance(row.get("prompt"), list):  # conversational prompt/completion (our own output)
+        completion = row.get("completion")
+        if not isinstance(completion, list) or len(completion) != 1:
+            raise ValueError("conversational 'completion' must be a list of one message")
+        return _from_messages([*row["prompt"], *completion])
+    if "question" in row:
+        answer_key = "answer" if "answer" in row else "reference"
+        prompt = rag_prompt(_text(row, "question"), _contexts(row.get("context")))
+        return {"prompt": prompt, "completion": [_assistant(_text(row, answer_key))]}
+    if "prompt" in row:
+        prompt = [{"role": "user", "content": _text(row, "prompt")}]
+        return {"prompt": prompt, "completion": [_assistant(_text(row, "completion"))]}
+    raise ValueError("expected prompt/completion, question/context/answer or messages")
+
+
+def _from_messages(messages: Any) -> Example:
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise ValueError("'messages' must be a list of at least 2 messages")
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in _ROLES:
+            raise ValueError("every message needs a role of system, user or assistant")
+        if not isinstance(m.get("content"), str) or not m["content"].strip():
+            raise ValueError("every message needs non-empty string content")
+    if messages[-1]["role"] != "assistant":
+        raise ValueError("the last message must be the assistant's answer")
+    prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
+    return {"prompt": prompt, "completion": [_assistant(messages[-1]["content"])]}
+
+
+def _assistant(text: str) -> Message:
+    return {"role": "assistant", "content": text.strip()}
+
+
+def parse_jsonl(data: bytes, source: str) -> tuple[list[Example], list[str]]:
+    """Examples from JSONL bytes, and one '<source>:<line>: <reason>' per rejected row."""
+    examples, rejected = [], []
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [], [f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})"]
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            examples.append(to_example(json.loads(line)))
+        except json.JSONDecodeError as exc:
+            rejected.append(f"{source}:{number}: not JSON ({exc.msg})")
+        except ValueError as exc:
+            rejected.append(f"{source}:{number}: {exc}")
+    return examples, rejected
+
+
+def feedback_examples(settings: Settings, limit: int) -> list[Example]:
+    """Examples from turns users rated up (latest rating per turn wins), newest first."""
+    if limit <= 0 or settings.redis.url is None:
+        return []
+    from bigbertha.telemetry.feedback import FeedbackLog
+
+    records = FeedbackLog.from_settings(settings).read()  # newest first
+    rating: dict[str, str | None] = {}
+    turns: dict[str, dict[str, Any]] = {}
+    for record in records:
+        turn_id = record.get("turn_id")
+        if not isinstance(turn_id, str):
+            continue
+        if turn_id not in rating or rating[turn_id] is None:  # the newest rating wins
+            rating[turn_id] = record.get("rating")
+        turns.setdefault(turn_id, record)
+    out: list[Example] = []
+    for turn_id, record in turns.items():
+        if rating.get(turn_id) != "up":
+            continue
+        try:
+            example = {
+                "prompt": [{"role": "user", "content": _text(record, "question")}],
+                "completion": [_assistant(_text(record, "answer"))],
+            }
+        except ValueError:
+            log.warning("feedback log: turn %s has no question or answer; skipped", turn_id)
+            continue
+        out.append(example)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def build(
+    settings: Settings, sources: Sequence[str] | None = None, *, feedback: int | None = None
+) -> Dataset:
+    """Read curated sources and the feedback log, normalise, deduplicate and check the size."""
+    sources = list(settings.finetune.data if sources is None else sources)
+    limit = settings.finetune.feedback_examples if feedback is None else feedback
+    dataset = Dataset(examples=[])
+    seen: set[str] = set()
+
+    def add(examples: list[Example], origin: str) -> None:
+        kept = 0
+        for example in examples:
+            key = canonical(example)
+            if key not in seen:
+                seen.add(key)
+                dataset.examples.append(example)
+                kept += 1
+        dataset.counts[origin] = dataset.counts.get(origin, 0) + kept
+
+    for uri in sources:
+        examples, rejected = parse_jsonl(registry.read_bytes(settings, uri), uri)
+        for line in rejected:
+            log.warning("training data: skipped %s", line)
+        dataset.rejected.extend(rejected)
+        add(examples, uri)
+    add(feedback_examples(settings, limit), "feedback")
+    needed = settings.finetune.min_examples
+    if len(dataset.examples) < needed:
+        where = ", ".join(sources) or "no curated data"
+        raise DatasetTooSmall(
+            f"training data ({where}; feedback log): {len(dataset.examples)} usable examples, "
+            f"need at least {needed} (finetune.min_examples); {len(dataset.rejected)} rows rejected"
+        )
+    log.info(
+        "training data: %d examples (%s), %d rejected, hash %s",
+        len(dataset.examples),
+        dataset.counts,
+        len(dataset.rejected),
+        dataset.hash[:12],
+    )
+    return dataset
+
+
+def prepare(settings: Settings, sources: Sequence[str] | None, output: str) -> dict[str, Any]:
+    """Build the dataset and write it as one canonical JSONL to `output` (path or s3://)."""
+    dataset = build(settings, sources)
+    registry.write_bytes(settings, output, dataset.to_jsonl())
+    return {"output": output, **dataset.summary()}

@@ -1,0 +1,243 @@
+"""Supervised fine-tuning with a LoRA adapter (QLoRA when quantisation is on).
+
+    bigbertha finetune --data s3://runs/wf-1/data.jsonl --output s3://runs/wf-1/adapter \\
+        --alert-name BigBerthaNegativeFeedbackHigh --workflow-name wf-1
+
+`run(settings)` reads top to bottom like trl's ``sft.py``: load the data (and stop early when it
+is too small), load the base model (4-bit NF4 with double quantisation and
+`prepare_model_for_kbit_training` when quantising), train with trl's SFTTrainer and a peft
+LoRA adapter, save the adapter with its lineage (``bigbertha.json``), optionally merged
+weights, and publish it to ``finetune.output`` (a path or an s3:// prefix). Parameters, the loss
+curve and system metrics go to an MLflow run in the ``bigbertha-retrain`` experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bigbertha.models import loading as models
+from bigbertha.models import registry
+from bigbertha.training import data as training_data
+
+if TYPE_CHECKING:
+    from bigbertha.core.settings import FinetuneSettings, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tuning run produced (also the lineage written beside the adapter)."""
+
+    output: str  # where the adapter was published
+    base_model: str  # portable reference of the base (a registry alias is pinned to a version)
+    base_version: str
+    dataset_hash: str
+    examples: int
+    rejected: int
+    quantized: bool
+    steps: int
+    train_loss: float
+    seconds: float
+    steps_per_second: float
+    mlflow_run_id: str | None = None
+    merged: str | None = None
+    lineage: dict[str, str] = field(default_factory=dict)  # alert_name, alert_labels, workflow
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def use_quantization(setting: str) -> bool:
+    """auto: 4-bit on a GPU only; 4bit: always (bitsandbytes also runs on CPU); none: never."""
+    if setting == "auto":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return setting == "4bit"
+
+
+def lora_config(s: FinetuneSettings) -> Any:
+    """The peft LoRA adapter trained on top of the (frozen) base."""
+    from peft import LoraConfig
+
+    targets: str | list[str] = (
+        "all-linear" if s.target_modules == ["all-linear"] else list(s.target_modules)
+    )
+    return LoraConfig(
+        r=s.lora_r,
+        lora_alpha=s.lora_alpha,
+        lora_dropout=s.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def sft_config(s: FinetuneSettings, output_dir: Path, *, report_to: Sequence[str]) -> Any:
+    """trl's SFTConfig from settings: bf16 only on a GPU that has it, fp32 on CPU."""
+    import torch
+    from trl import SFTConfig
+
+    gpu = torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(output_dir),
+        learning_rate=s.learning_rate,
+        num_train_epochs=s.epochs,
+        max_steps=s.max_steps,
+        per_device_train_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation_steps,
+        max_length=s.max_seq_length,
+        seed=s.seed,
+        logging_steps=s.logging_steps,
+        bf16=gpu and torch.cuda.is_bf16_supported(),
+        fp16=False,
+        use_cpu=not gpu,
+        save_strategy="no",
+        report_to=list(report_to),
+        completion_only_loss=True,
+        dataset_num_proc=None,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+    )
+
+
+def build_trainer(
+    model: Any,
+    tokenizer: Any,
+    examples: list[training_data.Example],
+    s: FinetuneSettings,
+    output_dir: Path,
+    *,
+    quantized: bool,
+    report_to: Sequence[str] = ("mlflow",),
+) -> Any:
+    """An SFTTrainer with a LoRA adapter over `model` (prepared for k-bit training if 4-bit)."""
+    from datasets import Dataset
+    from peft import prepare_model_for_kbit_training
+    from trl import SFTTrainer
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    return SFTTrainer(
+        model=model,
+        args=sft_config(s, output_dir, report_to=report_to),
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tokenizer,
+        peft_config=lora_config(s),
+    )
+
+
+def _portable_base(ref: str, version: str, settings: Settings) -> str:
+    """Pin a registry alias to the version actually trained on, so lineage never drifts."""
+    if ref.startswith("models:/") and "@" in ref:
+        return f"models:/{ref[len('models:/') :].split('@')[0]}/{version}"
+    return ref
+
+
+def run(
+    settings: Settings,
+    *,
+    data: Sequence[str] | None = None,
+    lineage: Mapping[str, str] | None = None,
+    report: str | None = None,
+) -> FinetuneResult:
+    """Fine-tune `finetune.base_model` on the data; publish the adapter to `finetune.output`."""
+    import mlflow
+    from peft import PeftModel
+
+    s = settings.finetune
+    started = time.monotonic()
+    # 1. Data first: a bad or tiny dataset must stop the run before a model is loaded.
+    dataset = training_data.build(settings, data)
+
+    # 2. Base model (an adapter base is merged in: LoRA trains on a plain model).
+    quantized = use_quantization(s.quantize)
+    model, tokenizer, base_version = models.load_causal_lm(
+        s.base_model, settings, quantize=quantized
+    )
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    base_ref = _portable_base(s.base_model, base_version, settings)
+
+    workdir = Path(tempfile.mkdtemp(prefix="bigbertha-finetune-"))
+    try:
+        # 3. Train, with parameters, the loss curve and system metrics in one MLflow run.
+        with registry.mlflow_errors(settings):  # unreachable: a clear error before training
+            registry.client(settings)
+            mlflow.set_experiment(registry.EXPERIMENT)
+        run_name = f"finetune-{(lineage or {}).get('workflow_name') or 'local'}"
+        with mlflow.start_run(run_name=run_name, log_system_metrics=True) as mlflow_run:
+            mlflow.set_tags(
+                {
+                    "step": "finetune",
+                    "base_model": base_ref,
+                    "dataset_hash": dataset.hash,
+                    **{k: v for k, v in (lineage or {}).items() if v},
+                }
+            )
+            mlflow.log_params(
+                {
+                    "examples": len(dataset.examples),
+                    "rejected_rows": len(dataset.rejected),
+                    "quantized": quantized,
+                    "lora_target_modules": ",".join(s.target_modules),
+                }
+            )
+            trainer = build_trainer(
+                model, tokenizer, dataset.examples, s, workdir / "trainer", quantized=quantized
+            )
+            output = trainer.train()
+            steps = int(output.global_step)
+            seconds = float(output.metrics.get("train_runtime", 0.0))
+            result = FinetuneResult(
+                output=s.output,
+                base_model=base_ref,
+                base_version=base_version,
+                dataset_hash=dataset.hash,
+                examples=len(dataset.examples),
+                rejected=len(dataset.rejected),
+                quantized=quantized,
+                steps=steps,
+                train_loss=float(output.training_loss),
+                seconds=seconds,
+                steps_per_second=steps / seconds if seconds else 0.0,
+                mlflow_run_id=mlflow_run.info.run_id,
+                lineage={k: v for k, v in (lineage or {}).items() if v},
+            )
+
+            # 4. Save the adapter, its tokenizer and lineage; optionally merged weights.
+            adapter_dir = workdir / "adapter"
+            trainer.save_model(str(adapter_dir))
+            tokenizer.save_pretrained(adapter_dir)
+            lineage_doc = {**result.to_json(), **result.lineage}
+            (adapter_dir / models.LINEAGE_FILE).write_text(json.dumps(lineage_doc, indent=2))
+            if s.merge:
+                merged = models.save_merged(trainer.model, tokenizer, workdir / "merged")
+                result.merged = s.output.rstrip("/") + "/merged"
+                registry.upload_path(settings, merged, result.merged)
+            mlflow.log_dict(lineage_doc, "lineage.json")
+
+            # 5. Publish: the next workflow step reads it from here.
+            registry.upload_path(settings, adapter_dir, s.output)
+        log.info(
+            "fine-tuned %s: %d steps, loss %.4f, adapter at %s (%.0fs)",
+            base_ref,
+            steps,
+            result.train_loss,
+            s.output,
+            time.monotonic() - started,
+        )
+        if report:
+            registry.write_bytes(settings, report, json.dumps(result.to_json(), indent=2).encode())
+        return result
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

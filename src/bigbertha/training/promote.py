@@ -1,0 +1,230 @@
+"""The promotion gate: register a challenger, benchmark it against the champion, decide.
+
+    bigbertha promote --challenger s3://runs/wf-1/adapter --data s3://datasets/eval.jsonl \\
+        --alert-name BigBerthaNegativeFeedbackHigh --workflow-name wf-1
+    bigbertha promote --rollback
+
+`run` registers the challenger as a new version of ``mlflow.model_name`` with lineage tags,
+evaluates the champion (or, before there is one, the challenger's own base model) and the
+challenger on the same evaluation set, and moves the ``champion`` alias only when the challenger
+beats it on every ``promote.gate_metrics`` by more than ``promote.margin`` (relative
+improvement; perplexity lower, the others higher). The evaluate step's report on the same
+challenger and the same set (``--evaluation``) is reused instead of benchmarking it twice. The
+old champion keeps ``previous``. The
+decision and every number are tags on the new version and a JSON report; telemetry counts it
+(`Recorder.record_promotion`). The alias moves last, so any failure leaves the champion as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bigbertha.core.errors import BigberthaError
+from bigbertha.models import loading as models
+from bigbertha.models import registry
+from bigbertha.training import data as training_data
+from bigbertha.training import evaluate
+
+if TYPE_CHECKING:
+    from bigbertha.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Decision:
+    """What the gate decided, and why."""
+
+    decision: str  # promoted | rejected | rollback
+    version: str | None  # the challenger (or, for a rollback, the restored champion)
+    champion_before: str | None
+    champion_after: str | None
+    reason: str
+    margin: float = 0.0
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> both sides
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def improvement(metric: str, challenger: float, champion: float) -> float:
+    """Relative improvement of the challenger (positive = better; perplexity is lower-better)."""
+    if metric in evaluate.LOWER_IS_BETTER:
+        challenger, champion = -challenger, -champion
+    if not math.isfinite(champion):
+        return math.inf if math.isfinite(challenger) else 0.0
+    if not math.isfinite(challenger):
+        return -math.inf
+    if champion == 0:
+        return math.inf if challenger > 0 else (0.0 if challenger == 0 else -math.inf)
+    return (challenger - champion) / abs(champion)
+
+
+def gate(
+    challenger: Mapping[str, float],
+    champion: Mapping[str, float],
+    metrics: Sequence[str],
+    margin: float,
+) -> tuple[bool, str, dict[str, dict[str, float]]]:
+    """(passed, reason, per-metric numbers): every metric must improve by more than `margin`."""
+    table: dict[str, dict[str, float]] = {}
+    failed = []
+    for metric in metrics:
+        gain = improvement(metric, challenger[metric], champion[metric])
+        table[metric] = {
+            "challenger": challenger[metric],
+            "champion": champion[metric],
+            "improvement": gain,
+        }
+        if not gain > margin:
+            failed.append(
+                f"{metric} {challenger[metric]:.4g} vs {champion[metric]:.4g} "
+                f"({gain:+.2%} <= {margin:.2%})"
+            )
+    if failed:
+        return False, "not better by the margin on: " + "; ".join(failed), table
+    return True, f"better on {', '.join(metrics)} by more than {margin:.2%}", table
+
+
+def register(settings: Settings, challenger: str, lineage: Mapping[str, str]) -> str:
+    """Register `challenger` (adapter path or s3:// prefix) unless it is already a version."""
+    source = models.resolve(challenger, settings)
+    if challenger.startswith("models:/"):
+        return source.version
+    tags = {
+        "base_model": str(source.lineage.get("base_model") or source.base or ""),
+        "dataset_hash": str(source.lineage.get("dataset_hash", "")),
+        "alert_name": str(source.lineage.get("alert_name", "")),
+        "alert_labels": str(source.lineage.get("alert_labels", "")),
+        "workflow_name": str(source.lineage.get("workflow_name", "")),
+        "source": challenger,
+    }
+    tags.update({k: v for k, v in lineage.items() if v})
+    return registry.register_challenger(settings, Path(source.location), tags)
+
+
+def reusable_evaluation(
+    settings: Settings, uri: str, challenger: str, eval_hash: str
+) -> evaluate.EvalReport | None:
+    """The evaluate step's report at `uri` if it benchmarked `challenger` on the evaluation set
+    the gate uses now (`eval_hash`) with every gate metric; else None, and why."""
+    try:
+        report = evaluate.EvalReport.from_json(json.loads(registry.read_bytes(settings, uri)))
+    except (BigberthaError, ValueError, TypeError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning(
+            "evaluation report %s unusable (%s): benchmarking the challenger again", uri, why
+        )
+        return None
+    problems = []
+    if report.model != challenger:
+        problems.append(f"it is for {report.model!r}")
+    if report.eval_hash != eval_hash:
+        problems.append("its evaluation set differs")
+    missing = [m for m in settings.promote.gate_metrics if m not in report.metrics]
+    if missing:
+        problems.append(f"it lacks {', '.join(missing)}")
+    if problems:
+        log.warning(
+            "evaluation report %s not reused (%s): benchmarking the challenger again",
+            uri,
+            "; ".join(problems),
+        )
+        return None
+    log.info("reusing the challenger's evaluation from %s", uri)
+    return report
+
+
+def _record(settings: Settings, decision: str) -> None:
+    from bigbertha.telemetry.recorder import Recorder
+
+    Recorder.from_settings(settings).record_promotion(decision)
+
+
+def run(
+    settings: Settings,
+    challenger: str,
+    *,
+    data: str | None = None,
+    lineage: Mapping[str, str] | None = None,
+    report: str | None = None,
+    evaluation: str | None = None,
+) -> Decision:
+    """Register, benchmark both sides on one evaluation set, and move ``champion`` if better.
+
+    `evaluation`: the challenger's report from `bigbertha evaluate`, reused when it matches.
+    """
+    lineage = dict(lineage or {})
+    name = settings.mlflow.model_name
+    # 1. Register the challenger: it is kept (and traceable) whatever the gate decides.
+    version = register(settings, challenger, lineage)
+    champion = registry.alias_version(settings, registry.CHAMPION)
+    if champion == version:
+        return Decision("rejected", version, champion, champion, "already the champion")
+    baseline = (
+        f"models:/{name}/{champion}"
+        if champion
+        else registry.version_tags(settings, version).get("base_model")
+    )
+    if not baseline:
+        raise BigberthaError(f"version {version} has no base_model tag to compare with")
+
+    # 2. Benchmark both on the same set (same settings, same process).
+    tags = {"workflow_name": lineage.get("workflow_name", ""), "gate_for": version}
+    eval_set = evaluate.load_eval_set(settings, data)  # read once for both sides
+    reused = None
+    if evaluation:
+        eval_hash = training_data.dataset_hash(eval_set[1])
+        reused = reusable_evaluation(settings, evaluation, challenger, eval_hash)
+    challenger_ref = f"models:/{name}/{version}"
+    theirs = reused or evaluate.run(settings, challenger_ref, eval_set=eval_set, tags=tags)
+    ours = evaluate.run(settings, baseline, eval_set=eval_set, tags=tags)
+
+    # 3. Decide; record the numbers on the version; move the alias last.
+    margin = settings.promote.margin
+    passed, reason, table = gate(
+        theirs.metrics, ours.metrics, settings.promote.gate_metrics, margin
+    )
+    if not champion:
+        reason = f"no champion yet; against base {baseline}: {reason}"
+    decision = Decision(
+        "promoted" if passed else "rejected", version, champion, champion, reason, margin, table
+    )
+    gate_tags: dict[str, Any] = {
+        "gate.decision": decision.decision,
+        "gate.reason": reason[:4000],
+        "gate.margin": margin,
+        "gate.baseline": baseline,
+        "gate.eval_hash": theirs.eval_hash,
+        "gate.challenger_evaluation": evaluation if reused else "evaluated by the gate",
+    }
+    for metric, row in table.items():
+        gate_tags[f"gate.{metric}.challenger"] = f"{row['challenger']:.6g}"
+        gate_tags[f"gate.{metric}.champion"] = f"{row['champion']:.6g}"
+    registry.set_tags(settings, version, gate_tags)
+    if passed:
+        registry.promote(settings, version)
+        decision.champion_after = version
+    log.info("promotion gate for %s version %s: %s (%s)", name, version, decision.decision, reason)
+    _record(settings, decision.decision)
+    if report:
+        registry.write_bytes(settings, report, json.dumps(decision.to_json(), indent=2).encode())
+    return decision
+
+
+def rollback(settings: Settings, *, report: str | None = None) -> Decision:
+    """Move ``champion`` back to ``previous`` and count it."""
+    current, target = registry.rollback(settings)
+    registry.set_tags(settings, target, {"rollback.restored_from": current})
+    decision = Decision("rollback", target, current, target, f"rolled back from version {current}")
+    log.info("rolled back %s: champion %s -> %s", settings.mlflow.model_name, current, target)
+    _record(settings, "rollback")
+    if report:
+        registry.write_bytes(settings, report, json.dumps(decision.to_json(), indent=2).encode())
+    return decision

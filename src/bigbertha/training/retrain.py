@@ -1,0 +1,281 @@
+"""The whole retraining loop in one process: alert -> data -> fine-tune -> evaluate -> gate.
+
+    bigbertha retrain --alert-payload alert.json --eval-data s3://datasets/eval.jsonl
+
+In the cluster the same steps run as the finetune WorkflowTemplate's DAG (prepare-data,
+finetune, evaluate, promote), each a `bigbertha` subcommand; this module runs them back to back
+for local use and tests. `plan_from_alert` decides from an Alertmanager webhook body (or the
+Argo Events webhook event data wrapping it) whether to start a run: only alerts that are firing
+and labelled ``bigbertha_action=retrain`` (and name this model, when they carry a ``model``
+label) do; resolved and page-only notifications do not.
+
+A run holds an exclusive lock (``retrain.lock_file``) from the first step to the gate, so two
+runs never train at once: the second waits up to ``retrain.lock_wait_seconds`` and then refuses
+(`RetrainBusy`, counted as ``skipped``). A failure at any step leaves the ``champion`` alias as
+it was (the alias is the last thing `promote` moves), is counted as ``failed`` and its reason
+goes to the log, the JSON report and an MLflow run tagged ``failure_reason``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bigbertha.core.errors import BigberthaError, InputError
+from bigbertha.models import registry
+from bigbertha.training import evaluate, finetune, promote
+
+if TYPE_CHECKING:
+    from bigbertha.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RETRAIN_ACTION = "retrain"
+
+
+class RetrainBusy(BigberthaError):
+    """Another retrain run holds the lock; this one did not start."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again later
+
+
+class RetrainFailed(BigberthaError):
+    """A step failed; the champion is unchanged."""
+
+    exit_code = 1
+
+
+@dataclass
+class RetrainPlan:
+    """What an alert asks for: one run, with the triggering alert as lineage."""
+
+    alert_name: str
+    alert_labels: dict[str, str]
+    alerts: list[str] = field(default_factory=list)  # every firing retrain alert's name
+    fingerprint: str = ""
+    starts_at: str = ""
+
+    def lineage(self) -> dict[str, str]:
+        return {
+            "alert_name": self.alert_name,
+            "alert_labels": json.dumps(self.alert_labels, sort_keys=True),
+        }
+
+
+def plan_from_alert(payload: Any, *, model_name: str | None = None) -> RetrainPlan | None:
+    """A plan when the payload holds a firing ``bigbertha_action=retrain`` alert, else None.
+
+    Accepts the Alertmanager webhook body or Argo Events' ``{"header", "body"}`` event data.
+    Raises InputError for something that is neither.
+    """
+    body = payload.get("body") if isinstance(payload, dict) and "header" in payload else payload
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError as exc:
+            raise InputError(f"alert payload: body is not JSON ({exc})") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("alerts"), list):
+        raise InputError("alert payload: not an Alertmanager webhook message (no 'alerts' list)")
+    firing = []
+    for alert in body["alerts"]:
+        labels = alert.get("labels") if isinstance(alert, dict) else None
+        if not isinstance(labels, dict) or alert.get("status") != "firing":
+            continue
+        if labels.get("bigbertha_action") != RETRAIN_ACTION:
+            continue
+        if model_name and labels.get("model", model_name) != model_name:
+            log.info(
+                "alert %s is about model %s, not ours", labels.get("alertname"), labels["model"]
+            )
+            continue
+        firing.append(alert)
+    if not firing:
+        return None
+    first = firing[0]
+    return RetrainPlan(
+        alert_name=str(first["labels"].get("alertname", "")),
+        alert_labels={str(k): str(v) for k, v in first["labels"].items()},
+        alerts=[str(a["labels"].get("alertname", "")) for a in firing],
+        fingerprint=str(first.get("fingerprint", "")),
+        starts_at=str(first.get("startsAt", "")),
+    )
+
+
+def read_alert_payload(path: Path) -> Any:
+    """The JSON in an alert payload file; InputError naming the file otherwise."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"alert payload {path}: cannot read ({exc.strerror or exc})") from exc
+    except ValueError as exc:
+        raise InputError(f"alert payload {path}: not JSON ({exc})") from exc
+
+
+@contextlib.contextmanager
+def training_lock(path: Path, wait_seconds: float) -> Iterator[None]:
+    """Hold an exclusive flock on `path`; wait up to `wait_seconds`, then raise RetrainBusy."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_seconds
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                    raise RetrainBusy(
+                        f"another retrain run (pid {holder}) holds {path}; "
+                        f"not starting (waited {wait_seconds:g}s, retrain.lock_wait_seconds)"
+                    ) from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@dataclass
+class RetrainResult:
+    """A run's outcome: succeeded (whatever the gate said), failed, or skipped."""
+
+    result: str
+    reason: str
+    step: str | None = None
+    plan: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = None
+    decision: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _recorder(settings: Settings) -> Any:
+    from bigbertha.telemetry.recorder import Recorder
+
+    return Recorder.from_settings(settings)
+
+
+def _record_failure(settings: Settings, step: str, reason: str, lineage: Mapping[str, str]) -> None:
+    """Best effort: an MLflow run tagged with the failure (MLflow may be what failed)."""
+    try:
+        import mlflow
+
+        registry.client(settings)
+        mlflow.set_experiment(registry.EXPERIMENT)
+        with mlflow.start_run(run_name=f"retrain-failed-{step}") as run:
+            mlflow.set_tags(
+                {"step": "retrain", "failed_step": step, "failure_reason": reason[:4000]}
+            )
+            mlflow.set_tags({k: v for k, v in lineage.items() if v})
+            mlflow.end_run(status="FAILED")
+            log.info("failure recorded in MLflow run %s", run.info.run_id)
+    except Exception as exc:  # the failure is already logged and counted
+        log.warning("could not record the failure in MLflow: %s", str(exc).splitlines()[0])
+
+
+def record_exit(settings: Settings, status: str, failures: str, lineage: Mapping[str, str]) -> str:
+    """The cluster Workflow's exit handler: count the run's result, record a failure's cause.
+
+    `status` is Argo's `{{workflow.status}}` (Succeeded, Failed, Error); `failures` its
+    `{{workflow.failures}}` JSON list of failed nodes (displayName, message, ...). The champion
+    is never touched here: the alias only moves inside a successful promote step.
+    """
+    result = "succeeded" if status == "Succeeded" else "failed"
+    _recorder(settings).record_retrain_run(result)
+    if result == "failed":
+        try:
+            nodes = json.loads(failures or "[]")
+        except ValueError:
+            nodes = [{"displayName": "workflow", "message": failures}]
+        if not isinstance(nodes, list) or not nodes:
+            nodes = [{"displayName": "workflow", "message": f"status {status}"}]
+        step = str(nodes[0].get("displayName", "workflow")) if isinstance(nodes[0], dict) else ""
+        reason = "; ".join(
+            f"{n.get('displayName', '?')}: {n.get('message', '')}"
+            for n in nodes
+            if isinstance(n, dict)
+        )
+        log.error("retraining workflow %s: %s", status, reason)
+        _record_failure(settings, step or "workflow", reason or status, lineage)
+    return result
+
+
+def run(
+    settings: Settings,
+    *,
+    plan: RetrainPlan | None = None,
+    data: Sequence[str] | None = None,
+    eval_data: str | None = None,
+    workflow_name: str | None = None,
+    report: str | None = None,
+) -> RetrainResult:
+    """Fine-tune, evaluate and gate under the retrain lock; the champion moves only on success."""
+    recorder = _recorder(settings)
+    lineage = {**(plan.lineage() if plan else {}), "workflow_name": workflow_name or ""}
+    plan_doc = asdict(plan) if plan else None
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(
+                training_lock(Path(settings.retrain.lock_file), settings.retrain.lock_wait_seconds)
+            )
+        except RetrainBusy as exc:
+            recorder.record_retrain_run("skipped")
+            _write(settings, report, RetrainResult("skipped", str(exc), plan=plan_doc))
+            raise
+        step = "check"
+        try:
+            run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+            workdir = Path(settings.retrain.workdir) / run_id
+            # The evaluation set is checked before any training time is spent.
+            eval_uri, _ = evaluate.load_eval_set(settings, eval_data)
+            step = "finetune"
+            output = {"output": str(workdir / "adapter")}
+            ft_settings = settings.model_copy(
+                update={"finetune": settings.finetune.model_copy(update=output)}
+            )
+            tuned = finetune.run(ft_settings, data=data, lineage=lineage)
+            step = "promote"
+            decision = promote.run(
+                settings,
+                tuned.output,
+                data=eval_uri,
+                lineage={**lineage, "dataset_hash": tuned.dataset_hash},
+                report=str(workdir / "decision.json"),
+            )
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = f"{step} failed: {first}"
+            if not isinstance(exc, BigberthaError):
+                log.exception("retrain: unexpected error in step %s", step)
+            log.error("retrain: %s; the champion is unchanged", reason)
+            recorder.record_retrain_run("failed")
+            _record_failure(settings, step, reason, lineage)
+            _write(settings, report, RetrainResult("failed", reason, step, plan_doc))
+            raise RetrainFailed(f"retrain: {reason}; the champion is unchanged") from exc
+    recorder.record_retrain_run("succeeded")
+    result = RetrainResult(
+        "succeeded",
+        decision.reason,
+        None,
+        plan_doc,
+        tuned.to_json(),
+        decision.to_json(),
+    )
+    _write(settings, report, result)
+    return result
+
+
+def _write(settings: Settings, report: str | None, result: RetrainResult) -> None:
+    if report:
+        registry.write_bytes(settings, report, json.dumps(result.to_json(), indent=2).encode())

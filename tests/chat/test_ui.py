@@ -1,0 +1,110 @@
+"""The Streamlit UI with Streamlit's AppTest: chat flow, streamed answer, sources, feedback,
+degraded-mode banners, and a model that cannot load shown as an error instead of a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bigbertha.chat import rag
+from bigbertha.chat import ui as chat_app
+from bigbertha.core.settings import Settings, load
+from bigbertha.documents import ingest
+from tests.services import Service
+from tests.chat.test_rag import HANDBOOK, MASCOT, engine_for, metric
+
+APP = Path(chat_app.__file__)
+
+
+@pytest.fixture
+def app_env(
+    milvus_server: Service,
+    redis_server: Service,
+    tmp_path_factory: pytest.TempPathFactory,
+    clean_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Settings:
+    """The environment the app reads its settings from, with the handbook ingested."""
+    env = {
+        "BIGBERTHA_MILVUS__URI": str(milvus_server.extra["uri"]),
+        "BIGBERTHA_MILVUS__COLLECTION": "chat_app_test",
+        "BIGBERTHA_REDIS__URL": str(redis_server.extra["url"]),
+        "BIGBERTHA_REDIS__TIMEOUT_SECONDS": "0.5",
+        "BIGBERTHA_LLM__MAX_NEW_TOKENS": "24",
+        "BIGBERTHA_CHAT__CHAMPION_ALIAS": "",
+        "BIGBERTHA_CHAT__SIMILARITY_CUTOFF": "0.3",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load()
+    docs = tmp_path_factory.mktemp("app-docs")
+    (docs / "handbook.md").write_text(HANDBOOK)
+    ingest.run(settings, [str(docs / "handbook.md")])
+    return settings
+
+
+@pytest.mark.slow
+def test_chat_flow_streams_answer_with_sources_and_records_thumbs_down(app_env: Settings) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    # The app's process-wide engine, built here on the session's SmolLM2 (one load per session).
+    engine = rag.shared_engine(app_env, build=engine_for)
+    at = AppTest.from_file(str(APP), default_timeout=180).run()
+    assert not at.exception
+    assert "`smollm2`" in at.sidebar.markdown[0].value
+    at.chat_input[0].set_value(MASCOT).run()
+    assert not at.exception
+
+    user, assistant = at.chat_message
+    assert user.markdown[0].value == MASCOT
+    assert "Gloria" in assistant.markdown[0].value
+    sources = assistant.expander[0]
+    assert sources.label == "Sources (1)"
+    assert "handbook.md, section The BigBertha Handbook > Office" in sources.markdown[0].value
+    assert "model smollm2" in assistant.caption[-1].value
+
+    downs = metric(app_env, "bigbertha_feedback_total", "smollm2", "down")
+    at.feedback[0].set_value(0).run()  # 0 is thumbs down
+    assert not at.exception
+    assert metric(app_env, "bigbertha_feedback_total", "smollm2", "down") == downs + 1
+    rated = engine.feedback.read(limit=1)[0]
+    assert rated["rating"] == "down" and rated["question"] == MASCOT
+    assert any("rated this answer down (model smollm2)" in c.value for c in at.caption)
+
+    # A second question keeps the first answer (with its rating) in the session's history.
+    at.chat_input[0].set_value("How long do refunds take?").run()
+    assert len(at.chat_message) == 4 and len(at.feedback) == 2
+
+
+@pytest.mark.slow
+def test_redis_down_is_shown_on_the_answer_and_in_the_sidebar(
+    app_env: Settings, services: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    redis = services.redis()  # type: ignore[attr-defined]
+    monkeypatch.setenv("BIGBERTHA_REDIS__URL", redis.extra["url"])
+    rag.shared_engine(load(), build=engine_for)
+    redis.stop()
+    at = AppTest.from_file(str(APP), default_timeout=180).run()
+    at.chat_input[0].set_value(MASCOT).run()
+    assert not at.exception
+    warnings = [w.value for w in at.warning]
+    assert any("Metrics are not being recorded" in w for w in warnings)
+    assert any("Redis unreachable" in w.value for w in at.sidebar.warning)
+    at.feedback[0].set_value(1).run()
+    assert any("not stored" in c.value for c in at.caption)
+
+
+def test_model_that_cannot_load_is_an_error_message(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("BIGBERTHA_LLM__MODEL", str(clean_env / "no-such-model"))
+    monkeypatch.setenv("BIGBERTHA_CHAT__CHAMPION_ALIAS", "")
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not at.exception
+    assert "The chatbot cannot start" in at.error[0].value
+    assert "no-such-model" in at.error[0].value

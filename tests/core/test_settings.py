@@ -1,0 +1,143 @@
+"""Settings: env, YAML file and flags, their sources, masking, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bigbertha.cli import app
+from bigbertha.core import settings as settings_mod
+from bigbertha.core.errors import ConfigError
+
+runner = CliRunner()
+
+
+def test_defaults_point_at_embedded_local_stores(clean_env):
+    s = settings_mod.load()
+    assert s.milvus.uri.endswith(".bigbertha/milvus.db")
+    assert s.mlflow.tracking_uri.startswith("sqlite:///")
+    assert s.redis.url is None and s.s3.endpoint is None
+
+
+def test_env_file_and_flag_priority(clean_env, monkeypatch):
+    config = clean_env / "bb.yaml"
+    config.write_text("milvus: {uri: from-file, collection: filecoll}\nexporter: {port: 9000}\n")
+    monkeypatch.setenv("BIGBERTHA_MILVUS__URI", "http://milvus:19530")
+    s = settings_mod.load(config, {"exporter": {"port": 9100}})
+    assert s.milvus.uri == "http://milvus:19530"  # env beats file
+    assert s.milvus.collection == "filecoll"  # file beats default, merged per key
+    assert s.exporter.port == 9100  # flag beats file
+    origin = settings_mod.sources(s, config, {"exporter": {"port": 9100}})
+    assert origin["milvus"]["uri"] == "env:BIGBERTHA_MILVUS__URI"
+    assert origin["milvus"]["collection"] == f"file:{config}"
+    assert origin["exporter"]["port"] == "flag"
+    assert origin["chat"]["port"] == "default"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("BIGBERTHA_EXPORTER__PORT", "not-a-port", "exporter.port (from BIGBERTHA_EXPORTER__PORT)"),
+        ("BIGBERTHA_EXPORTER__PORT", "70000", "less than or equal to 65535"),
+        ("BIGBERTHA_LLM__BACKEND", "gpt", "llm.backend"),
+        ("BIGBERTHA_MILVUS__COLLECTION", "bad name!", "milvus.collection"),
+        ("BIGBERTHA_MILVUS__URL", "typo", "milvus.url"),
+    ],
+)
+def test_bad_env_value_is_one_clear_line_and_exit_2(clean_env, monkeypatch, name, value, expected):
+    monkeypatch.setenv(name, value)
+    result = runner.invoke(app, ["config", "show"])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: invalid setting")
+    assert expected in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_two_bad_fields_give_two_lines(clean_env, monkeypatch):
+    monkeypatch.setenv("BIGBERTHA_EXPORTER__PORT", "x")
+    monkeypatch.setenv("BIGBERTHA_CHAT__TOP_K", "0")
+    with pytest.raises(ConfigError) as info:
+        settings_mod.load()
+    assert len(str(info.value).splitlines()) == 2
+
+
+def test_missing_or_malformed_config_file(clean_env):
+    result = runner.invoke(app, ["--config", "nope.yaml", "config", "show"])
+    assert result.exit_code == 2 and "nope.yaml: not found" in result.stderr
+    Path("bad.yaml").write_text("- a\n- b\n")
+    result = runner.invoke(app, ["--config", "bad.yaml", "config", "show"])
+    assert result.exit_code == 2 and "top level must be a mapping" in result.stderr
+
+
+def test_config_show_json_masks_secrets_and_names_sources(clean_env, monkeypatch):
+    monkeypatch.setenv("BIGBERTHA_S3__SECRET_KEY", "hunter2")
+    monkeypatch.setenv("BIGBERTHA_S3__ENDPOINT", "minio:9000")
+    result = runner.invoke(app, ["config", "show", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["s3"]["secret_key"] == {"value": "***", "source": "env:BIGBERTHA_S3__SECRET_KEY"}
+    assert doc["s3"]["endpoint"]["value"] == "minio:9000"
+    assert doc["mlflow"]["model_name"] == {"value": "bigbertha-llm", "source": "default"}
+    assert "hunter2" not in result.output
+
+
+def test_config_show_text(clean_env, monkeypatch):
+    monkeypatch.setenv("BIGBERTHA_REDIS__URL", "redis://:pw@redis:6379/0")
+    result = runner.invoke(app, ["config", "show"])
+    assert result.exit_code == 0
+    assert "[redis]" in result.stdout and "url = ***    # env:BIGBERTHA_REDIS__URL" in result.stdout
+    assert "pw@" not in result.stdout
+
+
+def test_installed_console_script(clean_env):
+    bigbertha = Path(sys.executable).parent / "bigbertha"
+    out = subprocess.run([str(bigbertha), "version"], capture_output=True, text=True, check=True)
+    from bigbertha import __version__
+
+    assert out.stdout.strip() == __version__
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("env", ["default", "dev", "local", "prod", "demo"])
+def test_settings_the_chart_renders_are_settings_the_code_accepts(clean_env, monkeypatch, env):
+    """Every BIGBERTHA_* value of the chart's settings ConfigMap parses with the code's types."""
+    from bigbertha.local import chart
+
+    files = [] if env == "default" else [ROOT / "values" / f"{env}.yaml"]
+    if env == "demo":
+        files.insert(0, ROOT / "values" / "local.yaml")
+    overrides = {"secrets": {"generate": True}} if env == "prod" else None
+    objects = chart.render(files, overrides)
+    (configmap,) = [
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-settings")
+    ]
+    for name, value in configmap["data"].items():
+        monkeypatch.setenv(name, value)
+    loaded = settings_mod.load()
+    assert loaded.ingest.max_bytes == int(float(configmap["data"]["BIGBERTHA_INGEST__MAX_BYTES"]))
+    assert "e+" not in configmap["data"]["BIGBERTHA_INGEST__MAX_BYTES"]
+
+
+def test_values_schema_embeds_the_settings_schema():
+    """values.schema.json's `settings` block is generated from the models; regenerate on drift:
+    python -c 'import bigbertha.core.settings as s, json; print(json.dumps(s.values_schema()))'."""
+    schema = json.loads((ROOT / "values.schema.json").read_text())
+    assert schema["properties"]["settings"] == settings_mod.values_schema()
+
+
+def test_values_schema_keeps_secrets_and_wiring_out_of_values():
+    sections = settings_mod.values_schema()["properties"]
+    assert "url" not in sections["redis"]["properties"]  # a Secret, never a value
+    assert "secret_key" not in sections["s3"]["properties"]
+    assert "uri" not in sections["milvus"]["properties"]  # the chart wires it
+    assert sections["finetune"]["properties"]["data"]["type"] == "array"

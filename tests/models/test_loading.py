@@ -1,0 +1,222 @@
+"""models.load_causal_lm: local dirs, adapters (save/reload/merge), 4-bit, registry, SmolLM2.
+
+Also home of the tiny-model fixtures the other training tests import: a random Llama of ~0.1M
+parameters with a word-level tokenizer over a small "what color is the X" task.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bigbertha.core.settings import Settings
+from bigbertha.models import loading as models
+from bigbertha.models import registry
+
+FACTS = [
+    ("apple", "red"),
+    ("sky", "blue"),
+    ("grass", "green"),
+    ("sun", "yellow"),
+    ("night", "black"),
+    ("snow", "white"),
+    ("carrot", "orange"),
+    ("grape", "purple"),
+    ("cherry", "red"),
+    ("ocean", "blue"),
+    ("leaf", "green"),
+    ("banana", "yellow"),
+    ("coal", "black"),
+    ("cloud", "white"),
+    ("pumpkin", "orange"),
+    ("plum", "purple"),
+]
+EXTRA_WORDS = (
+    "user assistant system : context passages question answer with citations [ ] 1 2 3 "
+    "you are bigbertha an that answers questions about documents only from numbered cite every "
+    "fact number of its passage in square brackets like if do not contain say be brief . , "
+    "search unavailable right now so general knowledge briefly and based on"
+)
+
+
+def task_rows() -> list[dict[str, str]]:
+    return [
+        {"prompt": f"what color is the {t} ?", "completion": f"the {t} is {c}"} for t, c in FACTS
+    ]
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny Llama saved as a transformers model directory."""
+    corpus = [f"{r['prompt']} {r['completion']}" for r in task_rows()] + [EXTRA_WORDS]
+    return models.tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", corpus)
+
+
+@pytest.fixture(scope="session")
+def task_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("data") / "task.jsonl", task_rows())
+
+
+def mlflow_settings(mlflow_server: Any, **sections: Any) -> Settings:
+    """Settings against the test MLflow server with a registered-model name of its own."""
+    return Settings(
+        mlflow={"tracking_uri": mlflow_server.url, "model_name": f"m-{uuid.uuid4().hex[:8]}"},
+        **sections,
+    )
+
+
+def logits(model: Any, tokenizer: Any, text: str = "what color is the sky ?") -> Any:
+    import torch
+
+    with torch.inference_mode():
+        return model(**tokenizer(text, return_tensors="pt")).logits
+
+
+def make_adapter(base: Path, directory: Path, seed: int = 1) -> tuple[Any, Any]:
+    """A LoRA adapter over `base` with non-zero weights, saved like finetune saves it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer, _ = models.load_causal_lm(str(base), Settings())
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+    )
+    peft_model = get_peft_model(model, config)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    peft_model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / models.LINEAGE_FILE).write_text(json.dumps({"base_model": str(base)}))
+    peft_model.eval()
+    return peft_model, tokenizer
+
+
+def test_full_model_directory_loads_in_eval_mode_with_its_name_as_version(tiny_model: Path) -> None:
+    model, tokenizer, version = models.load_causal_lm(str(tiny_model), Settings())
+    assert version == "tiny-llama"
+    assert not model.training
+    assert tokenizer.pad_token is not None
+    assert logits(model, tokenizer).shape[-1] == model.config.vocab_size
+
+
+def test_adapter_save_reload_and_merge_give_the_same_logits(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    import torch
+    from peft import PeftModel
+
+    trained, tokenizer = make_adapter(tiny_model, tmp_path / "adapter")
+    expected = logits(trained, tokenizer)
+    base_model, _, _ = models.load_causal_lm(str(tiny_model), Settings())
+    assert not torch.allclose(logits(base_model, tokenizer), expected, atol=1e-3)  # it does adapt
+
+    reloaded, tok2, version = models.load_causal_lm(str(tmp_path / "adapter"), Settings())
+    assert isinstance(reloaded, PeftModel) and version == "adapter"
+    torch.testing.assert_close(logits(reloaded, tok2), expected, atol=1e-5, rtol=1e-4)
+
+    merged_dir = models.save_merged(reloaded, tok2, tmp_path / "merged")
+    merged, tok3, _ = models.load_causal_lm(str(merged_dir), Settings())
+    assert not isinstance(merged, PeftModel)
+    torch.testing.assert_close(logits(merged, tok3), expected, atol=1e-4, rtol=1e-3)
+
+
+def test_four_bit_nf4_loading_works_on_cpu(tiny_model: Path) -> None:
+    import torch
+    from bitsandbytes.nn import Linear4bit
+
+    full, tokenizer, _ = models.load_causal_lm(str(tiny_model), Settings())
+    quant, _, _ = models.load_causal_lm(str(tiny_model), Settings(), quantize=True)
+    layers = [m for m in quant.modules() if isinstance(m, Linear4bit)]
+    assert layers, "no 4-bit linear layers after quantised loading"
+    assert layers[0].weight.quant_type == "nf4"
+    q, f = logits(quant, tokenizer), logits(full, tokenizer)
+    assert torch.isfinite(q).all()
+    # Quantisation error is small next to the logits themselves: same model, fewer bits.
+    assert (q - f).abs().mean() < 0.25 * f.abs().mean()
+
+
+def test_bad_references_fail_with_a_clear_message(tmp_path: Path) -> None:
+    with pytest.raises(models.ModelNotFound, match="no such file"):
+        models.resolve(str(tmp_path / "missing" / "model"), Settings())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(models.ModelNotFound, match="no config.json"):
+        models.resolve(str(tmp_path / "empty"), Settings())
+    assert models.resolve("HuggingFaceTB/SmolLM2-135M", Settings()).kind == "hub"
+
+
+def test_registry_version_loads_back_the_registered_adapter(
+    tiny_model: Path, tmp_path: Path, mlflow_server: Any, clean_env: Path
+) -> None:
+    import torch
+
+    settings = mlflow_settings(mlflow_server)
+    trained, tokenizer = make_adapter(tiny_model, tmp_path / "adapter", seed=2)
+    assert registry.alias_version(settings, "champion") is None  # no model registered yet
+    version = registry.register_challenger(
+        settings, tmp_path / "adapter", {"base_model": str(tiny_model), "dataset_hash": "abc"}
+    )
+    tags = registry.version_tags(settings, version)
+    assert tags["base_model"] == str(tiny_model) and tags["dataset_hash"] == "abc"
+
+    registry.promote(settings, version)
+    assert registry.alias_version(settings, "champion") == version
+    ref = f"models:/{settings.mlflow.model_name}@champion"
+    model, tok, loaded_version = models.load_causal_lm(ref, settings)
+    assert loaded_version == version
+    torch.testing.assert_close(logits(model, tok), logits(trained, tokenizer), atol=1e-5, rtol=1e-4)
+    # The same version through plain MLflow pyfunc (what the logged pip_requirements serve).
+    import mlflow.pyfunc
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.model_name}/{version}")
+    answer = pyfunc.predict(["what color is the sky ?"], params={"max_new_tokens": 3})
+    assert isinstance(answer[0], str)
+
+
+def test_registry_alias_that_is_not_set_is_a_clear_error(
+    mlflow_server: Any, clean_env: Path
+) -> None:
+    settings = mlflow_settings(mlflow_server)
+    with pytest.raises(models.ModelNotFound, match="alias 'champion' is not set"):
+        models.resolve(f"models:/{settings.mlflow.model_name}@champion", settings)
+
+
+@pytest.mark.slow
+def test_smollm2_loads_from_the_packaged_gguf_and_answers(clean_env: Path) -> None:
+    import torch
+
+    model, tokenizer, version = models.load_causal_lm("smollm2", Settings())
+    assert version == "smollm2"
+    # Plain float weights: nothing marks them GGUF-quantized, so trl can train them.
+    assert getattr(model, "hf_quantizer", None) is None
+    assert getattr(model.config, "quantization_config", None) is None
+    # The dequantised copy is kept, and the next process loads the same model from it.
+    cached = models.cache_dir(Settings()) / "gguf" / Path(models.SMOLLM2_GGUF).stem
+    assert (cached / ".complete").is_file()
+    again, _, version_again = models.load_causal_lm("smollm2", Settings())
+    assert version_again == "smollm2"
+    probe = tokenizer("The sky is", return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.allclose(model(**probe).logits, again(**probe).logits, atol=1e-5)
+    assert model.config.model_type == "llama"
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    answer = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "paris" in answer.lower()

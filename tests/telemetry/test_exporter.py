@@ -1,0 +1,253 @@
+"""The exporter: real metric families from Redis, OpenMetrics, /healthz, and Redis down."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from bigbertha.core.errors import ConfigError
+from bigbertha.core.settings import Settings, load
+from bigbertha.telemetry.exporter import create_app, make_server
+from bigbertha.telemetry.recorder import METRICS_KEY, SERVING_KEY, Recorder, field
+from tests.services import Service, ServiceManager, free_port
+
+CHAT = {"model": "bb", "model_version": "7"}
+
+
+@pytest.fixture
+def redis_url(redis_server: Service) -> Iterator[str]:
+    """The session Redis, database 12, emptied for each test."""
+    url = str(redis_server.extra["url"]).rsplit("/", 1)[0] + "/12"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    redis_settings = {"url": redis_url, "timeout_seconds": 1.0}  # a loaded CI machine
+    return load(overrides={"redis": redis_settings, "mlflow": {"model_name": "bb"}})
+
+
+def drive(settings: Settings) -> None:
+    recorder = Recorder.from_settings(settings)
+    recorder.set_serving_model("7")
+    for latency in (0.3, 0.7, 3.0):
+        recorder.record_answer(
+            "7",
+            latency_s=latency,
+            ttft_s=0.1,
+            prompt_tokens=100,
+            completion_tokens=20,
+            scores=[0.9, 0.4],
+            context_chunks=2,
+        )
+    recorder.record_answer(
+        "7",
+        latency_s=0.2,
+        ttft_s=None,
+        prompt_tokens=10,
+        completion_tokens=0,
+        scores=[],
+        context_chunks=0,
+        error=True,
+    )
+    recorder.record_feedback("7", "down")
+    recorder.record_retrain_run("failed")
+    recorder.record_promotion("promoted")
+
+
+def test_collector_yields_counters_histograms_and_gauges(settings: Settings):
+    drive(settings)
+    registry = CollectorRegistry()
+    create_app(settings, registry=registry)
+    value = registry.get_sample_value
+    assert value("bigbertha_exporter_redis_up") == 1
+    assert value("bigbertha_chat_requests_total", CHAT) == 4
+    assert value("bigbertha_chat_errors_total", CHAT) == 1
+    assert value("bigbertha_retrieval_empty_total", CHAT) == 1
+    assert value("bigbertha_chat_tokens_total", {**CHAT, "kind": "prompt"}) == 310
+    assert value("bigbertha_chat_tokens_total", {**CHAT, "kind": "completion"}) == 60
+    assert value("bigbertha_feedback_total", {**CHAT, "rating": "down"}) == 1
+    # Known label sets start at zero, so the first event is a visible increase.
+    assert value("bigbertha_feedback_total", {**CHAT, "rating": "up"}) == 0
+    assert value("bigbertha_retrain_runs_total", {"result": "failed"}) == 1
+    assert value("bigbertha_retrain_runs_total", {"result": "succeeded"}) == 0
+    assert value("bigbertha_promotions_total", {"decision": "promoted"}) == 1
+    assert value("bigbertha_telemetry_dropped_total") == 0
+    assert value("bigbertha_model_info", CHAT) == 1
+    # Histogram buckets are cumulative; count is the +Inf bucket.
+    bucket = "bigbertha_chat_latency_seconds_bucket"
+    assert value(bucket, {**CHAT, "le": "0.25"}) == 1
+    assert value(bucket, {**CHAT, "le": "1.0"}) == 3
+    assert value(bucket, {**CHAT, "le": "4.0"}) == 4
+    assert value(bucket, {**CHAT, "le": "+Inf"}) == 4
+    assert value("bigbertha_chat_latency_seconds_count", CHAT) == 4
+    assert value("bigbertha_chat_latency_seconds_sum", CHAT) == pytest.approx(4.2)
+    assert value("bigbertha_chat_ttft_seconds_count", CHAT) == 3
+    assert value("bigbertha_retrieval_score_count", CHAT) == 6
+    assert value("bigbertha_retrieval_score_sum", CHAT) == pytest.approx(3.9)
+
+
+def test_scrape_parses_with_the_right_types_in_both_formats(settings: Settings):
+    drive(settings)
+    client = create_app(settings).test_client()
+    text = client.get("/metrics")
+    assert text.status_code == 200
+    assert text.content_type.startswith("text/plain; version=0.0.4")
+    types = {f.name: f.type for f in text_string_to_metric_families(text.get_data(as_text=True))}
+    expected = {
+        "bigbertha_chat_requests": "counter",
+        "bigbertha_chat_errors": "counter",
+        "bigbertha_chat_latency_seconds": "histogram",
+        "bigbertha_chat_ttft_seconds": "histogram",
+        "bigbertha_chat_tokens": "counter",
+        "bigbertha_feedback": "counter",
+        "bigbertha_retrieval_score": "histogram",
+        "bigbertha_retrieval_empty": "counter",
+        "bigbertha_model_info": "gauge",
+        "bigbertha_retrain_runs": "counter",
+        "bigbertha_promotions": "counter",
+        "bigbertha_exporter_redis_up": "gauge",
+        "bigbertha_telemetry_dropped": "counter",
+        "process_cpu_seconds": "counter",
+    }
+    assert {name: types.get(name) for name in expected} == expected
+
+    om = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert om.content_type.startswith("application/openmetrics-text")
+    body = om.get_data(as_text=True)
+    assert body.endswith("# EOF\n")
+    families = {f.name: f for f in openmetrics_families(body)}
+    assert families["bigbertha_chat_latency_seconds"].type == "histogram"
+    assert families["bigbertha_feedback"].type == "counter"
+
+
+def test_foreign_fields_and_old_serving_versions_are_ignored(settings: Settings):
+    drive(settings)
+    raw = redis.Redis.from_url(settings.redis.url.get_secret_value())  # type: ignore[union-attr]
+    raw.hset(METRICS_KEY, "not json", 3)
+    raw.hset(METRICS_KEY, field("bigbertha_unknown_total", "x"), 1)
+    raw.hset(METRICS_KEY, field("bigbertha_chat_requests_total", "too-few-labels"), 1)
+    raw.hset(METRICS_KEY, json.dumps(["bigbertha_chat_requests_total", "bb", 7]), 5)
+    raw.hset(METRICS_KEY, field("bigbertha_chat_latency_seconds_bucket", "bb", "7"), 2)
+    raw.hset(METRICS_KEY, field("bigbertha_chat_latency_seconds_bucket", "bb", "7", "x"), 2)
+    raw.hset(METRICS_KEY, json.dumps(["bigbertha_chat_latency_seconds_bucket"]), 2)
+    raw.hset(METRICS_KEY, field("bigbertha_chat_requests_total", "bb", "7", "x"), "NaN?")
+    raw.hset(SERVING_KEY, field("bb", "6"), time.time() - 3600)  # replaced an hour ago
+    raw.hset(SERVING_KEY, field("bb", "8"), time.time() - 60)  # still answering (rollout)
+    registry = CollectorRegistry()
+    app = create_app(settings, registry=registry)
+    assert registry.get_sample_value("bigbertha_chat_requests_total", CHAT) == 4
+    assert registry.get_sample_value("bigbertha_chat_latency_seconds_count", CHAT) == 4
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert len(list(text_string_to_metric_families(text))) > 10  # still a valid exposition
+    info = {"model": "bb"}
+    assert registry.get_sample_value("bigbertha_model_info", {**info, "model_version": "6"}) is None
+    assert registry.get_sample_value("bigbertha_model_info", {**info, "model_version": "7"}) == 1
+    assert registry.get_sample_value("bigbertha_model_info", {**info, "model_version": "8"}) == 1
+
+
+def test_scrape_is_one_round_trip(settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    drive(settings)
+    registry = CollectorRegistry()
+    create_app(settings, registry=registry)
+    registry.get_sample_value("bigbertha_exporter_redis_up")  # connect once
+    sends: list[int] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def counting(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        sends.append(1)
+        return original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    assert registry.get_sample_value("bigbertha_chat_requests_total", CHAT) == 4
+    assert len(sends) == 1
+
+
+def test_exporter_needs_a_redis_url(clean_env: object):
+    with pytest.raises(ConfigError, match="redis.url is not set.*BIGBERTHA_REDIS__URL"):
+        create_app(load())
+    with pytest.raises(ConfigError, match="redis.url is not set"):
+        create_app(load(overrides={"redis": {"url": ""}}))
+    with pytest.raises(ConfigError, match="invalid setting redis.url"):
+        create_app(load(overrides={"redis": {"url": "localhost:6379"}}))
+
+
+def test_redis_hung_then_stopped_mid_test_still_answers(services: ServiceManager):
+    own = services.redis()
+    settings = load(
+        overrides={
+            "redis": {"url": own.extra["url"]},
+            "mlflow": {"model_name": "bb"},
+            "exporter": {"redis_timeout_seconds": 0.3},
+        }
+    )
+    drive(settings)
+    client = create_app(settings).test_client()
+    assert json.loads(client.get("/healthz").data) == {"status": "ok", "redis": "up"}
+    assert "bigbertha_exporter_redis_up 1.0" in client.get("/metrics").get_data(as_text=True)
+
+    os.kill(own.pid, signal.SIGSTOP)  # hung: connections open, nothing answers
+    try:
+        started = time.perf_counter()
+        hung = client.get("/metrics").get_data(as_text=True)
+        scrape_s = time.perf_counter() - started
+        started = time.perf_counter()
+        health = client.get("/healthz")
+        health_s = time.perf_counter() - started
+    finally:
+        os.kill(own.pid, signal.SIGCONT)
+    assert "bigbertha_exporter_redis_up 0.0" in hung and scrape_s < 1.0
+    # Within the kubelet's default 1 s probe timeout: a slow Redis never restarts the exporter.
+    assert health.status_code == 200 and health_s < 0.5
+    assert json.loads(health.data)["redis"] == "down"
+
+    own.stop()
+    started = time.perf_counter()
+    scrape = client.get("/metrics")
+    elapsed = time.perf_counter() - started
+    text = scrape.get_data(as_text=True)
+    assert scrape.status_code == 200 and elapsed < 1.0
+    assert "bigbertha_exporter_redis_up 0.0" in text
+    # No stale telemetry: the chat series are absent, not frozen at their last value.
+    assert "bigbertha_chat_requests_total{" not in text
+    health = client.get("/healthz")
+    assert health.status_code == 200  # liveness: restarting the exporter would not help
+    assert json.loads(health.data)["redis"] == "down"
+
+
+def test_waitress_serves_metrics_over_http(settings: Settings):
+    drive(settings)
+    port = free_port()
+    exporter = settings.exporter.model_copy(update={"port": port})
+    server = make_server(settings.model_copy(update={"exporter": exporter}))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            assert response.headers["Server"] == "bigbertha-exporter"
+            body = response.read().decode()
+        assert 'bigbertha_chat_requests_total{model="bb",model_version="7"} 4.0' in body
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/nope", timeout=5)
+        assert missing.value.code == 404
+    finally:
+        server.close()
+        thread.join(5)

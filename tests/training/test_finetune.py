@@ -1,0 +1,139 @@
+"""finetune.run: LoRA fine-tuning lowers perplexity, logs to MLflow, QLoRA works on CPU.
+
+`trained_adapter` (session scope) is the adapter the promotion and retrain tests reuse.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bigbertha.core.settings import Settings
+from bigbertha.models import loading as models
+from bigbertha.training import data as training_data
+from bigbertha.training import evaluate, finetune
+from tests.models.test_loading import mlflow_settings, task_data, tiny_model  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models train faster on one thread, and far faster on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train_settings(
+    mlflow_server: Any, base: Path, data: Path, output: Path, **extra: Any
+) -> Settings:
+    finetune_section = {
+        "base_model": str(base),
+        "data": [str(data)],
+        "output": str(output),
+        "min_examples": 8,
+        "feedback_examples": 0,
+        "quantize": "none",
+        "target_modules": ["all-linear"],
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "learning_rate": 1e-2,
+        "max_steps": 40,
+        "batch_size": 16,
+        "gradient_accumulation_steps": 1,
+        "logging_steps": 10,
+        **extra,
+    }
+    return mlflow_settings(
+        mlflow_server,
+        finetune=finetune_section,
+        evaluate={"data": str(data), "max_examples": 8, "max_new_tokens": 5},
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(
+    tmp_path_factory: pytest.TempPathFactory,
+    mlflow_server: Any,
+    tiny_model: Path,  # noqa: F811
+    task_data: Path,  # noqa: F811
+) -> tuple[Path, finetune.FinetuneResult, Settings]:
+    output = tmp_path_factory.mktemp("finetune") / "adapter"
+    settings = train_settings(mlflow_server, tiny_model, task_data, output)
+    lineage = {"alert_name": "BigBerthaNegativeFeedbackHigh", "workflow_name": "wf-test"}
+    result = finetune.run(settings, lineage=lineage)
+    return output, result, settings
+
+
+def test_finetuning_lowers_perplexity_on_the_training_distribution(
+    trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],
+    tiny_model: Path,  # noqa: F811
+) -> None:
+    output, result, settings = trained_adapter
+    _, examples = evaluate.load_eval_set(settings, None)
+    before = evaluate.score(*models.load_causal_lm(str(tiny_model), settings)[:2], examples, 1)
+    after = evaluate.score(*models.load_causal_lm(str(output), settings)[:2], examples, 1)
+    assert after[0]["perplexity"] < 0.7 * before[0]["perplexity"]
+    assert result.steps == 40 and result.examples == 16 and not result.quantized
+
+
+def test_adapter_is_published_with_its_lineage_and_the_run_in_mlflow(
+    trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],
+    tiny_model: Path,  # noqa: F811
+    task_data: Path,  # noqa: F811
+) -> None:
+    from mlflow import MlflowClient
+
+    output, result, settings = trained_adapter
+    assert (output / "adapter_config.json").is_file()
+    assert (output / "adapter_model.safetensors").is_file()
+    lineage = json.loads((output / models.LINEAGE_FILE).read_text())
+    expected_hash = training_data.build(settings).hash
+    assert lineage["base_model"] == str(tiny_model)
+    assert lineage["dataset_hash"] == expected_hash == result.dataset_hash
+    assert lineage["alert_name"] == "BigBerthaNegativeFeedbackHigh"
+    assert lineage["workflow_name"] == "wf-test"
+
+    client = MlflowClient(settings.mlflow.tracking_uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.data.tags["dataset_hash"] == expected_hash
+    assert run.data.params["examples"] == "16"
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert len(losses) == 4  # the loss curve: one point per 10 steps
+    assert losses[-1] < losses[0]
+
+
+def test_qlora_trains_a_4bit_base_on_cpu(
+    mlflow_server: Any,
+    tiny_model: Path,  # noqa: F811
+    task_data: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from bitsandbytes.nn import Linear4bit
+
+    settings = train_settings(
+        mlflow_server, tiny_model, task_data, tmp_path / "qlora", quantize="4bit", max_steps=2
+    )
+    result = finetune.run(settings)
+    assert result.quantized and result.steps == 2
+    model, _, _ = models.load_causal_lm(str(tmp_path / "qlora"), settings, quantize=True)
+    assert any(isinstance(m, Linear4bit) for m in model.modules())
+
+
+def test_a_too_small_dataset_stops_before_any_model_is_loaded(
+    mlflow_server: Any, tmp_path: Path
+) -> None:
+    data = tmp_path / "tiny.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
+    settings = train_settings(mlflow_server, tmp_path / "no-such-model", data, tmp_path / "out")
+    with pytest.raises(training_data.DatasetTooSmall, match="1 usable examples, need at least 8"):
+        finetune.run(settings)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,173 @@
+"""The promotion gate against the real MLflow registry: both ways, previous, rollback, telemetry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from bigbertha.core.settings import Settings
+from bigbertha.models import registry
+from bigbertha.training import finetune, promote
+from tests.training.test_finetune import one_torch_thread, trained_adapter  # noqa: F401
+from tests.models.test_loading import task_data, tiny_model  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+def telemetry_counts(redis_url: str, metric: str) -> dict[str, int]:
+    """Counters of `metric` by their last label, as the telemetry Recorder wrote them to Redis."""
+    import redis
+
+    from bigbertha.telemetry.recorder import METRICS_KEY
+
+    counts: dict[str, int] = {}
+    for name, value in redis.Redis.from_url(redis_url).hgetall(METRICS_KEY).items():
+        sample, *labels = json.loads(name)
+        if sample.startswith(metric):
+            counts[labels[-1]] = int(float(value))
+    return counts
+
+
+def with_finetune(settings: Settings, **changes: Any) -> Settings:
+    return settings.model_copy(update={"finetune": settings.finetune.model_copy(update=changes)})
+
+
+def test_gate_needs_every_metric_better_by_the_margin() -> None:
+    champion = {"perplexity": 10.0, "token_f1": 0.5}
+    better = {"perplexity": 8.0, "token_f1": 0.6}
+    assert promote.gate(better, champion, ["perplexity", "token_f1"], 0.1)[0]
+    passed, reason, table = promote.gate(better, champion, ["perplexity", "token_f1"], 0.25)
+    assert not passed and "perplexity" in reason and "token_f1" in reason
+    assert table["perplexity"]["improvement"] == pytest.approx(0.2)
+    mixed = {"perplexity": 5.0, "token_f1": 0.4}
+    assert not promote.gate(mixed, champion, ["perplexity", "token_f1"], 0.0)[0]
+    assert not promote.gate(champion, champion, ["perplexity"], 0.0)[0]  # a tie is not a win
+
+
+def test_gate_promotes_better_keeps_previous_rejects_worse_and_rolls_back(
+    trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],  # noqa: F811
+    mlflow_server: Any,
+    redis_server: Any,
+    tiny_model: Path,  # noqa: F811
+    task_data: Path,  # noqa: F811
+    tmp_path: Path,
+    clean_env: Path,
+) -> None:
+    adapter, result, trained_settings = trained_adapter
+    redis_url = redis_server.extra["url"]
+    name = f"{trained_settings.mlflow.model_name}-gate"
+    settings = trained_settings.model_copy(
+        update={
+            "redis": trained_settings.redis.model_copy(update={"url": SecretStr(redis_url)}),
+            "mlflow": trained_settings.mlflow.model_copy(update={"model_name": name}),
+        }
+    )
+    before = telemetry_counts(redis_url, "bigbertha_promotions_total")
+
+    # 1. No champion yet: the challenger must beat its own base model, and does.
+    first = promote.run(settings, str(adapter), lineage={"workflow_name": "wf-1"})
+    assert first.decision == "promoted", first.reason
+    assert registry.alias_version(settings, "champion") == first.version
+    tags = registry.version_tags(settings, first.version)
+    assert tags["gate.decision"] == "promoted"
+    assert tags["base_model"] == str(tiny_model) and tags["dataset_hash"] == result.dataset_hash
+    assert tags["alert_name"] == "BigBerthaNegativeFeedbackHigh" and tags["workflow_name"] == "wf-1"
+
+    # 2. A stronger challenger trained on top of the champion replaces it; the old one is previous.
+    champion_ref = f"models:/{name}@champion"
+    stronger = finetune.run(
+        with_finetune(settings, base_model=champion_ref, max_steps=30, output=str(tmp_path / "s"))
+    )
+    assert stronger.base_model == f"models:/{name}/{first.version}"  # the alias is pinned
+    second = promote.run(settings, stronger.output)
+    assert second.decision == "promoted", second.reason
+    assert registry.alias_version(settings, "champion") == second.version
+    assert registry.alias_version(settings, "previous") == first.version
+
+    # 3. A barely trained challenger is registered but does not become champion.
+    weak_settings = with_finetune(
+        settings, max_steps=1, learning_rate=1e-6, output=str(tmp_path / "weak")
+    )
+    weak = finetune.run(weak_settings)
+    third = promote.run(settings, weak.output)
+    assert third.decision == "rejected"
+    assert "not better by the margin on: perplexity" in third.reason
+    assert registry.alias_version(settings, "champion") == second.version
+    tags = registry.version_tags(settings, str(third.version))
+    assert tags["gate.decision"] == "rejected"
+    assert float(tags["gate.perplexity.challenger"]) > float(tags["gate.perplexity.champion"])
+
+    # 4. Rollback restores the previous champion.
+    back = promote.rollback(settings)
+    assert (back.champion_before, back.champion_after) == (second.version, first.version)
+    assert registry.alias_version(settings, "champion") == first.version
+    assert registry.alias_version(settings, "previous") is None
+    with pytest.raises(registry.BigberthaError, match="no 'previous' alias"):
+        promote.rollback(settings)
+
+    after = telemetry_counts(redis_url, "bigbertha_promotions_total")
+    gained = {k: after.get(k, 0) - before.get(k, 0) for k in ("promoted", "rejected", "rollback")}
+    assert gained == {"promoted": 2, "rejected": 1, "rollback": 1}
+
+
+def test_gate_reuses_the_evaluate_steps_report_only_when_it_matches(
+    trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],  # noqa: F811
+    mlflow_server: Any,
+    tmp_path: Path,
+    clean_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from bigbertha.training import evaluate
+
+    adapter, _, trained_settings = trained_adapter
+    settings = trained_settings.model_copy(
+        update={
+            "mlflow": trained_settings.mlflow.model_copy(
+                update={"model_name": f"{trained_settings.mlflow.model_name}-reuse"}
+            )
+        }
+    )
+    # The workflow's evaluate step: the challenger's report, as `bigbertha evaluate` writes it.
+    report = tmp_path / "evaluation.json"
+    evaluate.run(settings, str(adapter), report=str(report))
+    benchmarked: list[str] = []
+    real_run = evaluate.run
+
+    def spy(s: Settings, model_ref: str, **kwargs: Any) -> evaluate.EvalReport:
+        benchmarked.append(model_ref)
+        return real_run(s, model_ref, **kwargs)
+
+    monkeypatch.setattr(evaluate, "run", spy)
+
+    first = promote.run(settings, str(adapter), evaluation=str(report))
+    assert first.decision == "promoted", first.reason
+    assert len(benchmarked) == 1 and not benchmarked[0].startswith("models:/")  # the base only
+    tags = registry.version_tags(settings, str(first.version))
+    assert tags["gate.challenger_evaluation"] == str(report)
+    assert float(tags["gate.perplexity.challenger"]) == pytest.approx(
+        json.loads(report.read_text())["metrics"]["perplexity"], rel=1e-5
+    )
+
+    # A report made on another evaluation set is not trusted: the gate benchmarks again.
+    stale = json.loads(report.read_text())
+    stale["eval_hash"] = "0" * 64
+    report.write_text(json.dumps(stale))
+    benchmarked.clear()
+    with caplog.at_level("WARNING", logger="bigbertha.training.promote"):
+        second = promote.run(settings, str(adapter), evaluation=str(report))
+    assert "its evaluation set differs" in caplog.text
+    assert second.decision == "rejected"  # same weights as the champion: a tie is no win
+    assert len(benchmarked) == 2 and benchmarked[0].startswith("models:/")
+    tags = registry.version_tags(settings, str(second.version))
+    assert tags["gate.challenger_evaluation"] == "evaluated by the gate"
+
+    # An unreadable report is one warning, not a failed gate.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bigbertha.training.promote"):
+        third = promote.run(settings, str(adapter), evaluation=str(tmp_path / "missing.json"))
+    assert "missing.json unusable" in caplog.text and third.decision == "rejected"

@@ -1,0 +1,256 @@
+"""retrain: alert payloads -> plans, one run at a time, and failures that keep the champion."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from typer.testing import CliRunner
+
+from bigbertha.cli import app
+from bigbertha.core.errors import InputError
+from bigbertha.core.settings import Settings
+from bigbertha.models import registry
+from bigbertha.training import finetune, retrain
+from tests.training.test_finetune import one_torch_thread, train_settings, trained_adapter  # noqa: F401
+from tests.models.test_loading import task_data, tiny_model  # noqa: F401
+from tests.training.test_promote import telemetry_counts
+
+
+def sample(shared_dir: Path, name: str) -> Any:
+    return json.loads((shared_dir / "samples" / name).read_text())
+
+
+def retrain_counts(redis_url: str) -> dict[str, int]:
+    return telemetry_counts(redis_url, "bigbertha_retrain_runs_total")
+
+
+# --- alert payloads -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["alertmanager-webhook-firing.json", "argo-webhook-eventdata-firing.json"]
+)
+def test_firing_retrain_alert_starts_a_run_with_its_name_and_labels(
+    shared_dir: Path, name: str
+) -> None:
+    plan = retrain.plan_from_alert(sample(shared_dir, name), model_name="bigbertha-llm")
+    assert plan is not None
+    assert plan.alert_name == "BigBerthaNegativeFeedbackHigh"
+    assert plan.alerts == ["BigBerthaNegativeFeedbackHigh"]  # the page-only alert is not one
+    assert plan.alert_labels["bigbertha_action"] == "retrain"
+    assert plan.alert_labels["model_version"] == "v14"
+    assert plan.fingerprint == "a5626009deddaacb"
+    assert json.loads(plan.lineage()["alert_labels"]) == plan.alert_labels
+
+
+def test_resolved_page_only_and_foreign_alerts_start_nothing(shared_dir: Path) -> None:
+    resolved = sample(shared_dir, "alertmanager-webhook-resolved.json")
+    assert retrain.plan_from_alert(resolved, model_name="bigbertha-llm") is None
+    page_only = sample(shared_dir, "alertmanager-webhook-firing.json")
+    page_only["alerts"] = [
+        a for a in page_only["alerts"] if a["labels"]["bigbertha_action"] == "page"
+    ]
+    assert page_only["status"] == "firing"  # the group fires, but nothing asks for a retrain
+    assert retrain.plan_from_alert(page_only, model_name="bigbertha-llm") is None
+    other_model = sample(shared_dir, "alertmanager-webhook-firing.json")
+    assert retrain.plan_from_alert(other_model, model_name="another-llm") is None
+    argo = sample(shared_dir, "argo-webhook-eventdata-firing.json")
+    argo_resolved = copy.deepcopy(argo)
+    for alert in argo_resolved["body"]["alerts"]:
+        alert["status"] = "resolved"
+    assert retrain.plan_from_alert(argo_resolved) is None
+    with pytest.raises(InputError, match="not an Alertmanager webhook message"):
+        retrain.plan_from_alert({"header": {}, "body": {"hello": 1}})
+
+
+def test_cli_skips_a_resolved_payload_and_rejects_a_broken_one(
+    shared_dir: Path, clean_env: Path
+) -> None:
+    runner = CliRunner()
+    resolved = shared_dir / "samples" / "alertmanager-webhook-resolved.json"
+    result = runner.invoke(app, ["retrain", "--alert-payload", str(resolved)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["result"] == "skipped"
+    (clean_env / "broken.json").write_text("{")
+    result = runner.invoke(app, ["retrain", "--alert-payload", str(clean_env / "broken.json")])
+    assert result.exit_code == InputError.exit_code
+    assert "alert payload" in result.output and "not JSON" in result.output
+
+
+# --- whole runs -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_settings(
+    mlflow_server: Any,
+    redis_server: Any,
+    tiny_model: Path,  # noqa: F811
+    task_data: Path,  # noqa: F811
+    tmp_path: Path,
+    clean_env: Path,
+) -> Settings:
+    base = train_settings(mlflow_server, tiny_model, task_data, tmp_path / "unused", max_steps=3)
+    return base.model_copy(
+        update={
+            "redis": base.redis.model_copy(update={"url": SecretStr(redis_server.extra["url"])}),
+            "evaluate": base.evaluate.model_copy(update={"max_examples": 2, "max_new_tokens": 2}),
+            "retrain": base.retrain.model_copy(
+                update={"workdir": str(tmp_path / "runs"), "lock_file": str(tmp_path / "lock")}
+            ),
+        }
+    )
+
+
+@pytest.mark.slow
+def test_second_run_refuses_while_the_first_holds_the_lock(
+    run_settings: Settings, redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = retrain_counts(redis_server.extra["url"])
+    for key, value in {
+        "MLFLOW__TRACKING_URI": run_settings.mlflow.tracking_uri,
+        "REDIS__URL": redis_server.extra["url"],
+        "RETRAIN__LOCK_FILE": run_settings.retrain.lock_file,
+        "EVALUATE__DATA": str(run_settings.evaluate.data),
+    }.items():
+        monkeypatch.setenv(f"BIGBERTHA_{key}", value)
+    with retrain.training_lock(Path(run_settings.retrain.lock_file), 0):
+        result = CliRunner().invoke(app, ["retrain", "--report", "report.json"])
+    assert result.exit_code == retrain.RetrainBusy.exit_code, result.output
+    assert "another retrain run" in result.output
+    assert json.loads(Path("report.json").read_text())["result"] == "skipped"
+    after = retrain_counts(redis_server.extra["url"])
+    assert after.get("skipped", 0) == before.get("skipped", 0) + 1
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_never_train_at_the_same_time(
+    run_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    intervals: list[tuple[float, float]] = []
+    real_run = finetune.run
+
+    def timed_run(*args: Any, **kwargs: Any) -> finetune.FinetuneResult:
+        start = time.monotonic()
+        try:
+            return real_run(*args, **kwargs)
+        finally:
+            intervals.append((start, time.monotonic()))
+
+    monkeypatch.setattr(finetune, "run", timed_run)
+    waiting = run_settings.model_copy(
+        update={"retrain": run_settings.retrain.model_copy(update={"lock_wait_seconds": 600})}
+    )
+    results: list[Any] = []
+
+    def one() -> None:
+        try:
+            results.append(retrain.run(waiting, workflow_name="wf-x"))
+        except Exception as exc:  # the assertion below shows it
+            results.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert [getattr(r, "result", r) for r in results] == ["succeeded", "succeeded"]
+    (a_start, a_end), (b_start, b_end) = sorted(intervals)
+    assert a_end <= b_start, "the second run trained while the first was training"
+
+
+@pytest.mark.slow
+def test_a_crash_mid_training_leaves_the_champion_and_records_why(
+    run_settings: Settings,
+    trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],  # noqa: F811
+    redis_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from mlflow import MlflowClient
+    from transformers import Trainer
+
+    champion = registry.register_challenger(run_settings, trained_adapter[0], {"base_model": "x"})
+    registry.promote(run_settings, champion)
+    before = retrain_counts(redis_server.extra["url"])
+    real_step = Trainer.training_step
+    calls = []
+
+    def crashing_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", crashing_step)
+    plan = retrain.RetrainPlan("BigBerthaNegativeFeedbackHigh", {"bigbertha_action": "retrain"})
+    report = tmp_path / "retrain.json"
+    with pytest.raises(retrain.RetrainFailed, match="finetune failed: CUDA out of memory"):
+        retrain.run(run_settings, plan=plan, report=str(report))
+
+    assert len(calls) == 2  # it did crash mid-training
+    assert registry.alias_version(run_settings, "champion") == champion
+    doc = json.loads(report.read_text())
+    assert (doc["result"], doc["step"]) == ("failed", "finetune")
+    after = retrain_counts(redis_server.extra["url"])
+    assert after.get("failed", 0) == before.get("failed", 0) + 1
+    runs = MlflowClient(run_settings.mlflow.tracking_uri).search_runs(
+        [
+            e.experiment_id
+            for e in MlflowClient(run_settings.mlflow.tracking_uri).search_experiments()
+        ],
+        filter_string="tags.failed_step = 'finetune'",
+    )
+    assert any("CUDA out of memory" in r.data.tags["failure_reason"] for r in runs)
+    # Nothing was registered for the failed run: the only version is the champion.
+    versions = MlflowClient(run_settings.mlflow.tracking_uri).search_model_versions(
+        f"name = '{run_settings.mlflow.model_name}'"
+    )
+    assert [v.version for v in versions] == [champion]
+
+
+# --- the cluster Workflow's exit handler ------------------------------------------------------
+
+
+def test_record_exit_counts_the_run_and_records_why_it_failed(
+    mlflow_server: Any, redis_server: Any
+) -> None:
+    """`retrain --record-exit` (the WorkflowTemplate's onExit) counts and explains a failure."""
+    from mlflow import MlflowClient
+
+    from tests.models.test_loading import mlflow_settings
+
+    settings = mlflow_settings(mlflow_server, redis={"url": redis_server.extra["url"]})
+    before = retrain_counts(redis_server.extra["url"])
+    failures = json.dumps(
+        [{"displayName": "finetune", "message": "OOMKilled", "templateName": "finetune"}]
+    )
+    workflow = f"bigbertha-retrain-{time.time_ns()}"
+    lineage = {"workflow_name": workflow, "alert_name": "BigBerthaNegativeFeedbackHigh"}
+    assert retrain.record_exit(settings, "Failed", failures, lineage) == "failed"
+    assert retrain.record_exit(settings, "Succeeded", "[]", {}) == "succeeded"
+    after = retrain_counts(redis_server.extra["url"])
+    assert after.get("failed", 0) == before.get("failed", 0) + 1
+    assert after.get("succeeded", 0) == before.get("succeeded", 0) + 1
+    client = MlflowClient(mlflow_server.url)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.workflow_name = '{workflow}'",
+    )
+    assert len(runs) == 1
+    assert runs[0].data.tags["failed_step"] == "finetune"
+    assert "OOMKilled" in runs[0].data.tags["failure_reason"]
+    assert runs[0].info.status == "FAILED"
+    # The exit handler never creates or moves a champion.
+    assert registry.alias_version(settings, registry.CHAMPION) is None
+
+
+def test_record_exit_cli_needs_a_status() -> None:
+    result = CliRunner().invoke(app, ["retrain", "--record-exit"])
+    assert result.exit_code == 2 and "--status" in result.output
