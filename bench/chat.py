@@ -138,7 +138,8 @@ def main() -> None:
     parser.add_argument("--retrievals", type=int, default=100)
     args = parser.parse_args()
 
-    from bigbertha.chat.llm import ModelServer, load_transformers
+    from bigbertha.chat.llm import load_transformers
+    from bigbertha.chat.model_server import ModelServer
     from bigbertha.chat.rag import RagEngine
     from bigbertha.core.settings import Settings
     from bigbertha.documents import ingest

@@ -121,7 +121,7 @@ def gpu_lora(quantized: bool, steps: int, batch: int, seq: int) -> dict[str, flo
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    from bigbertha.models import loading as models
+    from bigbertha.models import loading
 
     config = LlamaConfig(  # SmolLM2-135M's shape
         vocab_size=49152,
@@ -141,7 +141,7 @@ def gpu_lora(quantized: bool, steps: int, batch: int, seq: int) -> dict[str, flo
     torch.cuda.reset_peak_memory_stats()
     if quantized:
         model = AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=models.quantization_config(True), dtype=torch.bfloat16
+            path, quantization_config=loading.quantization_config(True), dtype=torch.bfloat16
         )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     else:
@@ -211,7 +211,7 @@ def main() -> int:
 
     import torch
 
-    from bigbertha.models import loading as models
+    from bigbertha.local.tiny_llama import tiny_llama
     from bigbertha.training import data as training_data
 
     torch.set_num_threads(args.threads)
@@ -224,7 +224,7 @@ def main() -> int:
         training_data.Dataset([training_data.to_example(r) for r in rows()]).to_jsonl()
     )
     corpus = [f"{r['prompt']} {r['completion']}" for r in rows()] + ["user assistant :"]
-    model_dir = models.tiny_llama(work / "tiny", corpus)
+    model_dir = tiny_llama(work / "tiny", corpus)
 
     # Warm-up (imports, kernels) on both paths, then alternating timed rounds.
     bare_trl(model_dir, data, 5, work / "warm-bare")

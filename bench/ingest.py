@@ -63,7 +63,7 @@ def make_corpus(root: Path, docs: int, seed: int) -> None:
 def chunk_texts(settings: Any, corpus: Path, embed: Any) -> list[str]:
     """The exact chunk texts bigbertha embeds for the corpus."""
     from bigbertha.documents import readers
-    from bigbertha.documents.ingest import Chunker
+    from bigbertha.documents.chunking import Chunker
 
     chunker = Chunker(settings, embed.tokenizer)
     texts: list[str] = []

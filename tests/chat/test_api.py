@@ -21,14 +21,15 @@ import pytest
 from typer.testing import CliRunner
 
 from bigbertha.chat import api as chat_api
-from bigbertha.chat.llm import GenerationError, Message, ModelLoadError, ModelServer
+from bigbertha.chat.llm import GenerationError, Message, ModelLoadError
+from bigbertha.chat.model_server import ModelServer
 from bigbertha.chat.rag import Answer, RagEngine, render
 from bigbertha.core.settings import Settings
-from bigbertha.models import loading as models
+from bigbertha.local.tiny_llama import tiny_llama
 from bigbertha.telemetry.feedback import FeedbackLog
 from bigbertha.telemetry.recorder import Recorder
-from tests.services import Service, free_port, pid_alive
 from tests.chat.test_rag import HANDBOOK, MASCOT, chunk, metric
+from tests.services import Service, free_port, pid_alive
 
 BIGBERTHA = str(Path(sys.executable).parent / "bigbertha")
 
@@ -232,7 +233,7 @@ def chat_server(
 ) -> Iterator[dict[str, Any]]:
     """`bigbertha chat` on a free port with a tiny Llama (no Milvus: answers say so)."""
     work = tmp_path_factory.mktemp("chat-api")
-    model = models.tiny_llama(work / "tiny-chat", [HANDBOOK, MASCOT])
+    model = tiny_llama(work / "tiny-chat", [HANDBOOK, MASCOT])
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("BIGBERTHA_")},

@@ -17,11 +17,11 @@ from bigbertha.chat.llm import (
     GenerationError,
     Message,
     ModelLoadError,
-    ModelServer,
     TransformersChatModel,
     load_openai,
     load_transformers,
 )
+from bigbertha.chat.model_server import ModelServer
 from bigbertha.core.settings import Settings
 from tests.services import free_port
 

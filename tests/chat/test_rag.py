@@ -13,17 +13,18 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from bigbertha.chat.llm import ModelServer
+from bigbertha.chat.model_server import ModelServer
 from bigbertha.chat.rag import NOTHING_RETRIEVED, RagEngine, build_messages, sources_from
 from bigbertha.core.settings import MlflowSettings, RedisSettings, Settings
 from bigbertha.documents import ingest
 from bigbertha.documents.retrieval import Chunk, Retriever
-from bigbertha.models import loading as models
+from bigbertha.local.tiny_llama import tiny_llama
 from bigbertha.models import registry
+from bigbertha.models.loading import pyfunc_model
 from bigbertha.telemetry.feedback import FeedbackLog
 from bigbertha.telemetry.recorder import METRICS_KEY, Recorder, field
-from tests.services import Service, ServiceManager
 from tests.chat.test_llm import smollm2_chat_model
+from tests.services import Service, ServiceManager
 
 HANDBOOK = """# The BigBertha Handbook
 
@@ -219,7 +220,7 @@ def two_versions(services: ServiceManager, tmp_path: Path, kb: Settings) -> Iter
 
     mlflow = services.mlflow()
     corpus = [f"{r['prompt']} {r['completion']}" for r in task_rows()] + [EXTRA_WORDS, HANDBOOK]
-    base = models.tiny_llama(tmp_path / "tiny", corpus)
+    base = tiny_llama(tmp_path / "tiny", corpus)
     settings = kb.model_copy(
         update={
             "mlflow": MlflowSettings(
@@ -232,7 +233,7 @@ def two_versions(services: ServiceManager, tmp_path: Path, kb: Settings) -> Iter
     for seed in (1, 2):
         adapter = tmp_path / f"v{seed}" / "adapter"  # the directory name finetune saves under
         make_adapter(base, adapter, seed=seed)
-        registry.register_challenger(settings, adapter, {"base_model": str(base)})
+        registry.register_challenger(settings, adapter, {"base_model": str(base)}, pyfunc_model())
     registry.promote(settings, "1")
     yield settings
     mlflow.stop()

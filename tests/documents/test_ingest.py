@@ -21,9 +21,10 @@ from typer.testing import CliRunner, Result
 from bigbertha.cli import app
 from bigbertha.core import settings as settings_mod
 from bigbertha.core.storage import Storage, open_client
-from bigbertha.documents.ingest import Outcome, Progress, chunk_id
-from tests.services import Service, free_port
+from bigbertha.documents.chunking import chunk_id
+from bigbertha.documents.report import Outcome, Progress
 from tests.documents.test_readers import make_docx, make_pdf
+from tests.services import Service, free_port
 
 pytestmark = pytest.mark.slow  # loads the embedding model
 
@@ -423,8 +424,8 @@ def test_long_sections_are_split_to_the_chunk_size_without_tokenizer_warnings(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     from bigbertha.documents import readers
+    from bigbertha.documents.chunking import Chunker
     from bigbertha.documents.embeddings import DEFAULT_MODEL, load_sentence_transformer
-    from bigbertha.documents.ingest import Chunker
 
     # A fresh tokenizer: transformers warns once per instance, so a shared one could hide it.
     tokenizer = load_sentence_transformer(DEFAULT_MODEL).tokenizer

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from bigbertha.core.settings import Settings
-from bigbertha.models import loading as models
-from bigbertha.models import registry
+from bigbertha.local.tiny_llama import tiny_llama
+from bigbertha.models import loading, registry
+from bigbertha.models.loading import pyfunc_model
 
 FACTS = [
     ("apple", "red"),
@@ -58,7 +59,7 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny Llama saved as a transformers model directory."""
     corpus = [f"{r['prompt']} {r['completion']}" for r in task_rows()] + [EXTRA_WORDS]
-    return models.tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", corpus)
+    return tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", corpus)
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +87,7 @@ def make_adapter(base: Path, directory: Path, seed: int = 1) -> tuple[Any, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    model, tokenizer, _ = models.load_causal_lm(str(base), Settings())
+    model, tokenizer, _ = loading.load_causal_lm(str(base), Settings())
     config = LoraConfig(
         r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
     )
@@ -98,13 +99,13 @@ def make_adapter(base: Path, directory: Path, seed: int = 1) -> tuple[Any, Any]:
                 param.normal_(0, 0.5)
     peft_model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    (directory / models.LINEAGE_FILE).write_text(json.dumps({"base_model": str(base)}))
+    (directory / loading.LINEAGE_FILE).write_text(json.dumps({"base_model": str(base)}))
     peft_model.eval()
     return peft_model, tokenizer
 
 
 def test_full_model_directory_loads_in_eval_mode_with_its_name_as_version(tiny_model: Path) -> None:
-    model, tokenizer, version = models.load_causal_lm(str(tiny_model), Settings())
+    model, tokenizer, version = loading.load_causal_lm(str(tiny_model), Settings())
     assert version == "tiny-llama"
     assert not model.training
     assert tokenizer.pad_token is not None
@@ -119,15 +120,15 @@ def test_adapter_save_reload_and_merge_give_the_same_logits(
 
     trained, tokenizer = make_adapter(tiny_model, tmp_path / "adapter")
     expected = logits(trained, tokenizer)
-    base_model, _, _ = models.load_causal_lm(str(tiny_model), Settings())
+    base_model, _, _ = loading.load_causal_lm(str(tiny_model), Settings())
     assert not torch.allclose(logits(base_model, tokenizer), expected, atol=1e-3)  # it does adapt
 
-    reloaded, tok2, version = models.load_causal_lm(str(tmp_path / "adapter"), Settings())
+    reloaded, tok2, version = loading.load_causal_lm(str(tmp_path / "adapter"), Settings())
     assert isinstance(reloaded, PeftModel) and version == "adapter"
     torch.testing.assert_close(logits(reloaded, tok2), expected, atol=1e-5, rtol=1e-4)
 
-    merged_dir = models.save_merged(reloaded, tok2, tmp_path / "merged")
-    merged, tok3, _ = models.load_causal_lm(str(merged_dir), Settings())
+    merged_dir = loading.save_merged(reloaded, tok2, tmp_path / "merged")
+    merged, tok3, _ = loading.load_causal_lm(str(merged_dir), Settings())
     assert not isinstance(merged, PeftModel)
     torch.testing.assert_close(logits(merged, tok3), expected, atol=1e-4, rtol=1e-3)
 
@@ -136,8 +137,8 @@ def test_four_bit_nf4_loading_works_on_cpu(tiny_model: Path) -> None:
     import torch
     from bitsandbytes.nn import Linear4bit
 
-    full, tokenizer, _ = models.load_causal_lm(str(tiny_model), Settings())
-    quant, _, _ = models.load_causal_lm(str(tiny_model), Settings(), quantize=True)
+    full, tokenizer, _ = loading.load_causal_lm(str(tiny_model), Settings())
+    quant, _, _ = loading.load_causal_lm(str(tiny_model), Settings(), quantize=True)
     layers = [m for m in quant.modules() if isinstance(m, Linear4bit)]
     assert layers, "no 4-bit linear layers after quantised loading"
     assert layers[0].weight.quant_type == "nf4"
@@ -148,12 +149,12 @@ def test_four_bit_nf4_loading_works_on_cpu(tiny_model: Path) -> None:
 
 
 def test_bad_references_fail_with_a_clear_message(tmp_path: Path) -> None:
-    with pytest.raises(models.ModelNotFound, match="no such file"):
-        models.resolve(str(tmp_path / "missing" / "model"), Settings())
+    with pytest.raises(loading.ModelNotFound, match="no such file"):
+        loading.resolve(str(tmp_path / "missing" / "model"), Settings())
     (tmp_path / "empty").mkdir()
-    with pytest.raises(models.ModelNotFound, match="no config.json"):
-        models.resolve(str(tmp_path / "empty"), Settings())
-    assert models.resolve("HuggingFaceTB/SmolLM2-135M", Settings()).kind == "hub"
+    with pytest.raises(loading.ModelNotFound, match="no config.json"):
+        loading.resolve(str(tmp_path / "empty"), Settings())
+    assert loading.resolve("HuggingFaceTB/SmolLM2-135M", Settings()).kind == "hub"
 
 
 def test_registry_version_loads_back_the_registered_adapter(
@@ -165,7 +166,10 @@ def test_registry_version_loads_back_the_registered_adapter(
     trained, tokenizer = make_adapter(tiny_model, tmp_path / "adapter", seed=2)
     assert registry.alias_version(settings, "champion") is None  # no model registered yet
     version = registry.register_challenger(
-        settings, tmp_path / "adapter", {"base_model": str(tiny_model), "dataset_hash": "abc"}
+        settings,
+        tmp_path / "adapter",
+        {"base_model": str(tiny_model), "dataset_hash": "abc"},
+        pyfunc_model(),
     )
     tags = registry.version_tags(settings, version)
     assert tags["base_model"] == str(tiny_model) and tags["dataset_hash"] == "abc"
@@ -173,7 +177,7 @@ def test_registry_version_loads_back_the_registered_adapter(
     registry.promote(settings, version)
     assert registry.alias_version(settings, "champion") == version
     ref = f"models:/{settings.mlflow.model_name}@champion"
-    model, tok, loaded_version = models.load_causal_lm(ref, settings)
+    model, tok, loaded_version = loading.load_causal_lm(ref, settings)
     assert loaded_version == version
     torch.testing.assert_close(logits(model, tok), logits(trained, tokenizer), atol=1e-5, rtol=1e-4)
     # The same version through plain MLflow pyfunc (what the logged pip_requirements serve).
@@ -188,23 +192,23 @@ def test_registry_alias_that_is_not_set_is_a_clear_error(
     mlflow_server: Any, clean_env: Path
 ) -> None:
     settings = mlflow_settings(mlflow_server)
-    with pytest.raises(models.ModelNotFound, match="alias 'champion' is not set"):
-        models.resolve(f"models:/{settings.mlflow.model_name}@champion", settings)
+    with pytest.raises(loading.ModelNotFound, match="alias 'champion' is not set"):
+        loading.resolve(f"models:/{settings.mlflow.model_name}@champion", settings)
 
 
 @pytest.mark.slow
 def test_smollm2_loads_from_the_packaged_gguf_and_answers(clean_env: Path) -> None:
     import torch
 
-    model, tokenizer, version = models.load_causal_lm("smollm2", Settings())
+    model, tokenizer, version = loading.load_causal_lm("smollm2", Settings())
     assert version == "smollm2"
     # Plain float weights: nothing marks them GGUF-quantized, so trl can train them.
     assert getattr(model, "hf_quantizer", None) is None
     assert getattr(model.config, "quantization_config", None) is None
     # The dequantised copy is kept, and the next process loads the same model from it.
-    cached = models.cache_dir(Settings()) / "gguf" / Path(models.SMOLLM2_GGUF).stem
+    cached = loading.cache_dir(Settings()) / "gguf" / Path(loading.SMOLLM2_GGUF).stem
     assert (cached / ".complete").is_file()
-    again, _, version_again = models.load_causal_lm("smollm2", Settings())
+    again, _, version_again = loading.load_causal_lm("smollm2", Settings())
     assert version_again == "smollm2"
     probe = tokenizer("The sky is", return_tensors="pt")
     with torch.inference_mode():

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from bigbertha.core import storage
 from bigbertha.core.errors import ConfigError
 from bigbertha.core.settings import Settings
-from bigbertha.models import loading as models
-from bigbertha.models import registry
+from bigbertha.models import loading
 from tests.models.test_loading import logits, make_adapter, tiny_model  # noqa: F401
 
 
@@ -26,13 +26,13 @@ def s3_settings(s3_server: Any) -> Settings:
 
 
 def test_s3_uris_are_checked() -> None:
-    assert registry.split_s3("s3://runs/wf-1/adapter/") == ("runs", "wf-1/adapter/")
+    assert storage.split_s3("s3://runs/wf-1/adapter/") == ("runs", "wf-1/adapter/")
     with pytest.raises(ConfigError, match="not an s3://bucket/key URI"):
-        registry.split_s3("s3:///key")
+        storage.split_s3("s3:///key")
     with pytest.raises(ConfigError, match="s3.endpoint is not set"):
-        registry.read_bytes(Settings(), "s3://bucket/key")
+        storage.read_bytes(Settings(), "s3://bucket/key")
     with pytest.raises(ConfigError, match="cannot read"):
-        registry.read_bytes(Settings(), "/no/such/file.jsonl")
+        storage.read_bytes(Settings(), "/no/such/file.jsonl")
 
 
 def test_a_directory_round_trips_through_object_storage(
@@ -42,15 +42,15 @@ def test_a_directory_round_trips_through_object_storage(
     (src / "nested").mkdir(parents=True)
     (src / "a.json").write_text("{}")
     (src / "nested" / "b.bin").write_bytes(b"\x00\x01")
-    registry.upload_path(s3_settings, src, "s3://artifacts/wf-1/adapter")
-    out = registry.download_prefix(s3_settings, "s3://artifacts/wf-1/adapter/", tmp_path / "out")
+    storage.upload_path(s3_settings, src, "s3://artifacts/wf-1/adapter")
+    out = storage.download_prefix(s3_settings, "s3://artifacts/wf-1/adapter/", tmp_path / "out")
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
         "a.json",
         "nested/b.bin",
     ]
     assert (out / "nested" / "b.bin").read_bytes() == b"\x00\x01"
     with pytest.raises(ConfigError, match="no objects under this prefix"):
-        registry.download_prefix(s3_settings, "s3://artifacts/nothing/", tmp_path / "none")
+        storage.download_prefix(s3_settings, "s3://artifacts/nothing/", tmp_path / "none")
 
 
 @pytest.mark.slow
@@ -63,7 +63,7 @@ def test_an_adapter_in_object_storage_loads_like_the_local_one(
     import torch
 
     trained, tokenizer = make_adapter(tiny_model, tmp_path / "adapter", seed=3)
-    registry.upload_path(s3_settings, tmp_path / "adapter", "s3://runs/wf-2/adapter")
-    model, tok, version = models.load_causal_lm("s3://runs/wf-2/adapter", s3_settings)
+    storage.upload_path(s3_settings, tmp_path / "adapter", "s3://runs/wf-2/adapter")
+    model, tok, version = loading.load_causal_lm("s3://runs/wf-2/adapter", s3_settings)
     assert version == "runs_wf-2_adapter"
     torch.testing.assert_close(logits(model, tok), logits(trained, tokenizer), atol=1e-5, rtol=1e-4)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bigbertha.core import storage
 from bigbertha.core.settings import Settings
 from bigbertha.telemetry.feedback import KEY as FEEDBACK_KEY
 from bigbertha.training import data as training_data
@@ -146,7 +147,6 @@ def test_feedback_log_turns_rated_up_become_examples(redis_server: Any) -> None:
 
 
 def test_prepare_writes_the_dataset_to_object_storage(tmp_path: Path, s3_server: Any) -> None:
-    from bigbertha.models import registry
 
     src = write(tmp_path / "curated.jsonl", [json.dumps(r) for r in ROWS])
     settings = Settings(
@@ -162,4 +162,4 @@ def test_prepare_writes_the_dataset_to_object_storage(tmp_path: Path, s3_server:
     # The written object is the dataset itself: reading it back gives the same hash.
     again = training_data.build(settings, ["s3://runs/wf-1/data.jsonl"])
     assert again.hash == summary["dataset_hash"]
-    assert registry.read_bytes(settings, "s3://runs/wf-1/data.jsonl").count(b"\n") == 3
+    assert storage.read_bytes(settings, "s3://runs/wf-1/data.jsonl").count(b"\n") == 3

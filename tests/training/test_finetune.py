@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bigbertha.core.settings import Settings
-from bigbertha.models import loading as models
+from bigbertha.models import loading
 from bigbertha.training import data as training_data
 from bigbertha.training import evaluate, finetune
 from tests.models.test_loading import mlflow_settings, task_data, tiny_model  # noqa: F401
@@ -79,8 +79,8 @@ def test_finetuning_lowers_perplexity_on_the_training_distribution(
 ) -> None:
     output, result, settings = trained_adapter
     _, examples = evaluate.load_eval_set(settings, None)
-    before = evaluate.score(*models.load_causal_lm(str(tiny_model), settings)[:2], examples, 1)
-    after = evaluate.score(*models.load_causal_lm(str(output), settings)[:2], examples, 1)
+    before = evaluate.score(*loading.load_causal_lm(str(tiny_model), settings)[:2], examples, 1)
+    after = evaluate.score(*loading.load_causal_lm(str(output), settings)[:2], examples, 1)
     assert after[0]["perplexity"] < 0.7 * before[0]["perplexity"]
     assert result.steps == 40 and result.examples == 16 and not result.quantized
 
@@ -95,7 +95,7 @@ def test_adapter_is_published_with_its_lineage_and_the_run_in_mlflow(
     output, result, settings = trained_adapter
     assert (output / "adapter_config.json").is_file()
     assert (output / "adapter_model.safetensors").is_file()
-    lineage = json.loads((output / models.LINEAGE_FILE).read_text())
+    lineage = json.loads((output / loading.LINEAGE_FILE).read_text())
     expected_hash = training_data.build(settings).hash
     assert lineage["base_model"] == str(tiny_model)
     assert lineage["dataset_hash"] == expected_hash == result.dataset_hash
@@ -124,7 +124,7 @@ def test_qlora_trains_a_4bit_base_on_cpu(
     )
     result = finetune.run(settings)
     assert result.quantized and result.steps == 2
-    model, _, _ = models.load_causal_lm(str(tmp_path / "qlora"), settings, quantize=True)
+    model, _, _ = loading.load_causal_lm(str(tmp_path / "qlora"), settings, quantize=True)
     assert any(isinstance(m, Linear4bit) for m in model.modules())
 
 

@@ -12,8 +12,8 @@ from pydantic import SecretStr
 from bigbertha.core.settings import Settings
 from bigbertha.models import registry
 from bigbertha.training import finetune, promote
-from tests.training.test_finetune import one_torch_thread, trained_adapter  # noqa: F401
 from tests.models.test_loading import task_data, tiny_model  # noqa: F401
+from tests.training.test_finetune import one_torch_thread, trained_adapter  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

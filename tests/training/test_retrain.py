@@ -17,9 +17,10 @@ from bigbertha.cli import app
 from bigbertha.core.errors import InputError
 from bigbertha.core.settings import Settings
 from bigbertha.models import registry
+from bigbertha.models.loading import pyfunc_model
 from bigbertha.training import finetune, retrain
-from tests.training.test_finetune import one_torch_thread, train_settings, trained_adapter  # noqa: F401
 from tests.models.test_loading import task_data, tiny_model  # noqa: F401
+from tests.training.test_finetune import one_torch_thread, train_settings, trained_adapter  # noqa: F401
 from tests.training.test_promote import telemetry_counts
 
 
@@ -176,7 +177,9 @@ def test_a_crash_mid_training_leaves_the_champion_and_records_why(
     from mlflow import MlflowClient
     from transformers import Trainer
 
-    champion = registry.register_challenger(run_settings, trained_adapter[0], {"base_model": "x"})
+    champion = registry.register_challenger(
+        run_settings, trained_adapter[0], {"base_model": "x"}, pyfunc_model()
+    )
     registry.promote(run_settings, champion)
     before = retrain_counts(redis_server.extra["url"])
     real_step = Trainer.training_step

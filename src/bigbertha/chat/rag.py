@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
-from bigbertha.chat.llm import GenerationError, Message, ModelServer, TokenStream
+from bigbertha.chat.llm import GenerationError, Message, TokenStream
+from bigbertha.chat.model_server import ModelServer
 from bigbertha.core.errors import InputError
 from bigbertha.core.settings import Settings
 from bigbertha.documents.retrieval import Chunk, RetrievalUnavailable, Retriever

@@ -4,6 +4,9 @@ Every part that touches buckets goes through `open_client(settings)`: reads, wri
 copies are retried with exponential backoff on transient failures (connection refused, timeouts,
 5xx), and give up with `ServiceUnavailable` (exit code 1). A missing object is not transient: it
 raises `ObjectMissing` at once.
+
+Training artifacts (datasets, adapters, reports) move between workflow steps as ``s3://`` URIs
+or local paths; `download_prefix` / `upload_path` / `read_bytes` / `write_bytes` handle both.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from __future__ import annotations
 import io
 import logging
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from bigbertha.core.errors import BigberthaError, ConfigError, ServiceUnavailable
@@ -236,3 +242,93 @@ def open_client(settings: Settings) -> Storage:
     return Storage(
         client, attempts=settings.ingest.retries, backoff=settings.ingest.retry_backoff_seconds
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Artifacts as s3:// URIs or local paths (datasets, adapters, reports between workflow steps)
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> (bucket, key); a clear error for anything else."""
+    rest = uri[len("s3://") :] if is_s3(uri) else ""
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ConfigError(f"{uri!r} is not an s3://bucket/key URI")
+    return bucket, key
+
+
+def read_bytes(settings: Settings, uri: str) -> bytes:
+    """The content of a local file or an s3:// object (retried by `storage`)."""
+    if not is_s3(uri):
+        try:
+            return Path(uri).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{uri}: cannot read ({exc.strerror or exc})") from exc
+
+    bucket, key = split_s3(uri)
+    return open_client(settings).get(bucket, key)
+
+
+def write_bytes(settings: Settings, uri: str, data: bytes) -> None:
+    """Write a local file or an s3:// object (creating the bucket if needed)."""
+    if not is_s3(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri).write_bytes(data)
+        return
+
+    bucket, key = split_s3(uri)
+    store = open_client(settings)
+    store.ensure_bucket(bucket)
+    store.put(bucket, key, data)
+
+
+def upload_path(settings: Settings, src: Path, uri: str) -> str:
+    """Copy a file or a directory tree to `uri` (s3:// prefix or local path); returns `uri`."""
+    if not is_s3(uri):
+        dest = Path(uri)
+        if src.resolve() != dest.resolve():
+            if src.is_file():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest)
+            else:
+                shutil.copytree(src, dest, dirs_exist_ok=True)
+        return uri
+
+    bucket, prefix = split_s3(uri)
+    store = open_client(settings)
+    store.ensure_bucket(bucket)
+    if src.is_file():
+        store.put(bucket, prefix, src.read_bytes())
+        return uri
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        store.put(
+            bucket, f"{prefix.rstrip('/')}/{path.relative_to(src)}".lstrip("/"), path.read_bytes()
+        )
+    return uri
+
+
+def download_prefix(settings: Settings, uri: str, dest: Path) -> Path:
+    """Download every object under an s3:// prefix into `dest` (replaced); returns `dest`."""
+
+    bucket, prefix = split_s3(uri)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    store = open_client(settings)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".s3-", dir=dest.parent))
+    count = 0
+    for obj in store.list(bucket, prefix):
+        target = tmp / obj.key[len(prefix) :]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(store.get(bucket, obj.key))
+        count += 1
+    if count == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(f"{uri}: no objects under this prefix")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest

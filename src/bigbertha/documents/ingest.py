@@ -16,371 +16,37 @@ Exit codes: 0 all ok, 3 some rejected, 1 fatal (storage or Milvus down after ret
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import sys
 import time
-import urllib.parse
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from functools import partial
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bigbertha.core.errors import BigberthaError, ConfigError
 from bigbertha.core.storage import ObjectMissing, Storage, open_client
 from bigbertha.documents import readers, vectorstore
+from bigbertha.documents.chunking import Chunker
 from bigbertha.documents.readers import Rejected
+from bigbertha.documents.report import Outcome, Progress, Report
+from bigbertha.documents.sources import (
+    Item,
+    KeyEncoding,
+    SourceRef,
+    action_for,
+    check_size,
+    local_items,
+    parse_source,
+    s3_items,
+)
+from bigbertha.documents.vectorstore import Index
 
 if TYPE_CHECKING:
     from llama_index.core.schema import TextNode
-    from llama_index.vector_stores.milvus import MilvusVectorStore
 
     from bigbertha.core.settings import Settings
 
 log = logging.getLogger(__name__)
-
-Action = Literal["ingest", "delete"]
-KeyEncoding = Literal["raw", "query"]
-# Metadata that is bookkeeping, not content: never embedded, not shown to the LLM.
-_BOOKKEEPING = ["source", "etag", "version_id", "chunk_index"]
-_METADATA = [*_BOOKKEEPING, "page", "section", "file_name"]
-_LIMIT = 16_384  # Milvus' cap on one query's offset + limit
-
-
-# --- sources -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SourceRef:
-    """One SOURCE argument: an object, an object prefix, a local file or a local directory."""
-
-    scheme: Literal["s3", "file"]
-    location: str  # bucket for s3, absolute path for file
-    key: str = ""  # object key or key prefix (s3 only), always raw
-
-    @property
-    def uri(self) -> str:
-        if self.scheme == "s3":
-            return f"s3://{self.location}/{self.key}"
-        return f"file://{self.location}"
-
-    @property
-    def is_prefix(self) -> bool:
-        if self.scheme == "s3":
-            return self.key == "" or self.key.endswith("/")
-        return Path(self.location).is_dir()
-
-
-def parse_source(text: str, key_encoding: KeyEncoding = "raw") -> SourceRef:
-    """Parse s3://bucket/key (key raw, or query-escaped as MinIO webhook targets send it) or a path.
-
-    Raises ConfigError for a malformed s3 URI.
-    """
-    if text.startswith("s3://"):
-        bucket, _, key = text[len("s3://") :].partition("/")
-        if not bucket:
-            raise ConfigError(f"source {text!r}: no bucket (expected s3://bucket/key)")
-        if key_encoding == "query":
-            key = urllib.parse.unquote_plus(key)
-        return SourceRef("s3", bucket, key)
-    if "://" in text:
-        raise ConfigError(f"source {text!r}: only s3:// URIs and local paths are supported")
-    return SourceRef("file", str(Path(text).expanduser().resolve()))
-
-
-def action_for(event_name: str | None, delete: bool) -> Action:
-    """--delete or an s3:ObjectRemoved:* event deletes; s3:ObjectCreated:* (or none) ingests."""
-    if delete or (event_name or "").startswith("s3:ObjectRemoved:"):
-        return "delete"
-    if not event_name or event_name.startswith("s3:ObjectCreated:"):
-        return "ingest"
-    raise ConfigError(
-        f"--event-name {event_name!r}: expected s3:ObjectCreated:* or s3:ObjectRemoved:*"
-    )
-
-
-@dataclass
-class Item:
-    """One document to ingest, read lazily."""
-
-    uri: str
-    name: str
-    read: Callable[[], tuple[bytes, str, str | None]]  # -> (data, etag, version_id)
-    bucket: str | None = None
-    key: str | None = None
-
-
-def _check_size(size: int, max_bytes: int) -> None:
-    if size > max_bytes:
-        raise Rejected(f"too large: {size} bytes > ingest.max_bytes ({max_bytes})")
-
-
-def _local_items(ref: SourceRef, max_bytes: int) -> Iterator[Item]:
-    root = Path(ref.location)
-    if root.is_dir():
-        paths = sorted(
-            p
-            for p in root.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        )
-    else:
-        paths = [root]
-    for path in paths:
-
-        def read(path: Path = path) -> tuple[bytes, str, str | None]:
-            try:
-                _check_size(path.stat().st_size, max_bytes)
-                data = path.read_bytes()
-            except FileNotFoundError as exc:
-                raise Rejected("file not found") from exc
-            except OSError as exc:
-                raise Rejected(f"cannot read file ({exc.strerror})") from exc
-            return data, hashlib.sha256(data).hexdigest()[:32], None
-
-        yield Item(f"file://{path}", path.name, read)
-
-
-def _s3_items(ref: SourceRef, storage: Storage, max_bytes: int) -> Iterator[Item]:
-    bucket = ref.location
-    # A single key is stat'ed in read(), so an object gone by then is a rejection, not fatal.
-    keys = [i.key for i in storage.list(bucket, ref.key)] if ref.is_prefix else [ref.key]
-    for key in keys:
-
-        def read(key: str = key) -> tuple[bytes, str, str | None]:
-            try:
-                stat = storage.stat(bucket, key)
-                _check_size(stat.size, max_bytes)  # before the download
-                data = storage.get(bucket, key, version_id=stat.version_id)
-            except ObjectMissing as exc:
-                raise Rejected("object not found (deleted before it could be read?)") from exc
-            return data, stat.etag, stat.version_id
-
-        yield Item(
-            f"s3://{bucket}/{key}",
-            PurePosixPath(key).name,
-            read,
-            bucket=bucket,
-            key=key,
-        )
-
-
-# --- report and progress -------------------------------------------------------------------
-
-
-@dataclass
-class Outcome:
-    """What happened to one source."""
-
-    source: str
-    status: Literal["ingested", "unchanged", "deleted", "rejected", "skipped"]
-    chunks: int = 0
-    added: int = 0
-    removed: int = 0
-    reason: str | None = None
-    dead_letter: str | None = None
-
-
-@dataclass
-class Report:
-    """The JSON report: every source's outcome, the rejected ones listed again, and totals."""
-
-    action: Action
-    event_name: str | None
-    started: float = field(default_factory=time.time)
-    outcomes: list[Outcome] = field(default_factory=list)
-    fatal: str | None = None
-    finished: float | None = None
-
-    @property
-    def exit_code(self) -> int:
-        if self.fatal:
-            return 1
-        return 3 if any(o.status == "rejected" for o in self.outcomes) else 0
-
-    def to_dict(self) -> dict[str, Any]:
-        totals: dict[str, int] = {"sources": len(self.outcomes)}
-        for status in ("ingested", "unchanged", "deleted", "rejected", "skipped"):
-            totals[status] = sum(o.status == status for o in self.outcomes)
-        totals["chunks_added"] = sum(o.added for o in self.outcomes)
-        totals["chunks_removed"] = sum(o.removed for o in self.outcomes)
-        return {
-            "action": self.action,
-            "event_name": self.event_name,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
-            "duration_s": round((self.finished or time.time()) - self.started, 3),
-            "exit_code": self.exit_code,
-            "fatal": self.fatal,
-            "totals": totals,
-            "rejected": [
-                {"source": o.source, "reason": o.reason, "dead_letter": o.dead_letter}
-                for o in self.outcomes
-                if o.status == "rejected"
-            ],
-            "results": [asdict(o) for o in self.outcomes],
-        }
-
-    def summary(self) -> str:
-        t = self.to_dict()["totals"]
-        return (
-            f"{self.action}: {t['sources']} sources: {t['ingested']} ingested, "
-            f"{t['unchanged']} unchanged, {t['deleted']} deleted, {t['rejected']} rejected, "
-            f"{t['skipped']} skipped; chunks +{t['chunks_added']} -{t['chunks_removed']}"
-        )
-
-
-class Progress:
-    """A progress bar on a terminal, one JSON line per finished source otherwise."""
-
-    def __init__(self, total: int, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.total, self.done = total, 0
-        self.bar: Any = None
-        if self.stream.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="doc", file=self.stream, dynamic_ncols=True)
-
-    def update(self, outcome: Outcome) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.set_postfix_str(outcome.status, refresh=False)
-            self.bar.update(1)
-            return
-        line = {"progress": {"done": self.done, "total": self.total, **_brief(outcome)}}
-        self.stream.write(json.dumps(line, ensure_ascii=False) + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _brief(outcome: Outcome) -> dict[str, Any]:
-    return {k: v for k, v in asdict(outcome).items() if v not in (None, 0) or k == "status"}
-
-
-# --- chunks and the index ------------------------------------------------------------------
-
-
-def chunk_id(source: str, index: int, text: str) -> str:
-    """Stable id from source and content: same object, same chunking → same ids."""
-    digest = hashlib.sha256(f"{source}\x00{index}\x00{text}".encode())
-    return digest.hexdigest()[:32]
-
-
-class Chunker:
-    """LlamaIndex SentenceSplitter counting tokens with the embedding model's own tokenizer."""
-
-    def __init__(self, settings: Settings, tokenizer: Any | None) -> None:
-        from llama_index.core.node_parser import SentenceSplitter
-
-        self.splitter = SentenceSplitter(
-            chunk_size=settings.ingest.chunk_size,
-            chunk_overlap=settings.ingest.chunk_overlap,
-            # verbose=False: sections longer than the model's window are what the splitter is
-            # for; transformers' "sequence length is longer than..." warning is noise here.
-            tokenizer=partial(tokenizer.tokenize, verbose=False) if tokenizer is not None else None,
-            include_prev_next_rel=False,  # neighbours' ids would go stale when a source changes
-        )
-
-    def chunks(
-        self, uri: str, name: str, sections: list[readers.Section], etag: str, version: str | None
-    ) -> list[TextNode]:
-        from llama_index.core import Document
-        from llama_index.core.schema import NodeRelationship, RelatedNodeInfo
-
-        docs = []
-        for number, section in enumerate(sections):
-            doc = Document(
-                id_=f"{uri}#{number}",  # unique: the splitter maps nodes back to docs by id
-                text=section.text,
-                metadata={
-                    "source": uri,
-                    "etag": etag,
-                    "version_id": version,
-                    "page": section.page,
-                    "section": section.section,
-                    "file_name": name,
-                },
-                excluded_embed_metadata_keys=list(_METADATA),
-                excluded_llm_metadata_keys=list(_BOOKKEEPING),
-            )
-            docs.append(doc)
-        nodes = self.splitter.get_nodes_from_documents(docs)
-        for index, node in enumerate(nodes):
-            node.metadata["chunk_index"] = index
-            node.id_ = chunk_id(uri, index, node.get_content())
-            # The ref doc is the source, so all its chunks are found and deleted together.
-            node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=uri)
-        return nodes  # type: ignore[return-value]
-
-
-class Index:
-    """The chunk collection: what a source has, and writes that retry."""
-
-    def __init__(self, store: MilvusVectorStore, settings: Settings) -> None:
-        self.store, self.settings = store, settings
-        self.collection = settings.milvus.collection
-
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        return vectorstore.call(self.settings, what, fn)
-
-    def _rows(self, expr: str, fields: list[str]) -> list[dict[str, Any]]:
-        client = self.store.client
-
-        def fetch() -> list[dict[str, Any]]:
-            rows = client.query(self.collection, filter=expr, output_fields=fields, limit=_LIMIT)
-            if len(rows) < _LIMIT:
-                return list(rows)
-            # Only a huge source gets here: page through it with an iterator.
-            it = client.query_iterator(
-                self.collection, batch_size=1000, filter=expr, output_fields=fields
-            )
-            rows = []
-            try:
-                while batch := it.next():
-                    rows.extend(batch)
-            finally:
-                it.close()
-            return list(rows)
-
-        return list(self._call("query", fetch))
-
-    def existing(self, source: str) -> dict[str, str | None]:
-        """Chunk id → etag for every chunk of `source`."""
-        expr = f"{vectorstore.SOURCE_FIELD} == {vectorstore.quote(source)}"
-        return {row["id"]: row.get("etag") for row in self._rows(expr, ["id", "etag"])}
-
-    def under(self, prefix: str) -> dict[str, list[str]]:
-        """Source → chunk ids for every source whose URI starts with `prefix`."""
-        # LIKE's wildcards are cut off and the exact prefix is checked here instead.
-        literal = prefix.split("%")[0].split("_")[0]
-        expr = f"{vectorstore.SOURCE_FIELD} like {vectorstore.quote(literal + '%')}"
-        found: dict[str, list[str]] = {}
-        for row in self._rows(expr, ["id", vectorstore.SOURCE_FIELD]):
-            source = row[vectorstore.SOURCE_FIELD]
-            if source.startswith(prefix):
-                found.setdefault(source, []).append(row["id"])
-        return found
-
-    def vectors(self, ids: list[str]) -> dict[str, list[float]]:
-        if not ids:
-            return {}
-        expr = f"id in [{', '.join(vectorstore.quote(i) for i in ids)}]"
-        rows = self._rows(expr, ["id", vectorstore.EMBEDDING_FIELD])
-        return {row["id"]: list(row[vectorstore.EMBEDDING_FIELD]) for row in rows}
-
-    def write(self, nodes: list[TextNode]) -> None:
-        if nodes:
-            self._call("upsert", lambda: self.store.add(nodes))  # type: ignore[arg-type]
-
-    def delete(self, ids: list[str]) -> None:
-        client, collection = self.store.client, self.collection
-        for start in range(0, len(ids), 1000):
-            batch: list[str] = ids[start : start + 1000]
-            self._call("delete", partial(client.delete, collection, ids=batch))
 
 
 @dataclass
@@ -415,9 +81,9 @@ class Ingestion:
         for ref in refs:
             max_bytes = self.settings.ingest.max_bytes
             found += (
-                _s3_items(ref, self.storage, max_bytes)
+                s3_items(ref, self.storage, max_bytes)
                 if ref.scheme == "s3"
-                else _local_items(ref, max_bytes)
+                else local_items(ref, max_bytes)
             )
         return found
 
@@ -461,7 +127,7 @@ class Ingestion:
         try:
             readers.check_type(item.name)  # before any download
             data, etag, version = item.read()
-            _check_size(len(data), ing.max_bytes)
+            check_size(len(data), ing.max_bytes)
             sections = readers.read(item.name, data)
             nodes = chunker.chunks(item.uri, item.name, sections, etag, version)
         except Rejected as exc:

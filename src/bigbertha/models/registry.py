@@ -6,8 +6,8 @@ Registry conventions (see `models` for how a version is stored and loaded):
 - the ``champion`` alias is what the chatbot serves; ``previous`` is the champion before it;
 - the gate's decision and numbers are version tags (``gate.decision``, ``gate.reason``,
   ``gate.<metric>.challenger`` / ``gate.<metric>.champion``).
-Training artifacts (datasets, adapters, reports) move between workflow steps as ``s3://`` URIs
-or local paths; `download_prefix` / `upload_path` / `read_bytes` / `write_bytes` handle both.
+A version is an MLflow pyfunc model whose ``adapter`` artifact (`ADAPTER_ARTIFACT`) is the
+adapter directory; `bigbertha.models.loading` loads it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bigbertha.core.errors import BigberthaError, ConfigError, ServiceUnavailable
+from bigbertha.core.errors import BigberthaError, ServiceUnavailable
 
 if TYPE_CHECKING:
     from bigbertha.core.settings import Settings
@@ -32,6 +32,8 @@ CHAMPION = "champion"
 PREVIOUS = "previous"
 EXPERIMENT = "bigbertha-retrain"
 PREVIOUS_TAG = "previous_champion"
+# The artifact of a registered version that holds the adapter (or model) directory.
+ADAPTER_ARTIFACT = "adapter"
 # What a registered challenger needs to load anywhere (exact versions of this environment).
 _RUNTIME_PACKAGES = ("torch", "transformers", "peft", "accelerate", "safetensors", "gguf")
 
@@ -121,8 +123,6 @@ def _artifact_dir(model_dir: Path) -> Path:
     """The ``adapter`` artifact of a pyfunc model directory (MLmodel names its path)."""
     import yaml
 
-    from bigbertha.models.loading import ADAPTER_ARTIFACT
-
     mlmodel = model_dir / "MLmodel"
     if mlmodel.is_file():
         doc = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
@@ -144,12 +144,13 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def register_challenger(settings: Settings, adapter_dir: Path, tags: Mapping[str, str]) -> str:
-    """Log `adapter_dir` as a pyfunc model in a run and register it; return the new version."""
+def register_challenger(
+    settings: Settings, adapter_dir: Path, tags: Mapping[str, str], python_model: Any
+) -> str:
+    """Log `adapter_dir` as the pyfunc `python_model` in a run and register it; return the new
+    version. (`bigbertha.models.loading.pyfunc_model()` is the model class that loads it.)"""
     import mlflow
     import mlflow.pyfunc
-
-    from bigbertha.models import loading as models
 
     name = settings.mlflow.model_name
     mlflow_client = client(settings)
@@ -159,8 +160,8 @@ def register_challenger(settings: Settings, adapter_dir: Path, tags: Mapping[str
             mlflow.set_tags({f"lineage.{k}": v for k, v in tags.items()})
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=models.pyfunc_model(),
-                artifacts={models.ADAPTER_ARTIFACT: str(adapter_dir)},
+                python_model=python_model,
+                artifacts={ADAPTER_ARTIFACT: str(adapter_dir)},
                 pip_requirements=pip_requirements(),
             )
         mv = mlflow.register_model(info.model_uri, name, tags={**tags, "run_id": run.info.run_id})
@@ -230,97 +231,3 @@ def rollback(settings: Settings) -> tuple[str, str]:
         else:
             mlflow_client.delete_registered_model_alias(name, PREVIOUS)
     return current, target
-
-
-# ---------------------------------------------------------------------------------------------
-# Object storage (s3:// URIs) and local paths
-
-
-def is_s3(uri: str) -> bool:
-    return uri.startswith("s3://")
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> (bucket, key); a clear error for anything else."""
-    rest = uri[len("s3://") :] if is_s3(uri) else ""
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise ConfigError(f"{uri!r} is not an s3://bucket/key URI")
-    return bucket, key
-
-
-def read_bytes(settings: Settings, uri: str) -> bytes:
-    """The content of a local file or an s3:// object (retried by `storage`)."""
-    if not is_s3(uri):
-        try:
-            return Path(uri).read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"{uri}: cannot read ({exc.strerror or exc})") from exc
-    from bigbertha.core.storage import open_client
-
-    bucket, key = split_s3(uri)
-    return open_client(settings).get(bucket, key)
-
-
-def write_bytes(settings: Settings, uri: str, data: bytes) -> None:
-    """Write a local file or an s3:// object (creating the bucket if needed)."""
-    if not is_s3(uri):
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        Path(uri).write_bytes(data)
-        return
-    from bigbertha.core.storage import open_client
-
-    bucket, key = split_s3(uri)
-    store = open_client(settings)
-    store.ensure_bucket(bucket)
-    store.put(bucket, key, data)
-
-
-def upload_path(settings: Settings, src: Path, uri: str) -> str:
-    """Copy a file or a directory tree to `uri` (s3:// prefix or local path); returns `uri`."""
-    if not is_s3(uri):
-        dest = Path(uri)
-        if src.resolve() != dest.resolve():
-            if src.is_file():
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dest)
-            else:
-                shutil.copytree(src, dest, dirs_exist_ok=True)
-        return uri
-    from bigbertha.core.storage import open_client
-
-    bucket, prefix = split_s3(uri)
-    store = open_client(settings)
-    store.ensure_bucket(bucket)
-    if src.is_file():
-        store.put(bucket, prefix, src.read_bytes())
-        return uri
-    for path in sorted(p for p in src.rglob("*") if p.is_file()):
-        store.put(
-            bucket, f"{prefix.rstrip('/')}/{path.relative_to(src)}".lstrip("/"), path.read_bytes()
-        )
-    return uri
-
-
-def download_prefix(settings: Settings, uri: str, dest: Path) -> Path:
-    """Download every object under an s3:// prefix into `dest` (replaced); returns `dest`."""
-    from bigbertha.core.storage import open_client
-
-    bucket, prefix = split_s3(uri)
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
-    store = open_client(settings)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".s3-", dir=dest.parent))
-    count = 0
-    for obj in store.list(bucket, prefix):
-        target = tmp / obj.key[len(prefix) :]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(store.get(bucket, obj.key))
-        count += 1
-    if count == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ConfigError(f"{uri}: no objects under this prefix")
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    return dest

@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from bigbertha.core.errors import ConfigError
 from bigbertha.core.logs import RateLimitedLogger
-from bigbertha.telemetry import recorder as telemetry
+from bigbertha.telemetry import recorder
 
 if TYPE_CHECKING:
     import redis
@@ -53,7 +53,7 @@ class TelemetryCollector(Collector):
         self._serving_window = serving_window
         self._warn = RateLimitedLogger(log, interval=60.0)
         self._specs = {}
-        for spec in telemetry.STORED:
+        for spec in recorder.STORED:
             if spec.kind == "histogram":
                 self._specs[spec.name + "_bucket"] = spec
                 self._specs[spec.name + "_sum"] = spec
@@ -62,15 +62,15 @@ class TelemetryCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         # Names only, so registering never touches Redis.
-        for spec in (*telemetry.STORED, telemetry.MODEL_INFO, telemetry.REDIS_UP):
+        for spec in (*recorder.STORED, recorder.MODEL_INFO, recorder.REDIS_UP):
             yield _family(spec)
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily(telemetry.REDIS_UP.name, telemetry.REDIS_UP.doc)
+        up = GaugeMetricFamily(recorder.REDIS_UP.name, recorder.REDIS_UP.doc)
         try:
             pipe = self._client.pipeline(transaction=False)
-            pipe.hgetall(telemetry.METRICS_KEY)
-            pipe.hgetall(telemetry.SERVING_KEY)
+            pipe.hgetall(recorder.METRICS_KEY)
+            pipe.hgetall(recorder.SERVING_KEY)
             stored, serving = pipe.execute()
         except Exception as exc:  # any client failure means "Redis down" to the scraper
             self._warn.warning("cannot read telemetry from Redis: %s", exc)
@@ -87,8 +87,8 @@ class TelemetryCollector(Collector):
         self, stored: dict[str, str], versions: list[tuple[str, ...]]
     ) -> Iterator[Metric]:
         # spec -> label values -> (bucket bound or sample) -> value
-        values: dict[telemetry.MetricSpec, dict[tuple[str, ...], dict[Any, float]]] = {
-            spec: defaultdict(dict) for spec in telemetry.STORED
+        values: dict[recorder.MetricSpec, dict[tuple[str, ...], dict[Any, float]]] = {
+            spec: defaultdict(dict) for spec in recorder.STORED
         }
         # Counters start at 0 for every known label set, so the first event is an increase
         # that rate() and increase() can see (a series born at 1 would hide it).
@@ -127,7 +127,7 @@ class TelemetryCollector(Collector):
                 yield family
 
     def _model_info(self, seen: dict[tuple[str, ...], float]) -> Metric:
-        family = _scalar_family(telemetry.MODEL_INFO)
+        family = _scalar_family(recorder.MODEL_INFO)
         if seen:
             newest = max(seen.values())
             cutoff = time.time() - self._serving_window
@@ -148,35 +148,35 @@ def _serving(serving: dict[str, str]) -> dict[tuple[str, ...], float]:
             last = float(raw_value)
         except (ValueError, TypeError):
             continue
-        if len(labels) == len(telemetry.CHAT_LABELS):
+        if len(labels) == len(recorder.CHAT_LABELS):
             seen[labels] = last
     return seen
 
 
 def _zero_series(
     versions: list[tuple[str, ...]],
-) -> Iterator[tuple[telemetry.MetricSpec, tuple[str, ...]]]:
-    yield telemetry.DROPPED, ()
-    for result in telemetry.RETRAIN_RESULTS:
-        yield telemetry.RETRAIN_RUNS, (result,)
-    for decision in telemetry.PROMOTION_DECISIONS:
-        yield telemetry.PROMOTIONS, (decision,)
+) -> Iterator[tuple[recorder.MetricSpec, tuple[str, ...]]]:
+    yield recorder.DROPPED, ()
+    for result in recorder.RETRAIN_RESULTS:
+        yield recorder.RETRAIN_RUNS, (result,)
+    for decision in recorder.PROMOTION_DECISIONS:
+        yield recorder.PROMOTIONS, (decision,)
     for labels in versions:
-        for spec in (telemetry.REQUESTS, telemetry.ERRORS, telemetry.RETRIEVAL_EMPTY):
+        for spec in (recorder.REQUESTS, recorder.ERRORS, recorder.RETRIEVAL_EMPTY):
             yield spec, labels
         for kind in ("prompt", "completion"):
-            yield telemetry.TOKENS, (*labels, kind)
-        for rating in telemetry.RATINGS:
-            yield telemetry.FEEDBACK, (*labels, rating)
+            yield recorder.TOKENS, (*labels, kind)
+        for rating in recorder.RATINGS:
+            yield recorder.FEEDBACK, (*labels, rating)
 
 
-def _family(spec: telemetry.MetricSpec) -> Metric:
+def _family(spec: recorder.MetricSpec) -> Metric:
     if spec.kind == "histogram":
         return HistogramMetricFamily(spec.name, spec.doc, labels=list(spec.labels))
     return _scalar_family(spec)
 
 
-def _scalar_family(spec: telemetry.MetricSpec) -> CounterMetricFamily | GaugeMetricFamily:
+def _scalar_family(spec: recorder.MetricSpec) -> CounterMetricFamily | GaugeMetricFamily:
     if spec.kind == "counter":
         return CounterMetricFamily(spec.name, spec.doc, labels=list(spec.labels))
     return GaugeMetricFamily(spec.name, spec.doc, labels=list(spec.labels))
@@ -188,7 +188,7 @@ def _parse_bound(text: Any, buckets: tuple[float, ...]) -> float | None:
         bound = math.inf if text == "+Inf" else float(text)
     except (ValueError, TypeError):
         return None
-    return telemetry.bucket_for(buckets, bound)
+    return recorder.bucket_for(buckets, bound)
 
 
 def _cumulative(buckets: tuple[float, ...], data: dict[Any, float]) -> list[tuple[str, float]]:
@@ -196,7 +196,7 @@ def _cumulative(buckets: tuple[float, ...], data: dict[Any, float]) -> list[tupl
     out = []
     for bound in buckets:
         total += data.get(bound, 0.0)
-        out.append((telemetry.bound_label(bound), total))
+        out.append((recorder.bound_label(bound), total))
     return out
 
 
@@ -216,9 +216,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             "Set BIGBERTHA_REDIS__URL (redis://[:password@]host:port/db)."
         )
     url = settings.redis.url.get_secret_value()
-    client = telemetry.redis_client(url, settings.exporter.redis_timeout_seconds)
+    client = recorder.redis_client(url, settings.exporter.redis_timeout_seconds)
     # The health check answers within redis.timeout_seconds, well inside a kubelet probe's 1s.
-    probe = telemetry.redis_client(url, settings.redis.timeout_seconds)
+    probe = recorder.redis_client(url, settings.redis.timeout_seconds)
     if registry is None:
         registry = CollectorRegistry()
         process_collector.ProcessCollector(registry=registry)

@@ -26,8 +26,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bigbertha.core import storage
 from bigbertha.core.errors import BigberthaError
-from bigbertha.models import registry
 
 if TYPE_CHECKING:
     from bigbertha.core.settings import Settings
@@ -226,7 +226,7 @@ def build(
         dataset.counts[origin] = dataset.counts.get(origin, 0) + kept
 
     for uri in sources:
-        examples, rejected = parse_jsonl(registry.read_bytes(settings, uri), uri)
+        examples, rejected = parse_jsonl(storage.read_bytes(settings, uri), uri)
         for line in rejected:
             log.warning("training data: skipped %s", line)
         dataset.rejected.extend(rejected)
@@ -252,5 +252,5 @@ def build(
 def prepare(settings: Settings, sources: Sequence[str] | None, output: str) -> dict[str, Any]:
     """Build the dataset and write it as one canonical JSONL to `output` (path or s3://)."""
     dataset = build(settings, sources)
-    registry.write_bytes(settings, output, dataset.to_jsonl())
+    storage.write_bytes(settings, output, dataset.to_jsonl())
     return {"output": output, **dataset.summary()}

@@ -27,9 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bigbertha.core import storage
 from bigbertha.core.errors import ConfigError
-from bigbertha.models import loading as models
-from bigbertha.models import registry
+from bigbertha.models import loading, registry
 from bigbertha.training import data as training_data
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ def load_eval_set(settings: Settings, uri: str | None) -> tuple[str, list[traini
     uri = uri or settings.evaluate.data
     if not uri:
         raise ConfigError("no evaluation set: pass --data or set evaluate.data")
-    examples, rejected = training_data.parse_jsonl(registry.read_bytes(settings, uri), uri)
+    examples, rejected = training_data.parse_jsonl(storage.read_bytes(settings, uri), uri)
     for line in rejected:
         log.warning("evaluation data: skipped %s", line)
     if not examples:
@@ -193,7 +193,7 @@ def run(
     import mlflow
 
     uri, examples = eval_set or load_eval_set(settings, data)
-    model, tokenizer, version = models.load_causal_lm(model_ref, settings)
+    model, tokenizer, version = loading.load_causal_lm(model_ref, settings)
     metrics, samples = score(model, tokenizer, examples, settings.evaluate.max_new_tokens)
     result = EvalReport(
         model=model_ref,
@@ -219,7 +219,7 @@ def run(
     log.info("evaluated %s (version %s): %s", model_ref, version, _fmt(metrics))
     target = report or settings.evaluate.report
     if target:
-        registry.write_bytes(settings, target, json.dumps(result.to_json(), indent=2).encode())
+        storage.write_bytes(settings, target, json.dumps(result.to_json(), indent=2).encode())
     return result
 
 

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bigbertha.models import loading as models
-from bigbertha.models import registry
+from bigbertha.core import storage
+from bigbertha.models import loading, registry
 from bigbertha.training import data as training_data
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ def run(
 
     # 2. Base model (an adapter base is merged in: LoRA trains on a plain model).
     quantized = use_quantization(s.quantize)
-    model, tokenizer, base_version = models.load_causal_lm(
+    model, tokenizer, base_version = loading.load_causal_lm(
         s.base_model, settings, quantize=quantized
     )
     if isinstance(model, PeftModel):
@@ -219,15 +219,15 @@ def run(
             trainer.save_model(str(adapter_dir))
             tokenizer.save_pretrained(adapter_dir)
             lineage_doc = {**result.to_json(), **result.lineage}
-            (adapter_dir / models.LINEAGE_FILE).write_text(json.dumps(lineage_doc, indent=2))
+            (adapter_dir / loading.LINEAGE_FILE).write_text(json.dumps(lineage_doc, indent=2))
             if s.merge:
-                merged = models.save_merged(trainer.model, tokenizer, workdir / "merged")
+                merged = loading.save_merged(trainer.model, tokenizer, workdir / "merged")
                 result.merged = s.output.rstrip("/") + "/merged"
-                registry.upload_path(settings, merged, result.merged)
+                storage.upload_path(settings, merged, result.merged)
             mlflow.log_dict(lineage_doc, "lineage.json")
 
             # 5. Publish: the next workflow step reads it from here.
-            registry.upload_path(settings, adapter_dir, s.output)
+            storage.upload_path(settings, adapter_dir, s.output)
         log.info(
             "fine-tuned %s: %d steps, loss %.4f, adapter at %s (%.0fs)",
             base_ref,
@@ -237,7 +237,7 @@ def run(
             time.monotonic() - started,
         )
         if report:
-            registry.write_bytes(settings, report, json.dumps(result.to_json(), indent=2).encode())
+            storage.write_bytes(settings, report, json.dumps(result.to_json(), indent=2).encode())
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

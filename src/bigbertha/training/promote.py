@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bigbertha.core import storage
 from bigbertha.core.errors import BigberthaError
-from bigbertha.models import loading as models
-from bigbertha.models import registry
+from bigbertha.models import loading, registry
 from bigbertha.training import data as training_data
 from bigbertha.training import evaluate
 
@@ -94,7 +94,7 @@ def gate(
 
 def register(settings: Settings, challenger: str, lineage: Mapping[str, str]) -> str:
     """Register `challenger` (adapter path or s3:// prefix) unless it is already a version."""
-    source = models.resolve(challenger, settings)
+    source = loading.resolve(challenger, settings)
     if challenger.startswith("models:/"):
         return source.version
     tags = {
@@ -106,7 +106,9 @@ def register(settings: Settings, challenger: str, lineage: Mapping[str, str]) ->
         "source": challenger,
     }
     tags.update({k: v for k, v in lineage.items() if v})
-    return registry.register_challenger(settings, Path(source.location), tags)
+    return registry.register_challenger(
+        settings, Path(source.location), tags, loading.pyfunc_model()
+    )
 
 
 def reusable_evaluation(
@@ -115,7 +117,7 @@ def reusable_evaluation(
     """The evaluate step's report at `uri` if it benchmarked `challenger` on the evaluation set
     the gate uses now (`eval_hash`) with every gate metric; else None, and why."""
     try:
-        report = evaluate.EvalReport.from_json(json.loads(registry.read_bytes(settings, uri)))
+        report = evaluate.EvalReport.from_json(json.loads(storage.read_bytes(settings, uri)))
     except (BigberthaError, ValueError, TypeError) as exc:
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         log.warning(
@@ -214,7 +216,7 @@ def run(
     log.info("promotion gate for %s version %s: %s (%s)", name, version, decision.decision, reason)
     _record(settings, decision.decision)
     if report:
-        registry.write_bytes(settings, report, json.dumps(decision.to_json(), indent=2).encode())
+        storage.write_bytes(settings, report, json.dumps(decision.to_json(), indent=2).encode())
     return decision
 
 
@@ -226,5 +228,5 @@ def rollback(settings: Settings, *, report: str | None = None) -> Decision:
     log.info("rolled back %s: champion %s -> %s", settings.mlflow.model_name, current, target)
     _record(settings, "rollback")
     if report:
-        registry.write_bytes(settings, report, json.dumps(decision.to_json(), indent=2).encode())
+        storage.write_bytes(settings, report, json.dumps(decision.to_json(), indent=2).encode())
     return decision

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bigbertha.core import storage
 from bigbertha.core.errors import BigberthaError, InputError
 from bigbertha.models import registry
 from bigbertha.training import evaluate, finetune, promote
@@ -278,4 +279,4 @@ def run(
 
 def _write(settings: Settings, report: str | None, result: RetrainResult) -> None:
     if report:
-        registry.write_bytes(settings, report, json.dumps(result.to_json(), indent=2).encode())
+        storage.write_bytes(settings, report, json.dumps(result.to_json(), indent=2).encode())

@@ -1,0 +1,217 @@
+"""The per-process model server with champion hot-swap.
+
+`ModelServer` holds ONE model per process, shared by every chat session. With the transformers
+backend and `chat.champion_alias` set, it polls the registry alias every
+`chat.champion_poll_seconds`; when the alias moves it loads the new version in a background
+thread and swaps it in with one reference assignment. An answer keeps the model object it started
+with, so answers in flight finish on the old model; a failed load or an unreachable registry keeps
+the current model and is logged, counted and shown in `status()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bigbertha.chat.llm import ChatModel, ModelLoadError, load_openai, load_transformers
+from bigbertha.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerStatus:
+    """What the UI shows about the model being served."""
+
+    version: str
+    ref: str
+    loaded_at: float
+    swaps: int = 0
+    checks: int = 0
+    registry_failures: int = 0
+    load_failures: int = 0
+    last_error: str | None = None
+    registry_ok: bool = True
+    loading: str | None = None
+    history: list[str] = field(default_factory=list)
+
+
+class ModelServer:
+    """One chat model per process, replaced atomically when the champion moves.
+
+    `load(ref)` builds a model; `champion()` returns the ref the registry says to serve
+    (e.g. "models:/bigbertha-llm/3"), None when there is no champion, and raises when the
+    registry is unreachable. Without `champion` the server just serves `fallback_ref`.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[str], ChatModel],
+        *,
+        fallback_ref: str,
+        champion: Callable[[], str | None] | None = None,
+        poll_seconds: float = 30.0,
+    ) -> None:
+        #: Called with each model swapped in (e.g. to mark it serving in telemetry at once).
+        self.on_swap: Callable[[ChatModel], None] | None = None
+        self._load = load
+        self._fallback = fallback_ref
+        self._champion = champion
+        self._poll = poll_seconds
+        self._model: ChatModel | None = None
+        self._status: ServerStatus | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelServer:
+        if settings.llm.backend == "openai":
+            return cls(lambda ref: load_openai(settings), fallback_ref=settings.llm.model)
+        champion = None
+        if settings.chat.champion_alias:
+            champion = _registry_champion(settings, settings.chat.champion_alias)
+        return cls(
+            lambda ref: load_transformers(ref, settings),
+            fallback_ref=settings.llm.model,
+            champion=champion,
+            poll_seconds=settings.chat.champion_poll_seconds,
+        )
+
+    # The model object an answer must hold on to for its whole generation.
+    def current(self) -> ChatModel:
+        model = self._model
+        if model is None:
+            raise ModelLoadError("no chat model is loaded yet: call ModelServer.start()")
+        return model
+
+    def status(self) -> ServerStatus:
+        with self._lock:
+            if self._status is None:
+                raise ModelLoadError("no chat model is loaded yet")
+            return ServerStatus(**vars(self._status))
+
+    def start(self, *, watch: bool = True) -> ModelServer:
+        """Load the champion (or the fallback model), then poll in the background if `watch`."""
+        wanted, registry_error = self._ask_registry()
+        first = wanted or self._fallback
+        try:
+            model = self._load(first)
+        except Exception as exc:
+            if first == self._fallback:
+                raise _as_load_error(first, exc) from exc
+            log.error("chat model %s failed to load (%s); serving %s", first, exc, self._fallback)
+            registry_error = f"champion {first} failed to load: {exc}"
+            model = self._load_fallback()
+        with self._lock:
+            self._model = model
+            self._status = ServerStatus(
+                version=model.version,
+                ref=model.ref,
+                loaded_at=time.time(),
+                checks=1 if self._champion else 0,
+                registry_failures=1 if registry_error and wanted is None else 0,
+                last_error=registry_error,
+                registry_ok=registry_error is None or wanted is not None,
+                history=[model.version],
+            )
+        log.info("serving chat model %s (version %s)", model.ref, model.version)
+        if watch and self._champion is not None:
+            self._thread = threading.Thread(
+                target=self._watch, name="bigbertha-champion-watch", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def check_now(self) -> bool:
+        """One poll of the registry; loads and swaps if the champion moved. True if swapped."""
+        wanted, error = self._ask_registry()
+        with self._lock:
+            assert self._status is not None
+            self._status.checks += 1
+            self._status.registry_ok = error is None
+            if error is not None:
+                self._status.registry_failures += 1
+                self._status.last_error = error
+            current_ref = self._status.ref
+        if wanted is None or wanted == current_ref:
+            return False
+        log.info("champion moved to %s; loading it in the background", wanted)
+        with self._lock:
+            assert self._status is not None
+            self._status.loading = wanted
+        try:
+            model = self._load(wanted)
+        except Exception as exc:
+            log.error("champion %s failed to load, keeping %s: %s", wanted, current_ref, exc)
+            with self._lock:
+                assert self._status is not None
+                self._status.loading = None
+                self._status.load_failures += 1
+                self._status.last_error = f"champion {wanted} failed to load: {exc}"
+            return False
+        with self._lock:
+            assert self._status is not None
+            self._model = model  # the swap: new answers get the new model from here on
+            self._status.version = model.version
+            self._status.ref = model.ref
+            self._status.loaded_at = time.time()
+            self._status.swaps += 1
+            self._status.loading = None
+            self._status.last_error = None
+            self._status.history.append(model.version)
+        log.info("now serving chat model %s (version %s)", model.ref, model.version)
+        if self.on_swap is not None:
+            try:
+                self.on_swap(model)
+            except Exception:  # a telemetry hiccup must not undo or fail the swap
+                log.exception("on_swap hook failed after swapping to %s", model.ref)
+        return True
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._poll):
+            try:
+                self.check_now()
+            except Exception:  # the watcher must outlive any single bad poll
+                log.exception("champion check failed")
+
+    def _ask_registry(self) -> tuple[str | None, str | None]:
+        if self._champion is None:
+            return None, None
+        try:
+            return self._champion(), None
+        except Exception as exc:
+            log.warning("model registry unreachable, keeping the current model: %s", exc)
+            return None, f"model registry unreachable: {exc}"
+
+    def _load_fallback(self) -> ChatModel:
+        try:
+            return self._load(self._fallback)
+        except Exception as exc:
+            raise _as_load_error(self._fallback, exc) from exc
+
+
+def _as_load_error(ref: str, exc: Exception) -> ModelLoadError:
+    if isinstance(exc, ModelLoadError):
+        return exc
+    return ModelLoadError(f"chat model {ref}: {exc}")
+
+
+def _registry_champion(settings: Settings, alias: str) -> Callable[[], str | None]:
+    """The registry ref the alias points at, e.g. models:/bigbertha-llm/3 (None: no champion)."""
+
+    def champion() -> str | None:
+        from bigbertha.models.registry import alias_version
+
+        version = alias_version(settings, alias=alias)
+        return None if version is None else f"models:/{settings.mlflow.model_name}/{version}"
+
+    return champion

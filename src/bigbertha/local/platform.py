@@ -1,0 +1,270 @@
+"""The whole platform on 127.0.0.1: services, the chart's rendered objects, settings, gateway."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bigbertha.local.stack import ServiceManager, free_port, http_ok
+from bigbertha.local.timeline import DemoFailed, Timeline, get_json, wait_for
+from bigbertha.local.tiny_llama import tiny_llama
+
+ROOT = Path(__file__).resolve().parents[3]
+RELEASE = NAMESPACE = "bigbertha"  # what the chart is rendered as (its objects' names)
+VALUES = (ROOT / "values" / "local.yaml", ROOT / "values" / "demo.yaml")
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+SEED_DOCS = ("README.md", "docs/runbooks.md", "docs/install.md", "docs/rollback.md")
+QUESTIONS = (
+    "How do I roll back the champion model?",
+    "What does the negative feedback alert mean?",
+    "How is BigBertha installed on a cluster?",
+    "What happens when a document is uploaded to MinIO?",
+)
+
+
+class LocalPlatform:
+    """The local stack: services, rendered chart objects, settings env, gateway."""
+
+    def __init__(
+        self, workdir: Path, margin: float | None, values: tuple[Path, ...], tiny: bool = False
+    ) -> None:
+        from bigbertha.local import chart
+
+        self.tiny = tiny
+        self.workdir = workdir
+        self.services = ServiceManager(workdir / "run")
+        self.token = secrets.token_urlsafe(24)
+        overrides: dict[str, Any] = {}
+        if margin is not None:
+            overrides = {"settings": {"promote": {"margin": margin}}}
+        self.objects = chart.render(list(values), overrides, release=RELEASE, namespace=NAMESPACE)
+        self.values = chart.load_values([chart.ROOT / "values.yaml", *values], overrides)
+        self.gateway_server: Any = None
+        self.env: dict[str, str] = {}
+
+    def manifest(self, kind: str, suffix: str = "") -> dict[str, Any]:
+        found = [
+            o for o in self.objects if o["kind"] == kind and o["metadata"]["name"].endswith(suffix)
+        ]
+        if len(found) != 1:
+            raise DemoFailed(f"chart rendered {len(found)} {kind} objects named *{suffix}")
+        return found[0]
+
+    def settings_env(self) -> dict[str, str]:
+        """The chart's settings ConfigMap, with the wiring pointed at the local services."""
+        data = dict(self.manifest("ConfigMap", "-settings")["data"])
+        return {k: v for k, v in data.items() if k.startswith("BIGBERTHA_")}
+
+    def start(self, timeline: Timeline) -> None:
+        svc = self.services
+        with timeline.stage("start redis, s3, milvus") as st:
+            redis = svc.redis(password=secrets.token_urlsafe(12))
+            s3 = svc.s3()
+            milvus = svc.milvus()
+            st.result = f"redis :{redis.port}, s3 :{s3.port}, milvus :{milvus.port}"
+        with timeline.stage("start mlflow") as st:
+            mlflow = svc.mlflow()
+            st.result = mlflow.url
+        home = self.workdir / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        exporter_port, chat_port = free_port(), free_port()
+        self.env = {
+            **os.environ,
+            **self.settings_env(),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "BIGBERTHA_HOME": str(home),
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "BIGBERTHA_LOG__FORMAT": "json",
+            "BIGBERTHA_REDIS__URL": str(redis.extra["url"]),
+            "BIGBERTHA_S3__ENDPOINT": str(s3.extra["endpoint"]),
+            "BIGBERTHA_S3__ACCESS_KEY": str(s3.extra["access_key"]),
+            "BIGBERTHA_S3__SECRET_KEY": str(s3.extra["secret_key"]),
+            "BIGBERTHA_S3__SECURE": "false",
+            "BIGBERTHA_MILVUS__URI": str(milvus.extra["uri"]),
+            "BIGBERTHA_MLFLOW__TRACKING_URI": mlflow.url,
+            "BIGBERTHA_EXPORTER__HOST": "127.0.0.1",
+            "BIGBERTHA_EXPORTER__PORT": str(exporter_port),
+            "BIGBERTHA_CHAT__PORT": str(chat_port),
+        }
+        self._make_buckets()
+        self.env.update(self._datasets())
+        if self.tiny:
+            self.env.update(self._tiny_model())
+        with timeline.stage("start exporter") as st:
+            exporter = svc.bigbertha("exporter", ["exporter"], exporter_port, self.env)
+            st.result = f"{exporter.url}/metrics"
+        with timeline.stage("start gateway") as st:
+            gw_url = self._start_gateway()
+            st.result = gw_url
+        with timeline.stage("start alertmanager") as st:
+            am = svc.alertmanager(self.alertmanager_config(gw_url))
+            st.result = am.url
+        with timeline.stage("start prometheus") as st:
+            prom = svc.prometheus(*self.prometheus_config(exporter_port, am.port))
+            st.result = prom.url
+        with timeline.stage("start chatbot") as st:
+            # Ready once its API says the model is loaded (it loads in the background).
+            chat = svc.bigbertha(
+                "chat", ["chat"], chat_port, self.env, ready_path="/api/status", timeout=180
+            )
+            status = chatbot_status(chat.url)
+            st.result = f"{chat.url} serving model version {status.get('model_version')}"
+        self.urls = {
+            "chatbot": chat.url,
+            "prometheus": prom.url,
+            "alertmanager": am.url,
+            "mlflow": mlflow.url,
+            "exporter": f"{exporter.url}/metrics",
+            "gateway": gw_url,
+        }
+        self.prometheus, self.alertmanager_svc = prom, am
+
+    def _make_buckets(self) -> None:
+        from bigbertha.core import storage
+
+        client = storage.open_client(self.settings())
+        for bucket in (
+            self.values["objectStorage"]["documentsBucket"],
+            self.values["objectStorage"]["artifactsBucket"],
+        ):
+            client.ensure_bucket(bucket)
+
+    def _datasets(self) -> dict[str, str]:
+        """Put the curated training and held-out sets where the settings say they live."""
+        from bigbertha.core import storage
+
+        settings = self.settings()
+        client = storage.open_client(settings)
+        wanted = {"train": settings.finetune.data[0], "eval": settings.evaluate.data}
+        for name, uri in wanted.items():
+            if not uri or not uri.startswith("s3://"):
+                raise DemoFailed(f"settings name no s3:// {name} dataset (got {uri!r})")
+            bucket, _, key = uri[len("s3://") :].partition("/")
+            client.ensure_bucket(bucket)
+            data = (DEMO_DATA / f"{name}.jsonl").read_bytes()
+            client.put(bucket, key, data, "application/x-ndjson")
+        return {}
+
+    def _tiny_model(self) -> dict[str, str]:
+        """A tiny Llama built in code as the base model: the loop in CI time, not SmolLM2's."""
+
+        corpus = [
+            line
+            for name in ("train", "eval")
+            for line in (DEMO_DATA / f"{name}.jsonl").read_text().splitlines()
+        ]
+        base = tiny_llama(self.workdir / "tiny-base", corpus)
+        return {
+            "BIGBERTHA_LLM__MODEL": str(base),
+            "BIGBERTHA_FINETUNE__BASE_MODEL": str(base),
+            # A random tiny model answers nothing right: its perplexity is what can improve.
+            "BIGBERTHA_PROMOTE__GATE_METRICS": json.dumps(["perplexity"]),
+        }
+
+    def settings(self) -> Any:
+        """Settings as the child processes see them (for in-process calls)."""
+        from bigbertha.core.settings import load
+
+        keep = {k: v for k, v in self.env.items() if k.startswith("BIGBERTHA_")}
+        saved = dict(os.environ)
+        try:
+            os.environ.update(keep)
+            return load()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def _start_gateway(self) -> str:
+        from waitress.server import create_server
+
+        from bigbertha.local import gateway
+
+        def runner(argv: list[str]) -> int:
+            log = self.workdir / "run" / "workflows.log"
+            with log.open("ab") as out:
+                out.write(f"$ {' '.join(argv)}\n".encode())
+                out.flush()
+                return subprocess.run(
+                    argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, check=False
+                ).returncode
+
+        self.gateway = gateway.Gateway(self.objects, runner, self.token)
+        port = free_port()
+        self.gateway_server = create_server(
+            self.gateway.flask_app(), host="127.0.0.1", port=port, threads=4
+        )
+        threading.Thread(target=self.gateway_server.run, daemon=True).start()
+        url = f"http://127.0.0.1:{port}"
+        wait_for("gateway", lambda: http_ok(f"{url}/healthz"), 20, 0.2)
+        return url
+
+    def alertmanager_config(self, gateway_url: str) -> str:
+        """alertmanager.yml equivalent to the chart's AlertmanagerConfig, aimed at the gateway."""
+        from bigbertha.local import alerting
+
+        amc = self.manifest("AlertmanagerConfig")
+        endpoint = next(iter(self.gateway.webhooks))
+        return alerting.alertmanager_yaml(
+            amc, namespace=NAMESPACE, url=f"{gateway_url}{endpoint}", token=self.token
+        )
+
+    def prometheus_config(self, exporter_port: int, am_port: int) -> tuple[str, dict[str, str]]:
+        rules = self.manifest("PrometheusRule")
+        timing = self.values.get("demo", {}) or {}
+        config = {
+            "global": {
+                "scrape_interval": timing.get("scrapeInterval", "2s"),
+                "evaluation_interval": timing.get("evaluationInterval", "2s"),
+            },
+            "rule_files": ["rules.yml"],
+            "alerting": {
+                "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]
+            },
+            "scrape_configs": [
+                {
+                    # The labels the ServiceMonitor's targets carry in the cluster.
+                    "job_name": f"{RELEASE}-exporter",
+                    "static_configs": [
+                        {
+                            "targets": [f"127.0.0.1:{exporter_port}"],
+                            "labels": {"namespace": NAMESPACE},
+                        }
+                    ],
+                }
+            ],
+        }
+        return yaml.safe_dump(config), {"rules.yml": yaml.safe_dump(rules["spec"])}
+
+    def run(self, argv: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bigbertha", *argv],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def stop(self) -> list[int]:
+        if self.gateway_server is not None:
+            self.gateway_server.close()
+        return self.services.stop_all()
+
+
+def chatbot_status(url: str) -> dict[str, Any]:
+    """The running chatbot's /api/status (a 503 while loading is a status too)."""
+    try:
+        status: dict[str, Any] = get_json(f"{url}/api/status")
+    except urllib.error.HTTPError as exc:
+        status = json.load(exc)
+    return status

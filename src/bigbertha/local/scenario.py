@@ -1,0 +1,198 @@
+"""The demo's scenario on a running platform: upload and ingest, ask, rate, the quality rounds."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bigbertha.local.platform import QUESTIONS, ROOT, SEED_DOCS, LocalPlatform, chatbot_status
+from bigbertha.local.timeline import DemoFailed, Timeline, prom_query, wait_for
+
+
+def upload_and_ingest(platform: LocalPlatform, timeline: Timeline) -> None:
+    """Upload the seed documents; MinIO-style notifications go to the gateway's /minio."""
+    from bigbertha.core import storage
+
+    bucket = platform.values["objectStorage"]["documentsBucket"]
+    client = storage.open_client(platform.settings())
+    with timeline.stage("upload + ingest documents") as st:
+        for rel in SEED_DOCS:
+            path = ROOT / rel
+            key = f"seed/{Path(rel).name}"
+            client.put(bucket, key, path.read_bytes())
+            notification = minio_notification(bucket, key, path.stat().st_size)
+            body = json.dumps(notification).encode()
+            request = urllib.request.Request(
+                f"{platform.urls['gateway']}/minio",
+                data=body,
+                headers={"Content-Type": "application/json"},
+            )
+            urllib.request.urlopen(request, timeout=10).read()
+        if not platform.gateway.wait(600):
+            raise DemoFailed("ingestion workflows did not finish")
+        runs = [r for r in platform.gateway.engine.runs if "ingest" in r.template]
+        failed = [r.name for r in runs if r.status != "Succeeded"]
+        if failed:
+            raise DemoFailed(f"ingestion failed: {failed}")
+        st.result = f"{len(runs)} documents through {len(runs)} ingest workflows"
+
+
+def minio_notification(bucket: str, key: str, size: int) -> dict[str, Any]:
+    """What a MinIO webhook notification target POSTs for a PUT (key query-escaped)."""
+    escaped = urllib.parse.quote_plus(key)
+    return {
+        "EventName": "s3:ObjectCreated:Put",
+        "Key": f"{bucket}/{key}",
+        "Records": [
+            {
+                "eventVersion": "2.0",
+                "eventSource": "minio:s3",
+                "eventTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+                "eventName": "s3:ObjectCreated:Put",
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                    "object": {"key": escaped, "size": size},
+                },
+            }
+        ],
+    }
+
+
+def ask(platform: LocalPlatform, question: str, feedback: str | None = None) -> dict[str, Any]:
+    """`bigbertha ask` through the running chatbot: its model, no model load per question."""
+    argv = ["ask", question, "--json", "--server", platform.urls["chatbot"]]
+    if feedback:
+        argv += ["--feedback", feedback]
+    result = platform.run(argv, timeout=300)
+    if result.returncode != 0:
+        raise DemoFailed(f"bigbertha ask failed: {result.stderr.strip()[-300:]}")
+    answer: dict[str, Any] = json.loads(result.stdout)
+    return answer
+
+
+@dataclass
+class Round:
+    """One turn of the quality loop: unhappy users, alert, retraining, gate."""
+
+    number: int
+    margin: float
+    served_before: str = ""
+    workflow: str = ""
+    outcome: dict[str, Any] = field(default_factory=dict)
+    champion_after: str | None = None
+    marks: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return bool(self.champion_after) and self.champion_after != self.served_before
+
+
+def quality_round(platform: LocalPlatform, timeline: Timeline, rnd: Round) -> Round:
+    """Rate answers down until the retrain alert fires; follow the Workflow to the gate."""
+    from bigbertha.models import registry
+
+    tag = f"round {rnd.number}: "
+    platform.env["BIGBERTHA_PROMOTE__MARGIN"] = str(rnd.margin)  # read by the workflow steps
+    known = {r.name for r in platform.gateway.engine.runs if "finetune" in r.template}
+    with timeline.stage(tag + "questions, rated down") as st:
+        versions = {str(ask(platform, q, feedback="down").get("model_version")) for q in QUESTIONS}
+        if len(versions) != 1:
+            raise DemoFailed(f"answers came from several model versions: {sorted(versions)}")
+        rnd.served_before = versions.pop()
+        st.result = f"{len(QUESTIONS)} answers from version {rnd.served_before}, all rated down"
+    with timeline.stage(tag + "retrain alert fires") as st:
+        query = (
+            'ALERTS{alertname="BigBerthaNegativeFeedbackHigh",alertstate="firing",'
+            f'model_version="{rnd.served_before}"}}'
+        )
+        wait_for("the retrain alert", lambda: prom_query(platform.prometheus, query), 300, 2)
+        st.result = f"BigBerthaNegativeFeedbackHigh firing for version {rnd.served_before}"
+    with timeline.stage(tag + "alertmanager -> gateway") as st:
+        run = wait_for(
+            "a retraining workflow",
+            lambda: next(
+                (
+                    r
+                    for r in platform.gateway.engine.runs
+                    if "finetune" in r.template and r.name not in known
+                ),
+                None,
+            ),
+            300,
+            1,
+        )
+        rnd.workflow = run.name
+        st.result = f"workflow {run.name} (alert {run.arguments.get('alert-name')})"
+    with timeline.stage(tag + "prepare, finetune, evaluate, gate") as st:
+        wait_for("the retraining workflow", lambda: run.finished, 1200, 2)
+        rnd.marks["retrain_started"] = run.started
+        rnd.marks["retrain_finished"] = run.finished
+        steps = ", ".join(
+            f"{s['name']} {s.get('finished', s['started']) - s['started']:.0f}s" for s in run.steps
+        )
+        st.result = f"{run.status}: {steps}"
+        if run.status != "Succeeded":
+            raise DemoFailed(f"retraining failed: {run.message}")
+    with timeline.stage(tag + "promotion gate") as st:
+        settings = platform.settings()
+        rnd.champion_after = registry.alias_version(settings, "champion")
+        rnd.outcome = last_decision(settings)
+        if rnd.promoted:
+            rnd.marks["promoted"] = time.time()
+        st.result = (
+            f"{rnd.outcome.get('decision', '?')}: champion {rnd.served_before} -> "
+            f"{rnd.champion_after} ({rnd.outcome.get('reason', '')})"
+        )
+    timeline.data.setdefault("rounds", []).append(rnd)
+    return rnd
+
+
+def last_decision(settings: Any) -> dict[str, Any]:
+    """The promotion gate's decision as recorded on the newest registered version's tags."""
+    from bigbertha.models import registry
+
+    name = settings.mlflow.model_name
+    versions = registry.client(settings).search_model_versions(f"name='{name}'")
+    if not versions:
+        return {"decision": "none", "reason": "no version was registered"}
+    newest = max(versions, key=lambda v: int(v.version))
+    tags = dict(newest.tags)
+    metrics: dict[str, dict[str, Any]] = {}
+    for key, value in tags.items():
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "gate" and parts[2] in ("champion", "challenger"):
+            metrics.setdefault(parts[1], {})[parts[2]] = value
+    return {
+        "version": str(newest.version),
+        "decision": tags.get("gate.decision", "none"),
+        "reason": tags.get("gate.reason", ""),
+        "metrics": metrics,
+    }
+
+
+def champion_answers(platform: LocalPlatform, timeline: Timeline, expected: str) -> None:
+    """The running chatbot hot-swapped to the champion (no restart): its status says so, and
+    its next answer reports the champion's version."""
+    url = platform.urls["chatbot"]
+    with timeline.stage("chatbot serves the champion") as st:
+        status = wait_for(
+            f"the chatbot's hot swap to version {expected}",
+            lambda: (s := chatbot_status(url)).get("model_version") == expected and s,
+            180,
+            1,
+        )
+        answer = ask(platform, QUESTIONS[0])
+        served = str(answer.get("model_version"))
+        if served != expected:
+            raise DemoFailed(f"answer came from {served}, expected champion {expected}")
+        st.result = (
+            f"chatbot hot-swapped to model version {expected} (swaps {status['swaps']}); "
+            f"next answer from model version {served}"
+        )

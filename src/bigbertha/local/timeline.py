@@ -1,0 +1,81 @@
+"""The demo's live timeline (what the terminal prints and the report is built from), and the
+waits and Prometheus queries its stages share."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from bigbertha.core.errors import BigberthaError
+from bigbertha.local.stack import Service
+
+
+class DemoFailed(BigberthaError):
+    """A stage of the demo did not happen in time."""
+
+
+@dataclass
+class Stage:
+    name: str
+    started: float
+    finished: float | None = None
+    result: str = ""
+    ok: bool | None = None
+
+
+@dataclass
+class Timeline:
+    """The live terminal timeline and what the report is built from."""
+
+    t0: float = field(default_factory=time.time)
+    stages: list[Stage] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def print(self, stage: Stage) -> None:
+        elapsed = (stage.finished or time.time()) - self.t0
+        status = {True: "ok", False: "FAILED", None: "..."}[stage.ok]
+        print(f"[{elapsed:7.1f}s] {stage.name:<28} {status:<6} {stage.result}", flush=True)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[Stage]:
+        stage = Stage(name, time.time())
+        self.stages.append(stage)
+        self.print(stage)
+        try:
+            yield stage
+        except BaseException as exc:
+            stage.ok, stage.finished = False, time.time()
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            stage.result = stage.result or first[:160]
+            self.print(stage)
+            raise
+        stage.ok, stage.finished = True, time.time()
+        self.print(stage)
+
+
+def wait_for(what: str, check: Any, timeout: float, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise DemoFailed(f"{what} did not happen within {timeout:.0f}s")
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def prom_query(prom: Service, query: str) -> list[dict[str, Any]]:
+    q = urllib.parse.quote(query)
+    result: list[dict[str, Any]] = get_json(f"{prom.url}/api/v1/query?query={q}")["data"]["result"]
+    return result
