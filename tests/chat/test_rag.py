@@ -14,13 +14,14 @@ import pytest
 from typer.testing import CliRunner
 
 from bigbertha.chat.model_server import ModelServer
-from bigbertha.chat.rag import NOTHING_RETRIEVED, RagEngine, build_messages, sources_from
+from bigbertha.chat.rag import NOTHING_RETRIEVED, RagEngine, passages_of, sources_from
 from bigbertha.core.settings import MlflowSettings, RedisSettings, Settings
 from bigbertha.documents import ingest
 from bigbertha.documents.retrieval import Chunk, Retriever
 from bigbertha.local.tiny_llama import tiny_llama
 from bigbertha.models import registry
 from bigbertha.models.loading import pyfunc_model
+from bigbertha.models.prompts import build_messages
 from bigbertha.telemetry.feedback import FeedbackLog
 from bigbertha.telemetry.recorder import METRICS_KEY, Recorder, field
 from tests.chat.test_llm import smollm2_chat_model
@@ -46,7 +47,7 @@ def chunk(text: str, score: float, **meta: Any) -> Chunk:
 
 def test_prompt_numbers_the_passages_and_asks_for_citations() -> None:
     chunks = [chunk("Refunds take 5 days.", 0.8, page=3), chunk("Gloria.", 0.5, section="Office")]
-    system, user = build_messages("How long do refunds take?", chunks)
+    system, user = build_messages("How long do refunds take?", passages_of(chunks))
     assert "[1]" in system["content"] and "only from the numbered context" in system["content"]
     assert "[1] (a.pdf, page 3)\nRefunds take 5 days." in user["content"]
     assert "[2] (a.pdf, section Office)\nGloria." in user["content"]
@@ -101,6 +102,45 @@ def metric(settings: Settings, name: str, *labels: str) -> float:
     client = FeedbackLog.from_settings(settings).client
     value = client.hget(METRICS_KEY, field(name, settings.mlflow.model_name, *labels))
     return float(value or 0)
+
+
+class _Tokens:
+    def __init__(self, text: str) -> None:
+        self.text, self.prompt_tokens, self.completion_tokens = text, 7, 3
+
+    def __iter__(self) -> Iterator[str]:
+        yield self.text
+
+    def close(self) -> None:
+        pass
+
+
+class _RecordingModel:
+    """Answers with a fixed text and keeps every prompt it was sent."""
+
+    ref = version = "recording"
+
+    def __init__(self) -> None:
+        self.sent: list[list[dict[str, str]]] = []
+
+    def stream(self, messages: Any, *, max_new_tokens: int, temperature: float) -> _Tokens:
+        self.sent.append([dict(m) for m in messages])
+        return _Tokens("The mascot is Gloria [1].")
+
+
+def test_a_rated_turn_trains_on_exactly_the_prompt_the_chatbot_sent(kb: Settings) -> None:
+    from bigbertha.telemetry.feedback import KEY
+    from bigbertha.training import data as training_data
+
+    model = _RecordingModel()
+    engine = engine_for(kb, ModelServer(lambda ref: model, fallback_ref="recording").start())
+    FeedbackLog.from_settings(kb).client.delete(KEY)
+    answer = engine.ask(MASCOT, "up")
+    assert answer.sources and not answer.error  # retrieved from Milvus, then generated
+
+    [example] = training_data.feedback_examples(kb, limit=10)
+    assert example["prompt"] == model.sent[0]
+    assert example["completion"] == [{"role": "assistant", "content": answer.text}]
 
 
 @pytest.mark.slow

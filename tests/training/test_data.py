@@ -10,6 +10,7 @@ import pytest
 
 from bigbertha.core import storage
 from bigbertha.core.settings import Settings
+from bigbertha.models.prompts import Passage, build_messages
 from bigbertha.telemetry.feedback import KEY as FEEDBACK_KEY
 from bigbertha.training import data as training_data
 
@@ -106,18 +107,22 @@ def test_feedback_log_turns_rated_up_become_examples(redis_server: Any) -> None:
     client = redis.Redis.from_url(redis_server.extra["url"])
     client.delete(FEEDBACK_KEY)
 
-    def turn(turn_id: str, question: str, answer: str, rating: str | None, ts: float) -> str:
-        return json.dumps(
-            {
-                "ts": ts,
-                "question": question,
-                "answer": answer,
-                "sources": [{"source": "s3://docs/a.pdf", "page": 1, "score": 0.8}],
-                "model_version": "3",
-                "rating": rating,
-                "turn_id": turn_id,
-            }
-        )
+    passage = {"text": "BigBertha is an LLMOps platform.", "label": "a.pdf, page 1"}
+
+    def turn(
+        turn_id: str, question: str, answer: str, rating: str | None, ts: float, **extra: Any
+    ) -> str:
+        record = {
+            "ts": ts,
+            "question": question,
+            "answer": answer,
+            "sources": [{"source": "s3://docs/a.pdf", "page": 1, "score": 0.8}],
+            "model_version": "3",
+            "context": [passage],
+            "rating": rating,
+            "turn_id": turn_id,
+        }
+        return json.dumps({**record, **extra})
 
     # Oldest first; LPUSH makes the list newest first, as the chatbot writes it.
     for record in [
@@ -128,7 +133,8 @@ def test_feedback_log_turns_rated_up_become_examples(redis_server: Any) -> None:
         turn("t3", "what is bigbertha ?", "an llmops platform", "up", 5),  # duplicate answer
         turn("t4", "changed my mind ?", "yes", "up", 6),
         turn("t4", "changed my mind ?", "yes", "down", 7),  # the newest rating wins
-        turn("t5", "where are the docs ?", "in minio", "up", 8),
+        turn("t5", "where are the docs ?", "in minio", "up", 8, context=None),
+        turn("t6", "anything there ?", "I found nothing", "up", 9, context=[]),  # no model call
         "not json",
     ]:
         client.lpush(FEEDBACK_KEY, record)
@@ -137,8 +143,12 @@ def test_feedback_log_turns_rated_up_become_examples(redis_server: Any) -> None:
         finetune={"min_examples": 1, "feedback_examples": 10},
     )
     dataset = training_data.build(settings, [])
-    questions = [e["prompt"][0]["content"] for e in dataset.examples]
-    assert questions == ["where are the docs ?", "what is bigbertha ?"]
+    # Each prompt is rebuilt exactly as the chatbot sent it: with its passages, or without
+    # context when retrieval was down; a turn the model never saw is not training data.
+    assert [e["prompt"] for e in dataset.examples] == [
+        build_messages("where are the docs ?", None),
+        build_messages("what is bigbertha ?", [Passage(passage["text"], passage["label"])]),
+    ]
     assert dataset.counts == {"feedback": 2}
     bounded = settings.model_copy(
         update={"finetune": settings.finetune.model_copy(update={"feedback_examples": 1})}

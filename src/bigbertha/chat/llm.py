@@ -18,10 +18,9 @@ from typing import Any, Protocol
 
 from bigbertha.core.errors import BigberthaError
 from bigbertha.core.settings import Settings
+from bigbertha.models.prompts import Message
 
 log = logging.getLogger(__name__)
-
-Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
 
 
 class ModelLoadError(BigberthaError):

@@ -2,7 +2,7 @@
 
 One answer, top to bottom (`RagEngine.stream`):
 1. retrieve the top-k chunks for the question (Milvus down: answer without context, warn);
-2. build the prompt: numbered context chunks and an instruction to cite them as [n];
+2. build the prompt (`models.prompts`): numbered passages and an instruction to cite them;
 3. generate with the model the server holds at this moment (streamed; it stays that model for
    the whole answer, even if the champion is swapped meanwhile);
 4. record telemetry (Recorder) and log the turn (FeedbackLog).
@@ -25,26 +25,16 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
-from bigbertha.chat.llm import GenerationError, Message, TokenStream
+from bigbertha.chat.llm import GenerationError, TokenStream
 from bigbertha.chat.model_server import ModelServer
 from bigbertha.core.errors import InputError
 from bigbertha.core.settings import Settings
 from bigbertha.documents.retrieval import Chunk, RetrievalUnavailable, Retriever
+from bigbertha.models.prompts import Passage, build_messages
 from bigbertha.telemetry.feedback import FeedbackLog, FeedbackSource, Turn
 
 log = logging.getLogger(__name__)
 
-SYSTEM_PROMPT = (
-    "You are BigBertha, an assistant that answers questions about the user's documents. "
-    "Answer only from the numbered context passages. Cite every fact with the number of its "
-    "passage in square brackets, like [1]. If the passages do not contain the answer, say that "
-    "the documents do not say. Be brief."
-)
-NO_CONTEXT_PROMPT = (
-    "You are BigBertha, an assistant for the user's documents. The document search is "
-    "unavailable right now, so answer from general knowledge, briefly, and say that the answer "
-    "is not based on the documents."
-)
 NOTHING_RETRIEVED = (
     "I found nothing in the ingested documents that matches this question, so I cannot answer "
     "it from them. Try rephrasing it, or ingest the documents that cover it."
@@ -166,18 +156,9 @@ def sources_from(chunks: Sequence[Chunk], snippet_chars: int = 240) -> list[Sour
     return out
 
 
-def build_messages(question: str, chunks: Sequence[Chunk] | None) -> list[Message]:
-    """The chat messages for one answer; `chunks=None` means retrieval was unavailable."""
-    if chunks is None:
-        return [
-            {"role": "system", "content": NO_CONTEXT_PROMPT},
-            {"role": "user", "content": question},
-        ]
-    passages = "\n\n".join(
-        f"[{n}] ({chunk.label})\n{chunk.text.strip()}" for n, chunk in enumerate(chunks, start=1)
-    )
-    user = f"Context passages:\n\n{passages}\n\nQuestion: {question}\nAnswer with citations:"
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+def passages_of(chunks: Sequence[Chunk]) -> list[Passage]:
+    """Retrieved chunks as the prompt's passages, cited by their labels."""
+    return [Passage(chunk.text, chunk.label) for chunk in chunks]
 
 
 class AnswerStream:
@@ -298,7 +279,8 @@ class RagEngine:
 
         # 2. Build the prompt.
         mark = time.perf_counter()
-        messages = build_messages(question, chunks) if chunks != [] else []
+        passages = None if chunks is None else passages_of(chunks)
+        messages = build_messages(question, passages) if passages != [] else []
         sources = sources_from(chunks or [])
         timings.prompt = time.perf_counter() - mark
 
@@ -388,6 +370,8 @@ class RagEngine:
             answer=text,
             sources=[FeedbackSource(s.document, s.page, s.score) for s in sources],
             model_version=version,
+            # What the model was prompted with, so a rated turn trains on this exact prompt.
+            context=None if chunks is None else [p.to_record() for p in passages_of(chunks)],
         )
         dropped = self.recorder.dropped
         self.recorder.record_answer(

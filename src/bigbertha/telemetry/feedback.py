@@ -2,8 +2,10 @@
 
 Each turn is LPUSHed to the list `bigbertha:feedback:log` as one JSON object
 `{"ts", "question", "answer", "sources": [{"source", "page", "score"}], "model_version",
-"rating", "turn_id"}` with `rating` null; a thumbs up or down appends a second, complete record
-with the same `turn_id` and the rating, so a reader never needs to join records. The list is
+"context": [{"text", "label"}] | null, "rating", "turn_id"}` with `rating` null (`context` holds
+the passages the model was prompted with, so training rebuilds that exact prompt); a thumbs up
+or down appends a second, complete record with the same `turn_id` and the rating, so a reader
+never needs to join records. The list is
 trimmed to `chat.feedback_log_size` items on every write (LTRIM), so it stays bounded.
 
 The log never breaks a chat: with Redis unset or unreachable a write returns False, logs once
@@ -17,7 +19,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -46,6 +48,9 @@ class Turn:
     answer: str
     sources: Sequence[FeedbackSource]
     model_version: str
+    # The passages the model was prompted with ({"text", "label"} each): None when retrieval
+    # was unavailable (prompted without context), empty when the model was not asked at all.
+    context: Sequence[Mapping[str, Any]] | None = ()
     turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     ts: float = field(default_factory=time.time)
     rating: Rating | None = None
@@ -53,6 +58,7 @@ class Turn:
     def record(self) -> dict[str, Any]:
         data = asdict(self)
         data["sources"] = [asdict(s) for s in self.sources]
+        data["context"] = None if self.context is None else [dict(p) for p in self.context]
         return data
 
 

@@ -6,8 +6,9 @@ Run as a workflow step (the DAG's prepare-data):
 
 Accepted rows (one JSON object per line; blank lines and ``#`` comments are ignored):
 - ``{"prompt": "...", "completion": "..."}``
-- ``{"question": "...", "context": "..." | ["...", ...], "answer" | "reference": "..."}``:
-  a RAG example, formatted with the chatbot's own prompt (`rag.SYSTEM_PROMPT`, numbered passages)
+- ``{"question": "...", "context": "..." | ["...", {"text": "...", "label": "..."}, ...],
+  "answer" | "reference": "..."}``: a RAG example, prompted exactly as the chatbot prompts
+  (`bigbertha.models.prompts.build_messages`; no context means the no-context prompt)
 - ``{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}``: the last
   message must be the assistant's answer; everything before it is the prompt.
 Every source becomes the same conversational prompt/completion form that trl's SFTTrainer
@@ -28,13 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from bigbertha.core import storage
 from bigbertha.core.errors import BigberthaError
+from bigbertha.models.prompts import Message, Passage, build_messages
 
 if TYPE_CHECKING:
     from bigbertha.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Message = dict[str, str]
 Example = dict[str, list[Message]]  # {"prompt": [...], "completion": [{"role": "assistant"...}]}
 _ROLES = {"system", "user", "assistant"}
 
@@ -83,20 +84,6 @@ def dataset_hash(examples: Iterable[Mapping[str, Any]]) -> str:
     return digest.hexdigest()
 
 
-def rag_prompt(question: str, contexts: Sequence[str]) -> list[Message]:
-    """The chatbot's prompt for a question and its retrieved passages (see `rag`)."""
-    from bigbertha.chat.rag import NO_CONTEXT_PROMPT, SYSTEM_PROMPT
-
-    if not contexts:
-        return [
-            {"role": "system", "content": NO_CONTEXT_PROMPT},
-            {"role": "user", "content": question},
-        ]
-    passages = "\n\n".join(f"[{n}]\n{text.strip()}" for n, text in enumerate(contexts, start=1))
-    user = f"Context passages:\n\n{passages}\n\nQuestion: {question}\nAnswer with citations:"
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
-
-
 def _text(row: Mapping[str, Any], key: str) -> str:
     value = row.get(key)
     if not isinstance(value, str) or not value.strip():
@@ -104,14 +91,15 @@ def _text(row: Mapping[str, Any], key: str) -> str:
     return value.strip()
 
 
-def _contexts(value: Any) -> list[str]:
+def _passages(value: Any) -> list[Passage]:
+    """A row's 'context': a string, or a list of strings or {"text", "label"} objects."""
     if value is None:
         return []
     if isinstance(value, str):
-        return [value] if value.strip() else []
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return [v for v in value if v.strip()]
-    raise ValueError("'context' must be a string or a list of strings")
+        return [Passage(value)] if value.strip() else []
+    if not isinstance(value, list):
+        raise ValueError("'context' must be a string or a list of passages")
+    return [Passage.from_record(v) for v in value if not (isinstance(v, str) and not v.strip())]
 
 
 def to_example(row: Any) -> Example:
@@ -127,7 +115,8 @@ def to_example(row: Any) -> Example:
         return _from_messages([*row["prompt"], *completion])
     if "question" in row:
         answer_key = "answer" if "answer" in row else "reference"
-        prompt = rag_prompt(_text(row, "question"), _contexts(row.get("context")))
+        passages = _passages(row.get("context"))
+        prompt = build_messages(_text(row, "question"), passages or None)
         return {"prompt": prompt, "completion": [_assistant(_text(row, answer_key))]}
     if "prompt" in row:
         prompt = [{"role": "user", "content": _text(row, "prompt")}]
@@ -172,6 +161,18 @@ def parse_jsonl(data: bytes, source: str) -> tuple[list[Example], list[str]]:
     return examples, rejected
 
 
+def turn_example(record: Mapping[str, Any]) -> Example:
+    """A logged chat turn as a training example whose prompt is the one the chatbot sent."""
+    context = record.get("context", [])
+    if context == []:  # not logged, or the answer did not come from the model
+        raise ValueError("no prompt was logged for it (the model was not asked)")
+    passages = None if context is None else _passages(context)
+    return {
+        "prompt": build_messages(_text(record, "question"), passages),
+        "completion": [_assistant(_text(record, "answer"))],
+    }
+
+
 def feedback_examples(settings: Settings, limit: int) -> list[Example]:
     """Examples from turns users rated up (latest rating per turn wins), newest first."""
     if limit <= 0 or settings.redis.url is None:
@@ -193,12 +194,9 @@ def feedback_examples(settings: Settings, limit: int) -> list[Example]:
         if rating.get(turn_id) != "up":
             continue
         try:
-            example = {
-                "prompt": [{"role": "user", "content": _text(record, "question")}],
-                "completion": [_assistant(_text(record, "answer"))],
-            }
-        except ValueError:
-            log.warning("feedback log: turn %s has no question or answer; skipped", turn_id)
+            example = turn_example(record)
+        except ValueError as exc:
+            log.warning("feedback log: turn %s skipped: %s", turn_id, exc)
             continue
         out.append(example)
         if len(out) >= limit:

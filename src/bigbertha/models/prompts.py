@@ -1,0 +1,78 @@
+"""The prompt a model is served and trained with: one builder for every side of the contract.
+
+The chatbot (`chat.rag`), training-data preparation (`training.data`) and evaluation
+(`training.evaluate`) all call `build_messages`, so a fine-tuned model is trained and
+benchmarked on exactly the prompt it will see in production:
+
+- passages: a system prompt that asks for answers from numbered passages with [n] citations,
+  and a user message with the passages, each as ``[n] (label)`` (or ``[n]`` when the passage
+  has no label, as in curated data without one), then the question;
+- retrieval unavailable (``passages=None``): a system prompt that says the answer is not from
+  the documents, and the bare question.
+
+The chatbot logs each answer's passages with the turn (`Passage.to_record`), so a rated turn
+becomes a training row whose prompt is rebuilt here, exactly as it was sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
+
+SYSTEM_PROMPT = (
+    "You are BigBertha, an assistant that answers questions about the user's documents. "
+    "Answer only from the numbered context passages. Cite every fact with the number of its "
+    "passage in square brackets, like [1]. If the passages do not contain the answer, say that "
+    "the documents do not say. Be brief."
+)
+NO_CONTEXT_PROMPT = (
+    "You are BigBertha, an assistant for the user's documents. The document search is "
+    "unavailable right now, so answer from general knowledge, briefly, and say that the answer "
+    "is not based on the documents."
+)
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One context passage as the model sees it: its text and how it is cited."""
+
+    text: str
+    label: str | None = None
+
+    def to_record(self) -> dict[str, str | None]:
+        return {"text": self.text, "label": self.label}
+
+    @classmethod
+    def from_record(cls, value: Any) -> Passage:
+        """A passage from a string or a ``{"text", "label"}`` object; ValueError says why not."""
+        text: Any
+        label: Any = None
+        if isinstance(value, str):
+            text = value
+        elif isinstance(value, Mapping):
+            text, label = value.get("text"), value.get("label")
+        else:
+            raise ValueError("a passage must be a string or an object with 'text'")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("a passage needs non-empty 'text'")
+        if label is not None and not isinstance(label, str):
+            raise ValueError("a passage's 'label' must be a string")
+        return cls(text, label or None)
+
+
+def build_messages(question: str, passages: Sequence[Passage] | None) -> list[Message]:
+    """The chat messages for one answer; `passages=None` means retrieval was unavailable."""
+    if passages is None:
+        return [
+            {"role": "system", "content": NO_CONTEXT_PROMPT},
+            {"role": "user", "content": question},
+        ]
+    blocks = "\n\n".join(
+        (f"[{n}] ({p.label})" if p.label else f"[{n}]") + f"\n{p.text.strip()}"
+        for n, p in enumerate(passages, start=1)
+    )
+    user = f"Context passages:\n\n{blocks}\n\nQuestion: {question}\nAnswer with citations:"
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
