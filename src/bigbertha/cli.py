@@ -7,18 +7,43 @@ Heavy libraries (torch, transformers, llama_index) are imported inside the subco
 from __future__ import annotations
 
 import json
-import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from bigbertha import __version__
 from bigbertha.core import logs
-from bigbertha.core.errors import BigberthaError
+from bigbertha.core.errors import BigberthaError, ExitCode
 from bigbertha.core.settings import Settings, load, masked, sources
 
+
+class BigberthaGroup(TyperGroup):
+    """The one error boundary: a BigberthaError is its message and its class's exit code
+    (`bigbertha.core.errors`); anything else is a bug, printed with its traceback, exit 70."""
+
+    def invoke(self, ctx: Any) -> Any:  # a click Context (Typer vendors click privately)
+        try:
+            return super().invoke(ctx)
+        except BigberthaError as exc:
+            for line in str(exc).splitlines() or [type(exc).__name__]:
+                typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(int(exc.exit_code)) from None
+        except (TyperException, typer.Exit, typer.Abort):
+            raise  # usage errors (exit 2), explicit exits and Ctrl-C keep Typer's handling
+        except Exception as exc:
+            traceback.print_exc()
+            typer.echo(
+                f"error: unexpected {type(exc).__name__} (a bug: please report it)", err=True
+            )
+            raise typer.Exit(int(ExitCode.BUG)) from None
+
+
 app = typer.Typer(
+    cls=BigberthaGroup,
     name="bigbertha",
     help="BigBertha: Kubernetes-native LLMOps jobs and services.",
     no_args_is_help=True,
@@ -51,13 +76,6 @@ class State:
         return settings
 
 
-def fail(exc: BigberthaError) -> typer.Exit:
-    """Print a BigberthaError as its message (one line per problem) and pick its exit code."""
-    for line in str(exc).splitlines():
-        typer.echo(f"error: {line}", err=True)
-    return typer.Exit(exc.exit_code)
-
-
 @app.callback()
 def main(ctx: typer.Context, config: ConfigOption = None) -> None:
     """Settings come from --config, then BIGBERTHA_* env vars (nested with __), then flags."""
@@ -79,11 +97,8 @@ def config_show(
 ) -> None:
     """Print the effective settings, secrets masked, and where each value came from."""
     state: State = ctx.obj
-    try:
-        settings = state.settings()
-        origin = sources(settings, state.config_file, state.overrides)
-    except BigberthaError as exc:
-        raise fail(exc) from None
+    settings = state.settings()
+    origin = sources(settings, state.config_file, state.overrides)
     values = masked(settings)
     if as_json:
         doc = {
@@ -111,10 +126,7 @@ def exporter_command(
     """Serve Prometheus /metrics (telemetry read from Redis) and /healthz until stopped."""
     from bigbertha.telemetry.exporter import serve
 
-    try:
-        serve(ctx.obj.settings(exporter={"host": host, "port": port}))
-    except BigberthaError as exc:
-        raise fail(exc) from None
+    serve(ctx.obj.settings(exporter={"host": host, "port": port}))
 
 
 @app.command("dashboard")
@@ -133,10 +145,7 @@ def dashboard_command(
     threshold = negative_feedback_threshold
     if threshold is None:
         threshold = dashboard.DEFAULT_NEGATIVE_FEEDBACK_THRESHOLD
-    try:
-        path = dashboard.write(output, threshold)
-    except BigberthaError as exc:
-        raise fail(exc) from None
+    path = dashboard.write(output, threshold)
     typer.echo(f"wrote {path}")
 
 
@@ -164,7 +173,8 @@ def demo_command(
     """Run both loops on this machine: ingest, ask, alert, fine-tune, gate, hot-swap, report.
 
     Exit code 0 when the champion moved (and a --challenge-again challenger lost), 4 when the
-    gate kept the champion, 130 on Ctrl-C, 1 on failure.
+    gate kept the champion, 130 on Ctrl-C; a failure exits with its class's code (69 a stage
+    did not happen in time or a service is down, 2 configuration, 70 a bug).
     """
     from bigbertha.local import demo
 
@@ -201,7 +211,8 @@ def ingest_command(
         Path | None, typer.Option(help="Also write the JSON report to this file.")
     ] = None,
 ) -> None:
-    """Index documents into Milvus (or --delete them); exit 0 ok, 3 some rejected, 1 fatal.
+    """Index documents into Milvus (or --delete them); exit 0 ok, 3 some rejected, 69 storage or
+    Milvus unreachable, 2 bad arguments.
 
     Prints the JSON report as the last line on stdout.
     """
@@ -209,17 +220,14 @@ def ingest_command(
 
     if key_encoding not in ("raw", "query"):
         raise typer.BadParameter("must be raw or query", param_hint="--key-encoding")
-    try:
-        result = ingest.run(
-            ctx.obj.settings(),
-            source,
-            event_name=event_name,
-            key_encoding="query" if key_encoding == "query" else "raw",
-            delete=delete,
-            report_path=report,
-        )
-    except BigberthaError as exc:
-        raise fail(exc) from None
+    result = ingest.run(
+        ctx.obj.settings(),
+        source,
+        event_name=event_name,
+        key_encoding="query" if key_encoding == "query" else "raw",
+        delete=delete,
+        report_path=report,
+    )
     typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
     raise typer.Exit(result.exit_code)
 
@@ -283,13 +291,10 @@ def prepare_data_command(
     from bigbertha.training import data as training_data
 
     _lineage(alert_name, alert_labels, workflow_name)
-    try:
-        settings = ctx.obj.settings(
-            finetune={"feedback_examples": feedback_examples, "min_examples": min_examples}
-        )
-        result = training_data.prepare(settings, data or None, output)
-    except BigberthaError as exc:
-        raise fail(exc) from None
+    settings = ctx.obj.settings(
+        finetune={"feedback_examples": feedback_examples, "min_examples": min_examples}
+    )
+    result = training_data.prepare(settings, data or None, output)
     typer.echo(json.dumps(result))
 
 
@@ -333,20 +338,17 @@ def finetune_command(
     from bigbertha.training import finetune
 
     lineage = _lineage(alert_name, alert_labels, workflow_name)
-    try:
-        settings = ctx.obj.settings(
-            finetune={
-                "base_model": base_model,
-                "output": output,
-                "quantize": quantize,
-                "max_steps": max_steps,
-                "epochs": epochs,
-                "merge": merge,
-            }
-        )
-        result = finetune.run(settings, data=data or None, lineage=lineage, report=report)
-    except BigberthaError as exc:
-        raise fail(exc) from None
+    settings = ctx.obj.settings(
+        finetune={
+            "base_model": base_model,
+            "output": output,
+            "quantize": quantize,
+            "max_steps": max_steps,
+            "epochs": epochs,
+            "merge": merge,
+        }
+    )
+    result = finetune.run(settings, data=data or None, lineage=lineage, report=report)
     typer.echo(json.dumps(result.to_json()))
 
 
@@ -373,11 +375,8 @@ def evaluate_command(
     from bigbertha.training import evaluate
 
     lineage = _lineage(alert_name, alert_labels, workflow_name)
-    try:
-        settings = ctx.obj.settings(evaluate={"max_examples": max_examples})
-        result = evaluate.run(settings, model, data=data, report=report, tags=lineage)
-    except BigberthaError as exc:
-        raise fail(exc) from None
+    settings = ctx.obj.settings(evaluate={"max_examples": max_examples})
+    result = evaluate.run(settings, model, data=data, report=report, tags=lineage)
     typer.echo(json.dumps(result.to_json()))
 
 
@@ -418,22 +417,19 @@ def promote_command(
     lineage = _lineage(alert_name, alert_labels, workflow_name)
     if not rollback and not challenger:
         raise typer.BadParameter("required unless --rollback", param_hint="--challenger")
-    try:
-        settings = ctx.obj.settings(promote={"margin": margin})
-        if rollback:
-            decision = promote.rollback(settings, report=report)
-        else:
-            assert challenger is not None
-            decision = promote.run(
-                settings,
-                challenger,
-                data=data,
-                lineage=lineage,
-                report=report,
-                evaluation=evaluation,
-            )
-    except BigberthaError as exc:
-        raise fail(exc) from None
+    settings = ctx.obj.settings(promote={"margin": margin})
+    if rollback:
+        decision = promote.rollback(settings, report=report)
+    else:
+        assert challenger is not None
+        decision = promote.run(
+            settings,
+            challenger,
+            data=data,
+            lineage=lineage,
+            report=report,
+            evaluation=evaluation,
+        )
     typer.echo(json.dumps(decision.to_json()))
 
 
@@ -477,7 +473,8 @@ def retrain_command(
     Flags: --alert-payload FILE, --data URI (repeatable), --eval-data URI, --base-model REF,
     --max-steps N, --wait SECONDS, --report URI, --workflow-name. With --alert-payload and no
     firing bigbertha_action=retrain alert in it, nothing runs (exit 0, "skipped"). Exit 75 when
-    another run holds the lock, 1 when a step failed (the champion is unchanged).
+    another run holds the lock; a failed step (the champion is unchanged) exits with its own code:
+    69 a service unreachable, 2 configuration, 3 bad or too little data, 70 a bug.
 
     As the cluster Workflow's exit handler: --record-exit --status S --failures JSON
     [--alert-name --alert-labels --workflow-name] counts the run and records why it failed.
@@ -487,35 +484,29 @@ def retrain_command(
     if record_exit:
         if not status:
             raise typer.BadParameter("--record-exit needs --status", param_hint="--status")
-        try:
-            lineage = _lineage(alert_name, alert_labels, workflow_name)
-            outcome = retrain.record_exit(ctx.obj.settings(), status, failures or "[]", lineage)
-        except BigberthaError as exc:
-            raise fail(exc) from None
+        lineage = _lineage(alert_name, alert_labels, workflow_name)
+        outcome = retrain.record_exit(ctx.obj.settings(), status, failures or "[]", lineage)
         typer.echo(json.dumps({"result": outcome, "status": status}))
         return
-    try:
-        settings = ctx.obj.settings(
-            finetune={"base_model": base_model, "max_steps": max_steps},
-            retrain={"lock_wait_seconds": wait},
-        )
-        plan = None
-        if alert_payload is not None:
-            payload = retrain.read_alert_payload(alert_payload)
-            plan = retrain.plan_from_alert(payload, model_name=settings.mlflow.model_name)
-            if plan is None:
-                typer.echo(json.dumps({"result": "skipped", "reason": "no firing retrain alert"}))
-                return
-        result = retrain.run(
-            settings,
-            plan=plan,
-            data=data or None,
-            eval_data=eval_data,
-            workflow_name=workflow_name,
-            report=report,
-        )
-    except BigberthaError as exc:
-        raise fail(exc) from None
+    settings = ctx.obj.settings(
+        finetune={"base_model": base_model, "max_steps": max_steps},
+        retrain={"lock_wait_seconds": wait},
+    )
+    plan = None
+    if alert_payload is not None:
+        payload = retrain.read_alert_payload(alert_payload)
+        plan = retrain.plan_from_alert(payload, model_name=settings.mlflow.model_name)
+        if plan is None:
+            typer.echo(json.dumps({"result": "skipped", "reason": "no firing retrain alert"}))
+            return
+    result = retrain.run(
+        settings,
+        plan=plan,
+        data=data or None,
+        eval_data=eval_data,
+        workflow_name=workflow_name,
+        report=report,
+    )
     typer.echo(json.dumps(result.to_json()))
 
 
@@ -536,7 +527,7 @@ def ask_command(
 ) -> None:
     """Answer one question with the chatbot's RAG core: answer, sources with scores, timings.
 
-    Exit 0 answered (also without context when Milvus is down: a warning says so), 1 the model
+    Exit 0 answered (also without context when Milvus is down: a warning says so), 69 the model
     failed or the --server chatbot is unreachable or not ready, 2 bad settings or --feedback
     value, 3 an empty question.
     """
@@ -544,23 +535,20 @@ def ask_command(
 
     if feedback not in (None, "up", "down"):
         typer.echo(f"error: --feedback {feedback!r}: must be 'up' or 'down'", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(int(ExitCode.CONFIG))
     if server and top_k is not None:
         raise typer.BadParameter("not with --server (it has its chat.top_k)", param_hint="--top-k")
-    try:
-        if server:
-            from bigbertha.chat import api as chat_api
+    if server:
+        from bigbertha.chat import api as chat_api
 
-            ctx.obj.settings()  # logging as configured; the server holds the model settings
-            answer = rag.Answer.from_dict(chat_api.ask_server(server, question, rating=feedback))
-        else:
-            settings = ctx.obj.settings(chat={"top_k": top_k})
-            answer = rag.ask_once(settings, question, rating=feedback)
-    except BigberthaError as exc:
-        raise fail(exc) from None
+        ctx.obj.settings()  # logging as configured; the server holds the model settings
+        answer = rag.Answer.from_dict(chat_api.ask_server(server, question, rating=feedback))
+    else:
+        settings = ctx.obj.settings(chat={"top_k": top_k})
+        answer = rag.ask_once(settings, question, rating=feedback)
     typer.echo(json.dumps(answer.to_dict(), ensure_ascii=False) if as_json else rag.render(answer))
     if answer.error:
-        raise typer.Exit(1)
+        raise typer.Exit(int(ExitCode.UNAVAILABLE))
 
 
 @app.command("chat")
@@ -572,12 +560,5 @@ def chat_command(
     """Serve the Streamlit chatbot on chat.port until stopped (one model for all users)."""
     from bigbertha.chat import ui as chat_app
 
-    try:
-        settings = ctx.obj.settings(chat={"port": port})
-        chat_app.serve(settings, host=host, config_file=ctx.obj.config_file)
-    except BigberthaError as exc:
-        raise fail(exc) from None
-
-
-def run() -> None:  # pragma: no cover - console entry point for `python -m bigbertha`
-    sys.exit(app())
+    settings = ctx.obj.settings(chat={"port": port})
+    chat_app.serve(settings, host=host, config_file=ctx.obj.config_file)

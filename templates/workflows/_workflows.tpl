@@ -48,3 +48,12 @@ volumes:
     emptyDir:
       sizeLimit: {{ $w.cacheSizeLimit }}
 {{- end -}}
+
+{{/* bigbertha.workflows.retryStrategy: (dict "retry" <limit, backoff values>) -> a step's retryStrategy: pod errors (eviction, node loss) and exit code 69 (a service unreachable: bigbertha.core.errors.ExitCode.UNAVAILABLE) are retried with backoff; 2 (configuration), 3 (bad input), 70 (a bug) and 75 (busy) are final. */}}
+{{- define "bigbertha.workflows.retryStrategy" -}}
+limit: {{ .retry.limit }}
+retryPolicy: Always
+expression: {{ `lastRetry.status == "Error" || lastRetry.exitCode == "69"` | quote }}
+backoff:
+  {{- toYaml .retry.backoff | nindent 2 }}
+{{- end -}}

@@ -116,7 +116,6 @@ def test_ingestion_is_bounded_retried_and_takes_the_raw_key(docs: list[dict[str,
     assert "s3://{{inputs.parameters.bucket}}/{{inputs.parameters.key}}" in args
     assert args[args.index("--event-name") + 1] == "{{inputs.parameters.event-name}}"
     assert args[args.index("--key-encoding") + 1] == "raw"
-    assert 'lastRetry.exitCode == "1"' in step["retryStrategy"]["expression"]
     assert wt["activeDeadlineSeconds"] > 0
 
 
@@ -156,3 +155,24 @@ def test_dev_fine_tunes_on_cpu() -> None:
     train = _template(render_env("dev"), "finetune")
     assert "nvidia.com/gpu" not in str(train["container"]["resources"])
     assert "nodeSelector" not in train and "tolerations" not in train
+
+
+@pytest.mark.parametrize("env", ["default", "prod"])
+def test_every_step_retries_exactly_the_transient_exit_code(env: str) -> None:
+    """The rendered retry expressions, evaluated as Argo would, match the exit-code contract:
+    pod errors and 69 are retried; configuration, input, bug and busy codes are final."""
+    from bigbertha.core.errors import ExitCode
+    from bigbertha.local.gateway import retry_wanted
+
+    steps = [
+        (wt["metadata"]["name"], tpl)
+        for wt in find(render_env(env), "WorkflowTemplate")
+        for tpl in wt["spec"]["templates"]
+        if "retryStrategy" in tpl
+    ]
+    assert {name for name, _ in steps} == {"bigbertha-finetune", "bigbertha-ingest"}
+    for name, tpl in steps:
+        expression = tpl["retryStrategy"]["expression"]
+        retried = {code for code in [*ExitCode, 1] if retry_wanted(expression, "Failed", code)}
+        assert retried == {ExitCode.UNAVAILABLE}, (name, tpl["name"], expression)
+        assert retry_wanted(expression, "Error", 137), (name, tpl["name"])  # evicted pod

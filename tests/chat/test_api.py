@@ -202,12 +202,12 @@ def test_bad_requests_are_400_naming_the_field(
     assert response.json()["error"].startswith(error)
 
 
-def test_ask_server_down_is_one_line_and_exit_1(clean_env: Path) -> None:
+def test_ask_server_down_is_one_line_and_exit_69(clean_env: Path) -> None:
     from bigbertha.cli import app
 
     url = f"http://127.0.0.1:{free_port()}"
     result = CliRunner().invoke(app, ["ask", "q", "--json", "--server", url])
-    assert result.exit_code == 1
+    assert result.exit_code == 69
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: the chatbot at {url} is unreachable")

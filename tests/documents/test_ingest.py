@@ -20,6 +20,7 @@ from typer.testing import CliRunner, Result
 
 from bigbertha.cli import app
 from bigbertha.core import settings as settings_mod
+from bigbertha.core.errors import ExitCode
 from bigbertha.core.storage import Storage, open_client
 from bigbertha.documents.chunking import chunk_id
 from bigbertha.documents.report import Outcome, Progress
@@ -350,7 +351,7 @@ def test_embedding_mismatch_fails_before_any_write(
 
     result, _ = ingest(str(tmp_path / "a.md"))
 
-    assert result.exit_code == 1
+    assert result.exit_code == ExitCode.CONFIG
     [line] = result.stderr.strip().splitlines()[-1:]
     assert line.startswith("error: collection") and f"{model} vectors of dim {dim}" in line
     assert "embeddings.model is all-MiniLM-L6-v2 (dim 384)" in line
@@ -365,7 +366,7 @@ def test_embedding_mismatch_fails_before_any_write(
 def test_unreachable_storage_is_fatal_after_retries(env: Env, tmp_path: Path) -> None:
     env(s3={"endpoint": f"127.0.0.1:{free_port()}"})
     result, _ = ingest("--report", str(tmp_path / "r.json"), "s3://bucket/prefix/")
-    assert result.exit_code == 1
+    assert result.exit_code == ExitCode.UNAVAILABLE  # transient: the workflow retries it
     assert "error: object storage list s3://bucket/prefix/: still failing after 2 attempts" in (
         result.stderr
     )
@@ -376,7 +377,7 @@ def test_unreachable_milvus_is_fatal_after_retries(env: Env, tmp_path: Path) -> 
     env(milvus_uri=f"http://127.0.0.1:{free_port()}")
     (tmp_path / "a.md").write_text("# A\n\ntext\n")
     result, _ = ingest(str(tmp_path / "a.md"))
-    assert result.exit_code == 1
+    assert result.exit_code == ExitCode.UNAVAILABLE
     assert "still failing after 2 attempts" in result.stderr.strip().splitlines()[-1]
 
 

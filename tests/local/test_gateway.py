@@ -172,7 +172,7 @@ def test_a_failed_step_stops_the_dag_and_the_exit_handler_sees_it(manifests, sha
 
 
 def test_transient_exit_code_is_retried(manifests, shared_dir):
-    runner = Recorder(codes={"evaluate": [1, 0]})
+    runner = Recorder(codes={"evaluate": [69, 0]})
     gw = _gateway(manifests, runner)
     (run,) = gw.alertmanager(
         _alert_endpoint(gw), _sample(shared_dir, "alertmanager-webhook-firing.json"), AUTH
@@ -253,3 +253,35 @@ def test_ingestion_semaphore_bounds_concurrent_workflows(manifests, shared_dir):
         gw.object_store(note)
     assert gw.wait(30)
     assert len(runner.calls) == 4 and runner.max_active == 1
+
+
+@pytest.mark.parametrize("code", [1, 2, 3, 70, 75])
+def test_a_non_transient_exit_code_is_final(manifests, shared_dir, code):
+    runner = Recorder(codes={"evaluate": [code, 0]})
+    gw = _gateway(manifests, runner)
+    (run,) = gw.alertmanager(
+        _alert_endpoint(gw), _sample(shared_dir, "alertmanager-webhook-firing.json"), AUTH
+    )
+    assert gw.wait(30)
+    assert run.status == "Failed"
+    assert [s["attempts"] for s in run.steps if s["name"] == "evaluate"] == [1]
+
+
+@pytest.mark.parametrize(
+    ("expression", "status", "code", "expected"),
+    [
+        (None, "Failed", 2, True),  # retryPolicy Always without an expression
+        ('lastRetry.status == "Error" || lastRetry.exitCode == "69"', "Failed", 69, True),
+        ('lastRetry.status == "Error" || lastRetry.exitCode == "69"', "Failed", 70, False),
+        ('lastRetry.status == "Error" || lastRetry.exitCode == "69"', "Error", 137, True),
+        ('!(lastRetry.exitCode == "3") && lastRetry.status != "Error"', "Failed", 3, False),
+        ('!(lastRetry.exitCode == "3") && lastRetry.status != "Error"', "Failed", 4, True),
+    ],
+)
+def test_retry_expressions_are_evaluated_as_argo_would(expression, status, code, expected):
+    assert gateway.retry_wanted(expression, status, code) is expected
+
+
+def test_an_expression_the_gateway_cannot_evaluate_is_refused():
+    with pytest.raises(ValueError, match="unsupported"):
+        gateway.retry_wanted("asInt(lastRetry.exitCode) > 1", "Failed", 2)

@@ -16,18 +16,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bigbertha.core.errors import BigberthaError
+from bigbertha.core.errors import BigberthaError, ConfigError, ServiceUnavailable
 from bigbertha.core.settings import Settings
 from bigbertha.models.prompts import Message
 
 log = logging.getLogger(__name__)
 
 
-class ModelLoadError(BigberthaError):
+class ModelLoadError(ConfigError):
     """No chat model could be loaded: the message names the model and the reason."""
 
 
-class GenerationError(BigberthaError):
+class GenerationError(ServiceUnavailable):
     """The LLM backend failed while answering (endpoint down, out of memory, bad reply)."""
 
 

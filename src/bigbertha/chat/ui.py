@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bigbertha.core.errors import BigberthaError
 from bigbertha.core.settings import Settings
 
 APP_TITLE = "BigBertha"
@@ -140,7 +141,6 @@ def main() -> None:
 
     from bigbertha.chat.api import serving
     from bigbertha.chat.rag import shared_engine
-    from bigbertha.core.errors import BigberthaError
     from bigbertha.core.settings import load
 
     st.set_page_config(page_title=APP_TITLE, page_icon="🤖")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from bigbertha.core.errors import BigberthaError, ConfigError, ServiceUnavailable
+from bigbertha.core.errors import ConfigError, InputError, ServiceUnavailable
 
 if TYPE_CHECKING:
     from minio import Minio
@@ -37,10 +37,8 @@ _TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestT
 _MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion"}
 
 
-class ObjectMissing(BigberthaError):
+class ObjectMissing(InputError):
     """The object or bucket does not exist (e.g. deleted between the event and the read)."""
-
-    exit_code = 3
 
 
 def retry(
@@ -133,7 +131,8 @@ class Storage:
         except S3Error as exc:
             if exc.code in _MISSING_CODES:
                 raise ObjectMissing(f"{what}: {exc.code} ({exc.message})") from exc
-            raise BigberthaError(f"object storage {what}: {exc.code} ({exc.message})") from exc
+            # Access denied, bad request, ...: the configuration, not the weather.
+            raise ConfigError(f"object storage {what}: {exc.code} ({exc.message})") from exc
 
     def stat(self, bucket: str, key: str) -> ObjectInfo:
         """Size, ETag and version of an object; ObjectMissing if it is gone."""

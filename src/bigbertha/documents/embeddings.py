@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bigbertha.core.errors import BigberthaError
+from bigbertha.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
-class EmbeddingModelError(BigberthaError):
+class EmbeddingModelError(ConfigError):
     """The configured embedding model cannot be loaded."""
 
 

@@ -11,7 +11,8 @@ deleted after, so a crash never leaves a source with no chunks; a delete removes
 
 Bad input is rejected one object at a time (one log line naming it and the reason, an entry in
 the JSON report, a copy under the dead-letter prefix) while the rest of the batch goes on.
-Exit codes: 0 all ok, 3 some rejected, 1 fatal (storage or Milvus down after retries).
+Exit codes (`bigbertha.core.errors`): 0 all ok, 3 some rejected, 69 storage or Milvus down
+after retries (the workflow retries it), 2 bad arguments or a mismatched collection.
 """
 
 from __future__ import annotations
@@ -254,7 +255,7 @@ def run(
     try:
         job.delete(refs) if action == "delete" else job.ingest(refs)
     except BigberthaError as exc:
-        report.fatal = str(exc)
+        report.fatal, report.fatal_code = str(exc), exc.exit_code
         raise
     finally:
         report.finished = time.time()

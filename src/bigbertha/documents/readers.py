@@ -19,7 +19,6 @@ from pathlib import PurePosixPath
 
 from bigbertha.core.errors import InputError
 
-TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".html", ".htm"}
 _SNIFF = 8192
 _HEADER_SEP = "\x1f"  # never in a heading, unlike "/"
 

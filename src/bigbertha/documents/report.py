@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TextIO
 
+from bigbertha.core.errors import ExitCode
 from bigbertha.documents.sources import Action
 
 
@@ -33,13 +34,15 @@ class Report:
     started: float = field(default_factory=time.time)
     outcomes: list[Outcome] = field(default_factory=list)
     fatal: str | None = None
+    fatal_code: ExitCode = ExitCode.UNAVAILABLE  # the fatal error's class, when there is one
     finished: float | None = None
 
     @property
     def exit_code(self) -> int:
         if self.fatal:
-            return 1
-        return 3 if any(o.status == "rejected" for o in self.outcomes) else 0
+            return int(self.fatal_code)
+        rejected = any(o.status == "rejected" for o in self.outcomes)
+        return int(ExitCode.INPUT if rejected else ExitCode.OK)
 
     def to_dict(self) -> dict[str, Any]:
         totals: dict[str, int] = {"sources": len(self.outcomes)}

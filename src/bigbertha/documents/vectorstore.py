@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bigbertha.core.errors import BigberthaError
+from bigbertha.core.errors import ConfigError
 from bigbertha.core.storage import retry
 
 if TYPE_CHECKING:
@@ -39,11 +39,11 @@ SOURCE_FIELD = "doc_id"  # LlamaIndex's ref-doc field; we set a chunk's ref doc 
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
 
 
-class CollectionMissing(BigberthaError):
+class CollectionMissing(ConfigError):
     """The collection does not exist yet (nothing has been ingested)."""
 
 
-class EmbeddingMismatch(BigberthaError):
+class EmbeddingMismatch(ConfigError):
     """The collection was built with another embedding model or dimension."""
 
 

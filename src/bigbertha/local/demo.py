@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bigbertha.core.errors import BigberthaError
+from bigbertha.core.errors import BigberthaError, ExitCode
 from bigbertha.local.platform import VALUES, LocalPlatform
 from bigbertha.local.report import write_report
 from bigbertha.local.scenario import Round, champion_answers, quality_round, upload_and_ingest
@@ -36,12 +36,12 @@ def run(
     challenge_again: float | None = None,
 ) -> int:
     """Run the scenario. Exit code: 0 when the champion moved (and, with `challenge_again`,
-    the second challenger was kept out), 4 when the gate kept the champion, 130 on Ctrl-C,
-    1 on failure."""
+    the second challenger was kept out), 4 when the gate kept the champion, 130 on Ctrl-C; a
+    failure exits with its class's code (`bigbertha.core.errors`)."""
     timeline = Timeline()
     platform: LocalPlatform | None = None
     report = workdir / "report.html"
-    code = 1
+    code = int(ExitCode.BUG)  # until the scenario says otherwise
 
     def on_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -78,18 +78,18 @@ def run(
         code = 130
     except BigberthaError as exc:
         print(f"demo failed: {exc}", file=sys.stderr, flush=True)
-        code = 1
+        code = int(exc.exit_code)
     finally:
         # A second Ctrl-C must not cut the clean-up short and leave orphans behind.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if platform is not None:
-            if code == 1:
+            if code not in (0, 4, 130):
                 write_report(platform, timeline, report)
             left = platform.stop()
             if left:
                 print(f"processes still running: {left}", file=sys.stderr)
-                code = code or 1
+                code = code or int(ExitCode.BUG)
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     return code

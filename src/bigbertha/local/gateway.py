@@ -12,8 +12,9 @@ It does not re-implement our pipeline; it interprets the objects the CHART rende
   value; dest with overwrite/append/prepend), so the cooldown-by-name rule holds: a Workflow
   whose name already ran is refused, as the API server refuses a duplicate name;
 - runs the WorkflowTemplate's DAG tasks in dependency order as local `bigbertha` processes
-  with the same arguments, holding the template's mutex (one run at a time), honouring
-  `retryStrategy.limit` for exit code 1, and running the `onExit` handler; mutexes and
+  with the same arguments, holding the template's mutex (one run at a time), retrying a step
+  as its rendered `retryStrategy` says (`limit`, and the `expression` evaluated on the attempt's
+  status and exit code), and running the `onExit` handler; mutexes and
   semaphores (limits from the chart's ConfigMap) bound concurrency as the controller does.
 
 Keep it small: it is a development aid; the cluster runs on Argo.
@@ -25,7 +26,6 @@ import copy
 import json
 import logging
 import re
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -251,6 +251,52 @@ def _toposort(tasks: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return ordered
 
 
+_EXPR_TOKENS = re.compile(r"\|\||&&|!(?!=)")
+_EXPR_WORDS = {"||": " or ", "&&": " and ", "!": " not "}
+
+
+def retry_wanted(expression: str | None, status: str, exit_code: int) -> bool:
+    """Whether Argo retries a finished attempt, by its `retryStrategy.expression`.
+
+    Evaluates the expr-lang subset the chart renders: ``lastRetry.status`` and
+    ``lastRetry.exitCode`` (a string, as Argo exposes it) compared with ``==``/``!=`` to string
+    literals, joined by ``||``, ``&&``, ``!`` and parentheses. No expression: every failure is
+    retried (``retryPolicy: Always``). Anything else raises ValueError: the gateway refuses to
+    guess what a cluster would do.
+    """
+    if not expression:
+        return True
+    import ast
+
+    fields = {"status": status, "exitCode": str(exit_code)}
+    python = _EXPR_TOKENS.sub(lambda m: _EXPR_WORDS[m.group(0)], expression)
+
+    def value(node: ast.AST) -> Any:
+        if isinstance(node, ast.BoolOp):
+            results = [value(v) for v in node.values]
+            return all(results) if isinstance(node.op, ast.And) else any(results)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            return not value(node.operand)
+        if isinstance(node, ast.Compare) and len(node.ops) == 1:
+            left, right = value(node.left), value(node.comparators[0])
+            if isinstance(node.ops[0], ast.Eq):
+                return left == right
+            if isinstance(node.ops[0], ast.NotEq):
+                return left != right
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "lastRetry"
+            and node.attr in fields
+        ):
+            return fields[node.attr]
+        raise ValueError(f"retryStrategy.expression {expression!r}: unsupported {ast.dump(node)}")
+
+    return bool(value(ast.parse(python.strip(), mode="eval").body))
+
+
 @dataclass
 class WorkflowRun:
     """The record of one Workflow run, for the demo's timeline and report."""
@@ -397,7 +443,8 @@ class WorkflowEngine:
             substitute(a, full_scope)
             for a in [*container.get("command", []), *container.get("args", [])]
         ]
-        limit = int((template.get("retryStrategy") or {}).get("limit", 0) or 0)
+        strategy = template.get("retryStrategy") or {}
+        limit = int(strategy.get("limit", 0) or 0)
         step = {
             "name": display or template_name,
             "argv": argv,
@@ -409,21 +456,12 @@ class WorkflowEngine:
         for attempt in range(limit + 1):
             step["attempts"] = attempt + 1
             code = self.runner(argv)
-            # The chart retries errors and exit code 1 (transient); 2 and 3 are final.
-            if code != 1:
+            # A local process that ran and exited non-zero is a "Failed" attempt in Argo's words.
+            if code == 0 or not retry_wanted(strategy.get("expression"), "Failed", code):
                 break
         step.update(exit_code=code, finished=time.time())
         log.info("workflow %s step %s exited %d", run.name, step["name"], code)
         return code == 0
-
-
-def subprocess_runner(env: Mapping[str, str], cwd: str | None = None) -> Runner:
-    """Run a step as a real local process with the local stack's settings in its env."""
-
-    def run(argv: list[str]) -> int:
-        return subprocess.run(argv, env=dict(env), cwd=cwd, check=False).returncode
-
-    return run
 
 
 # --- the HTTP front: EventSources ------------------------------------------------------------

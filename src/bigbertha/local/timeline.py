@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from bigbertha.core.errors import BigberthaError
+from bigbertha.core.errors import ServiceUnavailable
 from bigbertha.local.stack import Service
 
 
-class DemoFailed(BigberthaError):
+class DemoFailed(ServiceUnavailable):
     """A stage of the demo did not happen in time."""
 
 

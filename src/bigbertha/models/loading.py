@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from bigbertha.core import storage
-from bigbertha.core.errors import BigberthaError, ConfigError
+from bigbertha.core.errors import ConfigError
 from bigbertha.models import registry
 from bigbertha.models.registry import ADAPTER_ARTIFACT
 
@@ -58,10 +58,8 @@ _REGISTRY_REF = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P
 Kind = Literal["gguf", "model_dir", "adapter", "hub"]
 
 
-class ModelNotFound(BigberthaError):
+class ModelNotFound(ConfigError):
     """A model reference points at nothing loadable."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

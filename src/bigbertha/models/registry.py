@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bigbertha.core.errors import BigberthaError, ServiceUnavailable
+from bigbertha.core.errors import BigberthaError, ConfigError, ServiceUnavailable
 
 if TYPE_CHECKING:
     from bigbertha.core.settings import Settings
@@ -219,7 +219,7 @@ def rollback(settings: Settings) -> tuple[str, str]:
     current = alias_version(settings, CHAMPION)
     target = alias_version(settings, PREVIOUS)
     if target is None or current is None:
-        raise BigberthaError(
+        raise ConfigError(
             f"cannot roll back {name}: no '{PREVIOUS}' alias (nothing was promoted over a champion)"
         )
     with mlflow_errors(settings):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bigbertha.core import storage
-from bigbertha.core.errors import BigberthaError
+from bigbertha.core.errors import InputError
 from bigbertha.models.prompts import Message, Passage, build_messages
 
 if TYPE_CHECKING:
@@ -40,10 +40,8 @@ Example = dict[str, list[Message]]  # {"prompt": [...], "completion": [{"role": 
 _ROLES = {"system", "user", "assistant"}
 
 
-class DatasetTooSmall(BigberthaError):
+class DatasetTooSmall(InputError):
     """Too few usable examples to train on; nothing was trained."""
-
-    exit_code = 3
 
 
 @dataclass

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bigbertha.core import storage
-from bigbertha.core.errors import BigberthaError
+from bigbertha.core.errors import BigberthaError, ConfigError
 from bigbertha.models import loading, registry
 from bigbertha.training import data as training_data
 from bigbertha.training import evaluate
@@ -175,7 +175,7 @@ def run(
         else registry.version_tags(settings, version).get("base_model")
     )
     if not baseline:
-        raise BigberthaError(f"version {version} has no base_model tag to compare with")
+        raise ConfigError(f"version {version} has no base_model tag to compare with")
 
     # 2. Benchmark both on the same set (same settings, same process).
     tags = {"workflow_name": lineage.get("workflow_name", ""), "gate_for": version}

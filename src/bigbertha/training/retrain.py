@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bigbertha.core import storage
-from bigbertha.core.errors import BigberthaError, InputError
+from bigbertha.core.errors import BigberthaError, Busy, ExitCode, InputError
 from bigbertha.models import registry
 from bigbertha.training import evaluate, finetune, promote
 
@@ -42,16 +42,20 @@ log = logging.getLogger(__name__)
 RETRAIN_ACTION = "retrain"
 
 
-class RetrainBusy(BigberthaError):
+class RetrainBusy(Busy):
     """Another retrain run holds the lock; this one did not start."""
-
-    exit_code = 75  # EX_TEMPFAIL: try again later
 
 
 class RetrainFailed(BigberthaError):
-    """A step failed; the champion is unchanged."""
+    """A step failed; the champion is unchanged. Exits with the failed step's code (a bug in a
+    step is a bug here too)."""
 
-    exit_code = 1
+    exit_code = ExitCode.BUG
+
+    def __init__(self, message: str, cause: BaseException) -> None:
+        super().__init__(message)
+        if isinstance(cause, BigberthaError):
+            self.exit_code = cause.exit_code
 
 
 @dataclass
@@ -263,7 +267,7 @@ def run(
             recorder.record_retrain_run("failed")
             _record_failure(settings, step, reason, lineage)
             _write(settings, report, RetrainResult("failed", reason, step, plan_doc))
-            raise RetrainFailed(f"retrain: {reason}; the champion is unchanged") from exc
+            raise RetrainFailed(f"retrain: {reason}; the champion is unchanged", exc) from exc
     recorder.record_retrain_run("succeeded")
     result = RetrainResult(
         "succeeded",

@@ -1,0 +1,106 @@
+"""The exit-code contract: every error declares its class, and the one CLI boundary maps each
+class to its code (the workflows' retry policy depends on it)."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+from typer.testing import CliRunner
+
+import bigbertha
+from bigbertha.cli import app
+from bigbertha.core import errors
+from bigbertha.core.errors import (
+    BigberthaError,
+    Busy,
+    ConfigError,
+    ExitCode,
+    InputError,
+    ServiceUnavailable,
+)
+
+CATEGORIES = (ConfigError, InputError, ServiceUnavailable, Busy)
+
+
+def all_error_classes() -> set[type[BigberthaError]]:
+    for module in pkgutil.walk_packages(bigbertha.__path__, "bigbertha."):
+        if module.name != "bigbertha.__main__":  # that one runs the CLI
+            importlib.import_module(module.name)  # every module, so every subclass exists
+    found: set[type[BigberthaError]] = set()
+    todo: list[type[BigberthaError]] = [BigberthaError]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found.add(sub)
+            todo.append(sub)
+    return found
+
+
+def test_every_error_belongs_to_one_exit_code_class() -> None:
+    classes = all_error_classes()
+    assert len(classes) > len(CATEGORIES)  # the walk found the module-specific errors too
+    unclassified = sorted(
+        f"{c.__module__}.{c.__qualname__}"
+        for c in classes
+        if not issubclass(c, CATEGORIES) and c.__qualname__ != "RetrainFailed"
+    )
+    assert not unclassified, "each error must subclass ConfigError, InputError, ..."
+
+
+def test_an_error_without_a_class_cannot_even_be_defined() -> None:
+    with pytest.raises(TypeError, match="must declare its ExitCode"):
+        type("Vague", (BigberthaError,), {})
+
+
+def test_the_codes_are_the_documented_ones() -> None:
+    assert {c.name: int(c) for c in ExitCode} == {
+        "OK": 0,
+        "CONFIG": 2,
+        "INPUT": 3,
+        "UNAVAILABLE": 69,
+        "BUG": 70,
+        "BUSY": 75,
+    }
+    assert errors.__doc__ is not None and "| 69" in errors.__doc__
+
+
+@pytest.mark.parametrize(
+    ("raised", "code"),
+    [
+        (ConfigError("exporter.port: 70000 is not a port\nexporter.host: empty"), 2),
+        (InputError("3 documents rejected"), 3),
+        (ServiceUnavailable("Redis at redis://x:6379: connection refused"), 69),
+        (Busy("another retrain holds the lock"), 75),
+    ],
+)
+def test_the_cli_boundary_prints_the_message_and_exits_with_its_class(
+    monkeypatch: pytest.MonkeyPatch, raised: BigberthaError, code: int
+) -> None:
+    def serve(settings: object) -> None:
+        raise raised
+
+    monkeypatch.setattr("bigbertha.telemetry.exporter.serve", serve)
+    result = CliRunner().invoke(app, ["exporter"])
+    assert result.exit_code == code
+    assert result.stderr.splitlines() == [f"error: {line}" for line in str(raised).splitlines()]
+    assert "Traceback" not in result.output
+
+
+def test_anything_else_is_a_bug_with_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    def serve(settings: object) -> None:
+        raise KeyError("oops")
+
+    monkeypatch.setattr("bigbertha.telemetry.exporter.serve", serve)
+    result = CliRunner().invoke(app, ["exporter"])
+    assert result.exit_code == ExitCode.BUG == 70
+    assert "Traceback" in result.stderr and "KeyError: 'oops'" in result.stderr
+    assert result.stderr.rstrip().endswith("error: unexpected KeyError (a bug: please report it)")
+
+
+def test_a_failed_retrain_step_keeps_its_cause_s_code() -> None:
+    from bigbertha.training.retrain import RetrainFailed
+
+    assert RetrainFailed("x", ServiceUnavailable("MLflow down")).exit_code == 69
+    assert RetrainFailed("x", InputError("too few examples")).exit_code == 3
+    assert RetrainFailed("x", ZeroDivisionError()).exit_code == 70
