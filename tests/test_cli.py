@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from typer.main import get_command
 from typer.testing import CliRunner
 
@@ -37,3 +39,12 @@ def test_unknown_subcommand_exits_2():
     assert result.exit_code == 2
     assert "No such command 'frobnicate'" in result.output
 
+
+def test_demo_without_the_local_platform_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bigbertha.local.demo", None)  # as in an image
+    result = runner.invoke(app, ["demo"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: bigbertha demo needs the local platform (bigbertha.local.demo is missing): "
+        "install bigbertha[demo] from a clone of the repository (make demo)"
+    )

@@ -17,7 +17,7 @@ from typer.exceptions import TyperException
 
 from bigbertha import __version__
 from bigbertha.core import logs
-from bigbertha.core.errors import BigberthaError, ExitCode
+from bigbertha.core.errors import BigberthaError, ConfigError, ExitCode
 from bigbertha.core.settings import Settings, load, masked, sources
 
 
@@ -176,7 +176,13 @@ def demo_command(
     gate kept the champion, 130 on Ctrl-C; a failure exits with its class's code (69 a stage
     did not happen in time or a service is down, 2 configuration, 70 a bug).
     """
-    from bigbertha.local import demo
+    try:
+        from bigbertha.local import demo
+    except ModuleNotFoundError as exc:  # the images leave the local platform out
+        raise ConfigError(
+            f"bigbertha demo needs the local platform ({exc.name} is missing): "
+            "install bigbertha[demo] from a clone of the repository (make demo)"
+        ) from exc
 
     raise typer.Exit(
         demo.run(workdir, keep=keep, margin=margin, tiny=tiny, challenge_again=challenge_again)

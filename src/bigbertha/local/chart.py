@@ -2,6 +2,7 @@
 
 Used where the cluster's objects are the source of truth off the cluster: the demo's local
 Prometheus rules and Alertmanager route, and its event gateway's Sensors and WorkflowTemplates.
+The chart is found by `root()` (a checkout, or $BIGBERTHA_CHART for an installed package).
 No cluster or chart repository is contacted; subcharts absent from charts/ are skipped.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,9 @@ import yaml
 
 from bigbertha.core.errors import ConfigError
 
+# The source checkout this package runs from (an installed package has no chart beside it).
 ROOT = Path(__file__).resolve().parents[3]
+CHART_ENV = "BIGBERTHA_CHART"
 # What a cluster with the subcharts' CRDs installed reports (the chart checks for them).
 CUSTOM_KINDS = {
     "monitoring.coreos.com/v1": ("ServiceMonitor", "PodMonitor", "PrometheusRule"),
@@ -37,6 +41,25 @@ API_VERSIONS = tuple(CUSTOM_KINDS) + tuple(
     f"{gv}/{k}" for gv, kinds in CUSTOM_KINDS.items() for k in kinds
 )
 KUBE_VERSION = "1.30.0"
+
+
+def root() -> Path:
+    """The BigBertha chart to render: $BIGBERTHA_CHART, else the current directory, else the
+    checkout this package runs from. ConfigError says how to point at one when none is found."""
+    chosen = os.environ.get(CHART_ENV)
+    for candidate in [chosen] if chosen else [Path.cwd(), ROOT]:
+        chart_yaml = Path(candidate) / "Chart.yaml"
+        if (
+            chart_yaml.is_file()
+            and (yaml.safe_load(chart_yaml.read_text()) or {}).get("name") == "bigbertha"
+        ):
+            return Path(candidate).resolve()
+    if chosen:
+        raise ConfigError(f"{CHART_ENV}={chosen}: no BigBertha Chart.yaml there")
+    raise ConfigError(
+        "the BigBertha chart was not found: run this from a clone of the repository, "
+        f"or set {CHART_ENV} to the chart's directory"
+    )
 
 
 def merge_values(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -62,7 +85,7 @@ def load_values(
 def render_templates(
     values: Mapping[str, Any] | None = None,
     *,
-    chart_dir: Path = ROOT,
+    chart_dir: Path | None = None,
     release: str = "bigbertha",
     namespace: str = "bigbertha",
     api_versions: Iterable[str] = API_VERSIONS,
@@ -76,7 +99,8 @@ def render_templates(
     import helm_python
     from helm_python import _native
 
-    chart = helm_python.Chart.load(str(chart_dir))  # fresh per render: rendering mutates it
+    # Fresh per render: rendering mutates the loaded chart.
+    chart = helm_python.Chart.load(str(chart_dir or root()))
     try:
         opts = {
             "name": release,

@@ -18,9 +18,8 @@ from bigbertha.local.stack import ServiceManager, free_port, http_ok
 from bigbertha.local.timeline import DemoFailed, Timeline, get_json, wait_for
 from bigbertha.local.tiny_llama import tiny_llama
 
-ROOT = Path(__file__).resolve().parents[3]
 RELEASE = NAMESPACE = "bigbertha"  # what the chart is rendered as (its objects' names)
-VALUES = (ROOT / "values" / "local.yaml", ROOT / "values" / "demo.yaml")
+VALUES = ("values/local.yaml", "values/demo.yaml")  # in the chart's directory
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 SEED_DOCS = ("README.md", "docs/runbooks.md", "docs/install.md", "docs/rollback.md")
 QUESTIONS = (
@@ -35,10 +34,12 @@ class LocalPlatform:
     """The local stack: services, rendered chart objects, settings env, gateway."""
 
     def __init__(
-        self, workdir: Path, margin: float | None, values: tuple[Path, ...], tiny: bool = False
+        self, workdir: Path, margin: float | None, values: tuple[str, ...], tiny: bool = False
     ) -> None:
         from bigbertha.local import chart
 
+        self.root = chart.root()  # the chart, and the docs the scenario uploads
+        files = [self.root / name for name in values]
         self.tiny = tiny
         self.workdir = workdir
         self.services = ServiceManager(workdir / "run")
@@ -46,8 +47,8 @@ class LocalPlatform:
         overrides: dict[str, Any] = {}
         if margin is not None:
             overrides = {"settings": {"promote": {"margin": margin}}}
-        self.objects = chart.render(list(values), overrides, release=RELEASE, namespace=NAMESPACE)
-        self.values = chart.load_values([chart.ROOT / "values.yaml", *values], overrides)
+        self.objects = chart.render(files, overrides, release=RELEASE, namespace=NAMESPACE)
+        self.values = chart.load_values([self.root / "values.yaml", *files], overrides)
         self.gateway_server: Any = None
         self.env: dict[str, str] = {}
 

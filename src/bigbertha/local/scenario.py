@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bigbertha.local.platform import QUESTIONS, ROOT, SEED_DOCS, LocalPlatform, chatbot_status
+from bigbertha.local.platform import QUESTIONS, SEED_DOCS, LocalPlatform, chatbot_status
 from bigbertha.local.timeline import DemoFailed, Timeline, prom_query, wait_for
 
 
@@ -23,7 +23,7 @@ def upload_and_ingest(platform: LocalPlatform, timeline: Timeline) -> None:
     client = storage.open_client(platform.settings())
     with timeline.stage("upload + ingest documents") as st:
         for rel in SEED_DOCS:
-            path = ROOT / rel
+            path = platform.root / rel
             key = f"seed/{Path(rel).name}"
             client.put(bucket, key, path.read_bytes())
             notification = minio_notification(bucket, key, path.stat().st_size)
