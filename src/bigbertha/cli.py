@@ -292,15 +292,16 @@ def prepare_data_command(
     Flags: --output URI (required), --data URI (repeatable; default finetune.data),
     --feedback-examples N, --min-examples N, --alert-name, --alert-labels JSON, --workflow-name.
     Malformed rows are reported and skipped; too few examples exit 3 before anything trains.
-    Prints {"output", "examples", "dataset_hash", "rejected", ...} as JSON.
+    Writes the dataset and its manifest (<output>.manifest.json: counts, hash, lineage) and logs
+    both to an MLflow run tagged with the lineage. Prints the manifest as JSON.
     """
     from bigbertha.training import data as training_data
 
-    _lineage(alert_name, alert_labels, workflow_name)
+    lineage = _lineage(alert_name, alert_labels, workflow_name)
     settings = ctx.obj.settings(
         finetune={"feedback_examples": feedback_examples, "min_examples": min_examples}
     )
-    result = training_data.prepare(settings, data or None, output)
+    result = training_data.prepare(settings, data or None, output, lineage=lineage)
     typer.echo(json.dumps(result))
 
 

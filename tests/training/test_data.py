@@ -156,7 +156,9 @@ def test_feedback_log_turns_rated_up_become_examples(redis_server: Any) -> None:
     assert len(training_data.build(bounded, []).examples) == 1
 
 
-def test_prepare_writes_the_dataset_to_object_storage(tmp_path: Path, s3_server: Any) -> None:
+def test_prepare_writes_the_dataset_and_its_manifest_to_object_storage(
+    tmp_path: Path, s3_server: Any, mlflow_server: Any
+) -> None:
 
     src = write(tmp_path / "curated.jsonl", [json.dumps(r) for r in ROWS])
     settings = Settings(
@@ -166,9 +168,14 @@ def test_prepare_writes_the_dataset_to_object_storage(tmp_path: Path, s3_server:
             "secret_key": s3_server.extra["secret_key"],
         },
         finetune={"min_examples": 3, "feedback_examples": 0},
+        mlflow={"tracking_uri": mlflow_server.url},
     )
-    summary = training_data.prepare(settings, [src], "s3://runs/wf-1/data.jsonl")
+    summary = training_data.prepare(
+        settings, [src], "s3://runs/wf-1/data.jsonl", lineage={"workflow_name": "wf-1"}
+    )
     assert summary["examples"] == 3 and summary["rejected"] == 0
+    manifest = json.loads(storage.read_bytes(settings, "s3://runs/wf-1/data.manifest.json"))
+    assert manifest == summary and manifest["lineage"] == {"workflow_name": "wf-1"}
     # The written object is the dataset itself: reading it back gives the same hash.
     again = training_data.build(settings, ["s3://runs/wf-1/data.jsonl"])
     assert again.hash == summary["dataset_hash"]

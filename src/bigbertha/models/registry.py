@@ -157,7 +157,7 @@ def register_challenger(
     try:
         mlflow.set_experiment(EXPERIMENT)
         with mlflow.start_run(run_name=f"register-{tags.get('workflow_name') or 'local'}") as run:
-            mlflow.set_tags({f"lineage.{k}": v for k, v in tags.items()})
+            mlflow.set_tags({"step": "register", **{k: v for k, v in tags.items() if v}})
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=python_model,

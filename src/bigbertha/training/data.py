@@ -245,8 +245,39 @@ def build(
     return dataset
 
 
-def prepare(settings: Settings, sources: Sequence[str] | None, output: str) -> dict[str, Any]:
-    """Build the dataset and write it as one canonical JSONL to `output` (path or s3://)."""
+def manifest_uri(output: str) -> str:
+    """Where the manifest of a dataset written to `output` goes: beside it."""
+    stem = output[: -len(".jsonl")] if output.endswith(".jsonl") else output
+    return f"{stem}.manifest.json"
+
+
+def prepare(
+    settings: Settings,
+    sources: Sequence[str] | None,
+    output: str,
+    *,
+    lineage: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Build the dataset, write it as one canonical JSONL to `output` (path or s3://) with its
+    manifest beside it, and record both in an MLflow run tagged with the run's lineage (the
+    alert that asked for it and the workflow). Returns the manifest."""
+    import mlflow
+
+    from bigbertha.models import registry
+
+    lineage = {k: v for k, v in (lineage or {}).items() if v}
     dataset = build(settings, sources)
+    manifest = {"output": output, **dataset.summary(), "lineage": lineage}
     storage.write_bytes(settings, output, dataset.to_jsonl())
-    return {"output": output, **dataset.summary()}
+    storage.write_bytes(settings, manifest_uri(output), json.dumps(manifest, indent=2).encode())
+    run_name = f"prepare-data-{lineage.get('workflow_name', 'local')}"
+    with registry.mlflow_errors(settings):
+        registry.client(settings)
+        mlflow.set_experiment(registry.EXPERIMENT)
+        with mlflow.start_run(run_name=run_name):
+            mlflow.set_tags({"step": "prepare-data", "dataset_hash": dataset.hash, **lineage})
+            mlflow.log_params(
+                {"examples": len(dataset.examples), "rejected_rows": len(dataset.rejected)}
+            )
+            mlflow.log_dict(manifest, "data_manifest.json")
+    return manifest

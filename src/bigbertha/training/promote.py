@@ -178,7 +178,7 @@ def run(
         raise ConfigError(f"version {version} has no base_model tag to compare with")
 
     # 2. Benchmark both on the same set (same settings, same process).
-    tags = {"workflow_name": lineage.get("workflow_name", ""), "gate_for": version}
+    tags = {**lineage, "gate_for": version}  # the gate's runs carry the alert's lineage too
     eval_set = evaluate.load_eval_set(settings, data)  # read once for both sides
     reused = None
     if evaluation:
