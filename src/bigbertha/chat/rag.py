@@ -161,6 +161,21 @@ def passages_of(chunks: Sequence[Chunk]) -> list[Passage]:
     return [Passage(chunk.text, chunk.label) for chunk in chunks]
 
 
+@dataclass
+class _Draft:
+    """One answer while it is produced: what `RagEngine._finish` records when it ends."""
+
+    question: str
+    started: float
+    timings: Timings = field(default_factory=Timings)
+    chunks: list[Chunk] | None = None  # None: retrieval was unavailable
+    sources: list[Source] = field(default_factory=list)
+    version: str = ""
+    parts: list[str] = field(default_factory=list)
+    tokens: TokenStream | None = None
+    error: str | None = None
+
+
 class AnswerStream:
     """Iterate for the answer's text deltas; `answer` is set once iteration has finished.
 
@@ -260,129 +275,101 @@ class RagEngine:
 
     def _run(self, question: str, out: AnswerStream) -> Generator[str, None, None]:
         settings = self.settings
-        started = time.perf_counter()
-        timings = Timings()
-        warnings = out.warnings
+        draft = _Draft(question, started=time.perf_counter())
+        timings = draft.timings
 
         # 1. Retrieve.
-        chunks: list[Chunk] | None
         try:
-            chunks = self.retriever.retrieve(question)
+            draft.chunks = self.retriever.retrieve(question)
         except RetrievalUnavailable as exc:
             log.warning("answering without context: %s", exc)
-            warnings["retrieval_unavailable"] = (
+            out.warnings["retrieval_unavailable"] = (
                 f"Document search is unavailable ({exc}); this answer is not based on "
                 "your documents."
             )
-            chunks = None
-        timings.retrieval = time.perf_counter() - started
+        timings.retrieval = time.perf_counter() - draft.started
 
         # 2. Build the prompt.
         mark = time.perf_counter()
-        passages = None if chunks is None else passages_of(chunks)
+        passages = None if draft.chunks is None else passages_of(draft.chunks)
         messages = build_messages(question, passages) if passages != [] else []
-        sources = sources_from(chunks or [])
+        draft.sources = sources_from(draft.chunks or [])
         timings.prompt = time.perf_counter() - mark
 
         # 3. Generate, holding on to this model for the whole answer.
         model = self.models.current()
-        parts: list[str] = []
-        error: str | None = None
+        draft.version = model.version
         error_text = ""
-        tokens = None
         mark = time.perf_counter()
         if not messages:
-            parts.append(NOTHING_RETRIEVED)
-            timings.ttft = time.perf_counter() - started
+            draft.parts.append(NOTHING_RETRIEVED)
+            timings.ttft = time.perf_counter() - draft.started
             timings.generation = time.perf_counter() - mark
-            self._finish(
-                out, question, parts, sources, model.version, timings, started, None, chunks, None
-            )
+            self._finish(out, draft)
             yield NOTHING_RETRIEVED
             return
         with self._slots:
             finished = False
             try:
-                tokens = model.stream(
+                draft.tokens = model.stream(
                     messages,
                     max_new_tokens=settings.llm.max_new_tokens,
                     temperature=settings.llm.temperature,
                 )
-                for delta in tokens:
+                for delta in draft.tokens:
                     if timings.ttft is None:
-                        timings.ttft = time.perf_counter() - started
-                    parts.append(delta)
+                        timings.ttft = time.perf_counter() - draft.started
+                    draft.parts.append(delta)
                     yield delta
                 finished = True
             except GenerationError as exc:
-                error = str(exc)
+                draft.error = str(exc)
             except Exception as exc:  # a backend bug must not kill the chat session
                 log.exception("generation failed")
-                error = f"generation failed: {type(exc).__name__}: {exc}"
+                draft.error = f"generation failed: {type(exc).__name__}: {exc}"
             finally:
                 # Also runs when the reader went away (GeneratorExit): record what was produced.
-                if tokens is not None:
-                    tokens.close()
+                if draft.tokens is not None:
+                    draft.tokens.close()
                 timings.generation = time.perf_counter() - mark
-                if finished and not "".join(parts).strip():
-                    error = "the model returned an empty answer"
-                if error is not None:
-                    error_text = ("\n\n" if parts else "") + (
-                        f"The language model could not answer ({error}). Please try again; "
-                        "if it keeps failing, tell the operators."
+                if finished and not "".join(draft.parts).strip():
+                    draft.error = "the model returned an empty answer"
+                if draft.error is not None:
+                    error_text = ("\n\n" if draft.parts else "") + (
+                        f"The language model could not answer ({draft.error}). Please try "
+                        "again; if it keeps failing, tell the operators."
                     )
-                    parts.append(error_text)
-                self._finish(
-                    out,
-                    question,
-                    parts,
-                    sources,
-                    model.version,
-                    timings,
-                    started,
-                    tokens,
-                    chunks,
-                    error,
-                )
+                    draft.parts.append(error_text)
+                self._finish(out, draft)
         if error_text:
             yield error_text
 
-    def _finish(
-        self,
-        out: AnswerStream,
-        question: str,
-        parts: list[str],
-        sources: list[Source],
-        version: str,
-        timings: Timings,
-        started: float,
-        tokens: TokenStream | None,
-        chunks: list[Chunk] | None,
-        error: str | None,
-    ) -> None:
-        text = "".join(parts).strip()
+    def _finish(self, out: AnswerStream, draft: _Draft) -> None:
+        """Record the finished answer (telemetry, feedback log) and set `out.answer`."""
+        text = "".join(draft.parts).strip()
+        tokens, timings, chunks = draft.tokens, draft.timings, draft.chunks
         prompt_tokens = tokens.prompt_tokens if tokens is not None else 0
         completion_tokens = tokens.completion_tokens if tokens is not None else 0
-        timings.total = time.perf_counter() - started
+        timings.total = time.perf_counter() - draft.started
         mark = time.perf_counter()
         turn = Turn(
-            question=question,
+            question=draft.question,
             answer=text,
-            sources=[FeedbackSource(s.document, s.page, s.score) for s in sources],
-            model_version=version,
+            sources=[FeedbackSource(s.document, s.page, s.score) for s in draft.sources],
+            model_version=draft.version,
             # What the model was prompted with, so a rated turn trains on this exact prompt.
             context=None if chunks is None else [p.to_record() for p in passages_of(chunks)],
         )
         dropped = self.recorder.dropped
         self.recorder.record_answer(
-            version,
+            draft.version,
             latency_s=timings.total,
             ttft_s=timings.ttft,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             scores=[c.score for c in chunks or []],
             context_chunks=len(chunks or []),
-            error=error is not None,
+            error=draft.error is not None,
         )
         if self.feedback.enabled and self.recorder.dropped != dropped:
             out.warnings["telemetry_unavailable"] = (
@@ -394,15 +381,15 @@ class RagEngine:
             )
         timings.telemetry = time.perf_counter() - mark
         out.answer = Answer(
-            question=question,
+            question=draft.question,
             text=text,
-            sources=sources,
-            model_version=version,
+            sources=draft.sources,
+            model_version=draft.version,
             turn=turn,
             timings=timings,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            error=error,
+            error=draft.error,
             warnings=out.warnings,
         )
 
