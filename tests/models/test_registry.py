@@ -10,7 +10,7 @@ import pytest
 from bigbertha.core import storage
 from bigbertha.core.errors import ConfigError
 from bigbertha.core.settings import Settings
-from bigbertha.models import loading
+from bigbertha.models import loading, registry
 from tests.models.test_loading import logits, make_adapter, tiny_model  # noqa: F401
 
 
@@ -67,3 +67,16 @@ def test_an_adapter_in_object_storage_loads_like_the_local_one(
     model, tok, version = loading.load_causal_lm("s3://runs/wf-2/adapter", s3_settings)
     assert version == "runs_wf-2_adapter"
     torch.testing.assert_close(logits(model, tok), logits(trained, tokenizer), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("model", "version", "expected"),
+    [("bigbertha-llm", "3", "bigbertha-llm-v3"), ("My_LLM.v2", "12", "my-llm-v2-v12")],
+)
+def test_served_names_are_safe_path_and_dns_labels(model: str, version: str, expected: str) -> None:
+    assert registry.served_name(model, version) == expected
+
+
+def test_a_name_that_cannot_be_served_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match="no valid served name"):
+        registry.served_name("x" * 80, "1")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+CHALLENGER = "challenger"  # passed the offline gate; serves a canary share before champion
 PREVIOUS = "previous"
 EXPERIMENT = "bigbertha-retrain"
 PREVIOUS_TAG = "previous_champion"
@@ -40,6 +42,16 @@ _RUNTIME_PACKAGES = ("torch", "transformers", "peft", "accelerate", "safetensors
 
 # ---------------------------------------------------------------------------------------------
 # MLflow registry
+
+
+def served_name(model_name: str, version: str) -> str:
+    """The name a registered version is served under (an inference tier's adapter name, the
+    `model` of an OpenAI-compatible request): lower-case letters, digits and dashes only, so it
+    is safe as a path component and a Kubernetes-style name."""
+    name = re.sub(r"[^a-z0-9-]+", "-", f"{model_name}-v{version}".lower()).strip("-")
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", name):
+        raise ConfigError(f"model {model_name!r} version {version!r}: no valid served name")
+    return name
 
 
 def client(settings: Settings) -> Any:
