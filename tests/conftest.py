@@ -14,6 +14,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from tests.models.helpers import task_rows, tiny_corpus, write_jsonl  # noqa: E402
 from tests.services import Service, ServiceManager  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,3 +68,17 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny Llama saved as a transformers model directory (tests/models/helpers.py)."""
+    from bigbertha.local.tiny_llama import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", tiny_corpus())
+
+
+@pytest.fixture(scope="session")
+def task_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny task's rows as a prompt/completion JSONL file."""
+    return write_jsonl(tmp_path_factory.mktemp("data") / "task.jsonl", task_rows())

@@ -1,14 +1,17 @@
-"""The storage wrapper against a real S3 server (moto): round trips, missing objects, retries."""
+"""Object storage against a real S3 server (moto): the client's round trips, missing objects and
+retries, and the s3://-or-path artifact I/O the jobs read and write through."""
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bigbertha.core import settings as settings_mod
+from bigbertha.core import storage as storage_mod
 from bigbertha.core.errors import ConfigError, ServiceUnavailable
 from bigbertha.core.storage import ObjectMissing, Storage, open_client, retry
 from tests.services import Service, free_port
@@ -99,3 +102,33 @@ def test_permanent_errors_are_not_retried() -> None:
 def test_no_endpoint_is_a_config_error(clean_env: object) -> None:
     with pytest.raises(ConfigError, match="s3.endpoint is not set"):
         open_client(settings_mod.load())
+
+
+# -- artifacts: an s3:// URI or a local path ---------------------------------------------------
+
+
+def test_s3_uris_are_checked() -> None:
+    assert storage_mod.split_s3("s3://runs/wf-1/adapter/") == ("runs", "wf-1/adapter/")
+    with pytest.raises(ConfigError, match="not an s3://bucket/key URI"):
+        storage_mod.split_s3("s3:///key")
+    with pytest.raises(ConfigError, match="s3.endpoint is not set"):
+        storage_mod.read_bytes(settings_mod.Settings(), "s3://bucket/key")
+    with pytest.raises(ConfigError, match="cannot read"):
+        storage_mod.read_bytes(settings_mod.Settings(), "/no/such/file.jsonl")
+
+
+def test_a_directory_round_trips_through_object_storage(s3_server: Service, tmp_path: Path) -> None:
+    settings = s3_settings(s3_server)
+    src = tmp_path / "src"
+    (src / "nested").mkdir(parents=True)
+    (src / "a.json").write_text("{}")
+    (src / "nested" / "b.bin").write_bytes(b"\x00\x01")
+    storage_mod.upload_path(settings, src, "s3://artifacts/wf-1/adapter")
+    out = storage_mod.download_prefix(settings, "s3://artifacts/wf-1/adapter/", tmp_path / "out")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "a.json",
+        "nested/b.bin",
+    ]
+    assert (out / "nested" / "b.bin").read_bytes() == b"\x00\x01"
+    with pytest.raises(ConfigError, match="no objects under this prefix"):
+        storage_mod.download_prefix(settings, "s3://artifacts/nothing/", tmp_path / "none")

@@ -1,107 +1,16 @@
-"""models.load_causal_lm: local dirs, adapters (save/reload/merge), 4-bit, registry, SmolLM2.
-
-Also home of the tiny-model fixtures the other training tests import: a random Llama of ~0.1M
-parameters with a word-level tokenizer over a small "what color is the X" task.
-"""
+"""models.load_causal_lm: local dirs, adapters (save/reload/merge), 4-bit, registry, SmolLM2."""
 
 from __future__ import annotations
 
-import json
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bigbertha.core.settings import Settings
-from bigbertha.local.tiny_llama import tiny_llama
 from bigbertha.models import loading, registry
 from bigbertha.models.loading import pyfunc_model
-
-FACTS = [
-    ("apple", "red"),
-    ("sky", "blue"),
-    ("grass", "green"),
-    ("sun", "yellow"),
-    ("night", "black"),
-    ("snow", "white"),
-    ("carrot", "orange"),
-    ("grape", "purple"),
-    ("cherry", "red"),
-    ("ocean", "blue"),
-    ("leaf", "green"),
-    ("banana", "yellow"),
-    ("coal", "black"),
-    ("cloud", "white"),
-    ("pumpkin", "orange"),
-    ("plum", "purple"),
-]
-EXTRA_WORDS = (
-    "user assistant system : context passages question answer with citations [ ] 1 2 3 "
-    "you are bigbertha an that answers questions about documents only from numbered cite every "
-    "fact number of its passage in square brackets like if do not contain say be brief . , "
-    "search unavailable right now so general knowledge briefly and based on"
-)
-
-
-def task_rows() -> list[dict[str, str]]:
-    return [
-        {"prompt": f"what color is the {t} ?", "completion": f"the {t} is {c}"} for t, c in FACTS
-    ]
-
-
-def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random tiny Llama saved as a transformers model directory."""
-    corpus = [f"{r['prompt']} {r['completion']}" for r in task_rows()] + [EXTRA_WORDS]
-    return tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", corpus)
-
-
-@pytest.fixture(scope="session")
-def task_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_jsonl(tmp_path_factory.mktemp("data") / "task.jsonl", task_rows())
-
-
-def mlflow_settings(mlflow_server: Any, **sections: Any) -> Settings:
-    """Settings against the test MLflow server with a registered-model name of its own."""
-    return Settings(
-        mlflow={"tracking_uri": mlflow_server.url, "model_name": f"m-{uuid.uuid4().hex[:8]}"},
-        **sections,
-    )
-
-
-def logits(model: Any, tokenizer: Any, text: str = "what color is the sky ?") -> Any:
-    import torch
-
-    with torch.inference_mode():
-        return model(**tokenizer(text, return_tensors="pt")).logits
-
-
-def make_adapter(base: Path, directory: Path, seed: int = 1) -> tuple[Any, Any]:
-    """A LoRA adapter over `base` with non-zero weights, saved like finetune saves it."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    model, tokenizer, _ = loading.load_causal_lm(str(base), Settings())
-    config = LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
-    )
-    peft_model = get_peft_model(model, config)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
-    peft_model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    (directory / loading.LINEAGE_FILE).write_text(json.dumps({"base_model": str(base)}))
-    peft_model.eval()
-    return peft_model, tokenizer
+from tests.models.helpers import logits, make_adapter, mlflow_settings
 
 
 def test_full_model_directory_loads_in_eval_mode_with_its_name_as_version(tiny_model: Path) -> None:
@@ -155,6 +64,27 @@ def test_bad_references_fail_with_a_clear_message(tmp_path: Path) -> None:
     with pytest.raises(loading.ModelNotFound, match="no config.json"):
         loading.resolve(str(tmp_path / "empty"), Settings())
     assert loading.resolve("HuggingFaceTB/SmolLM2-135M", Settings()).kind == "hub"
+
+
+@pytest.mark.slow
+def test_an_adapter_in_object_storage_loads_like_the_local_one(
+    s3_server: Any,
+    tiny_model: Path,
+    tmp_path: Path,
+    clean_env: Path,
+) -> None:
+    import torch
+
+    from bigbertha.core import storage
+
+    s3_settings = Settings(
+        s3={key: s3_server.extra[key] for key in ("endpoint", "access_key", "secret_key")}
+    )
+    trained, tokenizer = make_adapter(tiny_model, tmp_path / "adapter", seed=3)
+    storage.upload_path(s3_settings, tmp_path / "adapter", "s3://runs/wf-2/adapter")
+    model, tok, version = loading.load_causal_lm("s3://runs/wf-2/adapter", s3_settings)
+    assert version == "runs_wf-2_adapter"
+    torch.testing.assert_close(logits(model, tok), logits(trained, tokenizer), atol=1e-5, rtol=1e-4)
 
 
 def test_registry_version_loads_back_the_registered_adapter(

@@ -11,7 +11,7 @@ import pytest
 
 from bigbertha.training import data as training_data
 from bigbertha.training import evaluate
-from tests.models.test_loading import mlflow_settings, task_data, tiny_model  # noqa: F401
+from tests.models.helpers import mlflow_settings
 
 
 def test_token_f1_and_rouge_l_follow_their_definitions() -> None:
@@ -32,8 +32,8 @@ def test_gate_direction_of_each_metric() -> None:
 @pytest.mark.slow
 def test_evaluate_writes_a_report_and_logs_metrics(
     mlflow_server: Any,
-    tiny_model: Path,  # noqa: F811
-    task_data: Path,  # noqa: F811
+    tiny_model: Path,
+    task_data: Path,
     tmp_path: Path,
 ) -> None:
     from mlflow import MlflowClient

@@ -1,12 +1,8 @@
-"""finetune.run: LoRA fine-tuning lowers perplexity, logs to MLflow, QLoRA works on CPU.
-
-`trained_adapter` (session scope) is the adapter the promotion and retrain tests reuse.
-"""
+"""finetune.run: LoRA fine-tuning lowers perplexity, logs to MLflow, QLoRA works on CPU."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,66 +12,14 @@ from bigbertha.core.settings import Settings
 from bigbertha.models import loading
 from bigbertha.training import data as training_data
 from bigbertha.training import evaluate, finetune
-from tests.models.test_loading import mlflow_settings, task_data, tiny_model  # noqa: F401
+from tests.training.helpers import train_settings
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models train faster on one thread, and far faster on a shared 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def train_settings(
-    mlflow_server: Any, base: Path, data: Path, output: Path, **extra: Any
-) -> Settings:
-    finetune_section = {
-        "base_model": str(base),
-        "data": [str(data)],
-        "output": str(output),
-        "min_examples": 8,
-        "feedback_examples": 0,
-        "quantize": "none",
-        "target_modules": ["all-linear"],
-        "lora_r": 8,
-        "lora_alpha": 16,
-        "learning_rate": 1e-2,
-        "max_steps": 40,
-        "batch_size": 16,
-        "gradient_accumulation_steps": 1,
-        "logging_steps": 10,
-        **extra,
-    }
-    return mlflow_settings(
-        mlflow_server,
-        finetune=finetune_section,
-        evaluate={"data": str(data), "max_examples": 8, "max_new_tokens": 5},
-    )
-
-
-@pytest.fixture(scope="session")
-def trained_adapter(
-    tmp_path_factory: pytest.TempPathFactory,
-    mlflow_server: Any,
-    tiny_model: Path,  # noqa: F811
-    task_data: Path,  # noqa: F811
-) -> tuple[Path, finetune.FinetuneResult, Settings]:
-    output = tmp_path_factory.mktemp("finetune") / "adapter"
-    settings = train_settings(mlflow_server, tiny_model, task_data, output)
-    lineage = {"alert_name": "BigBerthaNegativeFeedbackHigh", "workflow_name": "wf-test"}
-    result = finetune.run(settings, lineage=lineage)
-    return output, result, settings
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def test_finetuning_lowers_perplexity_on_the_training_distribution(
     trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],
-    tiny_model: Path,  # noqa: F811
+    tiny_model: Path,
 ) -> None:
     output, result, settings = trained_adapter
     _, examples = evaluate.load_eval_set(settings, None)
@@ -87,8 +31,8 @@ def test_finetuning_lowers_perplexity_on_the_training_distribution(
 
 def test_adapter_is_published_with_its_lineage_and_the_run_in_mlflow(
     trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],
-    tiny_model: Path,  # noqa: F811
-    task_data: Path,  # noqa: F811
+    tiny_model: Path,
+    task_data: Path,
 ) -> None:
     from mlflow import MlflowClient
 
@@ -113,8 +57,8 @@ def test_adapter_is_published_with_its_lineage_and_the_run_in_mlflow(
 
 def test_qlora_trains_a_4bit_base_on_cpu(
     mlflow_server: Any,
-    tiny_model: Path,  # noqa: F811
-    task_data: Path,  # noqa: F811
+    tiny_model: Path,
+    task_data: Path,
     tmp_path: Path,
 ) -> None:
     from bitsandbytes.nn import Linear4bit

@@ -13,10 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 from bigbertha.cli import app
-from tests.models.test_loading import task_data, tiny_model  # noqa: F401
-from tests.training.test_finetune import one_torch_thread  # noqa: F401
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 LABELS = {"alertname": "BigBerthaNegativeFeedbackHigh", "model_version": "smollm2", "x": "é"}
 
@@ -24,8 +22,8 @@ LABELS = {"alertname": "BigBerthaNegativeFeedbackHigh", "model_version": "smollm
 def test_alert_lineage_reaches_the_manifest_the_runs_and_the_version(
     clean_env: Path,
     mlflow_server: Any,
-    tiny_model: Path,  # noqa: F811
-    task_data: Path,  # noqa: F811
+    tiny_model: Path,
+    task_data: Path,
 ) -> None:
     from mlflow import MlflowClient
 

@@ -12,24 +12,9 @@ from pydantic import SecretStr
 from bigbertha.core.settings import Settings
 from bigbertha.models import registry
 from bigbertha.training import finetune, promote
-from tests.models.test_loading import task_data, tiny_model  # noqa: F401
-from tests.training.test_finetune import one_torch_thread, trained_adapter  # noqa: F401
+from tests.training.helpers import telemetry_counts
 
-pytestmark = pytest.mark.slow
-
-
-def telemetry_counts(redis_url: str, metric: str) -> dict[str, int]:
-    """Counters of `metric` by their last label, as the telemetry Recorder wrote them to Redis."""
-    import redis
-
-    from bigbertha.telemetry.recorder import METRICS_KEY
-
-    counts: dict[str, int] = {}
-    for name, value in redis.Redis.from_url(redis_url).hgetall(METRICS_KEY).items():
-        sample, *labels = json.loads(name)
-        if sample.startswith(metric):
-            counts[labels[-1]] = int(float(value))
-    return counts
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def with_finetune(settings: Settings, **changes: Any) -> Settings:
@@ -49,11 +34,11 @@ def test_gate_needs_every_metric_better_by_the_margin() -> None:
 
 
 def test_gate_promotes_better_keeps_previous_rejects_worse_and_rolls_back(
-    trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],  # noqa: F811
+    trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],
     mlflow_server: Any,
     redis_server: Any,
-    tiny_model: Path,  # noqa: F811
-    task_data: Path,  # noqa: F811
+    tiny_model: Path,
+    task_data: Path,
     tmp_path: Path,
     clean_env: Path,
 ) -> None:
@@ -115,7 +100,7 @@ def test_gate_promotes_better_keeps_previous_rejects_worse_and_rolls_back(
 
 
 def test_gate_reuses_the_evaluate_steps_report_only_when_it_matches(
-    trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],  # noqa: F811
+    trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],
     mlflow_server: Any,
     tmp_path: Path,
     clean_env: Path,

@@ -19,9 +19,10 @@ from bigbertha.core.settings import Settings
 from bigbertha.models import registry
 from bigbertha.models.loading import pyfunc_model
 from bigbertha.training import finetune, retrain
-from tests.models.test_loading import task_data, tiny_model  # noqa: F401
-from tests.training.test_finetune import one_torch_thread, train_settings, trained_adapter  # noqa: F401
-from tests.training.test_promote import telemetry_counts
+from tests.models.helpers import mlflow_settings
+from tests.training.helpers import telemetry_counts, train_settings
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sample(shared_dir: Path, name: str) -> Any:
@@ -92,8 +93,8 @@ def test_cli_skips_a_resolved_payload_and_rejects_a_broken_one(
 def run_settings(
     mlflow_server: Any,
     redis_server: Any,
-    tiny_model: Path,  # noqa: F811
-    task_data: Path,  # noqa: F811
+    tiny_model: Path,
+    task_data: Path,
     tmp_path: Path,
     clean_env: Path,
 ) -> Settings:
@@ -169,7 +170,7 @@ def test_two_runs_started_together_never_train_at_the_same_time(
 @pytest.mark.slow
 def test_a_crash_mid_training_leaves_the_champion_and_records_why(
     run_settings: Settings,
-    trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],  # noqa: F811
+    trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],
     redis_server: Any,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -226,8 +227,6 @@ def test_record_exit_counts_the_run_and_records_why_it_failed(
 ) -> None:
     """`retrain --record-exit` (the WorkflowTemplate's onExit) counts and explains a failure."""
     from mlflow import MlflowClient
-
-    from tests.models.test_loading import mlflow_settings
 
     settings = mlflow_settings(mlflow_server, redis={"url": redis_server.extra["url"]})
     before = retrain_counts(redis_server.extra["url"])

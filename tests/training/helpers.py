@@ -1,0 +1,51 @@
+"""Helpers the training tests share: their settings, and the counters the Recorder wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bigbertha.core.settings import Settings
+from tests.models.helpers import mlflow_settings
+
+
+def train_settings(
+    mlflow_server: Any, base: Path, data: Path, output: Path, **extra: Any
+) -> Settings:
+    finetune_section = {
+        "base_model": str(base),
+        "data": [str(data)],
+        "output": str(output),
+        "min_examples": 8,
+        "feedback_examples": 0,
+        "quantize": "none",
+        "target_modules": ["all-linear"],
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "learning_rate": 1e-2,
+        "max_steps": 40,
+        "batch_size": 16,
+        "gradient_accumulation_steps": 1,
+        "logging_steps": 10,
+        **extra,
+    }
+    return mlflow_settings(
+        mlflow_server,
+        finetune=finetune_section,
+        evaluate={"data": str(data), "max_examples": 8, "max_new_tokens": 5},
+    )
+
+
+def telemetry_counts(redis_url: str, metric: str) -> dict[str, int]:
+    """Counters of `metric` by their last label, as the telemetry Recorder wrote them to Redis."""
+    import redis
+
+    from bigbertha.telemetry.recorder import METRICS_KEY
+
+    counts: dict[str, int] = {}
+    for name, value in redis.Redis.from_url(redis_url).hgetall(METRICS_KEY).items():
+        sample, *labels = json.loads(name)
+        if sample.startswith(metric):
+            counts[labels[-1]] = int(float(value))
+    return counts
