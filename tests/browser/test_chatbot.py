@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 from bigbertha.local.stack import http_ok
-from tests.chat.test_llm import smollm2_chat_model
-from tests.chat.test_rag import HANDBOOK, MASCOT
+from tests.chat.helpers import HANDBOOK, MASCOT, smollm2_chat_model
 from tests.services import IN_CI, Service, free_port, pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]

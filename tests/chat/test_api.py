@@ -28,7 +28,7 @@ from bigbertha.core.settings import Settings
 from bigbertha.local.tiny_llama import tiny_llama
 from bigbertha.telemetry.feedback import FeedbackLog
 from bigbertha.telemetry.recorder import Recorder
-from tests.chat.test_rag import HANDBOOK, MASCOT, chunk, metric
+from tests.chat.helpers import HANDBOOK, MASCOT, chunk, metric
 from tests.services import Service, free_port, pid_alive
 
 BIGBERTHA = str(Path(sys.executable).parent / "bigbertha")

@@ -3,7 +3,6 @@ champion hot-swap (swap, in-flight answers, failed loads, registry down)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 import time
@@ -17,20 +16,12 @@ from bigbertha.chat.llm import (
     GenerationError,
     Message,
     ModelLoadError,
-    TransformersChatModel,
     load_openai,
-    load_transformers,
 )
 from bigbertha.chat.model_server import ModelServer
 from bigbertha.core.settings import Settings
+from tests.chat.helpers import smollm2_chat_model
 from tests.services import free_port
-
-
-@functools.cache
-def smollm2_chat_model() -> TransformersChatModel:
-    """SmolLM2 loaded once per test session (other chat test modules import this)."""
-    return load_transformers("smollm2", Settings())
-
 
 QUESTION: list[Message] = [
     {"role": "system", "content": "Answer in one short sentence."},

@@ -17,32 +17,14 @@ from bigbertha.chat.model_server import ModelServer
 from bigbertha.chat.rag import NOTHING_RETRIEVED, RagEngine, passages_of, sources_from
 from bigbertha.core.settings import MlflowSettings, RedisSettings, Settings
 from bigbertha.documents import ingest
-from bigbertha.documents.retrieval import Chunk, Retriever
 from bigbertha.local.tiny_llama import tiny_llama
 from bigbertha.models import registry
 from bigbertha.models.loading import pyfunc_model
 from bigbertha.models.prompts import build_messages
 from bigbertha.telemetry.feedback import FeedbackLog
-from bigbertha.telemetry.recorder import METRICS_KEY, Recorder, field
-from tests.chat.test_llm import smollm2_chat_model
+from tests.chat.helpers import HANDBOOK, MASCOT, chunk, engine_for, metric
+from tests.models.helpers import make_adapter, tiny_corpus
 from tests.services import Service, ServiceManager
-
-HANDBOOK = """# The BigBertha Handbook
-
-## Refunds
-
-Customers can request a refund within 45 days of purchase. Refunds are paid to the original
-payment method within 5 business days.
-
-## Office
-
-The BigBertha office mascot is a purple walrus named Gloria, who lives in the lobby aquarium.
-"""
-MASCOT = "What is the name of the office mascot?"
-
-
-def chunk(text: str, score: float, **meta: Any) -> Chunk:
-    return Chunk(text=text, score=score, source="s3://docs/a.pdf", file_name="a.pdf", **meta)
 
 
 def test_prompt_numbers_the_passages_and_asks_for_citations() -> None:
@@ -84,24 +66,6 @@ def kb(
     report = ingest.run(settings, [str(docs / "handbook.md")])
     assert report.to_dict()["totals"]["ingested"] == 1
     return settings
-
-
-def engine_for(settings: Settings, server: ModelServer | None = None) -> RagEngine:
-    if server is None:
-        server = ModelServer(lambda ref: smollm2_chat_model(), fallback_ref="smollm2").start()
-    return RagEngine(
-        settings,
-        retriever=Retriever(settings),
-        models=server,
-        recorder=Recorder.from_settings(settings),
-        feedback=FeedbackLog.from_settings(settings),
-    )
-
-
-def metric(settings: Settings, name: str, *labels: str) -> float:
-    client = FeedbackLog.from_settings(settings).client
-    value = client.hget(METRICS_KEY, field(name, settings.mlflow.model_name, *labels))
-    return float(value or 0)
 
 
 class _Tokens:
@@ -256,11 +220,8 @@ def test_redis_down_chat_works_and_says_metrics_are_dropped(
 @pytest.fixture
 def two_versions(services: ServiceManager, tmp_path: Path, kb: Settings) -> Iterator[Settings]:
     """A registry of its own (the test stops it) with version 1 as champion and version 2."""
-    from tests.models.test_loading import EXTRA_WORDS, make_adapter, task_rows
-
     mlflow = services.mlflow()
-    corpus = [f"{r['prompt']} {r['completion']}" for r in task_rows()] + [EXTRA_WORDS, HANDBOOK]
-    base = tiny_llama(tmp_path / "tiny", corpus)
+    base = tiny_llama(tmp_path / "tiny", tiny_corpus(HANDBOOK))
     settings = kb.model_copy(
         update={
             "mlflow": MlflowSettings(

@@ -11,7 +11,7 @@ from bigbertha.chat import rag
 from bigbertha.chat import ui as chat_app
 from bigbertha.core.settings import Settings, load
 from bigbertha.documents import ingest
-from tests.chat.test_rag import HANDBOOK, MASCOT, engine_for, metric
+from tests.chat.helpers import HANDBOOK, MASCOT, engine_for, metric
 from tests.services import Service
 
 APP = Path(chat_app.__file__)

@@ -18,15 +18,7 @@ import pytest
 
 from bigbertha.core.storage import Storage
 from tests.chart.render import find, gjson, render_env
-from tests.documents.test_ingest import (  # noqa: F401 - fixtures
-    Env,
-    chunks,
-    env,
-    ingest,
-    lite_uri,
-    storage,
-)
-from tests.documents.test_readers import make_pdf
+from tests.documents.helpers import Env, chunks, ingest, make_pdf
 
 pytestmark = pytest.mark.slow  # loads the embedding model
 
@@ -97,8 +89,8 @@ def upload(store: Storage, bucket_name: str, key: str, text: str) -> None:
     ],
 )
 def test_created_event_ingests_the_uploaded_object(
-    env: Env,  # noqa: F811
-    storage: Storage,  # noqa: F811
+    env: Env,
+    storage: Storage,
     shared_dir: Path,
     chart: tuple[dict[str, Any], dict[str, Any]],
     name: str,
@@ -123,8 +115,8 @@ def test_created_event_ingests_the_uploaded_object(
 
 
 def test_removed_event_deletes_the_objects_chunks(
-    env: Env,  # noqa: F811
-    storage: Storage,  # noqa: F811
+    env: Env,
+    storage: Storage,
     shared_dir: Path,
     chart: tuple[dict[str, Any], dict[str, Any]],
 ) -> None:
@@ -156,8 +148,8 @@ def test_removed_event_deletes_the_objects_chunks(
 
 
 def test_webhook_target_keys_need_query_decoding(
-    env: Env,  # noqa: F811
-    storage: Storage,  # noqa: F811
+    env: Env,
+    storage: Storage,
     shared_dir: Path,
     chart: tuple[dict[str, Any], dict[str, Any]],
 ) -> None:

@@ -1,72 +1,15 @@
 """Readers: text and its page/section out of PDF, Markdown, text, HTML and DOCX; bad input rejected.
 
-PDFs and DOCX files are generated here with pypdf and python-docx (`make_pdf`, `make_docx` are
-also used by the ingestion tests).
+PDFs and DOCX files are generated with pypdf and python-docx (tests/documents/helpers.py).
 """
 
 from __future__ import annotations
-
-import io
 
 import pytest
 
 from bigbertha.documents import readers
 from bigbertha.documents.readers import Rejected, Section
-
-
-def _pdf_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-
-
-def make_pdf(pages: list[str], *, password: str | None = None) -> bytes:
-    """A PDF with one page per string (Helvetica text, one line per '\\n')."""
-    from pypdf import PdfWriter
-    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
-
-    writer = PdfWriter()
-    font = DictionaryObject(
-        {
-            NameObject("/Type"): NameObject("/Font"),
-            NameObject("/Subtype"): NameObject("/Type1"),
-            NameObject("/BaseFont"): NameObject("/Helvetica"),
-        }
-    )
-    font_ref = writer._add_object(font)
-    for text in pages:
-        page = writer.add_blank_page(612, 792)
-        page[NameObject("/Resources")] = DictionaryObject(
-            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font_ref})}
-        )
-        lines = " T* ".join(f"({_pdf_escape(line)}) Tj" for line in text.splitlines())
-        stream = DecodedStreamObject()
-        stream.set_data(f"BT /F1 11 Tf 14 TL 72 720 Td {lines} ET".encode("latin-1"))
-        page[NameObject("/Contents")] = writer._add_object(stream)
-    if password is not None:
-        writer.encrypt(user_password=password, owner_password="owner-secret", algorithm="AES-128")
-    buffer = io.BytesIO()
-    writer.write(buffer)
-    return buffer.getvalue()
-
-
-def make_docx(blocks: list[tuple[str, str]]) -> bytes:
-    """A Word document from (kind, text) blocks: kind 'h1'..'h3', 'p', or 'table' (a|b;c|d)."""
-    import docx
-
-    document = docx.Document()
-    for kind, text in blocks:
-        if kind.startswith("h"):
-            document.add_heading(text, level=int(kind[1:]))
-        elif kind == "table":
-            rows = [row.split("|") for row in text.split(";")]
-            table = document.add_table(rows=len(rows), cols=len(rows[0]))
-            for r, row in enumerate(rows):
-                for c, cell in enumerate(row):
-                    table.cell(r, c).text = cell
-        else:
-            document.add_paragraph(text)
-    buffer = io.BytesIO()
-    document.save(buffer)
-    return buffer.getvalue()
+from tests.documents.helpers import make_docx, make_pdf
 
 
 def test_pdf_text_is_read_per_page_with_page_numbers() -> None:
