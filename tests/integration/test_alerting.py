@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from bigbertha.core.settings import load
 from bigbertha.local.alerting import alertmanager_yaml
 from bigbertha.telemetry.recorder import Recorder
-from tests.chart.render import NAMESPACE, RELEASE
-from tests.chart.test_monitoring import monitoring_objects, rules_yaml
+from tests.chart.render import NAMESPACE, RELEASE, one, render
 from tests.services import Service, ServiceManager, free_port, require_binary
 
 pytestmark = pytest.mark.slow
@@ -101,9 +101,36 @@ def alertmanager_alerts(alertmanager: Service) -> set[str]:
     return {a["labels"]["alertname"] for a in alerts}
 
 
+def routed_to(alertmanager: Service, alertname: str) -> set[str]:
+    """The receivers Alertmanager routed an active alert to (empty while it is not there)."""
+    alerts = get_json(f"{alertmanager.url}/api/v2/alerts?active=true")
+    return {
+        r["name"] for a in alerts if a["labels"]["alertname"] == alertname for r in a["receivers"]
+    }
+
+
+def webhook_notifications(alertmanager: Service) -> tuple[float, float]:
+    """(attempted, requests) of Alertmanager's webhook integration, from its own /metrics.
+
+    `attempted` counts every notification the pipeline ran for the webhook, including a
+    resolution it does not send (send_resolved: false); `requests` counts the HTTP requests made.
+    """
+    with urllib.request.urlopen(f"{alertmanager.url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    names = ("alertmanager_notifications_total", "alertmanager_notification_requests_total")
+    values = dict.fromkeys(names, 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in values and sample.labels.get("integration") == "webhook":
+                values[sample.name] = sample.value
+    return values[names[0]], values[names[1]]
+
+
 @pytest.fixture(scope="module")
 def stack(services: ServiceManager, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    rule, amc = monitoring_objects(FAST)
+    docs = render(FAST)
+    rule = one(docs, "PrometheusRule", f"{RELEASE}-alerts")
+    amc = one(docs, "AlertmanagerConfig", f"{RELEASE}-retrain")
     receiver = Receiver()
     config = alertmanager_yaml(amc, namespace=NAMESPACE, url=receiver.url, token=TOKEN)
     path = tmp_path_factory.mktemp("alertmanager") / "alertmanager.yml"
@@ -138,7 +165,9 @@ def stack(services: ServiceManager, tmp_path_factory: pytest.TempPathFactory) ->
         ],
     }
     prometheus = services.prometheus(
-        yaml.safe_dump(prometheus_config), {"rules.yaml": rules_yaml(rule)}
+        # The operator mounts the PrometheusRule's spec (its groups) as a rule file.
+        yaml.safe_dump(prometheus_config),
+        {"rules.yaml": yaml.safe_dump(rule["spec"])},
     )
     # A generous write timeout: this test is about alerting, not about a loaded machine.
     settings = load(overrides={"redis": {"url": redis_server.extra["url"], "timeout_seconds": 1}})
@@ -198,25 +227,30 @@ def test_bad_ratings_start_retraining_and_only_retraining(stack: dict):
     assert alert["annotations"]["summary"].startswith("80% of the votes")
     assert alert["annotations"]["runbook_url"].endswith("#bigberthanegativefeedbackhigh")
 
-    # The page alert fired too and reached Alertmanager, which kept it from the webhook.
+    # The page alert fired too and reached Alertmanager, which routed it away from the webhook
+    # (the route is the decision: only the retrain receiver has the webhook).
     alertmanager: Service = stack["alertmanager"]
-    wait_for(
-        lambda: "BigBerthaErrorRateHigh" in alertmanager_alerts(alertmanager),
+    retrain_receiver = f"{NAMESPACE}/{RELEASE}-retrain/retrain-webhook"
+    assert routed_to(alertmanager, "BigBerthaNegativeFeedbackHigh") == {retrain_receiver}
+    page_route = wait_for(
+        lambda: routed_to(alertmanager, "BigBerthaErrorRateHigh"),
         "the page-only alert in Alertmanager",
     )
-    time.sleep(3)  # > group_wait + group_interval: a wrong route would have sent it by now
+    assert page_route == {"null"}
     assert receiver.alertnames() == {"BigBerthaNegativeFeedbackHigh"}
 
-    # No more votes: the window empties, the alert resolves, and nothing is sent for it.
+    # No more votes: the window empties and the alert resolves. Alertmanager runs the webhook's
+    # pipeline for the resolution (attempted + 1) but sends nothing (send_resolved: false).
     sent = len(receiver.requests)
+    attempted, requests = webhook_notifications(alertmanager)
+    assert requests == sent
     wait_for(
-        lambda: (
-            "BigBerthaNegativeFeedbackHigh" not in prometheus_alerts(prometheus)
-            and "BigBerthaNegativeFeedbackHigh" not in alertmanager_alerts(alertmanager)
-        ),
-        "the retrain alert to resolve",
+        lambda: webhook_notifications(alertmanager)[0] > attempted,
+        "Alertmanager to process the retrain alert's resolution",
+        timeout=90,
     )
-    time.sleep(5)  # two group intervals: where a resolved notification would go out
+    assert "BigBerthaNegativeFeedbackHigh" not in prometheus_alerts(prometheus)
+    assert webhook_notifications(alertmanager) == (attempted + 1, requests)
     assert len(receiver.requests) == sent
     assert all(r["body"]["status"] == "firing" for r in receiver.requests)
 
@@ -243,9 +277,9 @@ def test_redis_stopped_pages_without_retraining_and_chats_go_on(stack: dict):
         "the exporter to report Redis down",
     )
     assert result[0]["metric"]["job"] == f"{RELEASE}-exporter"
-    wait_for(
-        lambda: "BigBerthaRedisDown" in alertmanager_alerts(stack["alertmanager"]),
+    route = wait_for(
+        lambda: routed_to(stack["alertmanager"], "BigBerthaRedisDown"),
         "BigBerthaRedisDown in Alertmanager",
     )
-    time.sleep(3)
+    assert route == {"null"}, "a page alert is routed to the retrain webhook"
     assert len(receiver.requests) == sent, "a page alert reached the retrain webhook"
