@@ -111,3 +111,24 @@ def test_lazy_and_aliased_imports_count(tmp_path: Path, source: str, expected: s
     path = tmp_path / "m.py"
     path.write_text(source)
     assert imports(path) == expected
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared fixtures live in conftest.py and shared helpers in helpers modules: a test module
+    imported elsewhere smuggles its fixtures in behind `noqa` and ties the two files together."""
+    root = SRC.parents[1]
+    wrong = []
+    for path in sorted([*(root / "tests").rglob("*.py"), *(root / "bench").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            wrong += [
+                f"{path.relative_to(root)} imports {name}"
+                for name in names
+                if name.startswith("tests.") and name.split(".")[-1].startswith("test_")
+            ]
+    assert not wrong, "\n".join(wrong)
