@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
@@ -25,13 +26,18 @@ def _command_paths() -> list[list[str]]:
     return paths
 
 
-def test_every_subcommand_has_help():
-    paths = _command_paths()
-    assert ["version"] in paths and ["config", "show"] in paths
-    for path in paths:
-        result = runner.invoke(app, [*path, "--help"])
-        assert result.exit_code == 0, (path, result.output)
-        assert "Usage:" in result.output
+COMMANDS = _command_paths()
+
+
+def test_the_walk_finds_nested_subcommands():
+    assert ["version"] in COMMANDS and ["config", "show"] in COMMANDS
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda path: " ".join(path) or "bigbertha")
+def test_every_subcommand_has_help(path: list[str]) -> None:
+    result = runner.invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert f"Usage: bigbertha {' '.join(path)}".rstrip() in " ".join(result.output.split())
 
 
 def test_unknown_subcommand_exits_2():

@@ -41,6 +41,15 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _survivors(pids: set[int], within: float) -> list[int]:
+    """Those of `pids` still alive after `within` seconds (polled: an exited process can take a
+    moment to be reaped, so a check at one instant would be flaky and a sleep would be slow)."""
+    deadline = time.monotonic() + within
+    while (alive := sorted(p for p in pids if pid_alive(p))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
+
+
 def _demo(workdir: Path, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
@@ -99,8 +108,7 @@ def test_demo_runs_both_loops_promotes_then_keeps_the_champion(tmp_path):
     assert "timeline plot" in report
     assert "<b>promoted</b>" in report and "<b>rejected</b>" in report
     assert "Why: " in report and "margin 1000" in report
-    time.sleep(1)
-    assert seen and not [p for p in seen if pid_alive(p)], "processes left behind"
+    assert seen and not _survivors(seen, within=1), "processes left behind"
 
 
 def test_ctrl_c_stops_everything_within_seconds(tmp_path):
@@ -121,5 +129,4 @@ def test_ctrl_c_stops_everything_within_seconds(tmp_path):
     assert code == 130, rest
     assert stopped_in < 15
     assert "stopping every process" in rest
-    time.sleep(0.5)
-    assert seen and not [p for p in seen if pid_alive(p)], json.dumps(sorted(seen))
+    assert seen and not _survivors(seen, within=0.5), json.dumps(sorted(seen))

@@ -25,10 +25,6 @@ def test_token_f1_and_rouge_l_follow_their_definitions() -> None:
     assert evaluate.rouge_l("", "x") == 0.0
 
 
-def test_gate_direction_of_each_metric() -> None:
-    assert {"perplexity"} == evaluate.LOWER_IS_BETTER
-
-
 @pytest.mark.slow
 def test_evaluate_writes_a_report_and_logs_metrics(
     mlflow_server: Any,

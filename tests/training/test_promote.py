@@ -33,6 +33,25 @@ def test_gate_needs_every_metric_better_by_the_margin() -> None:
     assert not promote.gate(champion, champion, ["perplexity"], 0.0)[0]  # a tie is not a win
 
 
+@pytest.mark.parametrize(
+    ("metric", "better", "worse"),
+    [
+        ("perplexity", 8.0, 12.0),
+        ("token_f1", 0.6, 0.4),
+        ("rouge_l", 0.6, 0.4),
+        ("tokens_per_second", 12.0, 8.0),
+    ],
+)
+def test_each_reported_metric_improves_in_its_own_direction(
+    metric: str, better: float, worse: float
+) -> None:
+    """Every metric `evaluate` reports (test_evaluate checks the set) is read the right way
+    round: perplexity falls as a model gets better, the others rise."""
+    champion = (better + worse) / 2
+    assert promote.improvement(metric, better, champion) == pytest.approx(0.2)
+    assert promote.improvement(metric, worse, champion) == pytest.approx(-0.2)
+
+
 def test_gate_promotes_better_keeps_previous_rejects_worse_and_rolls_back(
     trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],
     mlflow_server: Any,
