@@ -47,7 +47,12 @@ def test_unknown_subcommand_exits_2():
 
 
 def test_demo_without_the_local_platform_says_what_to_install(monkeypatch):
+    import bigbertha.local
+
     monkeypatch.setitem(sys.modules, "bigbertha.local.demo", None)  # as in an image
+    # Also when an earlier test imported it (test_errors imports every module): `from pkg
+    # import mod` finds an imported submodule as the package's attribute, not in sys.modules.
+    monkeypatch.delattr(bigbertha.local, "demo", raising=False)
     result = runner.invoke(app, ["demo"])
     assert result.exit_code == 2
     assert result.stderr.strip() == (
