@@ -15,7 +15,7 @@ CHECKOV_VERSION := 3.3.30
 # readme-generator-for-helm (npm, pinned by ci/package-lock.json) writes docs/values.md.
 DOCS_TOOL := ci/node_modules/.bin/readme-generator
 
-.PHONY: help setup system-packages test lint typecheck pytest demo clean tools
+.PHONY: help setup system-packages test check lint typecheck pytest demo clean tools
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -50,6 +50,12 @@ pytest: $(STAMP) ## The whole pytest suite (PYTEST_ARGS to narrow it)
 	HF_HUB_OFFLINE=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 test: setup lint typecheck pytest ## Setup, lint, typecheck and every test
+
+# The inner loop: what changes under your hands, without the end-to-end demo, the browser, model
+# training and the other tests marked slow (those run in `make test`).
+CHECK_PYTEST := -q -m "not slow and not e2e" --ignore=tests/e2e --ignore=tests/browser
+check: lint typecheck ## Fast inner loop: lint, types, unit and chart tests (no slow/e2e/browser)
+	HF_HUB_OFFLINE=1 $(BIN)/pytest $(CHECK_PYTEST) $(PYTEST_ARGS)
 
 demo: setup ## Run both loops on this machine (bigbertha demo); DEMO_ARGS=--keep keeps the stack up
 	HF_HUB_OFFLINE=1 $(BIN)/bigbertha demo $(DEMO_ARGS)
