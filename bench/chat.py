@@ -20,9 +20,7 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,25 +29,15 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-HANDBOOK = """# The BigBertha Handbook
+from bigbertha.local.stack import ServiceManager  # noqa: E402
 
-## Refunds
+# The chat tests' handbook and question (tests/chat/helpers.py), imported so they cannot drift.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.chat.helpers import HANDBOOK, MASCOT, engine_for  # noqa: E402
 
-Customers can request a refund within 45 days of purchase. Refunds are paid to the original
-payment method within 5 business days.
-
-## Office
-
-The BigBertha office mascot is a purple walrus named Gloria, who lives in the lobby aquarium.
-
-## Security
-
-Badges must be worn at all times. Lost badges are replaced by the front desk within one hour.
-"""
 QUESTIONS = [
-    "What is the name of the office mascot?",
+    MASCOT,
     "How long do refunds take?",
-    "Who replaces lost badges?",
     "Within how many days can a refund be requested?",
     "Where does the mascot live?",
 ]
@@ -61,27 +49,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes] | None, str | None]:
-    binary = shutil.which("redis-server")
-    if binary is None:
+def start_redis(workdir: Path) -> tuple[ServiceManager | None, str | None]:
+    """A redis-server of the benchmark's own, or (None, None) when it is not installed."""
+    from bigbertha.core.errors import ServiceUnavailable
+
+    services = ServiceManager(workdir / "services")
+    try:
+        return services, str(services.redis().extra["url"])
+    except ServiceUnavailable:
         return None, None
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.05)
-    proc.kill()
-    return None, None
 
 
 def fill_random(settings: object, count: int, batch: int = 10_000) -> float:
@@ -140,15 +116,12 @@ def main() -> None:
 
     from bigbertha.chat.llm import load_transformers
     from bigbertha.chat.model_server import ModelServer
-    from bigbertha.chat.rag import RagEngine
     from bigbertha.core.settings import Settings
     from bigbertha.documents import ingest
     from bigbertha.documents.retrieval import Retriever
-    from bigbertha.telemetry.feedback import FeedbackLog
-    from bigbertha.telemetry.recorder import Recorder
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-chat-"))
-    redis_proc, redis_url = start_redis(workdir)
+    services, redis_url = start_redis(workdir)
     try:
         settings = Settings(
             milvus={"uri": str(workdir / "milvus.db"), "collection": "handbook"},
@@ -162,12 +135,8 @@ def main() -> None:
         started = time.perf_counter()
         model = load_transformers("smollm2", settings)
         load_s = time.perf_counter() - started
-        engine = RagEngine(
-            settings,
-            retriever=Retriever(settings),
-            models=ModelServer(lambda ref: model, fallback_ref="smollm2").start(),
-            recorder=Recorder.from_settings(settings),
-            feedback=FeedbackLog.from_settings(settings),
+        engine = engine_for(
+            settings, ModelServer(lambda ref: model, fallback_ref="smollm2").start()
         )
         engine.warm_up()
         engine.ask(QUESTIONS[0])  # first generation pays one-off allocations
@@ -231,9 +200,8 @@ def main() -> None:
         }
         print(json.dumps(result))
     finally:
-        if redis_proc is not None:
-            redis_proc.terminate()
-            redis_proc.wait(10)
+        if services is not None:
+            services.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
         sys.stdout.flush()
 

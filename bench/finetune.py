@@ -28,24 +28,21 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-FACTS = [
-    ("apple", "red"),
-    ("sky", "blue"),
-    ("grass", "green"),
-    ("sun", "yellow"),
-    ("night", "black"),
-    ("snow", "white"),
-    ("carrot", "orange"),
-    ("grape", "purple"),
-]
+# The tests' tiny task and training settings (tests/), imported so the two cannot drift apart.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.models.helpers import task_rows, tiny_corpus  # noqa: E402
+from tests.training.helpers import finetune_section  # noqa: E402
+
+# The bare trl baseline's LoRA: the same as finetune_section's (rank 8, alpha 16, all-linear).
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"}
 
 
 def rows() -> list[dict[str, str]]:
+    """The task's rows, each asked four ways: 64 distinct examples, four batches of 16."""
     return [
-        {"prompt": f"what color is the {t} number {i} ?", "completion": f"the {t} is {c}"}
-        for i in range(8)
-        for t, c in FACTS
+        {"prompt": r["prompt"].replace(" ?", f" number {i} ?"), "completion": r["completion"]}
+        for i in range(4)
+        for r in task_rows()
     ]
 
 
@@ -91,24 +88,14 @@ def ours(model_dir: Path, data: Path, steps: int, out: Path) -> float:
 
     settings = Settings(
         mlflow={"tracking_uri": f"sqlite:///{out.parent / 'mlflow.db'}"},
-        finetune={
-            "base_model": str(model_dir),
-            "data": [str(data)],
-            "output": str(out),
-            "feedback_examples": 0,
-            "min_examples": 8,
-            "quantize": "none",
-            "target_modules": ["all-linear"],
-            "lora_r": LORA["r"],
-            "lora_alpha": LORA["lora_alpha"],
-            "lora_dropout": LORA["lora_dropout"],
-            "learning_rate": 1e-2,
-            "max_steps": steps,
-            "batch_size": 16,
-            "gradient_accumulation_steps": 1,
-            "max_seq_length": 128,
-            "logging_steps": 10,
-        },
+        finetune=finetune_section(
+            model_dir,
+            data,
+            out,
+            lora_dropout=LORA["lora_dropout"],
+            max_steps=steps,
+            max_seq_length=128,
+        ),
     )
     return finetune.run(settings).steps_per_second
 
@@ -223,8 +210,7 @@ def main() -> int:
     data.write_bytes(
         training_data.Dataset([training_data.to_example(r) for r in rows()]).to_jsonl()
     )
-    corpus = [f"{r['prompt']} {r['completion']}" for r in rows()] + ["user assistant :"]
-    model_dir = tiny_llama(work / "tiny", corpus)
+    model_dir = tiny_llama(work / "tiny", tiny_corpus(*(r["prompt"] for r in rows())))
 
     # Warm-up (imports, kernels) on both paths, then alternating timed rounds.
     bare_trl(model_dir, data, 5, work / "warm-bare")

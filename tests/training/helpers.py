@@ -10,10 +10,10 @@ from bigbertha.core.settings import Settings
 from tests.models.helpers import mlflow_settings
 
 
-def train_settings(
-    mlflow_server: Any, base: Path, data: Path, output: Path, **extra: Any
-) -> Settings:
-    finetune_section = {
+def finetune_section(base: Path, data: Path, output: Path, **extra: Any) -> dict[str, Any]:
+    """The finetune settings the tests (and bench/finetune.py) train the tiny model with:
+    LoRA on every linear layer, no quantisation, a high learning rate, 40 steps of 16."""
+    return {
         "base_model": str(base),
         "data": [str(data)],
         "output": str(output),
@@ -30,9 +30,14 @@ def train_settings(
         "logging_steps": 10,
         **extra,
     }
+
+
+def train_settings(
+    mlflow_server: Any, base: Path, data: Path, output: Path, **extra: Any
+) -> Settings:
     return mlflow_settings(
         mlflow_server,
-        finetune=finetune_section,
+        finetune=finetune_section(base, data, output, **extra),
         evaluate={"data": str(data), "max_examples": 8, "max_new_tokens": 5},
     )
 
