@@ -22,6 +22,8 @@ from tests.documents.helpers import Env, chunks, ingest, make_pdf
 
 pytestmark = pytest.mark.slow  # loads the embedding model
 
+Chart = tuple[dict[str, Any], dict[str, Any]]  # the ingest Sensor and WorkflowTemplate
+
 
 def sample(shared_dir: Path, name: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((shared_dir / "samples" / name).read_text())
@@ -35,7 +37,7 @@ def argo_event(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def chart() -> tuple[dict[str, Any], dict[str, Any]]:
+def chart() -> Chart:
     """The rendered ingest Sensor and WorkflowTemplate (chart defaults)."""
     docs = render_env("default")
     [sensor] = [d for d in find(docs, "Sensor") if d["metadata"]["name"].endswith("-ingest")]
@@ -55,7 +57,7 @@ def _set(obj: Any, dest: str, value: str) -> None:
         obj[last] = value
 
 
-def command_for(chart: tuple[dict[str, Any], dict[str, Any]], event: dict[str, Any]) -> list[str]:
+def command_for(chart: Chart, event: dict[str, Any]) -> list[str]:
     """The `bigbertha` argv the chart would run for this event."""
     sensor, template = chart
     [trigger] = sensor["spec"]["triggers"]
@@ -92,7 +94,7 @@ def test_created_event_ingests_the_uploaded_object(
     env: Env,
     storage: Storage,
     shared_dir: Path,
-    chart: tuple[dict[str, Any], dict[str, Any]],
+    chart: Chart,
     name: str,
 ) -> None:
     settings = env()
@@ -115,10 +117,7 @@ def test_created_event_ingests_the_uploaded_object(
 
 
 def test_removed_event_deletes_the_objects_chunks(
-    env: Env,
-    storage: Storage,
-    shared_dir: Path,
-    chart: tuple[dict[str, Any], dict[str, Any]],
+    env: Env, storage: Storage, shared_dir: Path, chart: Chart
 ) -> None:
     settings = env()
     event = argo_event(sample(shared_dir, "minio-notification-delete.json"))
@@ -148,10 +147,7 @@ def test_removed_event_deletes_the_objects_chunks(
 
 
 def test_webhook_target_keys_need_query_decoding(
-    env: Env,
-    storage: Storage,
-    shared_dir: Path,
-    chart: tuple[dict[str, Any], dict[str, Any]],
+    env: Env, storage: Storage, shared_dir: Path, chart: Chart
 ) -> None:
     settings = env()
     payload = sample(shared_dir, "minio-notification-put-webhook-target.json")

@@ -171,15 +171,19 @@ def test_a_failed_step_stops_the_dag_and_the_exit_handler_sees_it(manifests, sha
     assert "Failed" in runner.calls[-1]
 
 
-def test_transient_exit_code_is_retried(manifests, shared_dir):
-    runner = Recorder(codes={"evaluate": [69, 0]})
+@pytest.mark.parametrize(
+    ("code", "status", "attempts"),
+    [(69, "Succeeded", 2), *((code, "Failed", 1) for code in (1, 2, 3, 70, 75))],
+)
+def test_only_the_transient_exit_code_is_retried(manifests, shared_dir, code, status, attempts):
+    runner = Recorder(codes={"evaluate": [code, 0]})
     gw = _gateway(manifests, runner)
     (run,) = gw.alertmanager(
         _alert_endpoint(gw), _sample(shared_dir, "alertmanager-webhook-firing.json"), AUTH
     )
     assert gw.wait(30)
-    assert run.status == "Succeeded"
-    assert [s["attempts"] for s in run.steps if s["name"] == "evaluate"] == [2]
+    assert run.status == status
+    assert [s["attempts"] for s in run.steps if s["name"] == "evaluate"] == [attempts]
 
 
 @pytest.mark.parametrize(
@@ -253,18 +257,6 @@ def test_ingestion_semaphore_bounds_concurrent_workflows(manifests, shared_dir):
         gw.object_store(note)
     assert gw.wait(30)
     assert len(runner.calls) == 4 and runner.max_active == 1
-
-
-@pytest.mark.parametrize("code", [1, 2, 3, 70, 75])
-def test_a_non_transient_exit_code_is_final(manifests, shared_dir, code):
-    runner = Recorder(codes={"evaluate": [code, 0]})
-    gw = _gateway(manifests, runner)
-    (run,) = gw.alertmanager(
-        _alert_endpoint(gw), _sample(shared_dir, "alertmanager-webhook-firing.json"), AUTH
-    )
-    assert gw.wait(30)
-    assert run.status == "Failed"
-    assert [s["attempts"] for s in run.steps if s["name"] == "evaluate"] == [1]
 
 
 @pytest.mark.parametrize(

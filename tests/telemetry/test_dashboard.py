@@ -26,6 +26,7 @@ from bigbertha.telemetry import dashboard
 from bigbertha.telemetry import recorder as telemetry
 from tests.chart.render import render
 from tests.services import Service, ServiceManager, free_port, require_binary
+from tests.telemetry.helpers import record_traffic
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / dashboard.CHART_PATH
@@ -151,30 +152,9 @@ def exporter(redis_server: Service) -> Iterator[str]:
     recorder = telemetry.Recorder(telemetry.redis_client(url, 1.0), MODEL)
     # A rejected event counts as dropped; the next write reports it (bigbertha_telemetry_dropped).
     recorder.record_retrain_run("not-a-result")
-    recorder.set_serving_model("3")
-    recorder.record_answer(
-        "3",
-        latency_s=1.2,
-        ttft_s=0.3,
-        prompt_tokens=120,
-        completion_tokens=40,
-        scores=[0.82, 0.55],
-        context_chunks=2,
-    )
-    recorder.record_answer(
-        "3",
-        latency_s=0.4,
-        ttft_s=None,
-        prompt_tokens=30,
-        completion_tokens=0,
-        scores=[],
-        context_chunks=0,
-        error=True,
-    )
+    record_traffic(recorder, "3")
     recorder.record_feedback("3", "up")
-    recorder.record_feedback("3", "down")
     recorder.record_retrain_run("succeeded")
-    recorder.record_promotion("promoted")
     server = make_server(settings)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

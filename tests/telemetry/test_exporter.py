@@ -24,6 +24,7 @@ from bigbertha.core.settings import Settings, load
 from bigbertha.telemetry.exporter import create_app, make_server
 from bigbertha.telemetry.recorder import METRICS_KEY, SERVING_KEY, Recorder, field
 from tests.services import Service, ServiceManager, free_port
+from tests.telemetry.helpers import record_traffic
 
 CHAT = {"model": "bb", "model_version": "7"}
 
@@ -46,31 +47,7 @@ def settings(redis_url: str) -> Settings:
 
 
 def drive(settings: Settings) -> None:
-    recorder = Recorder.from_settings(settings)
-    recorder.set_serving_model("7")
-    for latency in (0.3, 0.7, 3.0):
-        recorder.record_answer(
-            "7",
-            latency_s=latency,
-            ttft_s=0.1,
-            prompt_tokens=100,
-            completion_tokens=20,
-            scores=[0.9, 0.4],
-            context_chunks=2,
-        )
-    recorder.record_answer(
-        "7",
-        latency_s=0.2,
-        ttft_s=None,
-        prompt_tokens=10,
-        completion_tokens=0,
-        scores=[],
-        context_chunks=0,
-        error=True,
-    )
-    recorder.record_feedback("7", "down")
-    recorder.record_retrain_run("failed")
-    recorder.record_promotion("promoted")
+    record_traffic(Recorder.from_settings(settings), "7")
 
 
 def test_collector_yields_counters_histograms_and_gauges(settings: Settings):
