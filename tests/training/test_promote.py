@@ -54,10 +54,8 @@ def test_each_reported_metric_improves_in_its_own_direction(
 
 def test_gate_promotes_better_keeps_previous_rejects_worse_and_rolls_back(
     trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],
-    mlflow_server: Any,
     redis_server: Any,
     tiny_model: Path,
-    task_data: Path,
     tmp_path: Path,
     clean_env: Path,
 ) -> None:
@@ -120,7 +118,6 @@ def test_gate_promotes_better_keeps_previous_rejects_worse_and_rolls_back(
 
 def test_gate_reuses_the_evaluate_steps_report_only_when_it_matches(
     trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],
-    mlflow_server: Any,
     tmp_path: Path,
     clean_env: Path,
     monkeypatch: pytest.MonkeyPatch,
