@@ -81,8 +81,8 @@ def make_adapter(base: Path, directory: Path, seed: int = 1) -> tuple[Any, Any]:
     config = LoraConfig(
         r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
     )
+    torch.manual_seed(seed)  # before get_peft_model: lora_A's init draws from it too
     peft_model = get_peft_model(model, config)
-    torch.manual_seed(seed)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
