@@ -17,6 +17,7 @@ def _turn(question: str = "How long do refunds take?") -> Turn:
         answer="Refunds are paid within 5 business days [1].",
         sources=[FeedbackSource("s3://docs/handbook.pdf", 3, 0.71)],
         model_version="2",
+        context=[{"text": "Refunds are paid within 5 business days.", "label": "handbook.pdf"}],
     )
 
 
@@ -40,9 +41,13 @@ def test_turn_and_rating_are_complete_records_sharing_the_turn_id(log: FeedbackL
     assert rating["answer"].startswith("Refunds are paid")
     assert rating["sources"] == [{"source": "s3://docs/handbook.pdf", "page": 3, "score": 0.71}]
     assert rating["model_version"] == "2" and rating["ts"] >= served["ts"]
+    # ... with the passages the model was prompted with, so training rebuilds that prompt.
+    assert rating["context"] == [
+        {"text": "Refunds are paid within 5 business days.", "label": "handbook.pdf"}
+    ]
     raw = log.client.lindex(KEY, 0)
     assert set(json.loads(raw)) == {
-        "ts", "question", "answer", "sources", "model_version", "rating", "turn_id"
+        "ts", "question", "answer", "sources", "model_version", "context", "rating", "turn_id"
     }  # fmt: skip
 
 
