@@ -300,9 +300,11 @@ def pyfunc_model() -> Any:
             path = context.artifacts[ADAPTER_ARTIFACT]
             self.model, self.tokenizer, _ = load_causal_lm(path, Settings())
 
-        def predict(
-            self, context: Any, model_input: list[str], params: dict[str, Any] | None = None
-        ) -> list[str]:
+        # No `list[str]` hint on model_input: MLflow derives a signature from type hints and
+        # then ignores the logged one, whose params schema declares max_new_tokens.
+        def predict(self, context: Any, model_input: Any, params: Any = None) -> list[str]:
+            if hasattr(model_input, "iloc"):  # the signature's string column, as a DataFrame
+                model_input = model_input.iloc[:, 0].tolist()
             prompts = [str(p) for p in model_input]
             max_new = int((params or {}).get("max_new_tokens", 64))
             out = []

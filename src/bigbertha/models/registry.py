@@ -163,6 +163,7 @@ def register_challenger(
     version. (`bigbertha.models.loading.pyfunc_model()` is the model class that loads it.)"""
     import mlflow
     import mlflow.pyfunc
+    from mlflow.models import infer_signature
 
     name = settings.mlflow.model_name
     mlflow_client = client(settings)
@@ -175,6 +176,11 @@ def register_challenger(
                 python_model=python_model,
                 artifacts={ADAPTER_ARTIFACT: str(adapter_dir)},
                 pip_requirements=pip_requirements(),
+                # Prompts in, completions out; without a declared params schema MLflow drops
+                # predict()'s params, so max_new_tokens would be silently ignored.
+                signature=infer_signature(
+                    ["a prompt"], ["a completion"], params={"max_new_tokens": 64}
+                ),
             )
         mv = mlflow.register_model(info.model_uri, name, tags={**tags, "run_id": run.info.run_id})
     except (mlflow.exceptions.MlflowException, OSError) as exc:
