@@ -3,7 +3,8 @@
 Used where the cluster's objects are the source of truth off the cluster: the demo's local
 Prometheus rules and Alertmanager route, and its event gateway's Sensors and WorkflowTemplates.
 The chart is found by `root()` (a checkout, or $BIGBERTHA_CHART for an installed package).
-No cluster or chart repository is contacted; subcharts absent from charts/ are skipped.
+No cluster or chart repository is contacted. Helm renders the subcharts in charts/ (`make deps`)
+with ours; `render` returns this chart's own objects, `render_templates` the whole release.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def render(
     release: str = "bigbertha",
     namespace: str = "bigbertha",
 ) -> list[dict[str, Any]]:
-    """The rendered objects of values files + overrides. Raises ConfigError naming the problem."""
+    """This chart's own rendered objects (not its subcharts') for values files + overrides: what
+    the demo stands in for locally. Raises ConfigError naming the problem."""
     import helm_python
 
     try:
@@ -138,5 +140,7 @@ def render(
     for path, text in sorted(rendered.items()):
         if not path.endswith((".yaml", ".yml")):
             continue  # NOTES.txt
+        if path.split("/")[1] == "charts":
+            continue  # <chart>/charts/<subchart>/templates/...
         objects += [doc for doc in yaml.safe_load_all(text) if doc]
     return objects
