@@ -1,8 +1,14 @@
 """Render the umbrella chart offline with Helm's own engine (helm-python-sdk) and index the result.
 
+Every render is the whole release a cluster receives: our templates AND the seven pinned
+subcharts in charts/ (`make deps`). Helm silently skips a dependency missing from charts/, so a
+render refuses to run until every pinned archive is there.
+
 A fresh Chart is loaded for every render (the SDK's loaded chart is mutated by a render). The API
 versions passed are those the cluster has once ci/install-crds.sh has run: the group/versions and
 the group/version/Kind of every custom kind the chart renders (templates/validate.yaml checks them).
+Each environment is rendered once per session per release (`render_env`): under the release name
+`bigbertha` and under another name in another namespace, since nothing may depend on either.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import functools
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,33 +31,73 @@ SHARED = Path(os.environ.get("BIGBERTHA_SHARED", ROOT.parent / "shared"))
 RELEASE = "bigbertha"
 NAMESPACE = "bigbertha"
 KUBE_VERSION = "v1.30.0"
-# The chart defaults and every environment overlay in values/ (each is rendered and checked).
-ENVS = ("default", *sorted(p.stem for p in (ROOT / "values").glob("*.yaml")))
+# Each environment as a user installs it: the values files layered after the chart defaults.
+# demo.yaml is an overlay on local.yaml (`bigbertha demo`); test_chart checks every file is here.
+ENV_FILES: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "dev": ("dev",),
+    "local": ("local",),
+    "local+demo": ("local", "demo"),
+    "prod": ("prod",),
+}
+ENVS = tuple(ENV_FILES)
+
+
+@dataclass(frozen=True)
+class Release:
+    """A release name and the namespace it is installed in."""
+
+    name: str
+    namespace: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+# The name the docs use, and another name in another namespace: names, wiring and selectors must
+# hold for any release (fullnameOverride on the subcharts; no object name derives from it).
+RELEASES = (Release(RELEASE, NAMESPACE), Release("llmops", "ml-platform"))
 # The kinds whose CRDs ci/install-crds.sh installs, and the API versions a render sees.
 CUSTOM_KINDS = chart.CUSTOM_KINDS
 API_VERSIONS = list(chart.API_VERSIONS)
 deep_merge = chart.merge_values  # Helm's -f layering
 
 
+def env_files(env: str) -> list[Path]:
+    return [ROOT / "values" / f"{name}.yaml" for name in ENV_FILES[env]]
+
+
 def env_values(env: str) -> dict[str, Any]:
-    """The user-supplied values of one environment ('default' = none)."""
-    if env == "default":
-        return {}
-    return yaml.safe_load((ROOT / "values" / f"{env}.yaml").read_text()) or {}
+    """The user-supplied values of one environment, its files merged as `helm -f a -f b` does."""
+    return chart.load_values(env_files(env))
+
+
+@functools.cache
+def _subcharts_present() -> None:
+    """Helm renders without a dependency missing from charts/: refuse that partial release."""
+    pins = yaml.safe_load((ROOT / "Chart.yaml").read_text())["dependencies"]
+    missing = [
+        f"{d['name']}-{d['version']}.tgz"
+        for d in pins
+        if not (ROOT / "charts" / f"{d['name']}-{d['version']}.tgz").is_file()
+    ]
+    assert not missing, f"charts/ lacks {', '.join(missing)}: run `make deps`"
 
 
 def render_raw(
     values: dict[str, Any] | None = None,
     *,
     release: str = RELEASE,
+    namespace: str = NAMESPACE,
     api_versions: list[str] | None = None,
     kube_version: str = KUBE_VERSION,
 ) -> dict[str, str]:
     """Template path -> rendered text, as `helm template` would produce it."""
+    _subcharts_present()
     return chart.render_templates(
         values,
         release=release,
-        namespace=NAMESPACE,
+        namespace=namespace,
         api_versions=API_VERSIONS if api_versions is None else api_versions,
         kube_version=kube_version,
     )
@@ -62,7 +109,7 @@ def documents(rendered: dict[str, str]) -> list[dict[str, Any]]:
     for path, text in sorted(rendered.items()):
         if not path.endswith((".yaml", ".yml")):
             continue
-        for doc in yaml.safe_load_all(text):
+        for doc in yaml.load_all(text, Loader=yaml.CSafeLoader):
             if doc:
                 doc["__template"] = path
                 docs.append(doc)
@@ -74,26 +121,28 @@ def render(values: dict[str, Any] | None = None, **kwargs: Any) -> list[dict[str
 
 
 @functools.cache
-def render_env_raw(env: str) -> dict[str, str]:
-    """One render per environment per session (tests only read it)."""
-    return render_raw(env_values(env))
-
-
-def render_env(env: str) -> list[dict[str, Any]]:
-    return _render_env_docs(env)
+def render_env_raw(env: str, release: Release = RELEASES[0]) -> dict[str, str]:
+    """One render per environment and release per session (tests only read it)."""
+    return render_raw(env_values(env), release=release.name, namespace=release.namespace)
 
 
 @functools.cache
-def _render_env_docs(env: str) -> list[dict[str, Any]]:
-    return documents(render_env_raw(env))
+def render_env(env: str, release: Release = RELEASES[0]) -> list[dict[str, Any]]:
+    return documents(render_env_raw(env, release))
 
 
-def manifest_text(env: str) -> str:
-    """The whole render as one multi-document YAML stream (what `helm template` prints)."""
+def manifest_text(
+    env: str, release: Release = RELEASES[0], *, subcharts: bool | None = None
+) -> str:
+    """The render as one multi-document YAML stream (what `helm template` prints): all of it,
+    or only our templates' (subcharts=False) or only the subcharts' (subcharts=True)."""
     parts = []
-    for path, text in sorted(render_env_raw(env).items()):
-        if path.endswith((".yaml", ".yml")) and text.strip():
-            parts.append(f"---\n# Source: {path}\n{text.strip()}\n")
+    for path, text in sorted(render_env_raw(env, release).items()):
+        if not (path.endswith((".yaml", ".yml")) and text.strip()):
+            continue
+        if subcharts is not None and (path.split("/")[1] == "charts") != subcharts:
+            continue
+        parts.append(f"---\n# Source: {path}\n{text.strip()}\n")
     return "".join(parts)
 
 
@@ -112,6 +161,18 @@ def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     found = find(docs, kind, name)
     assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
     return found[0]
+
+
+def subchart(doc: dict[str, Any]) -> str | None:
+    """The (innermost) subchart whose template rendered `doc`; None for our own templates."""
+    parts = doc["__template"].split("/")
+    charts = [i for i, part in enumerate(parts) if part == "charts"]
+    return parts[charts[-1] + 1] if charts else None
+
+
+def ours(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The objects our own templates render (the subcharts' are checked where stated)."""
+    return [d for d in docs if subchart(d) is None]
 
 
 def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:

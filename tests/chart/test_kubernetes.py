@@ -1,6 +1,8 @@
-"""Every rendered object is valid Kubernetes: built-in kinds against the API schemas (strict),
-custom resources against the pinned CRD schemas with unknown fields rejected, restricted pod
-security, standard labels."""
+"""Every rendered object of the whole release (subcharts included) is valid Kubernetes: built-in
+kinds against the API schemas (strict), custom resources against the pinned CRD schemas with
+unknown fields rejected, every namespaced object in the release namespace. Our own objects also
+run restricted pod security, least-privilege RBAC and carry the standard labels (the subcharts'
+pods are held to checkov's checks instead: test_tools.py)."""
 
 from __future__ import annotations
 
@@ -14,12 +16,17 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
+from tests.chart import crds
 from tests.chart.render import (
     CUSTOM_KINDS,
+    Release,
     clean,
     find,
+    one,
+    ours,
     pod_specs,
     render,
+    subchart,
     workflow_containers,
 )
 
@@ -43,32 +50,10 @@ def test_builtin_kinds_are_valid_strict(docs: list[dict[str, Any]], kube_version
     assert not errors, errors
 
 
-def _close(node: Any) -> Any:
-    """Reject unknown fields wherever the CRD does not preserve them."""
-    if isinstance(node, dict):
-        if (
-            node.get("type") == "object"
-            and "properties" in node
-            and "additionalProperties" not in node
-            and not node.get("x-kubernetes-preserve-unknown-fields")
-        ):
-            node["additionalProperties"] = False
-        for value in node.values():
-            _close(value)
-    elif isinstance(node, list):
-        for value in node:
-            _close(value)
-    return node
-
-
 @cache
 def _validator(shared: Path, kind: str, version: str) -> tuple[jsonschema.Draft7Validator, bool]:
-    """(validator, advisory_required). The Argo Events *.full.json schemas are built from the Go
-    types and over-require some fields, so their `required` errors are advisory (shared/README)."""
-    full = shared / "schemas" / f"{kind.lower()}_{version}.full.json"
-    path = full if full.exists() else shared / "schemas" / f"{kind.lower()}_{version}.json"
-    schema = _close(json.loads(path.read_text()))
-    return jsonschema.Draft7Validator(schema), full.exists()
+    schema, advisory_required = crds.schema(shared, kind, version)
+    return jsonschema.Draft7Validator(schema), advisory_required
 
 
 def _cr_errors(shared: Path, doc: dict[str, Any]) -> list[str]:
@@ -85,6 +70,7 @@ def test_custom_resources_match_the_crd_schemas(
 ) -> None:
     customs = [d for d in docs if _is_custom(d)]
     assert {d["kind"] for d in customs} >= {"EventBus", "EventSource", "Sensor", "WorkflowTemplate"}
+    assert {d["kind"] for d in customs if subchart(d)} >= {"Prometheus", "Alertmanager"}
     errors = [e for doc in customs for e in _cr_errors(shared_dir, doc)]
     assert not errors, errors
 
@@ -92,19 +78,20 @@ def test_custom_resources_match_the_crd_schemas(
 def test_unknown_fields_in_custom_resources_are_rejected(
     default_docs: list[dict[str, Any]], shared_dir: Path
 ) -> None:
-    for kind in ("Sensor", "EventSource", "WorkflowTemplate", "ServiceMonitor"):
+    for kind in ("Sensor", "EventSource", "WorkflowTemplate", "ServiceMonitor", "Prometheus"):
         doc = copy.deepcopy(find(default_docs, kind)[0])
         doc["spec"]["triggerz" if kind == "Sensor" else "unknownField"] = True
         assert _cr_errors(shared_dir, doc), f"{kind}: an unknown field went unnoticed"
 
 
 def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
-    return pod["containers"] + pod.get("initContainers", [])
+    return pod["containers"] + (pod.get("initContainers") or [])
 
 
 def test_pods_run_restricted(docs: list[dict[str, Any]]) -> None:
     """Pod Security Standard `restricted`, read-only root and no service links, for every pod
-    and every workflow step."""
+    and every workflow step of ours."""
+    docs = ours(docs)
     pods = list(pod_specs(docs))
     pods += [
         (name, {**wt["spec"], "containers": [tpl["container"]]})
@@ -131,6 +118,7 @@ def test_pods_run_restricted(docs: list[dict[str, Any]]) -> None:
 
 
 def test_service_account_tokens_only_where_the_api_is_called(docs: list[dict[str, Any]]) -> None:
+    docs = ours(docs)
     for name, pod in pod_specs(docs):
         assert pod["automountServiceAccountToken"] is False, f"{name} mounts an unused token"
         assert pod["enableServiceLinks"] is False, name
@@ -141,6 +129,7 @@ def test_service_account_tokens_only_where_the_api_is_called(docs: list[dict[str
 
 
 def test_rbac_is_least_privilege(docs: list[dict[str, Any]]) -> None:
+    docs = ours(docs)
     rules = {d["metadata"]["name"]: d["rules"] for d in find(docs, "Role")}
     assert find(docs, "ClusterRole") == []
     assert rules["bigbertha-workflows"] == [
@@ -163,6 +152,7 @@ def test_rbac_is_least_privilege(docs: list[dict[str, Any]]) -> None:
 
 
 def test_standard_labels_everywhere(docs: list[dict[str, Any]]) -> None:
+    docs = ours(docs)
     for doc in docs:
         labels = doc["metadata"].get("labels", {})
         for key in (
@@ -182,19 +172,51 @@ def test_standard_labels_everywhere(docs: list[dict[str, Any]]) -> None:
         }, "selectors are immutable: no version"
 
 
-def test_objects_live_in_the_release_namespace(docs: list[dict[str, Any]]) -> None:
-    """Set from .Release.Namespace, never hard-coded (templates/monitoring is the telemetry
-    part's and is checked by its own tests)."""
+CLUSTER_SCOPED = {
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+    "PriorityClass",
+    "StorageClass",
+    "Namespace",
+    "PersistentVolume",
+}
+
+
+def test_objects_live_in_the_release_namespace(
+    docs: list[dict[str, Any]], release: Release
+) -> None:
+    """Ours set it from .Release.Namespace, never hard-coded; a subchart object either does the
+    same or leaves it out (Helm installs it into the release namespace). One exception, by
+    design: kube-prometheus-stack's control-plane exporters put the Services that select the
+    kube-system pods (CoreDNS, scheduler, ...) into kube-system (templates/exporters/)."""
     for doc in docs:
-        if "/templates/monitoring/" in doc["__template"]:
-            continue
-        name = f"{doc['kind']}/{doc['metadata']['name']}"
-        assert doc["metadata"].get("namespace") == "bigbertha", name
+        name = f"{doc['kind']}/{doc['metadata']['name']} ({doc['__template']})"
+        namespace = doc["metadata"].get("namespace")
+        if doc["kind"] in CLUSTER_SCOPED:
+            assert namespace is None, name
+        elif subchart(doc) is None:
+            assert namespace == release.namespace, name
+        elif "/kube-prometheus-stack/templates/exporters/" in doc["__template"] and (
+            namespace == "kube-system"
+        ):
+            assert doc["kind"] == "Service", name
+        else:
+            assert namespace in (None, release.namespace), name
 
 
 def test_registry_override_and_pull_secrets_reach_every_pod() -> None:
-    docs = render(
-        {"global": {"imageRegistry": "mirror.example:5000", "imagePullSecrets": ["mirror-pull"]}}
+    docs = ours(
+        render(
+            {
+                "global": {
+                    "imageRegistry": "mirror.example:5000",
+                    "imagePullSecrets": ["mirror-pull"],
+                }
+            }
+        )
     )
     images = [c["image"] for _, pod in pod_specs(docs) for c in _containers(pod)]
     images += [tpl["container"]["image"] for _, tpl in workflow_containers(docs)]
@@ -215,11 +237,12 @@ def test_image_tags_default_to_the_app_version(default_docs: list[dict[str, Any]
 
 
 def test_prod_chatbot_survives_a_node_drain(prod_docs: list[dict[str, Any]]) -> None:
-    pdb = find(prod_docs, "PodDisruptionBudget")[0]
-    deploy = find(prod_docs, "Deployment", "bigbertha-chatbot")[0]
+    pdb = one(prod_docs, "PodDisruptionBudget", "bigbertha-chatbot")
+    deploy = one(prod_docs, "Deployment", "bigbertha-chatbot")
     assert deploy["spec"]["replicas"] > 1 and pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
-    assert find(render({}), "PodDisruptionBudget") == [], "one replica: a PDB would block drains"
+    no_pdb = find(ours(render({})), "PodDisruptionBudget")
+    assert no_pdb == [], "one replica: a PDB would block drains"
 
 
 def test_chatbot_ingress_routes_to_its_service() -> None:
@@ -234,8 +257,8 @@ def test_chatbot_ingress_routes_to_its_service() -> None:
             }
         }
     )
-    (ingress,) = find(docs, "Ingress")
+    (ingress,) = find(ours(docs), "Ingress")
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": "bigbertha-chatbot", "port": {"name": "http"}}
     assert ingress["spec"]["tls"] == [{"hosts": ["chat.example.org"], "secretName": "chat-tls"}]
-    assert find(render({}), "Ingress") == []
+    assert find(ours(render({})), "Ingress") == []

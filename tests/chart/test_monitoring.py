@@ -29,6 +29,7 @@ from tests.chart.render import (
     deep_merge,
     env_values,
     one,
+    ours,
     render,
     render_env,
 )
@@ -415,7 +416,7 @@ def test_disabled_parts_are_not_rendered():
     names = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
     assert names == set(ALERTS) - {"BigBerthaRedisDown"}
     assert not [d for d in docs if d["kind"] == "AlertmanagerConfig"]
-    off = render({"monitoring": {"enabled": False}})
+    off = ours(render({"monitoring": {"enabled": False}}))
     assert not [d for d in off if d["kind"] in ("PrometheusRule", "AlertmanagerConfig")]
 
 
