@@ -1,14 +1,22 @@
 {{/* Shared names and labels. Component-specific helpers live beside their component. */}}
 
-{{/* bigbertha.fullname: root context -> release-scoped base name (max 63 chars). */}}
-{{- define "bigbertha.fullname" -}}
-{{- if .Values.fullnameOverride -}}
-{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
-{{- else if contains .Chart.Name .Release.Name -}}
-{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
-{{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{/* bigbertha.name: root context -> the chart name, or nameOverride (app.kubernetes.io/name and the name prefix). */}}
+{{- define "bigbertha.name" -}}
+{{- .Values.nameOverride | default .Chart.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/* bigbertha.fullname: root context -> base name of every object (max 63 chars): fullnameOverride, else bigbertha.name.
+Not derived from the release name: subchart values cannot be templated, so values.yaml names our
+Secrets and the subcharts' Services (their fullnameOverride) literally, and those names must hold
+under any release name. */}}
+{{- define "bigbertha.fullname" -}}
+{{- .Values.fullnameOverride | default (include "bigbertha.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* bigbertha.subchartFullname: (dict "ctx" . "chart" "<subchart>") -> that subchart's fullnameOverride: the name of its Service. */}}
+{{- define "bigbertha.subchartFullname" -}}
+{{- $values := index .ctx.Values .chart -}}
+{{- required (printf "bigbertha: set %s.fullnameOverride (BigBertha wires the %s Service by that name; values.yaml sets it)" .chart .chart) $values.fullnameOverride -}}
 {{- end -}}
 
 {{/* bigbertha.labels: (dict "ctx" . "component" "<name>") -> standard labels for metadata. */}}
@@ -22,7 +30,7 @@ app.kubernetes.io/part-of: bigbertha
 
 {{/* bigbertha.selectorLabels: (dict "ctx" . "component" "<name>") -> immutable selector labels. */}}
 {{- define "bigbertha.selectorLabels" -}}
-app.kubernetes.io/name: {{ .ctx.Chart.Name }}
+app.kubernetes.io/name: {{ include "bigbertha.name" .ctx }}
 app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
@@ -80,14 +88,19 @@ imagePullSecrets:
 {{- .Values.objectStorage.existingSecret | default (printf "%s-s3" (include "bigbertha.fullname" .)) -}}
 {{- end -}}
 
-{{/* bigbertha.s3Endpoint: root ctx -> host:port of the S3 API (this release's MinIO by default). */}}
+{{/* bigbertha.s3Endpoint: root ctx -> host:port of the S3 API (this release's MinIO Service by default). */}}
 {{- define "bigbertha.s3Endpoint" -}}
-{{- .Values.objectStorage.endpoint | default (printf "%s-minio.%s.svc:9000" .Release.Name .Release.Namespace) -}}
+{{- .Values.objectStorage.endpoint | default (printf "%s.%s.svc:%v" (include "bigbertha.subchartFullname" (dict "ctx" . "chart" "minio")) .Release.Namespace .Values.minio.service.port) -}}
 {{- end -}}
 
 {{/* bigbertha.redisSecretName: root ctx -> Secret with the Redis `password`. */}}
 {{- define "bigbertha.redisSecretName" -}}
 {{- .Values.redis.auth.existingSecret | default (printf "%s-redis" (include "bigbertha.fullname" .)) -}}
+{{- end -}}
+
+{{/* bigbertha.mlflowDatabaseSecretName: root ctx -> Secret with MLflow's PostgreSQL `username` and `password`. */}}
+{{- define "bigbertha.mlflowDatabaseSecretName" -}}
+{{- .Values.mlflowDatabase.auth.existingSecret | default (printf "%s-mlflow-db" (include "bigbertha.fullname" .)) -}}
 {{- end -}}
 
 {{/* bigbertha.env: (dict "ctx" . "s3" bool "redis" bool) -> settings ConfigMap and the secret env vars a bigbertha container needs. */}}

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.render import find, gjson, one, render
+from tests.chart.render import find, gjson, one, render, render_env
 
 
 def _sample(shared: Path, name: str) -> dict[str, Any]:
@@ -209,10 +209,50 @@ def test_minio_filters_come_from_values() -> None:
     assert source["filter"] == {"prefix": "docs/", "suffix": ".pdf"}
 
 
+def _controller_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The argo-events controller's configuration (its chart's configs.jetstream)."""
+    (config,) = [
+        d
+        for d in find(docs, "ConfigMap")
+        if d["metadata"]["name"].endswith("argo-events-controller-manager")
+    ]
+    loaded: dict[str, Any] = yaml.safe_load(config["data"]["controller-config.yaml"])
+    return loaded
+
+
+def test_eventbus_replicas_follow_the_pinned_argo_events_rules(env: str) -> None:
+    """argo-events v1.9 (chart 2.4.22): a JetStream bus has 1 or at least 3 replicas
+    (pkg/reconciler/eventbus/validate.go); only 3 or more form a cluster
+    (installer/jetstream.go createConfigMap); each stream's replicas are the controller's
+    streamConfig with the EventBus' own merged over it (installer/jetstream.go, viper
+    MergeConfig), and nats-server refuses more stream replicas than clustered servers."""
+    docs = render_env(env)
+    bus = one(docs, "EventBus", "bigbertha")["spec"]["jetstream"]
+    replicas = int(bus["replicas"])
+    assert replicas == 1 or replicas >= 3, f"{env}: a JetStream EventBus of {replicas} replicas"
+    stream = yaml.safe_load(_controller_config(docs)["eventBus"]["jetstream"]["streamConfig"])
+    stream |= yaml.safe_load(bus.get("streamConfig") or "{}")
+    servers = replicas if replicas >= 3 else 1
+    assert 1 <= int(stream["replicas"]) <= servers, (
+        f"{env}: streams replicated {stream['replicas']} times on {servers} JetStream server(s)"
+    )
+
+
+def test_eventbus_of_two_replicas_is_refused() -> None:
+    import helm_python as helm
+
+    from tests.chart.render import render_raw
+
+    with pytest.raises(helm.HelmValuesError, match="eventBus/replicas"):
+        render_raw({"events": {"eventBus": {"replicas": 2}}})
+
+
 def test_jetstream_version_is_one_the_pinned_controller_knows(
     docs: list[dict[str, Any]], shared_dir: Path
 ) -> None:
     upstream = yaml.safe_load((shared_dir / "upstream/argo-events-2.4.22/values.yaml").read_text())
     known = {v["version"] for v in upstream["configs"]["jetstream"]["versions"]}
+    rendered = {v["version"] for v in _controller_config(docs)["eventBus"]["jetstream"]["versions"]}
+    assert known == rendered, "the controller runs with the pinned chart's version list"
     version = one(docs, "EventBus", "bigbertha")["spec"]["jetstream"]["version"]
     assert version in known - {"latest"}, f"EventBus JetStream {version} not in {sorted(known)}"

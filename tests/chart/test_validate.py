@@ -8,7 +8,16 @@ from typing import Any
 import helm_python as helm
 import pytest
 
-from tests.chart.render import API_VERSIONS, deep_merge, env_values, find, render, render_raw
+from tests.chart.render import (
+    API_VERSIONS,
+    deep_merge,
+    env_values,
+    find,
+    ours,
+    render,
+    render_raw,
+    subchart,
+)
 
 
 def _fails(values: dict[str, Any], message: str, **kwargs: Any) -> None:
@@ -34,15 +43,40 @@ def test_prod_requires_every_existing_secret(key: str, message: str) -> None:
     _fails(deep_merge(prod, blank), message)
 
 
+# The subcharts' Secrets prod still renders, none a credential a person holds: MLflow's Flask
+# session-signing key (made once, kept through `lookup` by its pre-install hook), MLflow's env
+# Secret (empty: the database user comes from existingDatabaseSecret) and Alertmanager's
+# generated configuration.
+PROD_SUBCHART_SECRETS = {
+    "bigbertha-mlflow-flask-server-secret-key",
+    "bigbertha-mlflow-env-secret",
+    "alertmanager-bigbertha-kube-prometheus-alertmanager",
+}
+
+
 def test_prod_renders_no_generated_secret() -> None:
     docs = render(env_values("prod"))
-    assert find(docs, "Secret") == [], "prod must use existing Secrets only"
+    assert find(ours(docs), "Secret") == [], "prod must use existing Secrets only"
+    theirs = {d["metadata"]["name"] for d in find(docs, "Secret") if subchart(d)}
+    assert theirs == PROD_SUBCHART_SECRETS, "Grafana's admin login is an existing Secret in prod"
+    env = next(
+        d
+        for d in find(docs, "ConfigMap")
+        if d["metadata"]["name"] == "bigbertha-mlflow-env-configmap"
+    )
+    assert "PGPASSWORD" not in str(env)
 
 
 def test_generated_secrets_in_dev_are_random_and_named_as_documented() -> None:
-    first = {d["metadata"]["name"]: d for d in find(render(env_values("dev")), "Secret")}
-    second = {d["metadata"]["name"]: d for d in find(render(env_values("dev")), "Secret")}
-    assert set(first) == {"bigbertha-s3", "bigbertha-redis", "bigbertha-events-webhook"}
+    first = {d["metadata"]["name"]: d for d in find(ours(render(env_values("dev"))), "Secret")}
+    second = {d["metadata"]["name"]: d for d in find(ours(render(env_values("dev"))), "Secret")}
+    assert set(first) == {
+        "bigbertha-s3",
+        "bigbertha-redis",
+        "bigbertha-events-webhook",
+        "bigbertha-mlflow-db",
+    }
+    assert first["bigbertha-mlflow-db"]["data"] != second["bigbertha-mlflow-db"]["data"]
     # Offline (no live Secret to keep) each render draws a new value: nothing is hard-coded.
     assert first["bigbertha-redis"]["data"] != second["bigbertha-redis"]["data"]
     assert first["bigbertha-s3"]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
@@ -55,18 +89,58 @@ def test_missing_crds_fail_with_the_install_step() -> None:
     assert render({"crdCheck": False}, api_versions=[]), "crdCheck=false renders offline"
 
 
-def test_another_release_name_must_rewire_the_subcharts() -> None:
-    _fails({}, 'set minio.existingSecret to "demo-bigbertha-s3"', release="demo")
+@pytest.mark.parametrize("release", ["demo", "llmops", "x"])
+def test_any_release_name_renders_without_rewiring(release: str) -> None:
+    """Object names do not derive from the release (the subcharts' fullnameOverride)."""
+    for env in ("dev", "prod"):
+        docs = render(env_values(env), release=release, namespace="team-a")
+        names = {d["metadata"]["name"] for d in ours(docs)}
+        assert "bigbertha-chatbot" in names and "bigbertha-settings" in names
+        labels = ours(docs)[0]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == release
+
+
+def test_name_override_renames_our_objects_and_lists_every_subchart_value_to_follow() -> None:
+    with pytest.raises(helm.HelmRenderError) as failed:
+        render_raw({"nameOverride": "bb"})
+    message = str(failed.value)
+    wanted = [
+        'set minio.existingSecret to "bb-s3"',
+        'set milvus.standalone.extraEnv with secretKeyRef to "bb-s3"',
+        'set mlflow.artifactRoot.s3.existingSecret.name to "bb-s3"',
+        'and mlflow.backendStore.postgres.host to "bb-mlflow-db"',
+        'set mlflow.backendStore.existingDatabaseSecret.name to "bb-mlflow-db"',
+    ]
+    for fix in wanted:
+        assert fix in message, message
+    s3_env = [
+        {"name": n, "valueFrom": {"secretKeyRef": {"name": "bb-s3", "key": k}}}
+        for n, k in (
+            ("MINIO_ACCESS_KEY_ID", "rootUser"),
+            ("MINIO_SECRET_ACCESS_KEY", "rootPassword"),
+        )
+    ]
     rewired = {
-        "minio": {"existingSecret": "demo-bigbertha-s3"},
-        "milvus": {"externalS3": {"host": "demo-minio"}},
-        "mlflow": {"extraEnvVars": {"MLFLOW_S3_ENDPOINT_URL": "http://demo-minio:9000"}},
+        "nameOverride": "bb",
+        "minio": {"existingSecret": "bb-s3"},
+        "milvus": {"standalone": {"extraEnv": s3_env}},
+        "mlflow": {
+            "artifactRoot": {"s3": {"existingSecret": {"name": "bb-s3"}}},
+            "backendStore": {
+                "postgres": {"host": "bb-mlflow-db"},
+                "existingDatabaseSecret": {"name": "bb-mlflow-db"},
+            },
+        },
     }
-    _fails(
-        rewired,
-        'set milvus.standalone.extraEnv with secretKeyRef to "demo-bigbertha-s3"',
-        release="demo",
-    )
+    docs = ours(render(rewired))
+    assert {d["metadata"]["name"] for d in docs} >= {"bb-chatbot", "bb-s3", "bb-settings"}
+    assert {d["metadata"]["labels"]["app.kubernetes.io/name"] for d in docs} == {"bb"}
+    (deploy,) = find(docs, "Deployment", "bb-chatbot")
+    assert deploy["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "bb"
+
+
+def test_a_subchart_without_its_fullname_override_is_refused() -> None:
+    _fails({"minio": {"fullnameOverride": ""}}, "set minio.fullnameOverride")
 
 
 def test_milvus_cluster_mode_needs_credentials_on_every_node() -> None:
@@ -75,14 +149,72 @@ def test_milvus_cluster_mode_needs_credentials_on_every_node() -> None:
 
 
 def test_mlflow_needs_a_real_backend_store() -> None:
-    _fails({"mlflow": {"postgresql": {"enabled": False}}}, "MLflow needs a real backend store")
-    external = {
+    # The bundled bitnami PostgreSQL: its templates render before ours, so the schema refuses it.
+    bitnami = {
+        "mlflowDatabase": {"enabled": False},
         "mlflow": {
-            "postgresql": {"enabled": False},
-            "backendStore": {"postgres": {"enabled": True, "host": "db", "database": "mlflow"}},
-        }
+            "postgresql": {"enabled": True},
+            "backendStore": {"postgres": {"enabled": False}},
+        },
     }
-    _fails(external, "set mlflow.backendStore.existingDatabaseSecret.name")
+    with pytest.raises(helm.HelmValuesError, match="/mlflow/postgresql/enabled"):
+        render_raw(bitnami)
+    none = {
+        "mlflowDatabase": {"enabled": False},
+        "mlflow": {"backendStore": {"postgres": {"enabled": False}}},
+    }
+    _fails(none, "MLflow needs a real backend store")
+    external = {
+        "mlflowDatabase": {"enabled": False},
+        "mlflow": {
+            "backendStore": {
+                "postgres": {"host": "db.example", "database": "mlflow"},
+                "existingDatabaseSecret": {"name": ""},
+            }
+        },
+    }
+    with pytest.raises(
+        helm.HelmValuesError, match="/mlflow/backendStore/existingDatabaseSecret/name"
+    ):
+        render_raw(external)
+
+
+def test_mlflow_database_wires_are_checked() -> None:
+    _fails(
+        {"mlflow": {"backendStore": {"postgres": {"host": "elsewhere"}}}},
+        'mlflow.backendStore.postgres.host to "bigbertha-mlflow-db"',
+    )
+    _fails(
+        {"mlflowDatabase": {"database": "tracking"}},
+        'set mlflow.backendStore.postgres.database to "tracking"',
+    )
+    prod = deep_merge(env_values("prod"), {"mlflowDatabase": {"enabled": True}})
+    _fails(prod, "set mlflowDatabase.auth.existingSecret")
+
+
+def test_mlflow_must_accept_its_own_service_name() -> None:
+    _fails(
+        {"mlflow": {"serverAllowedHosts": ["localhost"]}},
+        '"bigbertha-mlflow.*.svc" to mlflow.serverAllowedHosts',
+    )
+
+
+def test_milvus_cluster_mode_needs_an_explicit_message_queue() -> None:
+    values = deep_merge(env_values("prod"), {"milvus": {"woodpecker": {"enabled": False}}})
+    _fails(values, "Milvus cluster mode needs a message queue")
+
+
+@pytest.mark.parametrize("key", ["llm", "finetune"])
+def test_a_hub_model_needs_egress_or_a_prefetch(key: str) -> None:
+    field = "model" if key == "llm" else "base_model"
+    hub = {"settings": {key: {field: "meta-llama/Llama-2-7b-chat-hf"}}}
+    _fails(
+        hub,
+        f'settings.{key}.{field} "meta-llama/Llama-2-7b-chat-hf" is downloaded from the Hugging',
+    )
+    egress = {"networkPolicy": {"extraEgress": [{"ports": [{"port": 443, "protocol": "TCP"}]}]}}
+    assert render(deep_merge(hub, egress)), "an explicit egress rule lets it download"
+    assert render(deep_merge(hub, {"networkPolicy": {"enabled": False}}))
 
 
 def test_openai_backend_needs_an_endpoint() -> None:
