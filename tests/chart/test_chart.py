@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import io
 import re
-from pathlib import Path
+import tarfile
+from dataclasses import dataclass
 from typing import Any
 
 import helm_python as helm
@@ -45,39 +47,115 @@ def test_chart_metadata_and_exact_pins() -> None:
         assert VALUES[dep["name"]]["enabled"] in (True, False), f"{dep['name']}.enabled missing"
 
 
-@functools.cache
-def _upstream_values(shared: Path, name: str, version: str) -> dict[str, Any]:
-    for chart_yaml in shared.glob("upstream/*/Chart.yaml"):
-        meta = yaml.safe_load(chart_yaml.read_text())
-        if meta["name"] == name and str(meta["version"]) == version:
-            return yaml.safe_load((chart_yaml.parent / "values.yaml").read_text()) or {}
-    raise AssertionError(f"no pinned upstream defaults for {name} {version} in {shared}/upstream")
+@dataclass
+class ChartValues:
+    """A packaged chart's default values, each dependency's defaults under its name or alias,
+    and the value paths its templates read (`.Values.a.b`)."""
+
+    defaults: dict[str, Any]
+    reads: set[str]
+    dependencies: dict[str, ChartValues]
 
 
-def _unknown_keys(ours: Any, theirs: Any, path: str) -> list[str]:
-    """Keys we set that the subchart's defaults do not have. Below an empty map, a null or a
-    list in the defaults the structure is the user's (resources, extraEnv, buckets...)."""
-    if not isinstance(ours, dict) or not isinstance(theirs, dict) or not theirs:
-        return []
-    missing = []
-    for key, value in ours.items():
-        if key not in theirs:
-            missing.append(f"{path}.{key}")
+def _archive_files(data: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {
+            m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
+            for m in tar.getmembers()
+            if m.isfile()
+        }
+
+
+def _read_chart(files: dict[str, bytes], prefix: str) -> ChartValues:
+    """The chart at `prefix` (e.g. "milvus/") among an archive's files, with the charts in its
+    charts/ folder (unpacked, or archives of their own)."""
+    meta = yaml.safe_load(files[f"{prefix}Chart.yaml"])
+    requirements = yaml.safe_load(files.get(f"{prefix}requirements.yaml", b"")) or {}
+    declared = meta.get("dependencies") or requirements.get("dependencies") or []  # v2, v1
+    aliases = {d["name"]: d.get("alias") or d["name"] for d in declared}
+    reads = {
+        path.lstrip(".")
+        for name, data in files.items()
+        if name.startswith(f"{prefix}templates/")
+        for path in re.findall(r"\.Values((?:\.[A-Za-z0-9_]+)+)", data.decode(errors="replace"))
+    }
+    dependencies = {}
+    for name, data in files.items():
+        rest = name[len(prefix) :] if name.startswith(prefix) else ""
+        if rest.startswith("charts/") and rest.count("/") == 1 and rest.endswith(".tgz"):
+            nested = _archive_files(data)
+            root = next(k for k in nested if k.count("/") == 1 and k.endswith("/Chart.yaml"))
+            sub = _read_chart(nested, root[: -len("Chart.yaml")])
+        elif rest.startswith("charts/") and rest.count("/") == 2 and rest.endswith("/Chart.yaml"):
+            sub = _read_chart(files, name[: -len("Chart.yaml")])
         else:
-            missing += _unknown_keys(value, theirs[key], f"{path}.{key}")
+            continue
+        sub_name = sub_name_of(files, name, data)
+        dependencies[aliases.get(sub_name, sub_name)] = sub
+    defaults = yaml.safe_load(files.get(f"{prefix}values.yaml", b"")) or {}
+    return ChartValues(defaults, reads, dependencies)
+
+
+def sub_name_of(files: dict[str, bytes], name: str, data: bytes) -> str:
+    """The chart name of a charts/ entry (an unpacked Chart.yaml or a nested archive)."""
+    if name.endswith("Chart.yaml"):
+        return str(yaml.safe_load(data)["name"])
+    nested = _archive_files(data)
+    root = next(v for k, v in nested.items() if k.count("/") == 1 and k.endswith("/Chart.yaml"))
+    return str(yaml.safe_load(root)["name"])
+
+
+@functools.cache
+def _pinned_chart(name: str, version: str) -> ChartValues:
+    archive = ROOT / "charts" / f"{name}-{version}.tgz"
+    assert archive.is_file(), f"{archive} is missing: run `make deps`"
+    return _read_chart(_archive_files(archive.read_bytes()), f"{name}/")
+
+
+def _unknown_keys(ours: Any, chart: ChartValues, path: str, at: str = "") -> list[str]:
+    """Keys we set that the chart neither has in its defaults nor reads in a template. Below a
+    map a template reads whole (toYaml .Values.resources, omit .Values.securityContext ...), an
+    empty map, a null or a list in the defaults, the structure is the user's."""
+    missing = []
+    for key, value in (ours or {}).items():
+        here = f"{at}.{key}" if at else key
+        if not at and key in chart.dependencies:
+            sub = dict(value or {})
+            sub.pop("enabled", None)  # a dependency's condition, not its value
+            missing += _unknown_keys(sub, chart.dependencies[key], f"{path}.{key}")
+            continue
+        theirs: Any = chart.defaults
+        for part in here.split("."):
+            theirs = theirs.get(part) if isinstance(theirs, dict) else None
+        read_whole = here in chart.reads
+        read_below = any(r.startswith(here + ".") for r in chart.reads)
+        if theirs is None and not (read_whole or read_below):
+            missing.append(f"{path}.{key}")
+        elif isinstance(value, dict) and isinstance(theirs, dict) and theirs and not read_whole:
+            missing += _unknown_keys(value, chart, f"{path}.{key}", here)
     return missing
 
 
 @pytest.mark.parametrize("source", ["values.yaml", *[f"values/{e}.yaml" for e in VALUES_FILES]])
-def test_every_subchart_key_exists_in_the_pinned_defaults(shared_dir: Path, source: str) -> None:
+def test_every_subchart_key_exists_in_the_pinned_charts(source: str) -> None:
+    """Helm ignores a misspelt subchart key silently: each one must be a default of the pinned
+    chart (its own dependencies' included) or a value its templates read."""
     ours = yaml.safe_load((ROOT / source).read_text())
     missing = []
     for dep in CHART["dependencies"]:
-        theirs = _upstream_values(shared_dir, dep["name"], dep["version"])
         block = dict(ours.get(dep["name"]) or {})
         block.pop("enabled", None)  # the umbrella's condition, not a subchart value
-        missing += _unknown_keys(block, theirs, dep["name"])
+        missing += _unknown_keys(block, _pinned_chart(dep["name"], dep["version"]), dep["name"])
     assert not missing, f"{source} sets keys the pinned subcharts do not have: {missing}"
+
+
+def test_a_misspelt_subchart_key_is_caught() -> None:
+    minio = _pinned_chart("minio", "5.4.0")
+    assert _unknown_keys({"resources": {"limits": {"cpu": 1}}}, minio, "minio") == []
+    assert _unknown_keys({"resourcez": {}}, minio, "minio") == ["minio.resourcez"]
+    milvus = _pinned_chart("milvus", "5.0.19")
+    typo = {"etcd": {"resources": {"limits": {}}, "replicaCunt": 1}}
+    assert _unknown_keys(typo, milvus, "milvus") == ["milvus.etcd.replicaCunt"]
 
 
 def _leaf_paths(node: Any, prefix: str = "") -> list[str]:
