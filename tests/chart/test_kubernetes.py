@@ -262,3 +262,22 @@ def test_chatbot_ingress_routes_to_its_service() -> None:
     assert backend == {"name": "bigbertha-chatbot", "port": {"name": "http"}}
     assert ingress["spec"]["tls"] == [{"hosts": ["chat.example.org"], "secretName": "chat-tls"}]
     assert find(ours(render({})), "Ingress") == []
+
+
+# Credentials the pinned charts ship as defaults (MinIO 5.4.0's `console`/`console123` user,
+# older kube-prometheus-stack's Grafana password): none may reach the render.
+KNOWN_DEFAULT_PASSWORDS = ("console123", "prom-operator", "minio123", "minioadmin")
+
+
+def test_no_default_credential_of_a_subchart_reaches_the_render(docs: list[dict[str, Any]]) -> None:
+    import base64
+
+    for doc in docs:
+        if doc["kind"] not in ("ConfigMap", "Secret"):
+            continue
+        values = list((doc.get("data") or {}).values())
+        if doc["kind"] == "Secret":
+            values = [base64.b64decode(v).decode(errors="replace") for v in values if v]
+        for value in values:
+            found = [p for p in KNOWN_DEFAULT_PASSWORDS if p in str(value)]
+            assert not found, f"{doc['kind']}/{doc['metadata']['name']} holds {found}"
