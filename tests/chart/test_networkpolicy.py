@@ -150,6 +150,16 @@ def test_what_should_be_blocked_is(docs: list[dict[str, Any]], release: Release)
         assert not verdict.allowed, f"{source.origin} -> {dst}:{port} is open"
 
     database = any(p.origin == "StatefulSet/bigbertha-mlflow-db" for p in pods)
+
+    def first(chart: str) -> str:
+        return next(
+            p.origin
+            for p in pods
+            if p.chart == chart and p.origin.startswith(("Deployment/", "StatefulSet/"))
+        )
+
+    services = {first("milvus"): 19530, first("minio"): 9000, first("etcd"): 2379}
+    services["Deployment/bigbertha-mlflow"] = 5000
     for intruder in (stranger, neighbour):
         blocked(intruder, "StatefulSet/bigbertha-redis", 6379)
         if database:
@@ -157,6 +167,8 @@ def test_what_should_be_blocked_is(docs: list[dict[str, Any]], release: Release)
         blocked(intruder, "EventSource/bigbertha-alerts", 12000)  # only Alertmanager posts
         blocked(intruder, "EventBus/bigbertha", 4222)
         blocked(intruder, "Deployment/bigbertha-exporter", 8080)
+        for service, port in services.items():  # the data services
+            blocked(intruder, service, port)
     blocked("Deployment/bigbertha-chatbot", "EventBus/bigbertha", 4222)
     if database:
         blocked("Deployment/bigbertha-chatbot", "StatefulSet/bigbertha-mlflow-db", 5432)
