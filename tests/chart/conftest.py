@@ -6,6 +6,7 @@ a test that takes it runs for each pair.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -39,3 +40,24 @@ def default_docs() -> list[dict[str, Any]]:
 def prod_docs() -> list[dict[str, Any]]:
     return render_env("prod")
 
+
+# checkov's findings per subchart on values/prod.yaml, printed at the end of the run.
+CHECKOV_SUMMARY = pytest.StashKey[tuple[int, dict[str, int]]]()
+
+
+@pytest.fixture
+def report_checkov(request: pytest.FixtureRequest) -> Callable[[int, dict[str, int]], None]:
+    """Records (total, count per subchart) for the summary line below."""
+
+    def record(total: int, per_chart: dict[str, int]) -> None:
+        request.config.stash[CHECKOV_SUMMARY] = (total, per_chart)
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    summary = config.stash.get(CHECKOV_SUMMARY, None)
+    if summary is not None:
+        total, per_chart = summary
+        counts = ", ".join(f"{chart} {n}" for chart, n in per_chart.items())
+        terminalreporter.write_line(f"checkov on prod, subcharts: {total} failed ({counts})")
