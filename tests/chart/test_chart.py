@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import re
 import tarfile
 from dataclasses import dataclass
 from typing import Any
 
 import helm_python as helm
+import jsonschema
 import pytest
 import yaml
 
+from bigbertha.local import chart as chart_module
 from tests.chart.render import ENV_FILES, ENVS, ROOT, env_values, render_raw
 
 CHART = yaml.safe_load((ROOT / "Chart.yaml").read_text())
@@ -50,11 +53,12 @@ def test_chart_metadata_and_exact_pins() -> None:
 @dataclass
 class ChartValues:
     """A packaged chart's default values, each dependency's defaults under its name or alias,
-    and the value paths its templates read (`.Values.a.b`)."""
+    the value paths its templates read (`.Values.a.b`) and its values.schema.json, if any."""
 
     defaults: dict[str, Any]
     reads: set[str]
     dependencies: dict[str, ChartValues]
+    schema: dict[str, Any] | None = None
 
 
 def _archive_files(data: bytes) -> dict[str, bytes]:
@@ -93,7 +97,8 @@ def _read_chart(files: dict[str, bytes], prefix: str) -> ChartValues:
         sub_name = sub_name_of(files, name, data)
         dependencies[aliases.get(sub_name, sub_name)] = sub
     defaults = yaml.safe_load(files.get(f"{prefix}values.yaml", b"")) or {}
-    return ChartValues(defaults, reads, dependencies)
+    schema = files.get(f"{prefix}values.schema.json")
+    return ChartValues(defaults, reads, dependencies, json.loads(schema) if schema else None)
 
 
 def sub_name_of(files: dict[str, bytes], name: str, data: bytes) -> str:
@@ -147,6 +152,34 @@ def test_every_subchart_key_exists_in_the_pinned_charts(source: str) -> None:
         block.pop("enabled", None)  # the umbrella's condition, not a subchart value
         missing += _unknown_keys(block, _pinned_chart(dep["name"], dep["version"]), dep["name"])
     assert not missing, f"{source} sets keys the pinned subcharts do not have: {missing}"
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_subchart_schemas_accept_what_the_umbrella_passes(env: str) -> None:
+    """Helm 3 and 4 validate each subchart's values against its own values.schema.json and
+    strip neither the `enabled` key our `condition:` reads nor the copied `global` map
+    (helm/helm pkg/chartutil/jsonschema.go ValidateAgainstSchema in 3.14, pkg/chart/common/
+    util/jsonschema.go in 4): a closed schema without them would refuse the umbrella. Checked
+    here with a draft-07 validator apart from Helm's own (gojsonschema up to Helm 3.18)."""
+    values = chart_module.merge_values(VALUES, env_values(env))
+    checked = []
+    for dep in CHART["dependencies"]:
+        pinned = _pinned_chart(dep["name"], dep["version"])
+        if pinned.schema is None or not values[dep["name"]]["enabled"]:
+            continue
+        passed = chart_module.merge_values(pinned.defaults, values[dep["name"]])
+        passed["global"] = chart_module.merge_values(
+            pinned.defaults.get("global") or {}, values["global"]
+        )
+        errors = [e.message for e in jsonschema.Draft7Validator(pinned.schema).iter_errors(passed)]
+        assert not errors, f"{dep['name']}: {errors}"
+        checked.append(dep["name"])
+    assert checked == ["mlflow"]  # the one pinned subchart with a schema
+    closed = {**_pinned_chart("mlflow", "1.11.5").schema}  # type: ignore[dict-item]
+    closed["properties"] = {k: v for k, v in closed["properties"].items() if k != "enabled"}
+    assert list(jsonschema.Draft7Validator(closed).iter_errors({"enabled": True})), (
+        "a closed schema without `enabled` refuses it"
+    )
 
 
 def test_a_misspelt_subchart_key_is_caught() -> None:
