@@ -159,6 +159,13 @@ class Storage:
 
         return self._retry(f"read s3://{bucket}/{key}", read)
 
+    def download(self, bucket: str, key: str, path: Path) -> None:
+        """Stream an object into the file `path` (model weights do not fit in memory)."""
+        self._retry(
+            f"download s3://{bucket}/{key}",
+            lambda: self.client.fget_object(bucket, key, str(path)),
+        )
+
     def put(
         self,
         bucket: str,
@@ -322,7 +329,7 @@ def download_prefix(settings: Settings, uri: str, dest: Path) -> Path:
     for obj in store.list(bucket, prefix):
         target = tmp / obj.key[len(prefix) :]
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(store.get(bucket, obj.key))
+        store.download(bucket, obj.key, target)
         count += 1
     if count == 0:
         shutil.rmtree(tmp, ignore_errors=True)
