@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -30,6 +29,7 @@ from bigbertha.chat.model_server import ModelServer
 from bigbertha.core.errors import InputError
 from bigbertha.core.settings import Settings
 from bigbertha.documents.retrieval import Chunk, RetrievalUnavailable, Retriever
+from bigbertha.models import registry
 from bigbertha.models.prompts import Passage, build_messages
 from bigbertha.telemetry.feedback import FeedbackLog, FeedbackSource, Turn
 
@@ -429,8 +429,7 @@ def shared_engine(
 def limit_registry_retries() -> None:
     """Fail fast on an unreachable MLflow: its client retries for minutes by default, but the
     chatbot polls again every chat.champion_poll_seconds and must start while MLflow is down."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    registry.limit_retries()
 
 
 def ask_once(

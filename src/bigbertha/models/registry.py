@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
+import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from bigbertha.core.errors import BigberthaError, ConfigError, ServiceUnavailable
 
@@ -37,6 +38,8 @@ PREVIOUS_TAG = "previous_champion"
 # The artifact of a registered version that holds the adapter (or model) directory.
 ADAPTER_ARTIFACT = "adapter"
 # What a registered challenger needs to load anywhere (exact versions of this environment).
+#: What a registered version holds: a LoRA adapter, or a full (merged) model directory.
+VersionKind = Literal["adapter", "model"]
 _RUNTIME_PACKAGES = ("torch", "transformers", "peft", "accelerate", "safetensors", "gguf")
 
 
@@ -52,6 +55,14 @@ def served_name(model_name: str, version: str) -> str:
     if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", name):
         raise ConfigError(f"model {model_name!r} version {version!r}: no valid served name")
     return name
+
+
+def limit_retries() -> None:
+    """Fail fast on an unreachable MLflow: its client retries for minutes by default, but a
+    polling process (the chatbot, the tier's sidecar) asks again next poll and must keep
+    serving while MLflow is down. Explicit MLFLOW_HTTP_REQUEST_* settings win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def client(settings: Settings) -> Any:
@@ -129,6 +140,34 @@ def download_version(settings: Settings, name: str, version: str, cache_root: Pa
                 raise
             raise _unavailable(settings, exc) from exc
     return _artifact_dir(final)
+
+
+def version_kind(settings: Settings, version: str, *, name: str | None = None) -> VersionKind:
+    """Whether a registered version holds a LoRA adapter or a full (e.g. merged) model, read
+    from its MLmodel and one directory listing, without downloading any weights."""
+    import yaml
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    name = name or settings.mlflow.model_name
+    client(settings)  # sets the registry URI the models:/ repository resolves against
+    with mlflow_errors(settings):
+        repo = get_artifact_repository(f"models:/{name}/{version}")
+        top = {Path(f.path).name for f in repo.list_artifacts("")}
+        path = ""
+        if "MLmodel" in top:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(repo.download_artifacts("MLmodel", tmp))
+                doc = yaml.safe_load(local.read_text(encoding="utf-8")) or {}
+            artifacts = doc.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+            path = str(artifacts.get(ADAPTER_ARTIFACT, {}).get("path") or "")
+        files = {Path(f.path).name for f in repo.list_artifacts(path)} if path else top
+    if "adapter_config.json" in files:
+        return "adapter"
+    if "config.json" in files:
+        return "model"
+    raise ConfigError(
+        f"model {name} version {version}: holds neither adapter_config.json nor config.json"
+    )
 
 
 def _artifact_dir(model_dir: Path) -> Path:
