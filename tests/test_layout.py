@@ -5,7 +5,8 @@ or under TYPE_CHECKING): a lazy import is still a dependency. Layers, lowest fir
 
     core                       settings, errors, logs, object storage
     documents  telemetry  models   (each imports only core)
-    chat  training             (import the three above, never each other)
+    chat  training  serving    (import the three above, never each other; serving is the
+                               inference tier's init step and sidecar, in the vLLM pods)
     local                      the demo and its supervisor (anything below)
     cli                        the command line (anything)
 """
@@ -26,6 +27,9 @@ ALLOWED: dict[str, set[str]] = {
     "models": {"core"},
     "chat": BASE,
     "training": BASE,
+    # The vLLM pods' init step and adapter sidecar: registry and storage only, never the
+    # chatbot (its UI and RAG stack) nor training.
+    "serving": BASE,
     "local": BASE | {"chat", "training"},
 }
 

@@ -569,3 +569,45 @@ def chat_command(
 
     settings = ctx.obj.settings(chat={"port": port})
     chat_app.serve(settings, host=host, config_file=ctx.obj.config_file)
+
+
+# --- SERVE: the inference tier's init step and adapter sidecar -------------------------------
+
+
+@app.command("fetch-base-model")
+def fetch_base_model_command(ctx: typer.Context) -> None:
+    """Put the inference tier's base model into serving.model_dir (the vLLM pod's init step).
+
+    The source is serving.base_override (a merged champion, models:/<name>/<version>) or else
+    serving.base_model: an s3://bucket/prefix/ or a Hugging Face id. Kept when already there.
+    Exit 0 done, 2 bad reference, 69 storage, registry or Hub unreachable.
+    """
+    from bigbertha.serving import basemodel
+
+    settings = ctx.obj.settings()
+    path = basemodel.fetch(settings)
+    typer.echo(json.dumps({"model_dir": str(path), "ref": basemodel.served_base(settings)}))
+
+
+@app.command("serve-adapters")
+def serve_adapters_command(
+    ctx: typer.Context,
+    once: Annotated[
+        bool, typer.Option("--once", help="One sync pass, print it as JSON, and exit.")
+    ] = False,
+) -> None:
+    """Keep the vLLM server's LoRA adapters in step with the registry aliases (the sidecar).
+
+    Loads champion, challenger and previous by their served names, unloads what no alias points
+    at, and rolls the tier for a merged champion. Serves /healthz, /readyz, /status and vLLM's
+    /metrics on serving.status_port until SIGTERM. With --once: exit 0 synced, 69 vLLM or the
+    registry unreachable, 2 vLLM's runtime-LoRA API is off or refuses the key.
+    """
+    from bigbertha.serving import sidecar
+
+    settings = ctx.obj.settings()
+    if once:
+        report = sidecar.build(settings).sync.sync_once()
+        typer.echo(json.dumps(report.to_json()))
+        return
+    sidecar.serve(settings)

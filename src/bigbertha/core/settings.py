@@ -134,6 +134,52 @@ class ChatSettings(Section):
     )
 
 
+class ServingSettings(Section):
+    """The inference tier's init step and adapter sidecar, beside vLLM in each of its pods.
+
+    `bigbertha fetch-base-model` and `bigbertha serve-adapters`; the chart wires every field
+    but the polling and timeout ones."""
+
+    url: str = Field(
+        "http://127.0.0.1:8000", description="the vLLM server the sidecar manages (its own pod)"
+    )
+    api_key: SecretStr | None = Field(None, description="vLLM's --api-key, if it has one")
+    base_model: str | None = Field(
+        None,
+        description="what the tier serves: a Hugging Face id or s3://bucket/prefix/; adapters "
+        "must have been trained on exactly this (finetune.base_model)",
+    )
+    base_override: str | None = Field(
+        None,
+        description="models:/<name>/<version> of a merged champion the pod serves instead "
+        "(set on the pod by the roll the sidecar requests)",
+    )
+    served_name: str | None = Field(
+        None, description="the base model's name on the tier's API (the chatbot's llm.model)"
+    )
+    model_dir: str = Field(
+        str(HOME / "serving" / "base"),
+        description="where the init step puts the base model; vLLM's --model is this path",
+    )
+    adapters_dir: str = Field(
+        str(HOME / "serving" / "adapters"),
+        description="where adapters are staged as <dir>/<served name> for vLLM to load",
+    )
+    poll_seconds: float = Field(
+        10, gt=0, le=3600, description="how often the sidecar reads the registry's aliases"
+    )
+    load_timeout_seconds: float = Field(
+        300, gt=0, le=3600, description="give up on one adapter load or unload call after this"
+    )
+    status_port: int = Field(
+        8081, ge=1, le=65535, description="the sidecar's /healthz, /readyz, /status and /metrics"
+    )
+    deployment: str | None = Field(
+        None, description="the tier's Deployment, rolled when a merged champion appears"
+    )
+    namespace: str | None = Field(None, description="namespace of that Deployment")
+
+
 class IngestSettings(Section):
     """Document ingestion: parsing, chunking, rejection and retries."""
 
@@ -279,6 +325,7 @@ class Settings(BaseSettings):
     llm: LlmSettings = Field(default_factory=LlmSettings)
     exporter: ExporterSettings = Field(default_factory=ExporterSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     promote: PromoteSettings = Field(default_factory=PromoteSettings)
@@ -387,6 +434,15 @@ CHART_WIRED = {
     ("exporter", "host"),
     ("exporter", "port"),
     ("chat", "port"),
+    ("serving", "url"),
+    ("serving", "base_model"),
+    ("serving", "base_override"),
+    ("serving", "served_name"),
+    ("serving", "model_dir"),
+    ("serving", "adapters_dir"),
+    ("serving", "status_port"),
+    ("serving", "deployment"),
+    ("serving", "namespace"),
 }
 
 

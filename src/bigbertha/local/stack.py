@@ -226,7 +226,12 @@ class ServiceManager:
         )
         return service
 
-    def mlflow(self) -> Service:
+    def mlflow(
+        self, artifacts_destination: str | None = None, env: dict[str, str] | None = None
+    ) -> Service:
+        """An MLflow server proxying artifacts (as the chart's is) to a local directory, or to
+        `artifacts_destination` (e.g. s3://bucket/prefix with MLFLOW_S3_ENDPOINT_URL and AWS_*
+        credentials in `env`)."""
         binary = self.which("mlflow")
         port = free_port()
         workdir = self.base / f"mlflow-{port}"
@@ -241,13 +246,13 @@ class ServiceManager:
             "--backend-store-uri",
             f"sqlite:///{workdir / 'mlflow.db'}",
             "--artifacts-destination",
-            str(workdir / "artifacts"),
+            artifacts_destination or str(workdir / "artifacts"),
             "--workers",
             "1",
         ]
         # No GenAI job runner: it only costs start-up time and worker processes here.
         service = self._launch(
-            "mlflow", argv, port, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+            "mlflow", argv, port, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
         )
         wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), service, 120)
         return service
