@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -89,7 +90,8 @@ def test_openai_backend_streams_from_the_endpoint(openai_endpoint: dict[str, Any
             "model": "llama-2-7b-chat",
             "api_base": openai_endpoint["api_base"],
             "api_key": "sk-test",
-        }
+        },
+        chat={"champion_alias": ""},  # the endpoint's own model, no registry
     )
     server = ModelServer.from_settings(settings).start()
     model = server.current()
@@ -254,6 +256,51 @@ def test_background_watch_swaps_without_being_asked() -> None:
         assert server.current().version == "7"
     finally:
         server.stop()
+
+
+def test_a_removed_alias_brings_back_the_fallback_model() -> None:
+    """No champion any more (not: the registry is down): serve the fallback, e.g. the tier's
+    base model, instead of an adapter the tier's sidecar has unloaded."""
+    registry = _Registry()
+    server = ModelServer(_Model, fallback_ref="base", champion=registry).start(watch=False)
+    registry.champion = None
+    assert server.check_now() is True and server.current().ref == "base"
+    assert server.check_now() is False
+
+
+def test_openai_backend_asks_for_a_registry_version_by_its_served_name(tmp_path: Path) -> None:
+    from tests.serving.fake_vllm import FakeVllm
+
+    vllm = FakeVllm(model="/models/base", served_names=["base"]).start()
+    try:
+        settings = Settings(
+            llm={"backend": "openai", "model": "base", "api_base": f"{vllm.url}/v1"}
+        )
+        with pytest.raises(ModelLoadError, match="does not serve bigbertha-llm-v7 yet"):
+            load_openai(settings, "models:/bigbertha-llm/7")
+        adapter = tmp_path / "bigbertha-llm-v7"
+        adapter.mkdir()
+        (adapter / "adapter_config.json").write_text(
+            '{"r": 8, "lora_alpha": 16, "target_modules": []}'
+        )
+        (adapter / "adapter_model.safetensors").write_bytes(b"w")
+        vllm.loras.clear()
+        import httpx
+
+        httpx.post(
+            f"{vllm.url}/v1/load_lora_adapter",
+            json={"lora_name": "bigbertha-llm-v7", "lora_path": str(adapter)},
+        ).raise_for_status()
+        model = load_openai(settings, "models:/bigbertha-llm/7")
+        assert (model.ref, model.version) == ("models:/bigbertha-llm/7", "7")
+        stream = model.stream(QUESTION, max_new_tokens=16, temperature=0.0)
+        assert "".join(stream).startswith("Answered by bigbertha-llm-v7 ")
+        # vLLM's usage chunk (stream_options.include_usage) gives the true counts.
+        assert stream.completion_tokens == 6 and stream.prompt_tokens == 11  # words, in the fake
+        with pytest.raises(ModelLoadError, match="pin a registry version"):
+            load_openai(settings, "models:/bigbertha-llm@champion")
+    finally:
+        vllm.stop()
 
 
 def test_unloadable_model_is_a_clear_error() -> None:

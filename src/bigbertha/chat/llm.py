@@ -5,12 +5,14 @@ Two backends, chosen by `llm.backend`:
   `bigbertha.models.loading.load_causal_lm` (the offline SmolLM2, a path, a Hugging Face id or
   an MLflow registry model);
 - `openai`: any OpenAI-compatible endpoint (vLLM, TGI, llama.cpp server) through LlamaIndex's
-  `OpenAILike`.
+  `OpenAILike`; in production the chart's inference tier, where a registry version is a LoRA
+  adapter asked for by its served name (`load_openai`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from bigbertha.core.settings import Settings
 from bigbertha.models.prompts import Message
 
 log = logging.getLogger(__name__)
+_REGISTRY_VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 
 
 class ModelLoadError(ConfigError):
@@ -215,8 +218,16 @@ class OpenAIChatModel:
         return _OpenAIStream(self.llm, messages)
 
 
-def load_openai(settings: Settings) -> OpenAIChatModel:
-    """An OpenAILike client for `llm.api_base` serving `llm.model`."""
+def load_openai(settings: Settings, ref: str | None = None) -> OpenAIChatModel:
+    """An OpenAILike client for `llm.api_base` answering as `ref`.
+
+    `ref` is `llm.model` (the default: the endpoint's own model) or a registry version,
+    ``models:/<name>/<version>``. A version is asked for by its served name
+    (`models.registry.served_name`, e.g. ``bigbertha-llm-v7``: the inference tier's adapter, or
+    its base after a roll onto a merged champion) and is labelled with its version number, as the
+    in-process backend labels it; it loads only once the endpoint lists that name in
+    GET /v1/models, so a caller that switches on success never asks for a model the tier lacks.
+    """
     from llama_index.llms.openai_like import OpenAILike
 
     if not settings.llm.api_base:
@@ -224,9 +235,20 @@ def load_openai(settings: Settings) -> OpenAIChatModel:
             "llm.backend is 'openai' but llm.api_base is not set: "
             "set BIGBERTHA_LLM__API_BASE to the endpoint, e.g. http://vllm:8000/v1"
         )
+    ref = ref or settings.llm.model
+    model, version = ref, ref
+    match = _REGISTRY_VERSION.match(ref)
+    if match:
+        from bigbertha.models.registry import served_name
+
+        model, version = served_name(match["name"], match["version"]), match["version"]
+    elif ref.startswith("models:/"):
+        raise ModelLoadError(f"chat model {ref}: pin a registry version (models:/<name>/<n>)")
     api_key = settings.llm.api_key.get_secret_value() if settings.llm.api_key else "unused"
+    if match:
+        _require_listed(settings.llm.api_base, api_key, model, ref)
     llm = OpenAILike(
-        model=settings.llm.model,
+        model=model,
         api_base=settings.llm.api_base,
         api_key=api_key,
         is_chat_model=True,
@@ -234,5 +256,25 @@ def load_openai(settings: Settings) -> OpenAIChatModel:
         temperature=settings.llm.temperature,
         timeout=60.0,
         max_retries=1,
+        # vLLM (and the OpenAI API) end the stream with the true token counts.
+        additional_kwargs={"stream_options": {"include_usage": True}},
     )
-    return OpenAIChatModel(llm=llm, version=settings.llm.model, ref=settings.llm.model)
+    return OpenAIChatModel(llm=llm, version=version, ref=ref)
+
+
+def _require_listed(api_base: str, api_key: str, model: str, ref: str) -> None:
+    """ModelLoadError unless the endpoint's GET /v1/models lists `model`."""
+    import openai
+
+    client = openai.OpenAI(base_url=api_base, api_key=api_key, timeout=10.0, max_retries=0)
+    try:
+        served = {m.id for m in client.models.list()}
+    except openai.OpenAIError as exc:
+        raise ModelLoadError(f"chat model {ref}: LLM endpoint {api_base}: {exc}") from exc
+    finally:
+        client.close()
+    if model not in served:
+        raise ModelLoadError(
+            f"chat model {ref}: {api_base} does not serve {model} yet (it serves "
+            f"{', '.join(sorted(served)) or 'nothing'}); the tier's sidecar loads it within a poll"
+        )

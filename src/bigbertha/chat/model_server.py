@@ -1,11 +1,18 @@
 """The per-process model server with champion hot-swap.
 
-`ModelServer` holds ONE model per process, shared by every chat session. With the transformers
-backend and `chat.champion_alias` set, it polls the registry alias every
-`chat.champion_poll_seconds`; when the alias moves it loads the new version in a background
-thread and swaps it in with one reference assignment. An answer keeps the model object it started
-with, so answers in flight finish on the old model; a failed load or an unreachable registry keeps
-the current model and is logged, counted and shown in `status()`.
+`ModelServer` holds ONE model per process, shared by every chat session. With
+`chat.champion_alias` set, it polls the registry alias every `chat.champion_poll_seconds`; when
+the alias moves it loads the new version in a background thread and swaps it in with one
+reference assignment. An answer keeps the model object it started with, so answers in flight
+finish on the old model; a failed load or an unreachable registry keeps the current model and is
+logged, counted and shown in `status()`.
+
+Both backends follow the alias the same way, through a ref ``models:/<name>/<version>``:
+in process (`load_transformers`) the version is downloaded and loaded here; on the inference
+tier (`load_openai`) it is the adapter the tier's sidecar loaded under its served name, and the
+"load" succeeds once the tier lists it. Without a champion the fallback (`llm.model`: the tier's
+base model) serves. `ModelServer.from_settings(settings, alias=...)` follows any alias, e.g. a
+second server for the canary's challenger.
 """
 
 from __future__ import annotations
@@ -43,8 +50,8 @@ class ModelServer:
     """One chat model per process, replaced atomically when the champion moves.
 
     `load(ref)` builds a model; `champion()` returns the ref the registry says to serve
-    (e.g. "models:/bigbertha-llm/3"), None when there is no champion, and raises when the
-    registry is unreachable. Without `champion` the server just serves `fallback_ref`.
+    (e.g. "models:/bigbertha-llm/3"), None when there is none (`fallback_ref` then serves), and
+    raises when the registry is unreachable. Without `champion` it just serves `fallback_ref`.
     """
 
     def __init__(
@@ -68,16 +75,14 @@ class ModelServer:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ModelServer:
-        if settings.llm.backend == "openai":
-            return cls(lambda ref: load_openai(settings), fallback_ref=settings.llm.model)
-        champion = None
-        if settings.chat.champion_alias:
-            champion = _registry_champion(settings, settings.chat.champion_alias)
+    def from_settings(cls, settings: Settings, *, alias: str | None = None) -> ModelServer:
+        """The server the settings describe, following `alias` (default `chat.champion_alias`;
+        '' serves `llm.model` only) on either backend."""
+        alias = settings.chat.champion_alias if alias is None else alias
         return cls(
-            lambda ref: load_transformers(ref, settings),
+            chat_model_loader(settings),
             fallback_ref=settings.llm.model,
-            champion=champion,
+            champion=registry_alias(settings, alias) if alias else None,
             poll_seconds=settings.chat.champion_poll_seconds,
         )
 
@@ -142,6 +147,8 @@ class ModelServer:
                 self._status.registry_failures += 1
                 self._status.last_error = error
             current_ref = self._status.ref
+        if wanted is None and error is None and self._champion is not None:
+            wanted = self._fallback  # the alias was removed: back to the fallback model
         if wanted is None or wanted == current_ref:
             return False
         log.info("champion moved to %s; loading it in the background", wanted)
@@ -205,13 +212,20 @@ def _as_load_error(ref: str, exc: Exception) -> ModelLoadError:
     return ModelLoadError(f"chat model {ref}: {exc}")
 
 
-def _registry_champion(settings: Settings, alias: str) -> Callable[[], str | None]:
-    """The registry ref the alias points at, e.g. models:/bigbertha-llm/3 (None: no champion)."""
+def chat_model_loader(settings: Settings) -> Callable[[str], ChatModel]:
+    """ref -> loaded ChatModel for the configured backend (see the module docstring)."""
+    if settings.llm.backend == "openai":
+        return lambda ref: load_openai(settings, ref)
+    return lambda ref: load_transformers(ref, settings)
 
-    def champion() -> str | None:
+
+def registry_alias(settings: Settings, alias: str) -> Callable[[], str | None]:
+    """The registry ref `alias` points at, e.g. models:/bigbertha-llm/3 (None: alias unset)."""
+
+    def current() -> str | None:
         from bigbertha.models.registry import alias_version
 
         version = alias_version(settings, alias=alias)
         return None if version is None else f"models:/{settings.mlflow.model_name}/{version}"
 
-    return champion
+    return current
