@@ -26,6 +26,7 @@ from bigbertha.telemetry import dashboard
 from bigbertha.telemetry import recorder as telemetry
 from tests.chart.render import render
 from tests.services import Service, ServiceManager, free_port, require_binary
+from tests.serving.fake_vllm import FakeVllm
 from tests.telemetry.helpers import record_traffic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,6 +86,10 @@ def test_dashboard_has_the_panels_operators_need(document: dict[str, Any]) -> No
         "Retraining runs",
         "Promotions",
         "Serving model version",
+        "Tier requests in flight",
+        "Tier KV-cache usage",
+        "Tier latency p95",
+        "Tier token throughput",
     }
     ids = [p["id"] for p in document["panels"]]
     assert len(ids) == len(set(ids)) and 0 not in ids, f"panel ids must be unique: {ids}"
@@ -184,8 +189,26 @@ def test_every_metric_is_one_the_exporter_exposes(
 
 
 @pytest.fixture(scope="module")
-def prometheus(services: ServiceManager, exporter: str) -> Iterator[Service]:
-    """A real Prometheus scraping the exporter every second, with one BigBertha alert firing."""
+def vllm() -> Iterator[str]:
+    """The inference tier's metrics: the stand-in for vLLM 0.33.0 after one answer."""
+    server = FakeVllm(model="/models/base", served_names=["base"]).start()
+    body = {"model": "base", "messages": [{"role": "user", "content": "hi"}]}
+    requests.post(f"{server.url}/v1/chat/completions", json=body, timeout=10).raise_for_status()
+    yield server.url.removeprefix("http://")
+    server.stop()
+
+
+def test_every_tier_metric_is_one_vllm_exposes(vllm: str, exprs: list[tuple[str, str]]) -> None:
+    """The fake's names are those of vLLM 0.33.0's v1/metrics/loggers.py (fake_vllm.py)."""
+    used = {name for _, expr in exprs for name in re.findall(r"\bvllm:[a-z0-9_]+", expr)}
+    assert used, "no panel shows the inference tier"
+    assert used <= exposed_names(vllm)
+
+
+@pytest.fixture(scope="module")
+def prometheus(services: ServiceManager, exporter: str, vllm: str) -> Iterator[Service]:
+    """A real Prometheus scraping the exporter and the tier every second, with one BigBertha
+    alert firing."""
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": ["probe-rules.yaml"],
@@ -193,7 +216,11 @@ def prometheus(services: ServiceManager, exporter: str) -> Iterator[Service]:
             {
                 "job_name": "bigbertha-exporter",
                 "static_configs": [{"targets": [exporter], "labels": {"namespace": NAMESPACE}}],
-            }
+            },
+            {
+                "job_name": "bigbertha-vllm",
+                "static_configs": [{"targets": [vllm], "labels": {"namespace": NAMESPACE}}],
+            },
         ],
     }
     probe = {

@@ -6,10 +6,11 @@ The chart ships the generated JSON (files/dashboards/) as a ConfigMap that kube-
 Grafana sidecar loads (templates/dashboards/configmap.yaml), so regenerate it after editing this
 module; tests/telemetry/test_dashboard.py fails while the committed file differs from `build()`.
 
-Every query reads the exporter's metrics (bigbertha.telemetry.recorder names) or Prometheus'
-own ALERTS series. Panels filter on the `namespace` and `model` variables, so one Grafana can
-show several releases. The negative-feedback threshold is a constant variable: the chart sets
-it from the alert rule's value, so the line on the panel is the line the alert fires at.
+Every query reads the exporter's metrics (bigbertha.telemetry.recorder names), Prometheus'
+own ALERTS series, or the inference tier's vLLM metrics. Panels filter on the `namespace` (and
+chat panels on the `model`) variables, so one Grafana can show several releases. The
+negative-feedback threshold is a constant variable: the chart sets it from the alert rule's
+value, so the line on the panel is the line the alert fires at.
 """
 
 from __future__ import annotations
@@ -141,6 +142,30 @@ PROMOTIONS = (
         "{{decision}}",
         interval="1h",
     ),
+)
+# The inference tier: vLLM's own metrics (names of vLLM 0.33.0's v1/metrics/loggers.py), scraped
+# through the adapter sidecar; their model_name label is the served base name, so these panels
+# filter on the namespace alone.
+TIER_REQUESTS = (
+    Query(f"sum(vllm:num_requests_running{JOB})", "running"),
+    Query(f"sum(vllm:num_requests_waiting{JOB})", "waiting"),
+)
+TIER_KV_CACHE = (Query(f"max(vllm:kv_cache_usage_perc{JOB})", "fullest pod"),)
+TIER_LATENCY = (
+    Query(
+        "histogram_quantile(0.95, sum by (le) "
+        f"(rate(vllm:time_to_first_token_seconds_bucket{JOB}{RATE})))",
+        "time to first token p95",
+    ),
+    Query(
+        "histogram_quantile(0.95, sum by (le) "
+        f"(rate(vllm:e2e_request_latency_seconds_bucket{JOB}{RATE})))",
+        "request p95",
+    ),
+)
+TIER_TOKENS = (
+    Query(f"sum(rate(vllm:generation_tokens_total{JOB}{RATE}))", "generated tokens/s"),
+    Query(f"sum(rate(vllm:prompt_tokens_total{JOB}{RATE}))", "prompt tokens/s"),
 )
 REDIS_UP = (Query(f"min(bigbertha_exporter_redis_up{JOB})", "redis", instant=True),)
 DROPPED = (
@@ -375,6 +400,44 @@ def build(
             )
             .span(6)
             .thresholds(thresholds((None, "green"), (1, "orange")))
+        )
+        .with_row(db.Row("Inference tier"))
+        .with_panel(
+            series(
+                "Tier requests in flight",
+                "Requests vLLM is generating and requests queued for a batch slot (all tier "
+                "pods). A queue that keeps growing needs more replicas or GPUs.",
+                TIER_REQUESTS,
+                "short",
+            )
+        )
+        .with_panel(
+            series(
+                "Tier KV-cache usage",
+                "Share of the KV cache in use on the fullest vLLM pod; near 1, requests queue "
+                "or are preempted.",
+                TIER_KV_CACHE,
+                "percentunit",
+            )
+            .min(0)
+            .max(1)
+        )
+        .with_panel(
+            series(
+                "Tier latency p95",
+                "Time to first token and whole-request latency inside vLLM (the chatbot's own "
+                "panels above add retrieval and streaming).",
+                TIER_LATENCY,
+                "s",
+            )
+        )
+        .with_panel(
+            series(
+                "Tier token throughput",
+                "Tokens per second vLLM generates and reads as prompts, all adapters included.",
+                TIER_TOKENS,
+                "short",
+            )
         )
     )
     return builder
