@@ -147,3 +147,23 @@ env:
   - name: BIGBERTHA_HOME
     value: /cache/bigbertha
 {{- end -}}
+
+{{/* bigbertha.serving.name: root ctx -> name of the inference tier's Deployment, Service and ServiceAccount. */}}
+{{- define "bigbertha.serving.name" -}}
+{{- printf "%s-vllm" (include "bigbertha.fullname" .) -}}
+{{- end -}}
+
+{{/* bigbertha.serving.secretName: root ctx -> Secret with the tier's `apiKey`. */}}
+{{- define "bigbertha.serving.secretName" -}}
+{{- .Values.serving.auth.existingSecret | default (include "bigbertha.serving.name" .) -}}
+{{- end -}}
+
+{{/* bigbertha.serving.servedName: root ctx -> the name the tier serves its base model under. */}}
+{{- define "bigbertha.serving.servedName" -}}
+{{- .Values.serving.model.servedName | default .Values.serving.model.ref -}}
+{{- end -}}
+
+{{/* bigbertha.serving.apiBase: root ctx -> the tier's OpenAI-compatible base URL (the chatbot's llm.api_base). */}}
+{{- define "bigbertha.serving.apiBase" -}}
+{{- printf "http://%s.%s.svc:%d/v1" (include "bigbertha.serving.name" .) .Release.Namespace (int .Values.serving.service.port) -}}
+{{- end -}}
