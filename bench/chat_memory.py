@@ -34,12 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-HANDBOOK = """# The BigBertha Handbook
+from tests.chat.helpers import HANDBOOK, MASCOT  # noqa: E402
+from tests.serving.fake_vllm import FakeVllm  # noqa: E402
 
-The BigBertha office mascot is a purple walrus named Gloria, who lives in the lobby aquarium.
-Customers can request a refund within 45 days of purchase; refunds are paid within 5 days.
-"""
-QUESTIONS = ["What is the mascot called?", "How long do refunds take?", "Where is Gloria?"]
+QUESTIONS = [MASCOT, "How long do refunds take?", "Who replaces lost badges?"]
 
 
 def free_port() -> int:
@@ -112,7 +110,6 @@ def main() -> None:
 
     from bigbertha.core.settings import Settings
     from bigbertha.documents import ingest
-    from tests.serving.fake_vllm import FakeVllm
 
     with tempfile.TemporaryDirectory(prefix="bigbertha-bench-memory-") as tmp:
         workdir = Path(tmp)

@@ -48,6 +48,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -559,3 +560,20 @@ class FakeVllm:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(10)
+
+
+def write_adapter(
+    directory: Path, *, rank: int = 8, base: str = "meta-llama/Llama-2-7b-chat-hf"
+) -> Path:
+    """The two files vLLM reads from a PEFT adapter directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {
+        "peft_type": "LORA",
+        "base_model_name_or_path": base,
+        "r": rank,
+        "lora_alpha": 16,
+        "target_modules": ["q_proj", "v_proj"],
+    }
+    (directory / "adapter_config.json").write_text(json.dumps(config))
+    (directory / "adapter_model.safetensors").write_bytes(b"weights")
+    return directory

@@ -33,6 +33,7 @@ from bigbertha.models import loading, registry
 from bigbertha.serving import basemodel, sidecar
 from bigbertha.serving.adapters import AdapterSync
 from bigbertha.serving.vllm import VllmClient
+from tests.models.helpers import make_adapter, tiny_corpus
 from tests.services import Service, ServiceManager
 from tests.serving.fake_vllm import FakeVllm
 
@@ -55,8 +56,6 @@ class Registry:
 
 @pytest.fixture(scope="module")
 def backing(services: ServiceManager, tmp_path_factory: pytest.TempPathFactory) -> Registry:
-    from tests.models.test_loading import EXTRA_WORDS, make_adapter, task_rows
-
     s3 = services.s3()
     env = {
         "MLFLOW_S3_ENDPOINT_URL": f"http://{s3.extra['endpoint']}",
@@ -67,7 +66,7 @@ def backing(services: ServiceManager, tmp_path_factory: pytest.TempPathFactory) 
     storage.open_client(settings).ensure_bucket("mlflow")
     mlflow = services.mlflow(artifacts_destination="s3://mlflow/artifacts", env=env)
     root = tmp_path_factory.mktemp("tier")
-    corpus = [f"{r['prompt']} {r['completion']}" for r in task_rows()] + [EXTRA_WORDS]
+    corpus = tiny_corpus()
     base = tiny_llama(root / "tiny-llama", corpus)
     storage.upload_path(settings, base, BASE_REF)
     adapters = []

@@ -3,7 +3,6 @@ routes and error shapes (tests/serving/fake_vllm.py says why a fake, and cites t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,24 +17,9 @@ from bigbertha.serving.vllm import (
     parse_error,
 )
 from tests.services import free_port
-from tests.serving.fake_vllm import FakeVllm
+from tests.serving.fake_vllm import FakeVllm, write_adapter
 
 BASE = "meta-llama/Llama-2-7b-chat-hf"
-
-
-def write_adapter(directory: Path, *, rank: int = 8, base: str = BASE) -> Path:
-    """The two files vLLM reads from a PEFT adapter directory."""
-    directory.mkdir(parents=True, exist_ok=True)
-    config = {
-        "peft_type": "LORA",
-        "base_model_name_or_path": base,
-        "r": rank,
-        "lora_alpha": 16,
-        "target_modules": ["q_proj", "v_proj"],
-    }
-    (directory / "adapter_config.json").write_text(json.dumps(config))
-    (directory / "adapter_model.safetensors").write_bytes(b"weights")
-    return directory
 
 
 @pytest.fixture(scope="module")
