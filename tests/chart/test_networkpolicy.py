@@ -37,7 +37,12 @@ def _wires(
 # What a process reads of the shared settings ConfigMap when it reads only part of it: the
 # exporter serves Redis aggregates and nothing else (src/bigbertha/exporter.py reads
 # settings.redis and settings.exporter), so its Milvus, S3 and MLflow settings are no wires.
-SECTIONS_READ = {"Deployment/bigbertha-exporter": ("REDIS", "EXPORTER")}
+SECTIONS_READ = {
+    "Deployment/bigbertha-exporter": ("REDIS", "EXPORTER"),
+    # The inference tier's init step and sidecar: the registry and object storage
+    # (src/bigbertha/serving reads settings.mlflow, s3, serving, chat and log).
+    "Deployment/bigbertha-vllm": ("MLFLOW", "S3", "SERVING", "CHAT", "LOG"),
+}
 
 
 def _used(pod: cluster.Pod, address: cluster.Address) -> bool:
@@ -174,11 +179,14 @@ def test_what_should_be_blocked_is(docs: list[dict[str, Any]], release: Release)
         blocked("Deployment/bigbertha-chatbot", "StatefulSet/bigbertha-mlflow-db", 5432)
     blocked("WorkflowTemplate/bigbertha-ingest/ingest", "Deployment/bigbertha-chatbot", 8501)
     blocked("Deployment/bigbertha-exporter", "Deployment/bigbertha-chatbot", 8501)
-    # Leaving the cluster: only workflow steps and Sensors reach the API server; nobody else
-    # gets internet egress (models come from object storage).
+    # Leaving the cluster: only workflow steps, Sensors and the inference tier (its sidecar
+    # rolls its Deployment onto a merged champion) reach the API server; nobody else gets
+    # internet egress (models come from object storage).
     for pod in ours_pods(pods):
         api = cluster.external_egress(policies, pod, 443)
-        needs_api = pod.origin.startswith(("WorkflowTemplate/", "Sensor/"))
+        needs_api = pod.origin.startswith(
+            ("WorkflowTemplate/", "Sensor/", "Deployment/bigbertha-vllm")
+        )
         assert api == needs_api, f"{pod.origin}: external egress to 443 is {api}"
 
 

@@ -17,7 +17,8 @@ import pytest
 from bigbertha.core.settings import Settings
 from bigbertha.serving import basemodel, rollout
 from bigbertha.serving.sidecar import Sidecar, _handler
-from tests.chart.render import ROOT, deep_merge, env_values, find, one, render, render_raw
+from tests.chart import cluster
+from tests.chart.render import deep_merge, env_values, find, one, render, render_raw
 
 PROD = env_values("prod")
 TIER = "bigbertha-vllm"
@@ -74,8 +75,11 @@ def test_the_tier_is_prod_only(env: str) -> None:
     docs = render(env_values(env))
     assert [d for d in docs if "/templates/serving/" in d["__template"]] == []
     data = one(docs, "ConfigMap", "bigbertha-settings")["data"]
+    chatbot = one(docs, "Deployment", "bigbertha-chatbot")["spec"]["template"]["spec"]
     assert data["BIGBERTHA_LLM__BACKEND"] == "transformers"  # the chatbot loads its own model
-    assert "BIGBERTHA_LLM__API_BASE" not in data
+    assert not {"BIGBERTHA_LLM__BACKEND", "BIGBERTHA_LLM__API_BASE"} & set(
+        _env(chatbot["containers"][0])
+    )
 
 
 def test_prod_serves_the_pinned_vllm_image_on_gpu_nodes() -> None:
@@ -279,44 +283,27 @@ def test_a_node_drain_takes_one_vllm_pod_at_a_time() -> None:
     assert find(_prod(serving={"replicas": 1}), "PodDisruptionBudget", TIER) == []
 
 
-def _admits(rule: dict[str, Any], labels: dict[str, str], port: int) -> bool:
-    ports = [p["port"] for p in rule.get("ports", [])]
-    if ports and port not in ports:
-        return False
-    peers = rule.get("from") or rule.get("to")
-    if peers is None:
-        return True
-    for peer in peers:
-        selector = peer.get("podSelector", {}).get("matchLabels", {})
-        if "ipBlock" not in peer and selector.items() <= labels.items():
-            return True
-    return False
-
-
 def test_only_the_chatbot_reaches_the_api_port_and_prometheus_the_metrics() -> None:
+    """Evaluated with Kubernetes' semantics on every pod the release runs (tests/chart/cluster)."""
     docs = _prod()
-    policy = one(docs, "NetworkPolicy", TIER)["spec"]
-    api = one(docs, "Service", TIER)["spec"]["ports"][0]["port"]
-    metrics_port = PROD["serving"].get("sync", {}).get("port", 8081)
-    pods = {
-        d["metadata"]["labels"]["app.kubernetes.io/component"]: d["spec"]["template"]["metadata"][
-            "labels"
-        ]
-        for d in find(docs, "Deployment") + find(docs, "StatefulSet")
-    }
-    pods["prometheus"] = {"app.kubernetes.io/name": "prometheus"}
-    reach_api = {
-        c for c, labels in pods.items() if any(_admits(r, labels, api) for r in policy["ingress"])
-    }
-    assert reach_api == {"chatbot"}
-    reach_metrics = {
-        c
-        for c, labels in pods.items()
-        if any(_admits(r, labels, metrics_port) for r in policy["ingress"])
-    }
-    assert reach_metrics == {"prometheus"}
-    chatbot_egress = one(docs, "NetworkPolicy", "bigbertha-chatbot")["spec"]["egress"]
-    assert any(_admits(r, pods["serving"], api) for r in chatbot_egress)
+    policies = find(docs, "NetworkPolicy")
+    pods = cluster.pods(docs, "bigbertha")
+    (tier,) = [p for p in pods if p.origin == f"Deployment/{TIER}"]
+    api, metrics = tier.ports["http"], tier.ports["metrics"]
+
+    def reach(port: int) -> set[str]:
+        return {
+            p.origin
+            for p in pods
+            if p is not tier and cluster.allows(policies, p, tier, port).allowed
+        }
+
+    assert reach(api) == {"Deployment/bigbertha-chatbot"}
+    # Prometheus scrapes through the sidecar; the `helm test` pod asks it /readyz.
+    assert {o.split("/")[0] for o in reach(metrics)} == {"Prometheus", "Pod"}
+    assert "Pod/bigbertha-test-endpoints" in reach(metrics)
+    stranger = cluster.Pod("another tenant", "elsewhere", {"app": "x"})
+    assert not cluster.allows(policies, stranger, tier, api).allowed
 
 
 def _hub_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -326,32 +313,33 @@ def _hub_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_the_hub_is_reachable_only_for_a_hub_base_model() -> None:
-    assert len(_hub_rules(_prod())) == 1
-    narrowed = _prod(serving={"networkPolicy": {"hubCIDRs": ["198.51.100.0/24"]}})
-    (rule,) = _hub_rules(narrowed)
+    hub = "meta-llama/Llama-2-7b-chat-hf"
+    on_the_hub = {
+        "serving": {"model": {"ref": hub, "servedName": ""}},
+        # The trainer downloads the same id: the render demands egress for it too.
+        "settings": {"finetune": {"base_model": hub}},
+        "networkPolicy": {"extraEgress": [{"ports": [{"port": 443, "protocol": "TCP"}]}]},
+    }
+    assert len(_hub_rules(_prod(**on_the_hub))) == 1
+    cidrs = {"serving": {"networkPolicy": {"hubCIDRs": ["198.51.100.0/24"]}}}
+    (rule,) = _hub_rules(_prod(**deep_merge(on_the_hub, cidrs)))
     assert rule["to"] == [{"ipBlock": {"cidr": "198.51.100.0/24"}}]
 
 
-def test_air_gapped_the_base_comes_from_object_storage_without_hub_egress(
+def test_prod_serves_the_base_from_object_storage_without_hub_egress(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    ref = "s3://bigbertha-artifacts/models/llama-2-7b-chat/"
-    docs = _prod(
-        serving={"model": {"ref": ref, "servedName": "llama-2-7b-chat"}},
-        settings={"finetune": {"base_model": ref}},
-    )
+    """As air-gapped: the init step streams the pre-fetched copy the trainer also uses."""
+    docs = _prod()
+    ref = PROD["serving"]["model"]["ref"]
+    assert ref.startswith("s3://") and ref == PROD["settings"]["finetune"]["base_model"]
     assert _hub_rules(docs) == []
     init = _container(_pod(docs), "fetch-base-model")
     settings = _settings_of(docs, init, monkeypatch)
     assert settings.serving.base_model == ref and settings.s3.access_key is not None
-    assert one(docs, "ConfigMap", "bigbertha-settings")["data"]["BIGBERTHA_LLM__MODEL"] == (
-        "llama-2-7b-chat"
-    )
-
-
-def test_the_vllm_image_pin_is_in_the_air_gapped_mirror_list() -> None:
-    text = (ROOT / "docs" / "air-gapped.md").read_text()
-    assert "vllm/vllm-openai:v0.33.0" in text
+    chatbot = one(docs, "Deployment", "bigbertha-chatbot")["spec"]["template"]["spec"]
+    served = PROD["serving"]["model"]["servedName"]
+    assert _env(chatbot["containers"][0])["BIGBERTHA_LLM__MODEL"] == served
 
 
 # --- render-time rules ------------------------------------------------------------------------
@@ -366,15 +354,9 @@ def _fails(values: dict[str, Any], message: str) -> None:
     ("values", "message"),
     [
         ({"serving": {"model": {"ref": ""}}}, "set serving.model.ref"),
+        ({"serving": {"model": {"servedName": ""}}}, "set serving.model.servedName"),
         (
-            {
-                "serving": {"model": {"ref": "s3://m/llama/"}},
-                "settings": {"finetune": {"base_model": "s3://m/llama/"}},
-            },
-            "set serving.model.servedName",
-        ),
-        (
-            {"settings": {"finetune": {"base_model": "smollm2"}}},
+            {"settings": {"finetune": {"base_model": "s3://bigbertha-artifacts/models/other/"}}},
             "adapters must be trained on the base the tier serves",
         ),
         ({"serving": {"lora": {"maxLoras": 4, "maxCpuLoras": 2}}}, "maxCpuLoras must be at least"),
@@ -394,8 +376,8 @@ def test_generated_api_key_where_secrets_are_generated() -> None:
     values = deep_merge(
         env_values("dev"),
         {
-            "serving": {"enabled": True, "model": {"ref": "smollm2-org/model"}},
-            "settings": {"finetune": {"base_model": "smollm2-org/model"}},
+            "serving": {"enabled": True, "model": {"ref": "s3://models/m/", "servedName": "m"}},
+            "settings": {"finetune": {"base_model": "s3://models/m/"}},
         },
     )
     secret = one(render(values), "Secret", TIER)

@@ -243,6 +243,7 @@ def _named_existing_secrets(env: str) -> set[str]:
         v["events"]["webhook"]["auth"]["existingSecret"],
         v["huggingface"]["existingSecret"],
         v["mlflowDatabase"]["auth"]["existingSecret"],
+        v["serving"]["auth"]["existingSecret"],
     }
     if not v["mlflowDatabase"]["enabled"]:
         names.add(v["mlflow"]["backendStore"]["existingDatabaseSecret"]["name"])
@@ -288,6 +289,8 @@ def test_every_secret_and_configmap_a_pod_reads_exists_with_its_key(
                 problems.append(f"{where}: {kind} {name} has no key {key!r}")
         elif kind == "Secret" and name in created_by_hooks:
             continue
+        elif (kind, name) == ("ConfigMap", "kube-root-ca.crt"):
+            continue  # Kubernetes publishes it in every namespace (a projected token's CA)
         elif kind == "Secret" and name in existing:
             if name not in documented:
                 problems.append(
