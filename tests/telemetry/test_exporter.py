@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -23,7 +26,7 @@ from bigbertha.core.errors import ConfigError
 from bigbertha.core.settings import Settings, load
 from bigbertha.telemetry.exporter import create_app, make_server
 from bigbertha.telemetry.recorder import METRICS_KEY, SERVING_KEY, Recorder, field
-from tests.services import Service, ServiceManager, free_port
+from tests.services import Service, ServiceManager, free_port, require_binary
 from tests.telemetry.helpers import record_traffic
 
 CHAT = {"model": "bb", "model_version": "7"}
@@ -226,5 +229,224 @@ def test_waitress_serves_metrics_over_http(settings: Settings):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/nope", timeout=5)
         assert missing.value.code == 404
     finally:
+        server.close()
+        thread.join(5)
+
+
+# --- garbage in Redis: every good series survives, both formats still parse ------------------
+
+REQUESTS_9 = field("bigbertha_chat_requests_total", "bb", "9")
+# kind -> (hash, field, value, (key label, reason label) it is counted under)
+GARBAGE: dict[str, tuple[str, bytes, bytes, tuple[str, str]]] = {
+    "field not UTF-8": (
+        METRICS_KEY,
+        b'["bigbertha_chat_requests_total","bb","\xff\xfe"]',
+        b"1",
+        ("metrics", "encoding"),
+    ),
+    "label a lone surrogate": (
+        METRICS_KEY,
+        b'["bigbertha_chat_requests_total","bb","\\ud800"]',
+        b"1",
+        ("metrics", "encoding"),
+    ),
+    "field not JSON": (METRICS_KEY, b"not json", b"3", ("metrics", "format")),
+    "field nested 100000 deep": (
+        METRICS_KEY,
+        b"[" * 100_000 + b"]" * 100_000,
+        b"1",
+        ("metrics", "format"),
+    ),
+    "label not a string": (
+        METRICS_KEY,
+        b'["bigbertha_chat_requests_total","bb",9]',
+        b"1",
+        ("metrics", "format"),
+    ),
+    "bucket bound NaN": (
+        METRICS_KEY,
+        field("bigbertha_chat_latency_seconds_bucket", "bb", "9", "NaN").encode(),
+        b"1",
+        ("metrics", "format"),
+    ),
+    "unknown sample": (
+        METRICS_KEY,
+        field("bigbertha_unknown_total", "x").encode(),
+        b"1",
+        ("metrics", "unknown"),
+    ),
+    "value not UTF-8": (METRICS_KEY, REQUESTS_9.encode(), b"\xff\xfe", ("metrics", "value")),
+    "value unparsable": (METRICS_KEY, REQUESTS_9.encode(), b"12abc", ("metrics", "value")),
+    "counter NaN": (METRICS_KEY, REQUESTS_9.encode(), b"nan", ("metrics", "value")),
+    "counter +Inf": (METRICS_KEY, REQUESTS_9.encode(), b"inf", ("metrics", "value")),
+    "counter negative": (METRICS_KEY, REQUESTS_9.encode(), b"-5", ("metrics", "value")),
+    "histogram sum negative": (
+        METRICS_KEY,
+        field("bigbertha_chat_latency_seconds_sum", "bb", "9").encode(),
+        b"-1.5",
+        ("metrics", "value"),
+    ),
+    "bucket count NaN": (
+        METRICS_KEY,
+        field("bigbertha_chat_latency_seconds_bucket", "bb", "9", "0.5").encode(),
+        b"nan",
+        ("metrics", "value"),
+    ),
+    "bucket count fractional": (
+        METRICS_KEY,
+        field("bigbertha_chat_latency_seconds_bucket", "bb", "9", "1.0").encode(),
+        b"1.5",
+        ("metrics", "value"),
+    ),
+    "serving field not UTF-8": (SERVING_KEY, b'["bb","\xff"]', b"1", ("serving", "encoding")),
+    "serving time NaN": (
+        SERVING_KEY,
+        field("bb", "9").encode(),
+        b"nan",
+        ("serving", "value"),
+    ),
+}
+
+
+def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every exported sample but the skipped-fields gauge: (name, labels) -> value."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in registry.collect()
+        for s in family.samples
+        if family.name != "bigbertha_exporter_skipped_fields"
+    }
+
+
+def assert_parses_everywhere(app: Any, promtool: str) -> None:
+    """Prometheus text (prometheus_client's parser and promtool) and OpenMetrics both parse."""
+    client = app.test_client()
+    text = client.get("/metrics").get_data(as_text=True)
+    assert len(list(text_string_to_metric_families(text))) > 10
+    lint = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    om = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert om.content_type.startswith("application/openmetrics-text")
+    assert len(list(openmetrics_families(om.get_data(as_text=True)))) > 10
+
+
+@pytest.mark.parametrize("kind", list(GARBAGE))
+def test_each_kind_of_garbage_is_skipped_and_counted(settings: Settings, kind: str):
+    promtool = require_binary("promtool")
+    drive(settings)
+    raw = redis.Redis.from_url(settings.redis.url.get_secret_value())  # type: ignore[union-attr]
+    baseline_registry = CollectorRegistry()
+    create_app(settings, registry=baseline_registry)
+    baseline = samples(baseline_registry)
+
+    key, name, value, (key_label, reason) = GARBAGE[kind]
+    raw.hset(key, name, value)
+    registry = CollectorRegistry()
+    app = create_app(settings, registry=registry)
+    assert registry.get_sample_value("bigbertha_exporter_redis_up") == 1
+    after = samples(registry)
+    assert {k: after.get(k) for k in baseline} == baseline  # every good series, same value
+    skipped = {"key": key_label, "reason": reason}
+    assert registry.get_sample_value("bigbertha_exporter_skipped_fields", skipped) == 1
+    assert json.loads(app.test_client().get("/healthz").data)["redis"] == "up"
+    assert_parses_everywhere(app, promtool)
+
+
+@pytest.mark.parametrize("key", [METRICS_KEY, SERVING_KEY])
+def test_a_key_of_the_wrong_type_is_skipped_not_redis_down(settings: Settings, key: str):
+    drive(settings)
+    raw = redis.Redis.from_url(settings.redis.url.get_secret_value())  # type: ignore[union-attr]
+    raw.delete(key)
+    raw.rpush(key, "not", "a", "hash")
+    registry = CollectorRegistry()
+    app = create_app(settings, registry=registry)
+    value = registry.get_sample_value
+    assert value("bigbertha_exporter_redis_up") == 1
+    label = "metrics" if key == METRICS_KEY else "serving"
+    assert value("bigbertha_exporter_skipped_fields", {"key": label, "reason": "wrong_type"}) == 1
+    if key == METRICS_KEY:  # the serving hash still says what serves
+        assert value("bigbertha_model_info", CHAT) == 1
+    else:  # every stored series is still there
+        assert value("bigbertha_chat_requests_total", CHAT) == 4
+        assert value("bigbertha_chat_latency_seconds_count", CHAT) == 4
+    assert json.loads(app.test_client().get("/healthz").data)["redis"] == "up"
+    assert_parses_everywhere(app, require_binary("promtool"))
+
+
+def test_invalid_values_are_refused_at_write(settings: Settings):
+    recorder = Recorder.from_settings(settings)
+    recorder.record_answer(
+        "7",
+        latency_s=-1.0,
+        ttft_s=float("nan"),
+        prompt_tokens=-3,
+        completion_tokens=float("inf"),  # type: ignore[arg-type]
+        scores=[-0.2, float("-inf"), 0.5],
+        context_chunks=3,
+    )
+    registry = CollectorRegistry()
+    create_app(settings, registry=registry)
+    value = registry.get_sample_value
+    assert value("bigbertha_chat_requests_total", CHAT) == 1  # the answer itself counts
+    assert value("bigbertha_chat_latency_seconds_count", CHAT) is None  # never observed
+    assert value("bigbertha_chat_ttft_seconds_count", CHAT) is None
+    assert value("bigbertha_chat_tokens_total", {**CHAT, "kind": "prompt"}) == 0
+    assert value("bigbertha_chat_tokens_total", {**CHAT, "kind": "completion"}) == 0
+    # A negative similarity is observed as 0 (the lowest bucket); -inf is left out.
+    assert value("bigbertha_retrieval_score_count", CHAT) == 2
+    assert value("bigbertha_retrieval_score_sum", CHAT) == pytest.approx(0.5)
+    assert value("bigbertha_exporter_skipped_fields", {"key": "metrics", "reason": "value"}) == 0
+
+
+@pytest.mark.slow
+def test_prometheus_scrapes_all_garbage_at_once_in_openmetrics(
+    settings: Settings, services: ServiceManager
+):
+    """A real Prometheus negotiates OpenMetrics; one bad field must not fail its scrape."""
+    drive(settings)
+    raw = redis.Redis.from_url(settings.redis.url.get_secret_value())  # type: ignore[union-attr]
+    for key, name, value, _ in GARBAGE.values():
+        raw.hset(key, name, value)
+    # Several kinds share one field (the last write wins): count fields, not kinds.
+    bad_values = len({n for k, n, _, why in GARBAGE.values() if why == ("metrics", "value")})
+    port = free_port()
+    exporter = settings.exporter.model_copy(update={"port": port})
+    server = make_server(settings.model_copy(update={"exporter": exporter}))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    config = (
+        "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: exporter\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+    )
+    prometheus = services.prometheus(config)
+    try:
+        query = f"http://127.0.0.1:{prometheus.port}/api/v1/query?query="
+        deadline = time.monotonic() + 60
+        results: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(query + "up", timeout=5) as response:
+                up = json.load(response)["data"]["result"]
+            if up:
+                break
+            time.sleep(0.5)
+        assert up and up[0]["value"][1] == "1", up  # the scrape parsed
+        for metric in (
+            'bigbertha_chat_requests_total{model_version="7"}',
+            "bigbertha_exporter_redis_up",
+            'bigbertha_exporter_skipped_fields{key="metrics",reason="value"}',
+        ):
+            url = query + urllib.parse.quote(metric)
+            with urllib.request.urlopen(url, timeout=5) as response:
+                results[metric] = json.load(response)["data"]["result"][0]["value"][1]
+        assert results == {
+            'bigbertha_chat_requests_total{model_version="7"}': "4",
+            "bigbertha_exporter_redis_up": "1",
+            'bigbertha_exporter_skipped_fields{key="metrics",reason="value"}': str(bad_values),
+        }
+    finally:
+        prometheus.stop()
         server.close()
         thread.join(5)

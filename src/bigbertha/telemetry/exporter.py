@@ -5,9 +5,10 @@
 `TelemetryCollector` reads the recorder's Redis hashes in one round trip per scrape and yields
 real counter, histogram and gauge families (prometheus_client writes the exposition text, and
 negotiates OpenMetrics when the scraper asks for it). With Redis down the exporter still
-answers, with `bigbertha_exporter_redis_up 0` and no stale telemetry. `/healthz` is the liveness
-probe: it says whether Redis answered but stays 200, since restarting the exporter would not
-bring Redis back.
+answers, with `bigbertha_exporter_redis_up 0` and no stale telemetry; a field it cannot use is
+left out and counted in `bigbertha_exporter_skipped_fields`, never taken for an outage.
+`/healthz` is the liveness probe: it says whether Redis answered (by the same rule as
+redis_up) but stays 200, since restarting the exporter would not bring Redis back.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import logging
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -46,12 +47,20 @@ SERVING_WINDOW_SECONDS = 600.0
 
 
 class TelemetryCollector(Collector):
-    """Turns the recorder's Redis hashes into metric families on every scrape."""
+    """Turns the recorder's Redis hashes into metric families on every scrape.
+
+    The hashes are read as bytes and every field is checked on its own: a field or key the
+    exporter cannot use (invalid UTF-8, not a [sample, *labels] array, an unknown sample, a
+    value that is not a finite number >= 0, a key of the wrong type) is left out and counted in
+    `bigbertha_exporter_skipped_fields`; every other series is still exported. Only a failed
+    connection (or a refused read) is "Redis down".
+    """
 
     def __init__(self, client: redis.Redis, serving_window: float = SERVING_WINDOW_SECONDS):
         self._client = client
         self._serving_window = serving_window
         self._warn = RateLimitedLogger(log, interval=60.0)
+        self._skipped_warn = RateLimitedLogger(log, interval=600.0)
         self._specs = {}
         for spec in recorder.STORED:
             if spec.kind == "histogram":
@@ -62,29 +71,39 @@ class TelemetryCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         # Names only, so registering never touches Redis.
-        for spec in (*recorder.STORED, recorder.MODEL_INFO, recorder.REDIS_UP):
+        specs = (*recorder.STORED, recorder.MODEL_INFO, recorder.REDIS_UP, recorder.SKIPPED)
+        for spec in specs:
             yield _family(spec)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(recorder.REDIS_UP.name, recorder.REDIS_UP.doc)
         try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.hgetall(recorder.METRICS_KEY)
-            pipe.hgetall(recorder.SERVING_KEY)
-            stored, serving = pipe.execute()
-        except Exception as exc:  # any client failure means "Redis down" to the scraper
+            replies = read_hashes(self._client)
+        except RedisUnavailable as exc:
             self._warn.warning("cannot read telemetry from Redis: %s", exc)
             up.add_metric([], 0)
             yield up
             return
         up.add_metric([], 1)
         yield up
-        seen = _serving(serving)
-        yield from self._families(stored, list(seen))
+        skipped: Counter[tuple[str, str]] = Counter()
+        stored = _fields_of(replies[recorder.METRICS_KEY], "metrics", skipped)
+        serving = _fields_of(replies[recorder.SERVING_KEY], "serving", skipped)
+        seen = _serving(serving, skipped)
+        yield from self._families(stored, list(seen), skipped)
         yield self._model_info(seen)
+        yield _skipped_family(skipped)
+        if skipped:
+            self._skipped_warn.warning(
+                "telemetry fields left out: %s",
+                ", ".join(f"{key}/{reason}={n}" for (key, reason), n in sorted(skipped.items())),
+            )
 
     def _families(
-        self, stored: dict[str, str], versions: list[tuple[str, ...]]
+        self,
+        stored: dict[str, bytes],
+        versions: list[tuple[str, ...]],
+        skipped: Counter[tuple[str, str]],
     ) -> Iterator[Metric]:
         # spec -> label values -> (bucket bound or sample) -> value
         values: dict[recorder.MetricSpec, dict[tuple[str, ...], dict[Any, float]]] = {
@@ -94,24 +113,13 @@ class TelemetryCollector(Collector):
         # that rate() and increase() can see (a series born at 1 would hide it).
         for spec, labels in _zero_series(versions):
             values[spec][labels]["value"] = 0.0
-        for raw_field, raw_value in stored.items():
-            try:
-                sample, *label_values = json.loads(raw_field)
-                spec = self._specs[sample]
-                value = float(raw_value)
-            except (ValueError, KeyError, TypeError):
-                continue  # a field from another version of the recorder: not ours to export
-            key: Any = "value"
-            if spec.kind == "histogram":
-                key = "sum" if sample.endswith("_sum") else None
-                if key is None and label_values:
-                    *label_values, bound = label_values
-                    key = _parse_bound(bound, spec.buckets)
-            if key is None or len(label_values) != len(spec.labels):
+        for name, raw_value in stored.items():
+            parsed = self._sample(name, raw_value)
+            if isinstance(parsed, str):
+                skipped["metrics", parsed] += 1
                 continue
-            if not all(isinstance(v, str) for v in label_values):
-                continue
-            target = values[spec][tuple(label_values)]
+            spec, label_values, key, value = parsed
+            target = values[spec][label_values]
             target[key] = target.get(key, 0.0) + value if spec.kind == "histogram" else value
         for spec, series in values.items():
             if spec.kind == "histogram":
@@ -126,6 +134,30 @@ class TelemetryCollector(Collector):
                     family.add_metric(labels, data["value"])
                 yield family
 
+    def _sample(
+        self, name: str, raw_value: bytes
+    ) -> tuple[recorder.MetricSpec, tuple[str, ...], Any, float] | str:
+        """(spec, label values, "value" | "sum" | bucket bound, value), or why it is skipped."""
+        labels = _labels(name)
+        if isinstance(labels, str):
+            return labels
+        sample, *label_values = labels
+        spec = self._specs.get(sample)
+        if spec is None:
+            return "unknown"  # e.g. a field of another version of the recorder
+        key: Any = "value"
+        if spec.kind == "histogram":
+            key = "sum" if sample.endswith("_sum") else None
+            if key is None and label_values:
+                *label_values, bound = label_values
+                key = _parse_bound(bound, spec.buckets)
+        if key is None or len(label_values) != len(spec.labels):
+            return "format"
+        value = _amount(raw_value)
+        if value is None or (spec.kind == "histogram" and key != "sum" and not value.is_integer()):
+            return "value"  # OpenMetrics rejects a whole scrape for one fractional bucket count
+        return spec, tuple(label_values), key, value
+
     def _model_info(self, seen: dict[tuple[str, ...], float]) -> Metric:
         family = _scalar_family(recorder.MODEL_INFO)
         if seen:
@@ -139,18 +171,113 @@ class TelemetryCollector(Collector):
         return family
 
 
-def _serving(serving: dict[str, str]) -> dict[tuple[str, ...], float]:
+class RedisUnavailable(Exception):
+    """Redis did not answer, or refused the read (authentication, ACL): redis_up is 0."""
+
+
+def read_hashes(client: redis.Redis) -> dict[str, Any]:
+    """Both telemetry hashes in one round trip: key -> {field: value} bytes, or None when the
+    key holds another type. Raises RedisUnavailable only when Redis itself failed."""
+    import redis
+
+    keys = (recorder.METRICS_KEY, recorder.SERVING_KEY)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        # Per-command errors come back as values: one wrong-typed key is not an outage.
+        results = pipe.execute(raise_on_error=False)
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise RedisUnavailable(str(exc) or type(exc).__name__) from exc
+    out: dict[str, Any] = {}
+    for key, result in zip(keys, results, strict=True):
+        if isinstance(result, redis.ResponseError) and str(result).startswith("WRONGTYPE"):
+            out[key] = None
+        elif isinstance(result, Exception):
+            raise RedisUnavailable(f"{key}: {result}")
+        else:
+            out[key] = result
+    return out
+
+
+def ping(client: redis.Redis) -> bool:
+    """Whether Redis answers, by the same rule as redis_up (what /healthz reports)."""
+    try:
+        read_hashes(client)
+    except RedisUnavailable:
+        return False
+    return True
+
+
+def _fields_of(
+    reply: dict[bytes, bytes] | None, key: str, skipped: Counter[tuple[str, str]]
+) -> dict[str, bytes]:
+    """A hash reply with its field names decoded; a key of another type counts as skipped."""
+    if reply is None:
+        skipped[key, "wrong_type"] += 1
+        return {}
+    fields: dict[str, bytes] = {}
+    for raw_name, raw_value in reply.items():
+        try:
+            fields[raw_name.decode("utf-8")] = raw_value
+        except UnicodeDecodeError:
+            skipped[key, "encoding"] += 1
+    return fields
+
+
+def _labels(name: str) -> list[str] | str:
+    """A field's JSON array of strings (sample, *label values), or why it cannot be used."""
+    try:
+        parsed = json.loads(name)
+    except (ValueError, RecursionError):
+        return "format"
+    if not isinstance(parsed, list) or not parsed:
+        return "format"
+    if not all(isinstance(part, str) for part in parsed):
+        return "format"
+    try:
+        for part in parsed:  # a "\ud800" escape decodes to a lone surrogate: not UTF-8
+            part.encode("utf-8")
+    except UnicodeEncodeError:
+        return "encoding"
+    return parsed
+
+
+def _amount(raw: bytes) -> float | None:
+    """A stored counter, bucket or sum: a finite number >= 0 written in ASCII, else None."""
+    try:
+        value = float(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return value if recorder.valid_amount(value) else None
+
+
+def _serving(
+    serving: dict[str, bytes], skipped: Counter[tuple[str, str]]
+) -> dict[tuple[str, ...], float]:
     """(model, model_version) -> unix time it last served."""
     seen: dict[tuple[str, ...], float] = {}
     for raw_field, raw_value in serving.items():
-        try:
-            labels = tuple(str(v) for v in json.loads(raw_field))
-            last = float(raw_value)
-        except (ValueError, TypeError):
+        labels = _labels(raw_field)
+        if isinstance(labels, str) or len(labels) != len(recorder.CHAT_LABELS):
+            skipped["serving", labels if isinstance(labels, str) else "format"] += 1
             continue
-        if len(labels) == len(recorder.CHAT_LABELS):
-            seen[labels] = last
+        last = _amount(raw_value)
+        if last is None:
+            skipped["serving", "value"] += 1
+            continue
+        seen[tuple(labels)] = last
     return seen
+
+
+def _skipped_family(skipped: Counter[tuple[str, str]]) -> Metric:
+    family = GaugeMetricFamily(
+        recorder.SKIPPED.name, recorder.SKIPPED.doc, labels=list(recorder.SKIPPED.labels)
+    )
+    for key in ("metrics", "serving"):
+        for reason in recorder.SKIP_REASONS:
+            family.add_metric([key, reason], skipped[key, reason])
+    return family
 
 
 def _zero_series(
@@ -188,6 +315,8 @@ def _parse_bound(text: Any, buckets: tuple[float, ...]) -> float | None:
         bound = math.inf if text == "+Inf" else float(text)
     except (ValueError, TypeError):
         return None
+    if math.isnan(bound) or (math.isinf(bound) and text != "+Inf"):
+        return None
     return recorder.bucket_for(buckets, bound)
 
 
@@ -216,9 +345,10 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             "Set BIGBERTHA_REDIS__URL (redis://[:password@]host:port/db)."
         )
     url = settings.redis.url.get_secret_value()
-    client = recorder.redis_client(url, settings.exporter.redis_timeout_seconds)
-    # The health check answers within redis.timeout_seconds, well inside a kubelet probe's 1s.
-    probe = recorder.redis_client(url, settings.redis.timeout_seconds)
+    client = recorder.redis_client(url, settings.exporter.redis_timeout_seconds, decode=False)
+    # The health check answers within redis.timeout_seconds, well inside a kubelet probe's 1s,
+    # and by the same rule as redis_up (a read of both hashes), so the two always agree.
+    probe = recorder.redis_client(url, settings.redis.timeout_seconds, decode=False)
     if registry is None:
         registry = CollectorRegistry()
         process_collector.ProcessCollector(registry=registry)
@@ -229,11 +359,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     @app.get("/healthz")
     def healthz() -> Any:
-        try:
-            redis_ok = bool(probe.ping())
-        except Exception:  # reported, not raised: the probe is about this process
-            redis_ok = False
-        return jsonify(status="ok", redis="up" if redis_ok else "down")
+        # Reported, not raised: the probe is about this process.
+        return jsonify(status="ok", redis="up" if ping(probe) else "down")
 
     app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
         app.wsgi_app, {"/metrics": make_wsgi_app(registry)}

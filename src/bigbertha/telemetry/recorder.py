@@ -123,6 +123,14 @@ DROPPED = MetricSpec(
 REDIS_UP = MetricSpec(
     "bigbertha_exporter_redis_up", "gauge", "1 if the exporter could read Redis on this scrape."
 )
+SKIPPED = MetricSpec(
+    "bigbertha_exporter_skipped_fields",
+    "gauge",
+    "Redis hash fields (or whole keys) the last scrape could not use and left out, by reason.",
+    ("key", "reason"),
+)
+#: Why the exporter leaves stored data out (each a value of SKIPPED's `reason` label).
+SKIP_REASONS = ("encoding", "format", "unknown", "value", "wrong_type")
 
 #: The families read from the metrics hash, by sample name prefix (the exporter's table).
 STORED = (
@@ -175,6 +183,15 @@ def _field(name: str, labels: tuple[str, ...]) -> str:
 
 def _finite(value: float | None) -> bool:
     return value is not None and isinstance(value, int | float) and math.isfinite(value)
+
+
+def valid_amount(value: float | None) -> bool:
+    """What a counter increment or histogram observation may be: a finite number >= 0.
+
+    Checked at write (here) and at read (the exporter): one NaN or negative sample would make
+    a counter go backwards, and a NaN counter makes an OpenMetrics scrape unparseable.
+    """
+    return _finite(value) and not isinstance(value, bool) and value >= 0  # type: ignore[operator]
 
 
 class Recorder:
@@ -234,15 +251,26 @@ class Recorder:
         incr: dict[str, float] = {_field(REQUESTS.name, labels): 1}
         if error:
             incr[_field(ERRORS.name, labels)] = 1
-        self._observe(incr, LATENCY, labels, [latency_s])
+        rejected = self._observe(incr, LATENCY, labels, [latency_s])
         if ttft_s is not None:
-            self._observe(incr, TTFT, labels, [ttft_s])
+            rejected += self._observe(incr, TTFT, labels, [ttft_s])
         for kind, count in (("prompt", prompt_tokens), ("completion", completion_tokens)):
-            if _finite(count) and count > 0:
+            if valid_amount(count) and count > 0:
                 incr[_field(TOKENS.name, (*labels, kind))] = int(count)
-        self._observe(incr, RETRIEVAL_SCORE, labels, scores)
+            elif count != 0:
+                rejected += 1
+        # Cosine similarity can be below 0: such a chunk is observed as 0 (the lowest bucket
+        # either way), so the count stays true and the sum never decreases.
+        floored = [max(s, 0.0) if _finite(s) else s for s in scores]
+        rejected += self._observe(incr, RETRIEVAL_SCORE, labels, floored)
         if context_chunks == 0:
             incr[_field(RETRIEVAL_EMPTY.name, labels)] = 1
+        if rejected:
+            self._warn.warning(
+                "telemetry: %d value(s) of an answer by %s were not finite or negative; left out",
+                rejected,
+                model_version,
+            )
         self._write(incr, serving=labels)
 
     def record_feedback(self, model_version: str, rating: Literal["up", "down"]) -> None:
@@ -273,15 +301,19 @@ class Recorder:
     @staticmethod
     def _observe(
         incr: dict[str, float], spec: MetricSpec, labels: tuple[str, ...], values: Iterable[float]
-    ) -> None:
+    ) -> int:
+        """Add `values` to `spec`'s buckets and sum; the number left out (not valid amounts)."""
         fields = _fields(spec, labels)
+        rejected = 0
         for value in values:
-            if not _finite(value):
+            if not valid_amount(value):
+                rejected += 1
                 continue
             value = float(value)
             bucket = fields[bound_label(bucket_for(spec.buckets, value))]
             incr[bucket] = incr.get(bucket, 0) + 1
             incr[fields["sum"]] = incr.get(fields["sum"], 0.0) + value
+        return rejected
 
     def _reject(self, reason: str) -> None:
         # A caller bug, not an outage: keep the chat going, say why once in a while.
@@ -331,10 +363,12 @@ class Recorder:
             pipe.reset()
 
 
-def redis_client(url: str, timeout: float) -> redis.Redis:
+def redis_client(url: str, timeout: float, *, decode: bool = True) -> redis.Redis:
     """A Redis client that gives up after `timeout` seconds and never retries on its own.
 
-    Connects lazily. Raises ConfigError (without echoing the URL: it may hold a password).
+    Connects lazily. `decode=False` returns bytes: a reader of data others wrote (the
+    exporter) decodes each field itself, so one invalid UTF-8 field cannot fail a whole reply.
+    Raises ConfigError (without echoing the URL: it may hold a password).
     """
     import redis
     from redis.backoff import NoBackoff
@@ -347,7 +381,7 @@ def redis_client(url: str, timeout: float) -> redis.Redis:
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
-            decode_responses=True,
+            decode_responses=decode,
         )
     except ValueError as exc:
         raise ConfigError(
