@@ -277,3 +277,71 @@ def test_retry_expressions_are_evaluated_as_argo_would(expression, status, code,
 def test_an_expression_the_gateway_cannot_evaluate_is_refused():
     with pytest.raises(ValueError, match="unsupported"):
         gateway.retry_wanted("asInt(lastRetry.exitCode) > 1", "Failed", 2)
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"\xff\xfe", "not valid UTF-8 (byte 0xff at offset 0)"),
+        (b'{"alerts": [{"labels": {"alertname": "\\ud800"}}]}', "contains an unpaired surrogate"),
+        (b"[" * 100_000 + b"]" * 100_000, "JSON nested 100000 deep; at most 32"),
+        (b"[1,2]", "must be a JSON object, not list"),
+        (b"null", "must be a JSON object, not NoneType"),
+        (b"{not json", "not valid JSON"),
+    ],
+    ids=["not UTF-8", "lone surrogate", "nested", "array", "null", "not JSON"],
+)
+def test_malformed_bodies_are_400_with_the_reason(manifests, body, error):
+    runner = Recorder()
+    gw = _gateway(manifests, runner)
+    client = gw.flask_app().test_client()
+    for path, what in ((_alert_endpoint(gw), "alertmanager webhook body"), ("/minio", None)):
+        response = client.post(path, data=body, headers=AUTH)
+        assert response.status_code == 400, (path, response.data[:200])
+        message = response.get_json()["error"]
+        assert message.startswith(f"{what or 'minio notification'}: {error}")
+        assert "\n" not in message
+    assert runner.calls == []
+
+
+def test_minio_notifications_without_a_record_are_400(manifests):
+    client = _gateway(manifests, Recorder()).flask_app().test_client()
+    for body in ({}, {"Records": []}, {"Records": [{"s3": {}}]}, {"Records": [7]}):
+        response = client.post("/minio", json=body)
+        assert response.status_code == 400
+        assert response.get_json()["error"].startswith("minio notification: ")
+
+
+def test_unauthenticated_posts_are_refused_before_the_body_is_read(manifests):
+    gw = _gateway(manifests, Recorder())
+    client = gw.flask_app().test_client()
+    response = client.post(_alert_endpoint(gw), data=b"[" * 100_000)
+    assert response.status_code == 401 and response.get_json() == {"error": "unauthorized"}
+
+
+def test_waitress_refuses_an_oversized_body_with_413(manifests):
+    import urllib.error
+    import urllib.request
+
+    from waitress.server import create_server
+
+    from tests.services import free_port
+
+    gw = _gateway(manifests, Recorder())
+    port = free_port()
+    server = create_server(
+        gw.flask_app(), host="127.0.0.1", port=port, threads=2, **gateway.SERVER_LIMITS
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        body = b'{"pad": "' + b"x" * (gateway.MAX_BODY_BYTES + 1) + b'"}'
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}{_alert_endpoint(gw)}", data=body, headers=AUTH
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 413
+    finally:
+        server.close()
+        thread.join(5)

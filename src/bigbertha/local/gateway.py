@@ -23,6 +23,7 @@ Keep it small: it is a development aid; the cluster runs on Argo.
 from __future__ import annotations
 
 import copy
+import hmac
 import json
 import logging
 import re
@@ -34,7 +35,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bigbertha.core import payloads
+from bigbertha.core.errors import InputError
+
 log = logging.getLogger(__name__)
+
+#: Alertmanager groups and MinIO notifications are a few KiB; larger bodies are refused (413).
+MAX_BODY_BYTES = 1024 * 1024
+#: waitress' own limits for the gateway's server: header and body size, idle connection time.
+SERVER_LIMITS = {
+    "max_request_header_size": 65536,
+    "max_request_body_size": MAX_BODY_BYTES,
+    "channel_timeout": 30,
+}
 
 Manifest = dict[str, Any]
 # A step runner gets the argv and returns its exit code (the demo runs real processes).
@@ -493,28 +506,41 @@ class Gateway:
                 self.minio.append((name, event_name, spec))
         self._threads: list[threading.Thread] = []
 
+    def authorized(self, headers: Mapping[str, str]) -> bool:
+        """The webhook's bearer token, compared in constant time."""
+        given = headers.get("Authorization") or ""
+        return hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode())
+
     # Alertmanager -> webhook EventSource
     def alertmanager(
         self, endpoint: str, body: Mapping[str, Any], headers: Mapping[str, str]
     ) -> list[WorkflowRun]:
         if endpoint not in self.webhooks:
             raise KeyError(f"no webhook EventSource serves {endpoint}")
-        if headers.get("Authorization") != f"Bearer {self.token}":
+        if not self.authorized(headers):
             raise Unauthorized(endpoint)
         source, event_name = self.webhooks[endpoint]
         return self.dispatch(source, event_name, webhook_event(body, headers))
 
     # MinIO -> MinIO EventSource (bucket, event type and key filters as MinIO's listen API)
     def object_store(self, notification: Mapping[str, Any]) -> list[WorkflowRun]:
-        data = minio_event_from_notification(notification)
-        record = data["notification"][0]
-        bucket, key = record["s3"]["bucket"]["name"], record["s3"]["object"]["key"]
+        try:
+            data = minio_event_from_notification(notification)
+            record = data["notification"][0]
+            bucket, key = record["s3"]["bucket"]["name"], record["s3"]["object"]["key"]
+            event_type = record["eventName"]
+            if not all(isinstance(v, str) for v in (bucket, key, event_type)):
+                raise TypeError("bucket, key and eventName must be strings")
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise InputError(
+                f"minio notification: not a MinIO event record ({type(exc).__name__}: {exc})"
+            ) from None
         runs: list[WorkflowRun] = []
         for source, event_name, spec in self.minio:
             flt = spec.get("filter") or {}
             if (
                 spec["bucket"]["name"] == bucket
-                and any(_glob(p, record["eventName"]) for p in spec.get("events", []))
+                and any(_glob(p, event_type) for p in spec.get("events", []))
                 and key.startswith(flt.get("prefix") or "")
                 and key.endswith(flt.get("suffix") or "")
             ):
@@ -556,18 +582,34 @@ class Gateway:
         return not any(t.is_alive() for t in self._threads)
 
     def flask_app(self) -> Any:
-        """The HTTP endpoints: each webhook EventSource's endpoint, and /minio for MinIO."""
+        """The HTTP endpoints: each webhook EventSource's endpoint, and /minio for MinIO.
+
+        Bodies are read strictly (core/payloads.py): at most MAX_BODY_BYTES (413), UTF-8, JSON
+        nested at most payloads.MAX_DEPTH deep, an object at the top; anything else is a 400
+        with one line saying why, never a 500.
+        """
         from flask import Flask, jsonify, request
+        from werkzeug.exceptions import RequestEntityTooLarge
 
         app = Flask("bigbertha-gateway")
+        app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+
+        def body(what: str) -> dict[str, Any]:
+            return payloads.json_object(request.get_data(cache=False), what=what)
+
+        @app.errorhandler(InputError)
+        def bad_request(exc: InputError) -> Any:
+            return jsonify(error=str(exc)), 400
+
+        @app.errorhandler(RequestEntityTooLarge)
+        def too_large(exc: RequestEntityTooLarge) -> Any:
+            return jsonify(error=f"body: larger than {MAX_BODY_BYTES} bytes"), 413
 
         def receive(endpoint: str) -> Any:
-            try:
-                runs = self.alertmanager(
-                    endpoint, request.get_json(force=True), dict(request.headers)
-                )
-            except Unauthorized:
+            if not self.authorized(dict(request.headers)):  # before reading the body
                 return jsonify(error="unauthorized"), 401
+            event = body("alertmanager webhook body")
+            runs = self.alertmanager(endpoint, event, dict(request.headers))
             return jsonify(workflows=[r.name for r in runs])
 
         for endpoint in self.webhooks:
@@ -580,7 +622,7 @@ class Gateway:
 
         @app.post("/minio")
         def minio() -> Any:
-            runs = self.object_store(request.get_json(force=True))
+            runs = self.object_store(body("minio notification"))
             return jsonify(workflows=[r.name for r in runs])
 
         @app.get("/healthz")

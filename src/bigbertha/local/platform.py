@@ -202,7 +202,11 @@ class LocalPlatform:
         self.gateway = gateway.Gateway(self.objects, runner, self.token)
         port = free_port()
         self.gateway_server = create_server(
-            self.gateway.flask_app(), host="127.0.0.1", port=port, threads=4
+            self.gateway.flask_app(),
+            host="127.0.0.1",
+            port=port,
+            threads=4,
+            **gateway.SERVER_LIMITS,
         )
         threading.Thread(target=self.gateway_server.run, daemon=True).start()
         url = f"http://127.0.0.1:{port}"
