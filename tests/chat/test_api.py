@@ -4,6 +4,7 @@ through Starlette's TestClient with a stub model and retriever on a real Redis; 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import time
 import urllib.request
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from bigbertha.chat.rag import Answer, RagEngine, render
 from bigbertha.core.settings import Settings
 from bigbertha.local.tiny_llama import tiny_llama
 from bigbertha.telemetry.feedback import FeedbackLog
-from bigbertha.telemetry.recorder import Recorder
+from bigbertha.telemetry.recorder import METRICS_KEY, Recorder, field
 from tests.chat.helpers import HANDBOOK, MASCOT, chunk, metric
 from tests.services import Service, free_port, pid_alive
 
@@ -65,23 +66,23 @@ class StubRetriever:
         return [chunk("The office mascot is a purple walrus named Gloria.", 0.8, section="Office")]
 
 
-def stub_engine(settings: Settings) -> RagEngine:
+def stub_engine(settings: Settings, model: type[StubModel] = StubModel) -> RagEngine:
     return RagEngine(
         settings,
         retriever=StubRetriever(),  # type: ignore[arg-type]
-        models=ModelServer(StubModel, fallback_ref=settings.llm.model).start(),
+        models=ModelServer(model, fallback_ref=settings.llm.model).start(),
         recorder=Recorder.from_settings(settings),
         feedback=FeedbackLog.from_settings(settings),
     )
 
 
-def settings_for(redis: Service, model: str = "stub-1") -> Settings:
+def settings_for(redis: Service, model: str = "stub-1", **chat: Any) -> Settings:
     # A collection name of its own: rag.shared_engine keeps one engine per distinct settings.
     return Settings(
         redis={"url": redis.extra["url"], "timeout_seconds": 0.5},
         milvus={"collection": f"api_{uuid.uuid4().hex[:8]}"},
         llm={"model": model},
-        chat={"champion_alias": ""},
+        chat={"champion_alias": "", **chat},
     )
 
 
@@ -202,6 +203,234 @@ def test_bad_requests_are_400_naming_the_field(
     assert response.json()["error"].startswith(error)
 
 
+def refused(settings: Settings, reason: str) -> float:
+    client = FeedbackLog.from_settings(settings).client
+    return float(client.hget(METRICS_KEY, field("bigbertha_chat_refused_total", reason)) or 0)
+
+
+def wait_for_count(read: Callable[[], float], expected: float, timeout: float = 10) -> float:
+    """Refusals are written after the response (a background task): poll for them."""
+    deadline = time.monotonic() + timeout
+    while (value := read()) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error", "reason"),
+    [
+        (b'{"question": "caf\xe9"}', 400, "body: not valid UTF-8 (byte 0xe9 at", "invalid"),
+        (b'{"question": "lone \\ud800"}', 400, "body: contains an unpaired surrogate", "invalid"),
+        (DEEP, 400, "body: JSON nested 100000 deep; at most 32", "invalid"),
+        (b"[1,2]", 400, "body: must be a JSON object, not list", "invalid"),
+        (b"null", 400, "body: must be a JSON object, not NoneType", "invalid"),
+        (b'{"question": "what\\u0000now"}', 400, "question: control character U+0000", "invalid"),
+        (
+            json.dumps({"question": "x" * 4001}).encode(),
+            413,
+            "question: 4001 characters; at most 4000 (chat.max_question_chars)",
+            "too_large",
+        ),
+        (
+            json.dumps({"question": "x" * 300_000}).encode(),
+            413,
+            "body: 300016 bytes; at most 262144 (chat.max_request_bytes)",
+            "too_large",
+        ),
+    ],
+    ids=["not UTF-8", "lone surrogate", "nested", "array", "null", "NUL", "long question", "big"],
+)
+def test_hostile_bodies_are_refused_in_one_line_and_counted(
+    redis_server: Service,
+    caplog: pytest.LogCaptureFixture,
+    body: bytes,
+    status: int,
+    error: str,
+    reason: str,
+) -> None:
+    # A body limit above the 200 KB of the 100,000-deep body: the nesting limit refuses it.
+    settings = settings_for(redis_server, max_request_bytes=262_144)
+    slot = chat_api.EngineSlot(settings, stub_engine)
+    slot.start().join(10)
+    before = refused(settings, reason)
+    logged = len(slot.get().feedback.read())
+    answered = metric(settings, "bigbertha_chat_requests_total", "stub-1")
+    response = client_for(slot).post("/api/ask", content=body)
+    assert response.status_code == status
+    message = response.json()["error"]
+    assert message.startswith(error) and "\n" not in message and len(message) < 300
+    assert wait_for_count(lambda: refused(settings, reason), before + 1) == before + 1
+    # Nothing reached the engine: no answer counted, no feedback logged, no false outage.
+    assert metric(settings, "bigbertha_chat_requests_total", "stub-1") == answered
+    assert len(slot.get().feedback.read()) == logged
+    assert "unreachable" not in caplog.text
+
+
+def test_a_chunked_body_past_the_limit_is_413(redis_server: Service) -> None:
+    settings = settings_for(redis_server)
+    slot = chat_api.EngineSlot(settings, stub_engine)
+    chunks = (b'{"question": "' + b"x" * 10_000 for _ in range(10))  # no Content-Length
+    response = client_for(slot).post("/api/ask", content=chunks)
+    assert response.status_code == 413
+    assert response.json()["error"] == "body: more than 65536 bytes (chat.max_request_bytes)"
+
+
+# --- real HTTP: uvicorn with the chat's limits, a model held until the test releases it ---------
+
+
+class GatedModel(StubModel):
+    """Answers only once `gate` is set: the queue fills deterministically."""
+
+    gate = threading.Event()
+
+    def stream(
+        self, messages: Sequence[Message], *, max_new_tokens: int, temperature: float
+    ) -> _Tokens:
+        assert self.gate.wait(60)
+        return super().stream(messages, max_new_tokens=max_new_tokens, temperature=temperature)
+
+
+@pytest.fixture
+def gated_server(redis_server: Service) -> Iterator[dict[str, Any]]:
+    """The API on uvicorn (over a socket) with 2 answer slots, 8 queued, a 2 s request deadline."""
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from bigbertha.chat import limits
+
+    GatedModel.gate.clear()
+    settings = settings_for(
+        redis_server,
+        max_concurrent_answers=2,
+        max_queued_answers=8,
+        request_timeout_seconds=2,
+    )
+    slot = chat_api.EngineSlot(settings, functools.partial(stub_engine, model=GatedModel))
+    slot.start().join(10)
+    port = free_port()
+    config = uvicorn.Config(
+        Starlette(routes=chat_api.routes(slot)),
+        host="127.0.0.1",
+        port=port,
+        http=limits.protocol_class(settings.chat.request_timeout_seconds),
+        log_level="warning",
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    try:
+        yield {"url": f"http://127.0.0.1:{port}", "port": port, "slot": slot, "settings": settings}
+    finally:
+        GatedModel.gate.set()
+        server.should_exit = True
+        thread.join(10)
+
+
+def _post(url: str, body: bytes) -> tuple[int, dict[str, Any], Any, float]:
+    """(status, JSON body, headers, seconds) of one POST to /api/ask."""
+    request = urllib.request.Request(
+        url + "/api/ask", data=body, headers={"Content-Type": "application/json"}
+    )
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            doc = json.load(response)
+            return response.status, doc, response.headers, time.perf_counter() - started
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc), exc.headers, time.perf_counter() - started
+
+
+def test_fifty_concurrent_questions_refuse_the_excess_and_serve_the_rest(
+    gated_server: dict[str, Any],
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, slot, settings = gated_server["url"], gated_server["slot"], gated_server["settings"]
+    queue = slot.get().queue
+    busy_before = refused(settings, "busy")
+    answered_before = metric(settings, "bigbertha_chat_requests_total", "stub-1")
+    bodies = [json.dumps({"question": f"{MASCOT} ({n})"}).encode() for n in range(50)]
+    with ThreadPoolExecutor(50) as pool:
+        futures = [pool.submit(_post, url, body) for body in bodies]
+        # The model is held: 10 questions get in (2 generating, 8 waiting), 40 are refused
+        # while those 10 are still pending.
+        deadline = time.monotonic() + 30
+        while sum(f.done() for f in futures) < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        done = [f.result() for f in futures if f.done()]
+        assert len(done) == 40 and queue.active == 10
+        GatedModel.gate.set()
+        results = [f.result() for f in futures]
+
+    served = [r for r in results if r[0] == 200]
+    shed = [r for r in results if r[0] != 200]
+    assert len(served) == 10 and len(shed) == 40
+    assert {r[1]["answer"] for r in served} == {"The mascot is Gloria [1]."}
+    for status, body, headers, _ in shed:
+        assert status == 503 and body["error"].startswith("busy: 10 questions")
+        assert 1 <= int(headers["Retry-After"]) <= 60
+    assert all(r[0] == 503 for r in done)  # refused at once, not after the held answers
+    assert wait_for_count(lambda: refused(settings, "busy"), busy_before + 40) == busy_before + 40
+    assert metric(settings, "bigbertha_chat_requests_total", "stub-1") == answered_before + 10
+    assert queue.active == 0
+
+
+def test_busy_is_exit_75_for_bigbertha_ask_server(gated_server: dict[str, Any]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bigbertha.core.errors import Busy
+
+    url, queue = gated_server["url"], gated_server["slot"].get().queue
+    body = json.dumps({"question": MASCOT}).encode()
+    with ThreadPoolExecutor(10) as pool:
+        held = [pool.submit(_post, url, body) for _ in range(10)]
+        deadline = time.monotonic() + 10
+        while queue.active < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(Busy, match=f"the chatbot at {url} is busy: 10 questions"):
+            chat_api.ask_server(url, MASCOT)
+        GatedModel.gate.set()
+        assert [f.result()[0] for f in held] == [200] * 10
+
+
+def _raw(port: int, data: bytes, wait: float) -> bytes:
+    """Send `data` on a raw connection, then read until the server closes it (or `wait`)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except TimeoutError:
+            return received + b"<still open>"
+    return received
+
+
+def test_slow_clients_are_cut_off(gated_server: dict[str, Any]) -> None:
+    port, settings = gated_server["port"], gated_server["settings"]
+    before = refused(settings, "timeout")
+    # A request head that never completes: the connection is closed after the deadline (2 s).
+    assert _raw(port, b"POST /api/ask HTTP/1.1\r\nHost: x\r\n", wait=10) == b""
+    # An idle connection that never sends a byte: the same.
+    assert _raw(port, b"", wait=10) == b""
+    # A body announced but never sent: 408 with the reason, then the connection is closed.
+    head = b"POST /api/ask HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+    reply = _raw(port, head, wait=10)
+    assert reply.startswith(b"HTTP/1.1 408 ") and b"connection: close" in reply.lower()
+    assert b"body: not received within 2 s (chat.request_timeout_seconds)" in reply
+    assert wait_for_count(lambda: refused(settings, "timeout"), before + 1) == before + 1
+
+
 def test_ask_server_down_is_one_line_and_exit_69(clean_env: Path) -> None:
     from bigbertha.cli import app
 
@@ -242,6 +471,7 @@ def chat_server(
         "BIGBERTHA_LLM__MODEL": str(model),
         "BIGBERTHA_LLM__MAX_NEW_TOKENS": "8",
         "BIGBERTHA_CHAT__CHAMPION_ALIAS": "",
+        "BIGBERTHA_CHAT__REQUEST_TIMEOUT_SECONDS": "3",
         "BIGBERTHA_LOG__FORMAT": "text",
         "HF_HUB_OFFLINE": "1",
     }
@@ -299,3 +529,30 @@ def test_bigbertha_ask_server_asks_the_running_chatbot(chat_server: dict[str, An
     assert doc["question"] == MASCOT and doc["model_version"] == "tiny-chat"
     assert doc["error"] is None and 0 < doc["completion_tokens"] <= 8
     assert "retrieval_unavailable" in doc["warnings"]  # no Milvus here: said, not hidden
+
+
+@pytest.mark.slow
+def test_the_running_chatbot_enforces_its_limits(chat_server: dict[str, Any]) -> None:
+    """`bigbertha chat` (Streamlit's own uvicorn) with the head deadline, body limits and a
+    WebSocket session that outlives the deadline (the UI's stream is not cut off)."""
+    import websockets.sync.client
+
+    url = chat_server["url"]
+    port = int(url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 120
+    while _get(f"{url}/api/status")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    status, body, _, _ = _post(url, json.dumps({"question": "x" * 4001}).encode())
+    assert status == 413 and body["error"].startswith("question: 4001 characters")
+    status, body, _, _ = _post(url, b'{"question": "lone \\ud800"}')
+    assert status == 400 and body["error"].startswith("body: contains an unpaired surrogate")
+    status, body, _, _ = _post(url, b"[" * 30_000 + b"]" * 30_000)
+    assert status == 400 and body["error"] == "body: JSON nested 30000 deep; at most 32"
+
+    with websockets.sync.client.connect(f"ws://127.0.0.1:{port}/_stcore/stream") as session:
+        started = time.monotonic()
+        # An incomplete request head is cut off after chat.request_timeout_seconds (3 s)...
+        assert _raw(port, b"GET /api/status HTTP/1.1\r\nHost: x\r\n", wait=15) == b""
+        assert time.monotonic() - started >= 3
+        session.ping().wait(5)  # ...while the UI's WebSocket, open longer, still answers
+    assert "Traceback" not in chat_server["log"].read_text()

@@ -3,6 +3,7 @@ degraded-mode banners, and a model that cannot load shown as an error instead of
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,58 @@ def test_model_that_cannot_load_is_an_error_message(
     assert not at.exception
     assert "The chatbot cannot start" in at.error[0].value
     assert "no-such-model" in at.error[0].value
+
+
+@pytest.fixture
+def stub_env(
+    redis_server: Service, clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Settings, rag.RagEngine]:
+    """The app's settings from the environment, its shared engine a stub (no model, no Milvus)."""
+    from tests.chat.test_api import stub_engine
+
+    env = {
+        "BIGBERTHA_MILVUS__COLLECTION": f"ui_{uuid.uuid4().hex[:8]}",
+        "BIGBERTHA_REDIS__URL": str(redis_server.extra["url"]),
+        "BIGBERTHA_LLM__MODEL": "stub-ui",
+        "BIGBERTHA_CHAT__CHAMPION_ALIAS": "",
+        "BIGBERTHA_CHAT__MAX_QUESTION_CHARS": "50",
+        "BIGBERTHA_CHAT__MAX_CONCURRENT_ANSWERS": "1",
+        "BIGBERTHA_CHAT__MAX_QUEUED_ANSWERS": "0",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load()
+    return settings, rag.shared_engine(settings, build=stub_engine)
+
+
+def test_the_input_box_and_the_server_bound_the_question(
+    stub_env: tuple[Settings, rag.RagEngine],
+) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    settings, engine = stub_env
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    # The browser stops typing at max_chars, and Streamlit's server cuts a longer value sent by
+    # a client that ignores it (ChatInputSerde), so no more than 50 characters get through.
+    assert at.chat_input[0].max_chars == 50
+    logged = len(engine.feedback.read())
+    at.chat_input[0].set_value("what\x00now").run()
+    assert not at.exception and not at.chat_message
+    (warning,) = [w.value for w in at.warning]
+    assert warning == "Not answered: question: control character U+0000 at 4"
+    assert len(engine.feedback.read()) == logged  # nothing of it was answered or logged
+    at.chat_input[0].set_value(MASCOT + " " + "x" * 60).run()
+    assert "Gloria" in at.chat_message[1].markdown[0].value
+    assert engine.feedback.read(limit=1)[0]["question"] == (MASCOT + " " + "x" * 60)[:50]
+
+
+def test_a_full_queue_is_a_warning_not_a_wait(stub_env: tuple[Settings, rag.RagEngine]) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    settings, engine = stub_env
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    with engine.queue.admit():  # another session holds the only slot; none may wait
+        at.chat_input[0].set_value(MASCOT).run()
+    assert not at.exception and not at.chat_message
+    assert at.warning[0].value.startswith("Not answered: busy: 1 questions are being answered")
+    assert "retry in" in at.warning[0].value

@@ -242,3 +242,19 @@ def test_hung_then_stopped_redis_never_stalls_a_chat(own_redis: Service):
     recorder.record_feedback("3", "down")
     assert time.perf_counter() - started < 0.2
     assert recorder.dropped == 53
+
+
+def test_refusals_from_many_threads_all_add_up(recorder: Recorder, client: redis.Redis):
+    threads = [
+        threading.Thread(target=recorder.record_refused, args=(reason,))
+        for reason in ["busy"] * 150 + ["too_large"] * 50
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    data = stored(client)
+    assert data[("bigbertha_chat_refused_total", "busy")] == 150
+    assert data[("bigbertha_chat_refused_total", "too_large")] == 50
+    recorder.record_refused("because")
+    assert recorder.dropped == 1  # a caller bug, counted, never raised

@@ -4,7 +4,12 @@
                            "registry_ok", "last_error", "history"}
                       503 {"ready": false, "error"} while the model loads or after it failed
     POST /api/ask     {"question": str, "feedback": "up"|"down"|null}
-                      200 what `bigbertha ask --json` prints; 400 {"error"}; 503 not ready
+                      200 what `bigbertha ask --json` prints; 503 not ready
+                      400 {"error"} a bad body or question (not UTF-8 or JSON, too deep, not
+                          an object, a control character); 413 body or question too large;
+                          408 body not received in time; 503 + Retry-After: the answer queue
+                          is full (chat/limits.py; each refusal is counted in
+                          bigbertha_chat_refused_total{reason})
 
 `bigbertha ask --server URL` and the demo ask the running chatbot through it (no model load
 per question), the chart's readinessProbe waits on /api/status, and the demo reads the served
@@ -26,7 +31,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from bigbertha.core.errors import BigberthaError, InputError, ServiceUnavailable
+from bigbertha.chat import limits
+from bigbertha.core import payloads
+from bigbertha.core.errors import BigberthaError, Busy, InputError, ServiceUnavailable
 from bigbertha.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -132,30 +139,52 @@ def status_body(engine: RagEngine) -> dict[str, Any]:
     }
 
 
-def parse_ask(body: Any) -> tuple[str, str | None]:
-    """The question and rating of an /api/ask body; InputError names the bad field."""
+def parse_ask(body: Any, max_question_chars: int) -> tuple[str, str | None]:
+    """The question and rating of an /api/ask body; `Refused` names the bad field."""
     if not isinstance(body, dict):
-        raise InputError('body: must be a JSON object like {"question": "..."}')
+        raise limits.Refused('body: must be a JSON object like {"question": "..."}')
     question = body.get("question")
-    if not isinstance(question, str) or not question.strip():
-        raise InputError("question: must be a non-empty string")
+    if not isinstance(question, str):
+        raise limits.Refused("question: must be a non-empty string")
+    question = limits.check_question(question, max_question_chars)
     feedback = body.get("feedback")
     if feedback not in (None, "up", "down"):
-        raise InputError(f"feedback: {feedback!r}: must be 'up', 'down' or null")
+        raise limits.Refused(f"feedback: {feedback!r}: must be 'up', 'down' or null")
     return question, feedback
 
 
-def routes(slot: EngineSlot, *, max_concurrent: int | None = None) -> list[BaseRoute]:
-    """/api/status and /api/ask over `slot`'s engine."""
+def routes(slot: EngineSlot) -> list[BaseRoute]:
+    """/api/status and /api/ask over `slot`'s engine, with the limits of chat/limits.py."""
     import anyio
+    from starlette.background import BackgroundTask
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    # Generation waits in its own threads, not in the pool Streamlit serves static files from.
-    limiter = anyio.CapacityLimiter(max_concurrent or slot.settings.chat.max_concurrent_answers)
+    from bigbertha.telemetry.recorder import Recorder
+
+    chat = slot.settings.chat
+    # Admitted answers wait for a generation slot in their own threads (the queue bounds how
+    # many), not in the pool Streamlit serves static files from.
+    threads = anyio.CapacityLimiter(chat.max_concurrent_answers + chat.max_queued_answers)
+    # Refusals are counted even before the engine (and its recorder) exists.
+    recorder = Recorder.from_settings(slot.settings)
 
     def not_ready() -> JSONResponse:
         return JSONResponse({"ready": False, "error": slot.error or LOADING}, status_code=503)
+
+    def refuse(exc: limits.Refused | limits.QueueFull) -> JSONResponse:
+        headers = {}
+        if isinstance(exc, limits.QueueFull):
+            headers["Retry-After"] = str(exc.retry_after)
+        elif exc.status in (408, 413):
+            headers["Connection"] = "close"  # the rest of the body is not read
+        return JSONResponse(
+            {"error": str(exc)},
+            status_code=exc.status,
+            headers=headers,
+            # After the response: a flood of refusals never waits on Redis.
+            background=BackgroundTask(recorder.record_refused, exc.reason),
+        )
 
     async def status(request: Request) -> JSONResponse:
         engine = slot.ready()
@@ -163,17 +192,24 @@ def routes(slot: EngineSlot, *, max_concurrent: int | None = None) -> list[BaseR
 
     async def ask(request: Request) -> JSONResponse:
         try:
-            question, feedback = parse_ask(await request.json())
-        except ValueError as exc:
-            return JSONResponse({"error": f"body: not valid JSON ({exc})"}, status_code=400)
-        except InputError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            raw = await limits.read_body(
+                request, chat.max_request_bytes, chat.request_timeout_seconds
+            )
+            question, feedback = parse_ask(payloads.json_object(raw), chat.max_question_chars)
+        except limits.Refused as exc:
+            return refuse(exc)
+        except InputError as exc:  # payloads: not UTF-8, not JSON, too deep, not an object
+            return refuse(limits.Refused(str(exc)))
         engine = slot.ready()
         if engine is None:
             return not_ready()
-        answer = await anyio.to_thread.run_sync(
-            lambda: engine.ask(question, rating=feedback), limiter=limiter
-        )
+        try:
+            with engine.queue.admit():
+                answer = await anyio.to_thread.run_sync(
+                    lambda: engine.ask(question, rating=feedback), limiter=threads
+                )
+        except limits.QueueFull as exc:
+            return refuse(exc)
         return JSONResponse(answer.to_dict())
 
     return [Route("/api/status", status, methods=["GET"]), Route("/api/ask", ask, methods=["POST"])]
@@ -200,8 +236,10 @@ def ask_server(
             return answer
     except urllib.error.HTTPError as exc:
         error = _error_of(exc)
-        if exc.code == 400:
+        if exc.code in (400, 413):
             raise InputError(error) from None
+        if exc.code == 503 and exc.headers.get("Retry-After"):
+            raise Busy(f"the chatbot at {url} is {error}") from None
         if exc.code == 503:
             raise ServiceUnavailable(f"the chatbot at {url} is not ready: {error}") from None
         raise ServiceUnavailable(

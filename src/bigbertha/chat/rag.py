@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
+from bigbertha.chat.limits import AnswerQueue, check_question
 from bigbertha.chat.llm import GenerationError, TokenStream
 from bigbertha.chat.model_server import ModelServer
 from bigbertha.core.errors import InputError
@@ -222,6 +223,10 @@ class RagEngine:
         self.recorder = recorder
         self.feedback = feedback
         self._slots = threading.BoundedSemaphore(settings.chat.max_concurrent_answers)
+        # Admission for the API and UI: generating plus waiting answers stay bounded.
+        self.queue = AnswerQueue(
+            settings.chat.max_concurrent_answers, settings.chat.max_queued_answers
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, *, watch: bool = True) -> RagEngine:
@@ -244,10 +249,8 @@ class RagEngine:
         )
 
     def stream(self, question: str) -> AnswerStream:
-        question = question.strip()
-        if not question:
-            raise ValueError("question is empty: type a question")
-        return AnswerStream(self, question)
+        """Answer `question` as it is generated; `limits.Refused` for a question out of bounds."""
+        return AnswerStream(self, check_question(question, self.settings.chat.max_question_chars))
 
     def ask(self, question: str, rating: Literal["up", "down"] | str | None = None) -> Answer:
         """Answer `question`; rate it `rating` unless the model failed (`bigbertha ask`)."""

@@ -31,7 +31,9 @@ def serve(settings: Settings, *, host: str, config_file: Path | None) -> None:
     import streamlit as st
 
     from bigbertha.chat import api as chat_api
+    from bigbertha.chat.limits import install_server_limits
 
+    limits_config = install_server_limits(settings)
     slot = chat_api.EngineSlot(settings)
     app = st.App(
         Path(__file__).resolve(),
@@ -51,6 +53,7 @@ def serve(settings: Settings, *, host: str, config_file: Path | None) -> None:
             "server.runOnSave": False,
             "browser.gatherUsageStats": False,
             "client.toolbarMode": "viewer",
+            **limits_config,
         }
     )
 
@@ -163,18 +166,32 @@ def main() -> None:
             st.markdown(answer.text)
             _details(st, engine, answer)
 
-    question = st.chat_input("Ask about your documents")
+    limit = engine.settings.chat.max_question_chars
+    question = st.chat_input("Ask about your documents", max_chars=limit)
     if question and question.strip():
-        with st.chat_message("user"):
-            st.markdown(question)
-        with st.chat_message("assistant"):
-            stream = engine.stream(question)
-            st.write_stream(stream)
-            answer = stream.result()
-            history.append(answer)
-            _details(st, engine, answer)
+        _answer(st, engine, question, history)
     # Last, so it shows what this run learnt (a failed Redis write, a swapped model).
     _sidebar(st, engine)
+
+
+def _answer(st: Any, engine: Any, question: str, history: list[Any]) -> None:
+    """Answer one question in the chat, or say in one line why it is refused."""
+    from bigbertha.chat.limits import QueueFull, Refused
+
+    # max_chars bounds the browser's input box; the server checks again (a client can lie).
+    try:
+        with engine.queue.admit():
+            stream = engine.stream(question)
+            with st.chat_message("user"):
+                st.markdown(question)
+            with st.chat_message("assistant"):
+                st.write_stream(stream)
+                answer = stream.result()
+                history.append(answer)
+                _details(st, engine, answer)
+    except (Refused, QueueFull) as exc:
+        engine.recorder.record_refused(exc.reason)
+        st.warning(f"Not answered: {exc}", icon="⚠️")
 
 
 if __name__ == "__main__":

@@ -129,6 +129,26 @@ class ChatSettings(Section):
     max_concurrent_answers: int = Field(
         2, ge=1, le=256, description="answers generated at once per process; others queue"
     )
+    max_queued_answers: int = Field(
+        8,
+        ge=0,
+        le=1024,
+        description="questions waiting for an answer slot; beyond it refused (503, Retry-After)",
+    )
+    max_question_chars: int = Field(
+        4000, ge=1, le=100_000, description="longer questions are refused (UI and API)"
+    )
+    # 64 KiB holds any 4000-character question even written as \uXXXX escapes (12 bytes for
+    # a character outside the BMP) with room for the rest of the body.
+    max_request_bytes: int = Field(
+        65_536, ge=1024, le=16_777_216, description="larger API request bodies are refused (413)"
+    )
+    request_timeout_seconds: float = Field(
+        30,
+        gt=0,
+        le=600,
+        description="a client must send a complete request within this (else 408 or closed)",
+    )
     feedback_log_size: int = Field(
         10_000, ge=1, description="turns kept in the Redis feedback log (oldest trimmed)"
     )

@@ -103,6 +103,7 @@ NEGATIVE_FEEDBACK = (
     ),
     Query(f"vector(${THRESHOLD_VARIABLE})", "alert threshold"),
 )
+REFUSED = (Query(f"sum by (reason) (rate(bigbertha_chat_refused_total{JOB}{RATE}))", "{{reason}}"),)
 FEEDBACK = (Query(f"sum by (rating) (rate(bigbertha_feedback_total{CHAT}{RATE}))", "{{rating}}"),)
 RETRIEVAL_SCORES = (
     Query(
@@ -311,6 +312,14 @@ def build(
                 "Question to the first streamed token: what the user waits for.",
                 TTFT,
                 "s",
+            )
+        )
+        .with_panel(
+            bars(
+                "Refused questions",
+                "Questions refused before any work, per second: busy (answer queue full: add "
+                "replicas or chat.max_concurrent_answers), too_large, invalid, timeout.",
+                REFUSED,
             )
         )
         .with_panel(

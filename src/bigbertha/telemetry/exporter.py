@@ -288,6 +288,8 @@ def _zero_series(
         yield recorder.RETRAIN_RUNS, (result,)
     for decision in recorder.PROMOTION_DECISIONS:
         yield recorder.PROMOTIONS, (decision,)
+    for reason in recorder.REFUSAL_REASONS:
+        yield recorder.REFUSED, (reason,)
     for labels in versions:
         for spec in (recorder.REQUESTS, recorder.ERRORS, recorder.RETRIEVAL_EMPTY):
             yield spec, labels

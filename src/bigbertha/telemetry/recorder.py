@@ -49,6 +49,7 @@ CHAT_LABELS = ("model", "model_version")
 RETRAIN_RESULTS = ("succeeded", "failed", "skipped")
 PROMOTION_DECISIONS = ("promoted", "rejected", "rollback")
 RATINGS = ("up", "down")
+REFUSAL_REASONS = ("busy", "too_large", "invalid", "timeout")
 # After a Redis failure, calls are dropped without a connection attempt for this long.
 BACKOFF_SECONDS = 2.0
 
@@ -115,6 +116,12 @@ RETRAIN_RUNS = MetricSpec(
 PROMOTIONS = MetricSpec(
     "bigbertha_promotions_total", "counter", "Promotion gate decisions.", ("decision",)
 )
+REFUSED = MetricSpec(
+    "bigbertha_chat_refused_total",
+    "counter",
+    "Questions refused before any work: busy (answer queue full), too_large, invalid, timeout.",
+    ("reason",),
+)
 DROPPED = MetricSpec(
     "bigbertha_telemetry_dropped_total",
     "counter",
@@ -144,6 +151,7 @@ STORED = (
     RETRIEVAL_EMPTY,
     RETRAIN_RUNS,
     PROMOTIONS,
+    REFUSED,
     DROPPED,
 )
 
@@ -216,6 +224,8 @@ class Recorder:
         self._lock = threading.Lock()
         self._retry_at = 0.0
         self._unreported = 0  # drops not yet added to the Redis counter
+        self._refused: dict[str, int] = {}  # refusals not yet written
+        self._flushing_refused = False
         self.dropped = 0
         self._warn = RateLimitedLogger(log, interval=30.0)
 
@@ -291,6 +301,27 @@ class Recorder:
         if decision not in PROMOTION_DECISIONS:
             return self._reject(f"decision {decision!r} is not one of {PROMOTION_DECISIONS}")
         self._write({_field(PROMOTIONS.name, (decision,)): 1})
+
+    def record_refused(self, reason: str) -> None:
+        """One question refused before any work (see REFUSAL_REASONS).
+
+        Cheap under a flood: refusals that arrive while another thread writes are added to
+        that thread's next write, so a burst of N refusals is a few round trips, not N.
+        """
+        if reason not in REFUSAL_REASONS:
+            return self._reject(f"refusal reason {reason!r} is not one of {REFUSAL_REASONS}")
+        with self._lock:
+            self._refused[reason] = self._refused.get(reason, 0) + 1
+            if self._flushing_refused:
+                return None
+            self._flushing_refused = True
+        while True:
+            with self._lock:
+                pending, self._refused = self._refused, {}
+                if not pending:
+                    self._flushing_refused = False
+                    return None
+            self._write({_field(REFUSED.name, (r,)): n for r, n in pending.items()})
 
     def set_serving_model(self, model_version: str) -> None:
         """Mark `model_version` as serving now (exported as bigbertha_model_info)."""
