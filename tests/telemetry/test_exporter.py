@@ -228,6 +228,11 @@ def test_waitress_serves_metrics_over_http(settings: Settings):
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/nope", timeout=5)
         assert missing.value.code == 404
+        # A scrape has no body: waitress' own limit refuses one before Flask sees it.
+        post = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", data=b"x" * 2048)
+        with pytest.raises(urllib.error.HTTPError) as too_large:
+            urllib.request.urlopen(post, timeout=5)
+        assert too_large.value.code == 413
     finally:
         server.close()
         thread.join(5)

@@ -381,6 +381,11 @@ def make_server(settings: Settings, app: Flask | None = None) -> Any:
         threads=4,
         ident="bigbertha-exporter",
         clear_untrusted_proxy_headers=True,
+        # waitress' own limits: a scrape is a GET with a few headers; an idle or trickling
+        # connection is closed after 60 s without traffic (Prometheus reconnects).
+        max_request_header_size=65536,
+        max_request_body_size=1024,
+        channel_timeout=60,
     )
 
 
