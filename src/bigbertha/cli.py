@@ -472,22 +472,57 @@ def retrain_command(
     failures: Annotated[
         str | None, typer.Option(help="With --record-exit: {{workflow.failures}} (JSON).")
     ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Do not train: decide whether this run may (the DAG's first step)."
+        ),
+    ] = False,
+    decision_file: Annotated[
+        Path | None,
+        typer.Option(help="With --check: write 'train' or 'skip' here (an Argo output)."),
+    ] = None,
+    alert_episode: Annotated[
+        str, typer.Option(help="The alert episode id the Sensor derived (one run per episode).")
+    ] = "",
+    cooldown_seconds: Annotated[
+        float | None, typer.Option(help="retrain.cooldown_seconds (0: no cooldown).")
+    ] = None,
     alert_name: AlertNameOption = None,
     alert_labels: AlertLabelsOption = None,
 ) -> None:
     """Run the whole loop in this process: data, fine-tune, evaluate, gate, promote.
 
     Flags: --alert-payload FILE, --data URI (repeatable), --eval-data URI, --base-model REF,
-    --max-steps N, --wait SECONDS, --report URI, --workflow-name. With --alert-payload and no
-    firing bigbertha_action=retrain alert in it, nothing runs (exit 0, "skipped"). Exit 75 when
-    another run holds the lock; a failed step (the champion is unchanged) exits with its own code:
-    69 a service unreachable, 2 configuration, 3 bad or too little data, 70 a bug.
+    --max-steps N, --wait SECONDS, --cooldown-seconds S, --report URI, --workflow-name. With
+    --alert-payload and no firing bigbertha_action=retrain alert in it, nothing runs (exit 0,
+    "skipped"); an alert episode that already ran, or a run for the same champion version that
+    started less than the cooldown ago, is skipped too (exit 0, the reason in MLflow). Exit 75
+    when another run holds the lock; a failed step (the champion is unchanged) exits with its
+    own code: 69 a service unreachable, 2 configuration, 3 bad or too little data, 70 a bug.
 
-    As the cluster Workflow's exit handler: --record-exit --status S --failures JSON
-    [--alert-name --alert-labels --workflow-name] counts the run and records why it failed.
+    As the cluster DAG's first step: --check --decision-file PATH [--alert-episode ID
+    --alert-name --alert-labels --workflow-name] decides and records whether the run trains.
+    As its exit handler: --record-exit --status S --failures JSON [--alert-name --alert-labels
+    --workflow-name] counts the run and records why it failed.
     """
     from bigbertha.training import retrain
 
+    if check:
+        from bigbertha.training import cooldown
+
+        settings = ctx.obj.settings(retrain={"cooldown_seconds": cooldown_seconds})
+        lineage = _lineage(alert_name, alert_labels, workflow_name)
+        decision = cooldown.check(settings, episode=alert_episode, lineage=lineage)
+        if not decision.train:
+            from bigbertha.telemetry.recorder import Recorder
+
+            # Counted here, where the reason is known; the exit handler counts it no more.
+            Recorder.from_settings(settings).record_retrain_run("skipped")
+        if decision_file is not None:
+            decision_file.write_text(decision.decision, encoding="utf-8")
+        typer.echo(json.dumps(decision.to_json()))
+        return
     if record_exit:
         if not status:
             raise typer.BadParameter("--record-exit needs --status", param_hint="--status")
@@ -497,7 +532,7 @@ def retrain_command(
         return
     settings = ctx.obj.settings(
         finetune={"base_model": base_model, "max_steps": max_steps},
-        retrain={"lock_wait_seconds": wait},
+        retrain={"lock_wait_seconds": wait, "cooldown_seconds": cooldown_seconds},
     )
     plan = None
     if alert_payload is not None:

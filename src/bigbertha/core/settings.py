@@ -308,6 +308,12 @@ class RetrainSettings(Section):
     lock_wait_seconds: float = Field(
         0, ge=0, description="wait this long for a running retrain to finish; 0: refuse at once"
     )
+    cooldown_seconds: float = Field(
+        0,
+        ge=0,
+        description="skip a run this soon after the last run's start for the same champion "
+        "version (0: no cooldown; the chart sets events.retrain.cooldownSeconds)",
+    )
 
 
 class LogSettings(Section):
@@ -463,6 +469,7 @@ CHART_WIRED = {
     ("serving", "status_port"),
     ("serving", "deployment"),
     ("serving", "namespace"),
+    ("retrain", "cooldown_seconds"),  # events.retrain.cooldownSeconds
 }
 
 

@@ -2,7 +2,7 @@
 
     bigbertha retrain --alert-payload alert.json --eval-data s3://datasets/eval.jsonl
 
-In the cluster the same steps run as the finetune WorkflowTemplate's DAG (prepare-data,
+In the cluster the same steps run as the finetune WorkflowTemplate's DAG (check, prepare-data,
 finetune, evaluate, promote), each a `bigbertha` subcommand; this module runs them back to back
 for local use and tests. `plan_from_alert` decides from an Alertmanager webhook body (or the
 Argo Events webhook event data wrapping it) whether to start a run: only alerts that are firing
@@ -11,9 +11,11 @@ label) do; resolved and page-only notifications do not.
 
 A run holds an exclusive lock (``retrain.lock_file``) from the first step to the gate, so two
 runs never train at once: the second waits up to ``retrain.lock_wait_seconds`` and then refuses
-(`RetrainBusy`, counted as ``skipped``). A failure at any step leaves the ``champion`` alias as
-it was (the alias is the last thing `promote` moves), is counted as ``failed`` and its reason
-goes to the log, the JSON report and an MLflow run tagged ``failure_reason``.
+(`RetrainBusy`, counted as ``skipped``). Holding it, the run first asks training/cooldown.py
+whether it may train (one run per alert episode, a cooldown per champion version); a run that
+may not is ``skipped`` with the reason recorded. A failure at any step leaves the ``champion``
+alias as it was (the alias is the last thing `promote` moves), is counted as ``failed`` and its
+reason goes to the log, the JSON report and an MLflow run tagged ``failure_reason``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from bigbertha.core import storage
 from bigbertha.core.errors import BigberthaError, Busy, ExitCode, InputError
 from bigbertha.models import registry
-from bigbertha.training import evaluate, finetune, promote
+from bigbertha.training import cooldown, evaluate, finetune, promote
 
 if TYPE_CHECKING:
     from bigbertha.core.settings import Settings
@@ -67,6 +69,13 @@ class RetrainPlan:
     alerts: list[str] = field(default_factory=list)  # every firing retrain alert's name
     fingerprint: str = ""
     starts_at: str = ""
+
+    @property
+    def episode(self) -> str:
+        """The alert episode id (what the chart's Sensor names the Workflow after)."""
+        if not (self.fingerprint or self.starts_at):
+            return ""
+        return cooldown.episode_id(self.fingerprint, self.starts_at)
 
     def lineage(self) -> dict[str, str]:
         return {
@@ -197,6 +206,8 @@ def record_exit(settings: Settings, status: str, failures: str, lineage: Mapping
     is never touched here: the alias only moves inside a successful promote step.
     """
     result = "succeeded" if status == "Succeeded" else "failed"
+    if result == "succeeded" and _checked_skip(settings, lineage.get("workflow_name", "")):
+        return "skipped"  # counted by the check step, with its reason
     _recorder(settings).record_retrain_run(result)
     if result == "failed":
         try:
@@ -214,6 +225,17 @@ def record_exit(settings: Settings, status: str, failures: str, lineage: Mapping
         log.error("retraining workflow %s: %s", status, reason)
         _record_failure(settings, step or "workflow", reason or status, lineage)
     return result
+
+
+def _checked_skip(settings: Settings, workflow_name: str) -> bool:
+    """Whether the Workflow's check step decided to skip (its DAG then succeeds untrained)."""
+    if not workflow_name:
+        return False
+    try:
+        return cooldown.decision_of(settings, workflow_name) == cooldown.SKIP
+    except BigberthaError as exc:  # MLflow answered the check minutes ago; say, then count
+        log.warning("could not read the check's decision of %s: %s", workflow_name, exc)
+        return False
 
 
 def run(
@@ -240,6 +262,15 @@ def run(
             raise
         step = "check"
         try:
+            # Under the lock, so two decisions never race: one run per alert episode, and the
+            # cooldown per champion version from the last run's start.
+            episode = plan.episode if plan else ""
+            check = cooldown.check(settings, episode=episode, lineage=lineage)
+            if not check.train:
+                recorder.record_retrain_run("skipped")
+                skipped = RetrainResult("skipped", check.reason, "check", plan_doc)
+                _write(settings, report, skipped)
+                return skipped
             run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
             workdir = Path(settings.retrain.workdir) / run_id
             # The evaluation set is checked before any training time is spent.
