@@ -41,7 +41,7 @@ def _submitted(sensor: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
     for param in trigger["parameters"]:
         src = param["src"]
         if "dataTemplate" in src:
-            continue  # time-dependent (the cooldown window); checked on its own below
+            continue  # the alert episode (a Go template): checked on its own below
         value = gjson(event, src["dataKey"])
         assert value is not None, f"{src['dataKey']}: nothing at this path"
         node: Any = workflow
@@ -111,18 +111,69 @@ def test_filter_values_are_anchored(retrain: dict[str, Any]) -> None:
         assert all(v.startswith("^") and v.endswith("$") for v in data_filter["value"])
 
 
-def test_cooldown_names_the_workflow_after_its_window(retrain: dict[str, Any]) -> None:
-    trigger = retrain["spec"]["triggers"][0]["template"]["argoWorkflow"]
-    metadata = trigger["source"]["resource"]["metadata"]
-    assert "generateName" not in metadata and metadata["name"] == "bigbertha-retrain-"
-    (window,) = [p for p in trigger["parameters"] if p["dest"] == "metadata.name"]
-    assert window["operation"] == "append"
-    assert window["src"]["dataTemplate"] == "{{ div (now | unixEpoch) 3600 }}"
-    shorter = one(
-        render({"events": {"retrain": {"cooldownSeconds": 600}}}), "Sensor", "bigbertha-retrain"
+def _episode_param(sensor: dict[str, Any], dest: str) -> dict[str, Any]:
+    trigger = sensor["spec"]["triggers"][0]["template"]["argoWorkflow"]
+    (param,) = [p for p in trigger["parameters"] if p["dest"] == dest]
+    return param
+
+
+def _workflow_name(sensor: dict[str, Any], event: dict[str, Any]) -> str:
+    """The Workflow name the Sensor would submit: its prefix plus the rendered dataTemplate run
+    on the event, by the Go template engine the local gateway uses (local.chart.go_template)."""
+    from bigbertha.local.chart import go_template
+
+    trigger = sensor["spec"]["triggers"][0]["template"]["argoWorkflow"]
+    param = _episode_param(sensor, "metadata.name")
+    assert param["operation"] == "append"
+    return str(trigger["source"]["resource"]["metadata"]["name"]) + go_template(
+        param["src"]["dataTemplate"], event
     )
-    params = shorter["spec"]["triggers"][0]["template"]["argoWorkflow"]["parameters"]
-    assert "{{ div (now | unixEpoch) 600 }}" in [p["src"].get("dataTemplate") for p in params]
+
+
+def test_a_storm_of_one_episode_yields_one_workflow_name(
+    retrain: dict[str, Any], shared_dir: Path
+) -> None:
+    """Every notification of one firing episode (repeats, other alerts of the group coming
+    and going, a restarted Alertmanager) gets one name; a new startsAt is a new episode."""
+    from bigbertha.training import cooldown
+
+    event = _sample(shared_dir, "argo-webhook-eventdata-firing.json")
+    storm = []
+    for n in range(20):
+        variant = copy.deepcopy(event)
+        variant["body"]["notification_reason"] = f"repeat {n}"
+        if n % 2:
+            variant["body"]["alerts"][1]["status"] = "resolved"
+        if n % 3 == 0:
+            variant["body"]["alerts"].reverse()  # the page alert first
+        storm.append(_workflow_name(retrain, variant))
+    (name,) = set(storm)
+    alert = next(a for a in event["body"]["alerts"] if a["labels"]["bigbertha_action"] == "retrain")
+    episode = cooldown.episode_id(alert["fingerprint"], alert["startsAt"])
+    assert name == f"bigbertha-retrain-{episode}"  # the Python twin computes the same id
+    refired = copy.deepcopy(event)
+    for a in refired["body"]["alerts"]:
+        a["startsAt"] = "2026-08-24T10:15:00Z"
+    assert _workflow_name(retrain, refired) != name
+    # The same id goes to the Workflow's alert-episode argument (the check step's input).
+    param = _episode_param(retrain, "spec.arguments.parameters.2.value")
+    assert param["src"] == _episode_param(retrain, "metadata.name")["src"]
+    args = retrain["spec"]["triggers"][0]["template"]["argoWorkflow"]["source"]["resource"]
+    assert args["spec"]["arguments"]["parameters"][2] == {"name": "alert-episode"}
+
+
+def test_workflow_names_are_valid_under_the_longest_fullname(shared_dir: Path) -> None:
+    event = _sample(shared_dir, "argo-webhook-eventdata-firing.json")
+    fullname = "b" * 63
+    values = {  # external services, so no subchart needs the long name wired in by hand
+        "fullnameOverride": fullname,
+        **{name: {"enabled": False} for name in ("minio", "milvus", "mlflow")},
+        "objectStorage": {"endpoint": "s3.example:9000", "existingSecret": "s3-credentials"},
+    }
+    sensor = one(render(values), "Sensor", f"{fullname}-retrain")
+    name = _workflow_name(sensor, event)
+    # A DNS-1123 label: Argo labels every pod with its Workflow's name.
+    assert len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), name
 
 
 @pytest.mark.parametrize(

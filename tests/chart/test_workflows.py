@@ -20,6 +20,8 @@ PLACEHOLDERS = {
     "inputs.parameters.bucket": "documents",
     "inputs.parameters.key": "docs/handbook 2026-08 café.pdf",
     "inputs.parameters.event-name": "s3:ObjectCreated:Put",
+    "inputs.parameters.alert-episode": "eaa2de8d1f",
+    "outputs.parameters.decision.path": "/tmp/retrain-decision",
     "workflow.parameters.alert-name": "BigBerthaNegativeFeedbackHigh",
     "workflow.parameters.alert-labels": '{"alertname":"BigBerthaNegativeFeedbackHigh"}',
     "workflow.name": "bigbertha-retrain-493827",
@@ -81,10 +83,13 @@ def test_retraining_dag_runs_prepare_finetune_evaluate_promote(docs: list[dict[s
         t["name"]: t
         for t in next(t for t in wt["templates"] if t["name"] == wt["entrypoint"])["dag"]["tasks"]
     }
-    assert tasks["prepare-data"].get("depends") is None
-    assert tasks["finetune"]["depends"] == "prepare-data"
-    assert tasks["evaluate"]["depends"] == "finetune"
-    assert tasks["promote"]["depends"] == "evaluate"
+    # A check first; each step only after the one before Succeeded (a bare name would also
+    # follow a Skipped one: Argo's `depends` default).
+    assert tasks["check"].get("depends") is None
+    assert tasks["prepare-data"]["depends"] == "check.Succeeded"
+    assert tasks["finetune"]["depends"] == "prepare-data.Succeeded"
+    assert tasks["evaluate"]["depends"] == "finetune.Succeeded"
+    assert tasks["promote"]["depends"] == "evaluate.Succeeded"
     commands = {t["name"]: t["container"]["args"][0] for t in wt["templates"] if "container" in t}
     assert commands["finetune"] == "finetune" and commands["promote"] == "promote"
     assert commands["evaluate"] == "evaluate"
@@ -176,3 +181,30 @@ def test_every_step_retries_exactly_the_transient_exit_code(env: str) -> None:
         retried = {code for code in [*ExitCode, 1] if retry_wanted(expression, "Failed", code)}
         assert retried == {ExitCode.UNAVAILABLE}, (name, tpl["name"], expression)
         assert retry_wanted(expression, "Error", 137), (name, tpl["name"])  # evicted pod
+
+
+def test_the_check_step_decides_before_anything_trains(docs: list[dict[str, Any]]) -> None:
+    """The DAG's first step asks MLflow (training/cooldown.py) and writes train or skip to its
+    output parameter; prepare-data runs only on train, so a skipped run ends Succeeded."""
+    wt = one(docs, "WorkflowTemplate", "bigbertha-finetune")["spec"]
+    templates = {t["name"]: t for t in wt["templates"]}
+    tasks = {t["name"]: t for t in templates[wt["entrypoint"]]["dag"]["tasks"]}
+    assert tasks["prepare-data"]["when"] == "{{tasks.check.outputs.parameters.decision}} == train"
+    check = templates["check"]
+    (output,) = check["outputs"]["parameters"]
+    assert output["name"] == "decision" and output["valueFrom"]["path"].startswith("/tmp/")
+    args = check["container"]["args"]
+    assert args[:2] == ["retrain", "--check"]
+    assert args[args.index("--decision-file") + 1] == "{{outputs.parameters.decision.path}}"
+    assert args[args.index("--alert-episode") + 1] == "{{inputs.parameters.alert-episode}}"
+    assert args[args.index("--workflow-name") + 1] == "{{workflow.name}}"
+    assert "alert-episode" in {p["name"] for p in wt["arguments"]["parameters"]}
+
+
+def test_the_cooldown_comes_from_events_retrain_cooldown_seconds() -> None:
+    settings = one(
+        render({"events": {"retrain": {"cooldownSeconds": 5400}}}),
+        "ConfigMap",
+        "bigbertha-settings",
+    )
+    assert settings["data"]["BIGBERTHA_RETRAIN__COOLDOWN_SECONDS"] == "5400"

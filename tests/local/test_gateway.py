@@ -8,6 +8,7 @@ same cooldown and one-at-a-time rule.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
@@ -31,16 +32,36 @@ def _sample(shared_dir: Path, name: str) -> dict:
     return json.loads((shared_dir / "samples" / name).read_text())
 
 
-class Recorder:
-    """A step runner that records argv and answers with scripted exit codes."""
+def step_of(argv: list[str]) -> str:
+    """The DAG step an argv is: `retrain --check` is check, `--record-exit` the exit handler."""
+    if argv[1] == "retrain" and "--check" in argv:
+        return "check"
+    if argv[1] == "retrain" and "--record-exit" in argv:
+        return "record-exit"
+    return argv[1]
 
-    def __init__(self, codes: dict[str, list[int]] | None = None, delay: float = 0.0) -> None:
+
+class Recorder:
+    """A step runner that records argv and answers with scripted exit codes; the check step
+    writes its scripted decision ("train" unless told) where --decision-file says."""
+
+    def __init__(
+        self,
+        codes: dict[str, list[int]] | None = None,
+        delay: float = 0.0,
+        decisions: list[str] | None = None,
+    ) -> None:
         self.calls: list[list[str]] = []
         self.codes = codes or {}
+        self.decisions = decisions or []
         self.delay = delay
         self.active = 0
         self.max_active = 0
         self._lock = threading.Lock()
+
+    @property
+    def steps(self) -> list[str]:
+        return [step_of(argv) for argv in self.calls]
 
     def __call__(self, argv: list[str]) -> int:
         with self._lock:
@@ -50,7 +71,10 @@ class Recorder:
         time.sleep(self.delay)
         with self._lock:
             self.active -= 1
-        queue = self.codes.get(argv[1], [])
+            if step_of(argv) == "check":
+                decision = self.decisions.pop(0) if self.decisions else "train"
+                Path(argv[argv.index("--decision-file") + 1]).write_text(decision)
+        queue = self.codes.get(step_of(argv), [])
         return queue.pop(0) if queue else 0
 
 
@@ -76,15 +100,24 @@ def test_firing_retrain_alert_starts_one_workflow_with_its_name_and_labels(manif
     labels = json.loads(run.arguments["alert-labels"])
     assert labels["bigbertha_action"] == "retrain" and labels["model_version"] == "v14"
     # The DAG ran in order, each step a `bigbertha` subcommand with the alert passed on.
-    subcommands = [argv[1] for argv in runner.calls]
-    assert subcommands[:4] == ["prepare-data", "finetune", "evaluate", "promote"]
-    finetune = runner.calls[1]
+    assert runner.steps == [
+        "check",
+        "prepare-data",
+        "finetune",
+        "evaluate",
+        "promote",
+        "record-exit",
+    ]
+    check = runner.calls[0]
+    assert check[check.index("--alert-episode") + 1] == run.arguments["alert-episode"]
+    assert run.name == f"bigbertha-retrain-{run.arguments['alert-episode']}"
+    finetune = runner.calls[2]
     assert finetune[0] == "bigbertha"
     assert finetune[finetune.index("--alert-name") + 1] == "BigBerthaNegativeFeedbackHigh"
     assert any(a.startswith("s3://") and run.name in a for a in finetune)
     assert run.status == "Succeeded"
     # The exit handler ran last, with the workflow's status.
-    assert runner.calls[-1][1] == "retrain" and "Succeeded" in runner.calls[-1]
+    assert "Succeeded" in runner.calls[-1]
 
 
 def test_the_sensor_sees_argo_event_data_shape(manifests, shared_dir):
@@ -92,7 +125,7 @@ def test_the_sensor_sees_argo_event_data_shape(manifests, shared_dir):
     argo_data = _sample(shared_dir, "argo-webhook-eventdata-firing.json")
     (trigger,) = [t for t in gateway.triggers_from(manifests) if "retrain" in t.sensor]
     assert trigger.matches(trigger.event_source, trigger.event_name, argo_data)
-    workflow = trigger.workflow(argo_data, now=1_000_000)
+    workflow = trigger.workflow(argo_data)
     params = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
     assert params["alert-name"] == "BigBerthaNegativeFeedbackHigh"
 
@@ -128,17 +161,94 @@ def test_webhook_requires_the_bearer_token(manifests, shared_dir):
     assert ok.status_code == 200 and ok.get_json() == {"workflows": []}
 
 
-def test_cooldown_refuses_a_second_run_in_the_same_window(manifests, shared_dir):
-    runner = Recorder()
-    gw = _gateway(manifests, runner)
+def test_one_alert_episode_is_one_workflow_name(manifests, shared_dir):
+    """Repeats of one firing episode (same fingerprint and startsAt) map to one name; a new
+    episode (a new startsAt after it resolved and fired again) to another."""
+    from bigbertha.training import cooldown
+
+    gw = _gateway(manifests, Recorder())
     (trigger,) = [t for t in gw.triggers if "retrain" in t.sensor]
     body = _sample(shared_dir, "alertmanager-webhook-firing.json")
-    data = gateway.webhook_event(body, AUTH)
-    first = gw.engine.submit(trigger.workflow(data, now=10_000))
-    storm = [gw.engine.submit(trigger.workflow(data, now=10_000 + i)) for i in range(1, 50)]
-    later = gw.engine.submit(trigger.workflow(data, now=10_000 + 24 * 3600))
-    assert first is not None and later is not None
-    assert storm == [None] * 49
+    first = trigger.workflow(gateway.webhook_event(body, AUTH))
+    repeat = copy.deepcopy(body)
+    repeat["notification_reason"] = "repeat_interval"  # what changes between repeats
+    repeat["alerts"][1]["status"] = "resolved"  # other alerts of the group come and go
+    again = trigger.workflow(gateway.webhook_event(repeat, AUTH))
+    assert first["metadata"]["name"] == again["metadata"]["name"]
+    retrain_alert = body["alerts"][0]
+    episode = cooldown.episode_id(retrain_alert["fingerprint"], retrain_alert["startsAt"])
+    assert first["metadata"]["name"] == f"bigbertha-retrain-{episode}"  # the Python twin agrees
+    refired = copy.deepcopy(body)
+    refired["alerts"][0]["startsAt"] = "2026-08-24T11:02:13.407Z"
+    new = trigger.workflow(gateway.webhook_event(refired, AUTH))
+    assert new["metadata"]["name"] != first["metadata"]["name"]
+    assert gw.engine.submit(first) is not None and gw.engine.submit(again) is None
+
+
+def test_a_storm_across_a_minute_boundary_starts_one_workflow(manifests, shared_dir, monkeypatch):
+    """20 identical firing posts over 59.5 s .. 60.5 s of an injected clock: one Workflow."""
+    clock = iter(60 * 1_000_000 - 0.5 + i * 0.05 for i in range(10_000))
+
+    class Clock:
+        """The gateway's `time`, its wall clock stepping across a minute boundary."""
+
+        monotonic = staticmethod(time.monotonic)
+        sleep = staticmethod(time.sleep)
+
+        @staticmethod
+        def time() -> float:
+            return next(clock)
+
+    monkeypatch.setattr(gateway, "time", Clock)
+    runner = Recorder()
+    gw = _gateway(manifests, runner)
+    client = gw.flask_app().test_client()
+    body = _sample(shared_dir, "alertmanager-webhook-firing.json")
+    started = []
+    for _ in range(20):
+        response = client.post(_alert_endpoint(gw), json=body, headers=AUTH)
+        assert response.status_code == 200
+        started += response.get_json()["workflows"]
+    assert gw.wait(30)
+    assert len(started) == 1 and len(gw.engine.runs) == 1
+    assert runner.steps.count("check") == 1 and runner.steps.count("finetune") == 1
+
+
+def test_repeats_over_ten_minutes_then_a_new_episode_after_the_cooldown(manifests, shared_dir):
+    """Repeats of one episode over 10 minutes start one Workflow; the episode after it (the
+    alert resolved and fired again) is a new Workflow, whose check step decides (here: train)."""
+    runner = Recorder(decisions=["train", "train"])
+    gw = _gateway(manifests, runner)
+    body = _sample(shared_dir, "alertmanager-webhook-firing.json")
+    names = []
+    for minute in range(0, 11):  # Alertmanager re-sends the group; startsAt stays
+        repeat = copy.deepcopy(body)
+        repeat["notification_reason"] = f"repeat after {minute} min"
+        names += [r.name for r in gw.alertmanager(_alert_endpoint(gw), repeat, AUTH)]
+    assert len(names) == 1
+    refired = copy.deepcopy(body)
+    refired["alerts"][0]["startsAt"] = "2026-08-24T09:47:13.407Z"  # an hour later
+    names += [r.name for r in gw.alertmanager(_alert_endpoint(gw), refired, AUTH)]
+    assert gw.wait(30)
+    assert len(set(names)) == 2 and runner.steps.count("finetune") == 2
+
+
+def test_a_skipped_check_ends_the_workflow_untrained_and_succeeded(manifests, shared_dir):
+    runner = Recorder(decisions=["skip"])
+    gw = _gateway(manifests, runner)
+    (run,) = gw.alertmanager(
+        _alert_endpoint(gw), _sample(shared_dir, "alertmanager-webhook-firing.json"), AUTH
+    )
+    assert gw.wait(30)
+    assert runner.steps == ["check", "record-exit"]
+    assert run.status == "Succeeded" and "Succeeded" in runner.calls[-1]
+    assert run.phases == {
+        "check": "Succeeded",
+        "prepare-data": "Skipped",  # its `when` is false
+        "finetune": "Omitted",  # it needs prepare-data.Succeeded
+        "evaluate": "Omitted",
+        "promote": "Omitted",
+    }
 
 
 def test_mutex_runs_one_retraining_at_a_time(manifests, shared_dir):
@@ -146,7 +256,10 @@ def test_mutex_runs_one_retraining_at_a_time(manifests, shared_dir):
     gw = _gateway(manifests, runner)
     (trigger,) = [t for t in gw.triggers if "retrain" in t.sensor]
     data = gateway.webhook_event(_sample(shared_dir, "alertmanager-webhook-firing.json"), AUTH)
-    runs = [gw.engine.submit(trigger.workflow(data, now=t * 10**6)) for t in (1, 2)]
+    runs = []
+    for starts_at in ("2026-08-24T08:47:13.407Z", "2026-08-24T10:47:13.407Z"):  # two episodes
+        data["body"]["alerts"][0]["startsAt"] = starts_at
+        runs.append(gw.engine.submit(trigger.workflow(data)))
     threads = [threading.Thread(target=gw.engine.execute, args=(r,)) for r in runs]
     for t in threads:
         t.start()
@@ -166,7 +279,7 @@ def test_a_failed_step_stops_the_dag_and_the_exit_handler_sees_it(manifests, sha
         _alert_endpoint(gw), _sample(shared_dir, "alertmanager-webhook-firing.json"), AUTH
     )
     assert gw.wait(30)
-    assert [a[1] for a in runner.calls] == ["prepare-data", "finetune", "retrain"]
+    assert runner.steps == ["check", "prepare-data", "finetune", "record-exit"]
     assert run.status == "Failed" and "finetune" in run.message
     assert "Failed" in runner.calls[-1]
 
@@ -320,8 +433,7 @@ def test_unauthenticated_posts_are_refused_before_the_body_is_read(manifests):
 
 
 def test_waitress_refuses_an_oversized_body_with_413(manifests):
-    import urllib.error
-    import urllib.request
+    import socket
 
     from waitress.server import create_server
 
@@ -332,16 +444,137 @@ def test_waitress_refuses_an_oversized_body_with_413(manifests):
     server = create_server(
         gw.flask_app(), host="127.0.0.1", port=port, threads=2, **gateway.SERVER_LIMITS
     )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    # Announce a body one byte over the limit: refused before it is sent.
+    head = (
+        f"POST {_alert_endpoint(gw)} HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {gateway.MAX_BODY_BYTES + 1}\r\n\r\n"
+    )
+    reply = b""
     try:
-        body = b'{"pad": "' + b"x" * (gateway.MAX_BODY_BYTES + 1) + b'"}'
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}{_alert_endpoint(gw)}", data=body, headers=AUTH
-        )
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=10)
-        assert refused.value.code == 413
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(head.encode() + b"{")
+            sock.setblocking(False)
+            deadline = time.monotonic() + 10
+            # The server's loop runs here, in this thread: closing it below cannot race it.
+            while not reply and time.monotonic() < deadline:
+                server.asyncore.loop(timeout=0.05, map=server._map, count=1)
+                with contextlib.suppress(BlockingIOError):
+                    reply = sock.recv(4096)
     finally:
         server.close()
-        thread.join(5)
+    assert reply.startswith(b"HTTP/1.1 413 ")
+
+
+def test_storm_repeats_and_new_episodes_with_the_real_check_step(
+    manifests, shared_dir, mlflow_server, redis_server, monkeypatch, clean_env
+):
+    """The gateway with the chart's DAG, whose check and exit steps run the real CLI against a
+    real MLflow and Redis (the training steps are stand-ins), on an injected clock: a storm
+    across a minute boundary and 10 minutes of repeats start one run; a new episode inside the
+    cooldown is a Workflow that skips; one after the cooldown trains."""
+    import uuid
+
+    from typer.testing import CliRunner
+
+    from bigbertha.cli import app
+    from bigbertha.training import cooldown
+    from tests.training.test_retrain import retrain_counts
+
+    for key, value in {
+        "MLFLOW__TRACKING_URI": mlflow_server.url,
+        "MLFLOW__MODEL_NAME": f"storm-{uuid.uuid4().hex[:8]}",
+        "REDIS__URL": redis_server.extra["url"],
+        "RETRAIN__COOLDOWN_SECONDS": "3600",
+    }.items():
+        monkeypatch.setenv(f"BIGBERTHA_{key}", value)
+    now = [60 * 29_833_333 - 1.0]  # one second before a minute boundary
+
+    class Clock:
+        """The check's clock (cooldown.time): the test's `now`."""
+
+        strftime = staticmethod(time.strftime)
+        gmtime = staticmethod(time.gmtime)
+
+        @staticmethod
+        def time() -> float:
+            return now[0]
+
+    monkeypatch.setattr(cooldown, "time", Clock)
+    steps: list[str] = []
+
+    def runner(argv: list[str]) -> int:
+        steps.append(step_of(argv))
+        if step_of(argv) in ("check", "record-exit"):
+            result = CliRunner().invoke(app, argv[1:])
+            assert result.exit_code == 0, result.output
+            return result.exit_code
+        return 0  # prepare-data, finetune, evaluate, promote: stand-ins
+
+    gw = _gateway(manifests, runner)
+    client = gw.flask_app().test_client()
+    body = _sample(shared_dir, "alertmanager-webhook-firing.json")
+    before = retrain_counts(redis_server.extra["url"])
+
+    def post(payload: dict) -> list[str]:
+        response = client.post(_alert_endpoint(gw), json=payload, headers=AUTH)
+        assert response.status_code == 200
+        assert gw.wait(60)
+        return response.get_json()["workflows"]
+
+    start = now[0]
+    started = []
+    for i in range(20):  # the storm: 20 posts over 2 s, across the minute boundary
+        now[0] = start + i * 0.1
+        started += post(body)
+    for minute in range(1, 11):  # Alertmanager's repeats of the same episode
+        now[0] = start + 60 * minute
+        started += post(body | {"notification_reason": "repeat_interval"})
+    assert len(started) == 1 and steps.count("finetune") == 1
+
+    now[0] = start + 1800  # resolved, then fired again: a new episode inside the cooldown
+    refired = copy.deepcopy(body)
+    refired["alerts"][0]["startsAt"] = "2026-08-24T09:17:13.407Z"
+    (skipped,) = post(refired)
+    assert steps.count("finetune") == 1  # the Workflow ran its check and ended there
+    assert gw.engine.runs[-1].status == "Succeeded"
+    assert gw.engine.runs[-1].phases["prepare-data"] == "Skipped"
+
+    now[0] = start + 3600 + 1  # a genuinely new episode after the cooldown
+    late = copy.deepcopy(body)
+    late["alerts"][0]["startsAt"] = "2026-08-24T10:48:00.000Z"
+    (trained,) = post(late)
+    assert steps.count("finetune") == 2
+    assert len({started[0], skipped, trained}) == 3
+    after = retrain_counts(redis_server.extra["url"])
+    assert after.get("skipped", 0) - before.get("skipped", 0) == 1
+    assert after.get("succeeded", 0) - before.get("succeeded", 0) == 2
+
+
+@pytest.mark.parametrize(
+    ("depends", "phases", "expected"),
+    [
+        ("a", {"a": "Succeeded"}, True),
+        ("a", {"a": "Skipped"}, True),  # a bare name: Succeeded, Skipped or Daemoned
+        ("a", {"a": "Failed"}, False),
+        ("a.Succeeded", {"a": "Skipped"}, False),
+        ("a.Succeeded && b.Succeeded", {"a": "Succeeded", "b": "Omitted"}, False),
+        ("a.Failed || b", {"a": "Succeeded", "b": "Succeeded"}, True),
+        ("!(a.Failed) && b-c.Skipped", {"a": "Succeeded", "b-c": "Skipped"}, True),
+    ],
+)
+def test_depends_expressions_are_evaluated_as_argo_would(depends, phases, expected):
+    assert gateway.depends_satisfied({"depends": depends}, phases) is expected
+
+
+@pytest.mark.parametrize(
+    ("condition", "expected"),
+    [("train == train", True), ("skip == train", False), ("'a b' != 'a b'", False)],
+)
+def test_when_conditions(condition, expected):
+    assert gateway.when_true(condition) is expected
+
+
+def test_a_when_the_gateway_cannot_evaluate_is_refused():
+    with pytest.raises(ValueError, match="evaluates only"):
+        gateway.when_true("{{x}} > 3 && y")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -144,3 +146,48 @@ def render(
             continue  # <chart>/charts/<subchart>/templates/...
         objects += [doc for doc in yaml.safe_load_all(text) if doc]
     return objects
+
+
+# Functions Helm adds to Go templates; argo-events' dataTemplate has sprig's only (v1.9.10
+# pkg/sensors/triggers/params.go, getValueWithTemplate: .Funcs(sprig.FuncMap())).
+_HELM_ONLY = re.compile(
+    r"\b(include|tpl|required|lookup|toYaml|toYamlPretty|fromYaml|fromYamlArray|toToml|"
+    r"fromToml|fromJson|fromJsonArray|mustToYaml)\b"
+)
+
+
+def go_template(template: str, data: Any) -> str:
+    """Evaluate an Argo Events Sensor `dataTemplate` on event `data`, as the Sensor does.
+
+    argo-events v1.9.10 (the pinned chart's appVersion) executes the template with Go's
+    text/template and sprig v3.3.0 on `{"Input": <event data>}` (params.go,
+    getValueWithTemplate). Helm's engine is the same text/template with sprig, so the template
+    is run there, in a throwaway chart, as a named template called with that map (`.` and `$`
+    are the map, as in Argo). Helm's extra functions are refused, and an empty result is a
+    ValueError, as Argo treats it ("template evaluated to empty string or no value"). Helm
+    replaces "<no value>" with "" where Argo keeps it: both end up refused here.
+    """
+    import helm_python
+
+    found = _HELM_ONLY.search(template)
+    if found:
+        raise ValueError(f"dataTemplate uses {found.group()}: not a function argo-events has")
+    with tempfile.TemporaryDirectory(prefix="bigbertha-gotemplate-") as tmp:
+        root = Path(tmp)
+        (root / "templates").mkdir()
+        (root / "Chart.yaml").write_text("apiVersion: v2\nname: datatemplate\nversion: 0.1.0\n")
+        (root / "templates" / "_param.tpl").write_text(
+            '{{ define "param" }}' + template + "{{ end }}"
+        )
+        (root / "templates" / "out.txt").write_text('{{ include "param" .Values }}')
+        chart = helm_python.Chart.load(str(root))
+        try:
+            rendered = chart.render({"Input": data}, name="datatemplate", namespace="default")
+        except helm_python.HelmError as exc:
+            raise ValueError(f"dataTemplate failed: {' '.join(str(exc).split())}") from exc
+        finally:
+            chart.close()
+    out = rendered["datatemplate/templates/out.txt"]
+    if out == "":
+        raise ValueError(f"dataTemplate evaluated to an empty string or no value: {template}")
+    return out

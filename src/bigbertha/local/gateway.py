@@ -8,14 +8,17 @@ It does not re-implement our pipeline; it interprets the objects the CHART rende
   `{notification: [...]}` with the raw key for MinIO's listen API);
 - applies each Sensor dependency's data filters with gjson paths (pygjson, a port of the
   tidwall/gjson library Argo Events uses) and unanchored regular expressions, as Argo does;
-- builds the Workflow from the trigger's resource and parameters (dataKey, dataTemplate,
-  value; dest with overwrite/append/prepend), so the cooldown-by-name rule holds: a Workflow
-  whose name already ran is refused, as the API server refuses a duplicate name;
+- builds the Workflow from the trigger's resource and parameters (dataKey; dataTemplate, run
+  by Helm's Go text/template + sprig engine as argo-events runs it, see chart.go_template;
+  value; dest with overwrite/append/prepend), so the one-run-per-alert-episode rule holds: a
+  Workflow whose name already exists is refused, as the API server refuses a duplicate name;
 - runs the WorkflowTemplate's DAG tasks in dependency order as local `bigbertha` processes
-  with the same arguments, holding the template's mutex (one run at a time), retrying a step
-  as its rendered `retryStrategy` says (`limit`, and the `expression` evaluated on the attempt's
-  status and exit code), and running the `onExit` handler; mutexes and
-  semaphores (limits from the chart's ConfigMap) bound concurrency as the controller does.
+  with the same arguments, holding the template's mutex (one run at a time): `depends`
+  expressions on task results, `when` conditions, output parameters read from the file each
+  step writes at `{{outputs.parameters.<name>.path}}`; retrying a step as its rendered
+  `retryStrategy` says (`limit`, and the `expression` evaluated on the attempt's status and
+  exit code), and running the `onExit` handler; mutexes and semaphores (limits from the
+  chart's ConfigMap) bound concurrency as the controller does.
 
 Keep it small: it is a development aid; the cluster runs on Argo.
 """
@@ -27,12 +30,14 @@ import hmac
 import json
 import logging
 import re
+import tempfile
 import threading
 import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bigbertha.core import payloads
@@ -136,23 +141,24 @@ def _value_matches(rule: Mapping[str, Any], result: Any) -> bool:
     raise ValueError(f"unsupported data filter type {kind!r}")
 
 
-_EPOCH_WINDOW = re.compile(r"^\{\{\s*div\s*\(\s*now\s*\|\s*unixEpoch\s*\)\s*(\d+)\s*\}\}$")
+def _parameter_value(src: Mapping[str, Any], data: Mapping[str, Any]) -> str:
+    """A trigger parameter's value, in Argo's order: dataTemplate, then dataKey, then value.
 
+    argo-events v1.9.10 pkg/sensors/triggers/params.go, ResolveParamValue: a template that
+    fails or yields nothing falls back to the key, then to the default value.
+    """
+    if "dataTemplate" in src:
+        from bigbertha.local.chart import go_template
 
-def _parameter_value(src: Mapping[str, Any], data: Mapping[str, Any], now: float) -> str:
+        try:
+            return go_template(src["dataTemplate"], data)
+        except ValueError as exc:
+            log.warning("%s; falling back to dataKey or value", exc)
     if "dataKey" in src:
         result = _gjson(data, src["dataKey"])
         if result.exists():
             return str(result.to_str())
-    elif "dataTemplate" in src:
-        # The one sprig template the chart uses: the cooldown window number.
-        match = _EPOCH_WINDOW.match(src["dataTemplate"].strip())
-        if not match:
-            raise ValueError(f"gateway does not interpret dataTemplate {src['dataTemplate']!r}")
-        return str(int(now) // int(match.group(1)))
-    elif "value" in src:
-        return str(src["value"])
-    if "value" in src:  # Argo's default when the key is missing
+    if "value" in src:  # Argo's default when neither resolved
         return str(src["value"])
     raise ValueError(f"parameter source {dict(src)} resolved to nothing")
 
@@ -191,11 +197,10 @@ class Trigger:
             return False
         return data_filters_pass(self.filters, data)
 
-    def workflow(self, data: Mapping[str, Any], now: float | None = None) -> dict[str, Any]:
+    def workflow(self, data: Mapping[str, Any]) -> dict[str, Any]:
         workflow = copy.deepcopy(self.resource)
-        now = time.time() if now is None else now
         for param in self.parameters:
-            value = _parameter_value(param["src"], data, now)
+            value = _parameter_value(param["src"], data)
             _set_path(workflow, param["dest"], value, param.get("operation", "overwrite"))
         return workflow
 
@@ -243,18 +248,28 @@ def substitute(text: str, scope: Mapping[str, str]) -> str:
     return _PARAM.sub(repl, text)
 
 
+# A task reference in `depends`: a name, optionally with the result it must have.
+_TASK_REF = re.compile(
+    r"\b([A-Za-z0-9][A-Za-z0-9-]*)"
+    r"(?:\.(Succeeded|Failed|Errored|Skipped|Omitted|Daemoned|AnySucceeded|AllFailed))?\b"
+)
+# `depends: task` alone: what Argo accepts as done (docs/enhanced-depends-logic.md).
+_DONE = ("Succeeded", "Skipped", "Daemoned")
+
+
+def _dependencies(task: Mapping[str, Any]) -> set[str]:
+    if "dependencies" in task:
+        return set(task["dependencies"] or [])
+    return {m.group(1) for m in _TASK_REF.finditer(task.get("depends", ""))}
+
+
 def _toposort(tasks: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """DAG tasks in an order respecting `depends` (names joined by &&) or `dependencies`."""
+    """DAG tasks in an order respecting `depends` (an expression) or `dependencies`."""
     remaining = {t["name"]: t for t in tasks}
     done: set[str] = set()
     ordered = []
     while remaining:
-        ready = [
-            t
-            for t in remaining.values()
-            if set(t.get("dependencies") or re.findall(r"[A-Za-z0-9\-]+", t.get("depends", "")))
-            <= done
-        ]
+        ready = [t for t in remaining.values() if _dependencies(t) <= done]
         if not ready:
             raise ValueError(f"DAG has a cycle or unknown dependency among {sorted(remaining)}")
         for task in ready:
@@ -264,8 +279,69 @@ def _toposort(tasks: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return ordered
 
 
+def depends_satisfied(task: Mapping[str, Any], phases: Mapping[str, str]) -> bool:
+    """Argo's `depends`: `a.Succeeded && (b || !c.Failed)` on the finished tasks' phases; a
+    bare name means Succeeded, Skipped or Daemoned (as do legacy `dependencies`)."""
+    if "dependencies" in task:
+        return all(phases[name] in _DONE for name in task["dependencies"] or [])
+    expression = task.get("depends", "")
+    if not expression.strip():
+        return True
+
+    def phase(match: re.Match[str]) -> str:
+        name, wanted = match.group(1), match.group(2)
+        actual = phases[name]
+        ok = actual in _DONE if wanted is None else actual == wanted
+        return " True " if ok else " False "
+
+    return _boolean(_TASK_REF.sub(phase, expression), expression)
+
+
+_WHEN = re.compile(r"^\s*(\S+?|\"[^\"]*\"|'[^']*')\s*(==|!=)\s*(\S+?|\"[^\"]*\"|'[^']*')\s*$")
+
+
+def when_true(condition: str) -> bool:
+    """A task's `when` after substitution: `a == b` or `a != b`, unquoted words being strings
+    (as Argo's govaluate use, shouldExecute, treats them). Anything else is a ValueError."""
+    match = _WHEN.match(condition)
+    if not match:
+        raise ValueError(f"when {condition!r}: the gateway evaluates only 'a == b' and 'a != b'")
+    left, op, right = (part.strip("\"'") for part in match.groups())
+    return (left == right) if op == "==" else (left != right)
+
+
 _EXPR_TOKENS = re.compile(r"\|\||&&|!(?!=)")
 _EXPR_WORDS = {"||": " or ", "&&": " and ", "!": " not "}
+
+
+def _logic(source: str, leaf: Callable[[Any, Callable[[Any], Any]], Any]) -> bool:
+    """Evaluate `source` (joined by &&, ||, ! and parentheses) without eval(); `leaf(node,
+    value)` evaluates every other node or raises ValueError."""
+    import ast
+
+    python = _EXPR_TOKENS.sub(lambda m: _EXPR_WORDS[m.group(0)], source)
+
+    def value(node: ast.AST) -> Any:
+        if isinstance(node, ast.BoolOp):
+            results = [value(v) for v in node.values]
+            return all(results) if isinstance(node.op, ast.And) else any(results)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            return not value(node.operand)
+        return leaf(node, value)
+
+    return bool(value(ast.parse(python.strip(), mode="eval").body))
+
+
+def _boolean(python: str, expression: str) -> bool:
+    """A `depends` expression whose task references are already True or False."""
+    import ast
+
+    def leaf(node: Any, value: Callable[[Any], Any]) -> bool:
+        if isinstance(node, ast.Constant) and isinstance(node.value, bool):
+            return node.value
+        raise ValueError(f"depends {expression!r}: unsupported {ast.dump(node)}")
+
+    return _logic(python, leaf)
 
 
 def retry_wanted(expression: str | None, status: str, exit_code: int) -> bool:
@@ -282,14 +358,8 @@ def retry_wanted(expression: str | None, status: str, exit_code: int) -> bool:
     import ast
 
     fields = {"status": status, "exitCode": str(exit_code)}
-    python = _EXPR_TOKENS.sub(lambda m: _EXPR_WORDS[m.group(0)], expression)
 
-    def value(node: ast.AST) -> Any:
-        if isinstance(node, ast.BoolOp):
-            results = [value(v) for v in node.values]
-            return all(results) if isinstance(node.op, ast.And) else any(results)
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-            return not value(node.operand)
+    def leaf(node: Any, value: Callable[[Any], Any]) -> Any:
         if isinstance(node, ast.Compare) and len(node.ops) == 1:
             left, right = value(node.left), value(node.comparators[0])
             if isinstance(node.ops[0], ast.Eq):
@@ -307,7 +377,7 @@ def retry_wanted(expression: str | None, status: str, exit_code: int) -> bool:
             return fields[node.attr]
         raise ValueError(f"retryStrategy.expression {expression!r}: unsupported {ast.dump(node)}")
 
-    return bool(value(ast.parse(python.strip(), mode="eval").body))
+    return _logic(expression, leaf)
 
 
 @dataclass
@@ -322,6 +392,7 @@ class WorkflowRun:
     started: float = 0.0
     finished: float = 0.0
     message: str = ""
+    phases: dict[str, str] = field(default_factory=dict)  # DAG task -> Succeeded, Skipped, ...
 
 
 class WorkflowEngine:
@@ -389,7 +460,7 @@ class WorkflowEngine:
                         [{"displayName": f, "message": "failed"} for f in failures]
                     ),
                 }
-                self._run_template(run, spec, spec["onExit"], scope, {})
+                self._run_template(run, spec, spec["onExit"], scope, {}, spec["onExit"])
             run.finished = time.time()
         finally:
             for lock in reversed(locks):
@@ -428,17 +499,30 @@ class WorkflowEngine:
             for p in (entry.get("inputs") or {}).get("parameters", [])
         }
         if "dag" not in entry:
-            ok = self._run_template(run, spec, entry["name"], scope, entry_inputs)
+            ok, _ = self._run_template(run, spec, entry["name"], scope, entry_inputs)
             return [] if ok else [entry["name"]]
+        failures = []
+        outputs: dict[str, str] = {}
         for task in _toposort(entry["dag"]["tasks"]):
-            task_scope = scope | entry_inputs
+            name = task["name"]
+            if not depends_satisfied(task, run.phases):
+                run.phases[name] = "Omitted"  # e.g. after a failed or skipped task
+                continue
+            task_scope = scope | entry_inputs | outputs
+            if task.get("when") and not when_true(substitute(task["when"], task_scope)):
+                run.phases[name] = "Skipped"
+                log.info("workflow %s task %s skipped (when: %s)", run.name, name, task["when"])
+                continue
             inputs = {
                 f"inputs.parameters.{p['name']}": substitute(str(p.get("value", "")), task_scope)
                 for p in (task.get("arguments") or {}).get("parameters", [])
             }
-            if not self._run_template(run, spec, task["template"], scope, inputs, task["name"]):
-                return [task["name"]]  # later tasks depend on it: the DAG stops here
-        return []
+            ok, produced = self._run_template(run, spec, task["template"], scope, inputs, name)
+            run.phases[name] = "Succeeded" if ok else "Failed"
+            if not ok:
+                failures.append(name)
+            outputs |= {f"tasks.{name}.outputs.parameters.{k}": v for k, v in produced.items()}
+        return failures
 
     def _run_template(
         self,
@@ -448,33 +532,54 @@ class WorkflowEngine:
         scope: Mapping[str, str],
         inputs: Mapping[str, str],
         display: str | None = None,
-    ) -> bool:
+    ) -> tuple[bool, dict[str, str]]:
+        """Run one container template (with its retries); (succeeded, output parameters)."""
         template = self._templates(spec)[template_name]
         container = template["container"]
-        full_scope = dict(scope) | dict(inputs)
-        argv = [
-            substitute(a, full_scope)
-            for a in [*container.get("command", []), *container.get("args", [])]
-        ]
-        strategy = template.get("retryStrategy") or {}
-        limit = int(strategy.get("limit", 0) or 0)
-        step = {
-            "name": display or template_name,
-            "argv": argv,
-            "attempts": 0,
-            "started": time.time(),
-        }
-        run.steps.append(step)
-        code = 1
-        for attempt in range(limit + 1):
-            step["attempts"] = attempt + 1
-            code = self.runner(argv)
-            # A local process that ran and exited non-zero is a "Failed" attempt in Argo's words.
-            if code == 0 or not retry_wanted(strategy.get("expression"), "Failed", code):
-                break
+        declared = (template.get("outputs") or {}).get("parameters") or []
+        with tempfile.TemporaryDirectory(prefix="bigbertha-step-") as tmp:
+            # The step writes each output parameter where {{outputs.parameters.X.path}} says:
+            # a file of this step locally, the template's valueFrom.path in a pod.
+            paths = {p["name"]: str(Path(tmp) / p["name"]) for p in declared}
+            full_scope = (
+                dict(scope)
+                | dict(inputs)
+                | {f"outputs.parameters.{n}.path": path for n, path in paths.items()}
+            )
+            argv = [
+                substitute(a, full_scope)
+                for a in [*container.get("command", []), *container.get("args", [])]
+            ]
+            strategy = template.get("retryStrategy") or {}
+            limit = int(strategy.get("limit", 0) or 0)
+            step = {
+                "name": display or template_name,
+                "argv": argv,
+                "attempts": 0,
+                "started": time.time(),
+            }
+            run.steps.append(step)
+            code = 1
+            for attempt in range(limit + 1):
+                step["attempts"] = attempt + 1
+                code = self.runner(argv)
+                # A local process that ran and exited non-zero is a "Failed" attempt to Argo.
+                if code == 0 or not retry_wanted(strategy.get("expression"), "Failed", code):
+                    break
+            produced = {}
+            for param in declared if code == 0 else []:
+                path = Path(paths[param["name"]])
+                default = (param.get("valueFrom") or {}).get("default")
+                if path.is_file():
+                    produced[param["name"]] = path.read_text(encoding="utf-8")
+                elif default is not None:
+                    produced[param["name"]] = str(default)
+                else:  # Argo fails a step whose output parameter file is missing
+                    log.error("workflow %s step %s wrote no %s", run.name, step["name"], path)
+                    code = 1
         step.update(exit_code=code, finished=time.time())
         log.info("workflow %s step %s exited %d", run.name, step["name"], code)
-        return code == 0
+        return code == 0, produced
 
 
 # --- the HTTP front: EventSources ------------------------------------------------------------
