@@ -69,3 +69,23 @@ def test_a_failed_answer_leaves_the_queue() -> None:
     assert queue.active == 0
     with queue.admit():
         assert queue.active == 1
+
+
+def test_bigbertha_ask_refuses_a_question_out_of_bounds_before_loading_a_model(
+    clean_env: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from bigbertha.chat import rag
+    from bigbertha.cli import app
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was loaded for a refused question")
+
+    monkeypatch.setattr(rag.RagEngine, "from_settings", no_model)
+    monkeypatch.setenv("BIGBERTHA_CHAT__MAX_QUESTION_CHARS", "20")
+    result = CliRunner().invoke(app, ["ask", "x" * 21])
+    assert result.exit_code == ExitCode.INPUT
+    assert result.stderr.strip() == (
+        "error: question: 21 characters; at most 20 (chat.max_question_chars)"
+    )

@@ -441,6 +441,7 @@ def ask_once(
     """`bigbertha ask`: load the serving model, answer one question, optionally rate it."""
     if not question.strip():
         raise InputError("question is empty: pass the question as the argument")
+    check_question(question, settings.chat.max_question_chars)  # before loading any model
     engine = RagEngine.from_settings(settings, watch=False)
     try:
         answer = engine.ask(question, rating)
