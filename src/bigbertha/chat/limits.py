@@ -123,7 +123,7 @@ class AnswerQueue:
         self.capacity = slots + depth
         self.active = 0
         self.refused = 0
-        self._seconds = 5.0  # moving average of an answer's time in the queue
+        self._seconds = 5.0  # moving average of an answer's time in the queue (a first guess)
         self._lock = threading.Lock()
 
     @contextmanager
@@ -148,9 +148,10 @@ class AnswerQueue:
                 self._seconds = 0.8 * self._seconds + 0.2 * elapsed
 
     def retry_after(self) -> int:
-        """Seconds until a slot is likely free: one answer time per full round of slots."""
-        rounds = max(1, math.ceil(self.active / self.slots))
-        return max(1, min(60, math.ceil(self._seconds * rounds / 2)))
+        """Seconds until a place in the queue is likely free: with `active` answers each in
+        the queue for `_seconds` on average, one leaves every `_seconds / active` (Little's
+        law). Clamped to 1..60 s."""
+        return max(1, min(60, math.ceil(self._seconds / max(1, self.active))))
 
 
 # --- slow clients: a deadline on the request head ----------------------------------------------
