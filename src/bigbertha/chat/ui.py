@@ -178,7 +178,8 @@ def _answer(st: Any, engine: Any, question: str, history: list[Any]) -> None:
     """Answer one question in the chat, or say in one line why it is refused."""
     from bigbertha.chat.limits import QueueFull, Refused
 
-    # max_chars bounds the browser's input box; the server checks again (a client can lie).
+    # max_chars stops the browser's input box, and Streamlit's server cuts a longer value from a
+    # client that ignores it; the engine still refuses control characters and surrogates.
     try:
         with engine.queue.admit():
             stream = engine.stream(question)
