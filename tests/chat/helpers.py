@@ -1,12 +1,14 @@
 """What the chat tests (and tests/browser, bench/chat.py) share: the handbook they ingest and
-ask about, SmolLM2 loaded once, a RAG engine over real services, and a telemetry counter."""
+ask about, SmolLM2 loaded once, a RAG engine over real services, a telemetry counter, and a
+stub engine (canned model and retriever) for the API and UI tests."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from bigbertha.chat.llm import TransformersChatModel, load_transformers
+from bigbertha.chat.llm import GenerationError, Message, TransformersChatModel, load_transformers
 from bigbertha.chat.model_server import ModelServer
 from bigbertha.chat.rag import RagEngine
 from bigbertha.core.settings import Settings
@@ -54,3 +56,47 @@ def metric(settings: Settings, name: str, *labels: str) -> float:
     client = FeedbackLog.from_settings(settings).client
     value = client.hget(METRICS_KEY, field(name, settings.mlflow.model_name, *labels))
     return float(value or 0)
+
+
+class Tokens:
+    """A canned token stream (or one that fails at once)."""
+
+    def __init__(self, parts: list[str], fail: bool) -> None:
+        self.parts, self.fail = parts, fail
+        self.prompt_tokens, self.completion_tokens = 12, len(parts)
+
+    def __iter__(self) -> Iterator[str]:
+        if self.fail:
+            raise GenerationError("LLM endpoint unreachable")
+        yield from self.parts
+
+    def close(self) -> None:
+        pass
+
+
+class StubModel:
+    """A chat model that says who the mascot is, citing [1] (or fails, for `version='broken'`)."""
+
+    def __init__(self, version: str) -> None:
+        self.ref = self.version = version
+
+    def stream(
+        self, messages: Sequence[Message], *, max_new_tokens: int, temperature: float
+    ) -> Tokens:
+        return Tokens(["The mascot is ", "Gloria [1]."], fail=self.version == "broken")
+
+
+class StubRetriever:
+    def retrieve(self, question: str) -> list[Any]:
+        return [chunk("The office mascot is a purple walrus named Gloria.", 0.8, section="Office")]
+
+
+def stub_engine(settings: Settings, model: type[StubModel] = StubModel) -> RagEngine:
+    """A RAG engine on the stubs and the real Redis telemetry and feedback log."""
+    return RagEngine(
+        settings,
+        retriever=StubRetriever(),  # type: ignore[arg-type]
+        models=ModelServer(model, fallback_ref=settings.llm.model).start(),
+        recorder=Recorder.from_settings(settings),
+        feedback=FeedbackLog.from_settings(settings),
+    )

@@ -22,58 +22,16 @@ import pytest
 from typer.testing import CliRunner
 
 from bigbertha.chat import api as chat_api
-from bigbertha.chat.llm import GenerationError, Message, ModelLoadError
-from bigbertha.chat.model_server import ModelServer
+from bigbertha.chat.llm import Message, ModelLoadError
 from bigbertha.chat.rag import Answer, RagEngine, render
 from bigbertha.core.settings import Settings
 from bigbertha.local.tiny_llama import tiny_llama
 from bigbertha.telemetry.feedback import FeedbackLog
-from bigbertha.telemetry.recorder import METRICS_KEY, Recorder, field
-from tests.chat.helpers import HANDBOOK, MASCOT, chunk, metric
+from bigbertha.telemetry.recorder import METRICS_KEY, field
+from tests.chat.helpers import HANDBOOK, MASCOT, StubModel, Tokens, metric, stub_engine
 from tests.services import Service, free_port, pid_alive
 
 BIGBERTHA = str(Path(sys.executable).parent / "bigbertha")
-
-
-class _Tokens:
-    def __init__(self, parts: list[str], fail: bool) -> None:
-        self.parts, self.fail = parts, fail
-        self.prompt_tokens, self.completion_tokens = 12, len(parts)
-
-    def __iter__(self) -> Iterator[str]:
-        if self.fail:
-            raise GenerationError("LLM endpoint unreachable")
-        yield from self.parts
-
-    def close(self) -> None:
-        pass
-
-
-class StubModel:
-    """A chat model that says who the mascot is, citing [1] (or fails, for `version='broken'`)."""
-
-    def __init__(self, version: str) -> None:
-        self.ref = self.version = version
-
-    def stream(
-        self, messages: Sequence[Message], *, max_new_tokens: int, temperature: float
-    ) -> _Tokens:
-        return _Tokens(["The mascot is ", "Gloria [1]."], fail=self.version == "broken")
-
-
-class StubRetriever:
-    def retrieve(self, question: str) -> list[Any]:
-        return [chunk("The office mascot is a purple walrus named Gloria.", 0.8, section="Office")]
-
-
-def stub_engine(settings: Settings, model: type[StubModel] = StubModel) -> RagEngine:
-    return RagEngine(
-        settings,
-        retriever=StubRetriever(),  # type: ignore[arg-type]
-        models=ModelServer(model, fallback_ref=settings.llm.model).start(),
-        recorder=Recorder.from_settings(settings),
-        feedback=FeedbackLog.from_settings(settings),
-    )
 
 
 def settings_for(redis: Service, model: str = "stub-1", **chat: Any) -> Settings:
@@ -288,7 +246,7 @@ class GatedModel(StubModel):
 
     def stream(
         self, messages: Sequence[Message], *, max_new_tokens: int, temperature: float
-    ) -> _Tokens:
+    ) -> Tokens:
         assert self.gate.wait(60)
         return super().stream(messages, max_new_tokens=max_new_tokens, temperature=temperature)
 

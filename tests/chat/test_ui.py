@@ -116,7 +116,7 @@ def stub_env(
     redis_server: Service, clean_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Settings, rag.RagEngine]:
     """The app's settings from the environment, its shared engine a stub (no model, no Milvus)."""
-    from tests.chat.test_api import stub_engine
+    from tests.chat.helpers import stub_engine
 
     env = {
         "BIGBERTHA_MILVUS__COLLECTION": f"ui_{uuid.uuid4().hex[:8]}",

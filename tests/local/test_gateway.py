@@ -479,7 +479,7 @@ def test_storm_repeats_and_new_episodes_with_the_real_check_step(
 
     from bigbertha.cli import app
     from bigbertha.training import cooldown
-    from tests.training.test_retrain import retrain_counts
+    from tests.training.helpers import retrain_counts
 
     for key, value in {
         "MLFLOW__TRACKING_URI": mlflow_server.url,

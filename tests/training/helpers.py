@@ -54,3 +54,8 @@ def telemetry_counts(redis_url: str, metric: str) -> dict[str, int]:
         if sample.startswith(metric):
             counts[labels[-1]] = int(float(value))
     return counts
+
+
+def retrain_counts(redis_url: str) -> dict[str, int]:
+    """bigbertha_retrain_runs_total by result, as Redis holds it."""
+    return telemetry_counts(redis_url, "bigbertha_retrain_runs_total")

@@ -15,8 +15,8 @@ from bigbertha.cli import app
 from bigbertha.core.errors import InputError
 from bigbertha.core.settings import Settings
 from bigbertha.training import cooldown, retrain
-from tests.models.test_loading import mlflow_settings
-from tests.training.test_retrain import retrain_counts
+from tests.models.helpers import mlflow_settings
+from tests.training.helpers import retrain_counts
 
 HOUR = 3600.0
 T0 = 1_790_000_000.0  # an injected "now"

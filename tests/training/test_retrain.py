@@ -20,17 +20,13 @@ from bigbertha.models import registry
 from bigbertha.models.loading import pyfunc_model
 from bigbertha.training import finetune, retrain
 from tests.models.helpers import mlflow_settings
-from tests.training.helpers import telemetry_counts, train_settings
+from tests.training.helpers import retrain_counts, train_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sample(shared_dir: Path, name: str) -> Any:
     return json.loads((shared_dir / "samples" / name).read_text())
-
-
-def retrain_counts(redis_url: str) -> dict[str, int]:
-    return telemetry_counts(redis_url, "bigbertha_retrain_runs_total")
 
 
 # --- alert payloads -------------------------------------------------------------------------
