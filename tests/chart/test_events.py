@@ -165,10 +165,25 @@ def test_a_storm_of_one_episode_yields_one_workflow_name(
 def test_workflow_names_are_valid_under_the_longest_fullname(shared_dir: Path) -> None:
     event = _sample(shared_dir, "argo-webhook-eventdata-firing.json")
     fullname = "b" * 63
-    values = {  # external services, so no subchart needs the long name wired in by hand
+    s3, db = f"{fullname}-s3", f"{fullname}-mlflow-db"
+    credentials = [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": s3, "key": key}}}
+        for name, key in (
+            ("MINIO_ACCESS_KEY_ID", "rootUser"),
+            ("MINIO_SECRET_ACCESS_KEY", "rootPassword"),
+        )
+    ]
+    values = {  # the subcharts' values that must name this release's objects (validate.yaml)
         "fullnameOverride": fullname,
-        **{name: {"enabled": False} for name in ("minio", "milvus", "mlflow")},
-        "objectStorage": {"endpoint": "s3.example:9000", "existingSecret": "s3-credentials"},
+        "minio": {"existingSecret": s3},
+        "milvus": {"standalone": {"extraEnv": credentials}},
+        "mlflow": {
+            "artifactRoot": {"s3": {"existingSecret": {"name": s3}}},
+            "backendStore": {
+                "postgres": {"enabled": True, "host": db},
+                "existingDatabaseSecret": {"name": db},
+            },
+        },
     }
     sensor = one(render(values), "Sensor", f"{fullname}-retrain")
     name = _workflow_name(sensor, event)
