@@ -18,6 +18,7 @@ from typer.exceptions import TyperException
 from bigbertha import __version__
 from bigbertha.core import logs
 from bigbertha.core.errors import BigberthaError, ConfigError, ExitCode
+from bigbertha.core.interrupts import interruptible
 from bigbertha.core.settings import Settings, load, masked, sources
 
 
@@ -218,9 +219,9 @@ def ingest_command(
     ] = None,
 ) -> None:
     """Index documents into Milvus (or --delete them); exit 0 ok, 3 some rejected, 69 storage or
-    Milvus unreachable, 2 bad arguments.
+    Milvus unreachable, 2 bad arguments, 143/130 stopped by SIGTERM/SIGINT.
 
-    Prints the JSON report as the last line on stdout.
+    Prints the JSON report as the last line on stdout; --report is written however it ends.
     """
     from bigbertha.documents import ingest
 
@@ -301,7 +302,8 @@ def prepare_data_command(
     settings = ctx.obj.settings(
         finetune={"feedback_examples": feedback_examples, "min_examples": min_examples}
     )
-    result = training_data.prepare(settings, data or None, output, lineage=lineage)
+    with interruptible():
+        result = training_data.prepare(settings, data or None, output, lineage=lineage)
     typer.echo(json.dumps(result))
 
 
@@ -355,7 +357,8 @@ def finetune_command(
             "merge": merge,
         }
     )
-    result = finetune.run(settings, data=data or None, lineage=lineage, report=report)
+    with interruptible():  # the MLflow run ends FAILED instead of RUNNING for ever
+        result = finetune.run(settings, data=data or None, lineage=lineage, report=report)
     typer.echo(json.dumps(result.to_json()))
 
 
@@ -383,7 +386,8 @@ def evaluate_command(
 
     lineage = _lineage(alert_name, alert_labels, workflow_name)
     settings = ctx.obj.settings(evaluate={"max_examples": max_examples})
-    result = evaluate.run(settings, model, data=data, report=report, tags=lineage)
+    with interruptible():
+        result = evaluate.run(settings, model, data=data, report=report, tags=lineage)
     typer.echo(json.dumps(result.to_json()))
 
 
@@ -425,18 +429,19 @@ def promote_command(
     if not rollback and not challenger:
         raise typer.BadParameter("required unless --rollback", param_hint="--challenger")
     settings = ctx.obj.settings(promote={"margin": margin})
-    if rollback:
-        decision = promote.rollback(settings, report=report)
-    else:
-        assert challenger is not None
-        decision = promote.run(
-            settings,
-            challenger,
-            data=data,
-            lineage=lineage,
-            report=report,
-            evaluation=evaluation,
-        )
+    with interruptible():
+        if rollback:
+            decision = promote.rollback(settings, report=report)
+        else:
+            assert challenger is not None
+            decision = promote.run(
+                settings,
+                challenger,
+                data=data,
+                lineage=lineage,
+                report=report,
+                evaluation=evaluation,
+            )
     typer.echo(json.dumps(decision.to_json()))
 
 
@@ -541,14 +546,15 @@ def retrain_command(
         if plan is None:
             typer.echo(json.dumps({"result": "skipped", "reason": "no firing retrain alert"}))
             return
-    result = retrain.run(
-        settings,
-        plan=plan,
-        data=data or None,
-        eval_data=eval_data,
-        workflow_name=workflow_name,
-        report=report,
-    )
+    with interruptible():  # the lock is released, the report and MLflow say it failed
+        result = retrain.run(
+            settings,
+            plan=plan,
+            data=data or None,
+            eval_data=eval_data,
+            workflow_name=workflow_name,
+            report=report,
+        )
     typer.echo(json.dumps(result.to_json()))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import signal
 
 import pytest
 from typer.testing import CliRunner
@@ -18,10 +19,11 @@ from bigbertha.core.errors import (
     ConfigError,
     ExitCode,
     InputError,
+    Interrupted,
     ServiceUnavailable,
 )
 
-CATEGORIES = (ConfigError, InputError, ServiceUnavailable, Busy)
+CATEGORIES = (ConfigError, InputError, ServiceUnavailable, Busy, Interrupted)
 
 
 def all_error_classes() -> set[type[BigberthaError]]:
@@ -61,6 +63,8 @@ def test_the_codes_are_the_documented_ones() -> None:
         "UNAVAILABLE": 69,
         "BUG": 70,
         "BUSY": 75,
+        "INTERRUPTED": 130,
+        "TERMINATED": 143,
     }
     assert errors.__doc__ is not None and "| 69" in errors.__doc__
 
@@ -72,6 +76,8 @@ def test_the_codes_are_the_documented_ones() -> None:
         (InputError("3 documents rejected"), 3),
         (ServiceUnavailable("Redis at redis://x:6379: connection refused"), 69),
         (Busy("another retrain holds the lock"), 75),
+        (Interrupted(signal.SIGINT), 130),
+        (Interrupted(signal.SIGTERM), 143),
     ],
 )
 def test_the_cli_boundary_prints_the_message_and_exits_with_its_class(

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -361,3 +364,51 @@ def test_long_sections_are_split_to_the_chunk_size_without_tokenizer_warnings(
     assert all(len(tokenizer.tokenize(n.text, verbose=False)) <= 64 for n in nodes)
     assert "Sentence number 199 " in nodes[-1].text
     assert "longer than the specified maximum" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [(signal.SIGTERM, ExitCode.TERMINATED), (signal.SIGINT, ExitCode.INTERRUPTED)],
+    ids=["SIGTERM", "SIGINT"],
+)
+def test_a_stopped_ingest_writes_its_report_and_a_log_line_and_exits_with_its_code(
+    env: Env, tmp_path: Path, sig: signal.Signals, code: ExitCode
+) -> None:
+    """A real `bigbertha ingest` process is signalled mid-batch (Kubernetes stops a pod with
+    SIGTERM): what it did is in the report and the log, and a rerun finishes the batch."""
+    # Each source is written as soon as it is embedded; a milvus-lite file of its own, which
+    # only one process may hold at a time.
+    env(milvus_uri=str(tmp_path / "stopped.db"), ingest={"window_chunks": 1})
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for n in range(150):
+        (docs / f"doc-{n:03d}.md").write_text(f"# Doc {n}\n\nThe llama number {n} eats hay.\n")
+    report = tmp_path / "report.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bigbertha", "ingest", str(docs), "--report", str(report)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    log = []
+    for line in process.stderr:  # wait until it is part-way through the batch
+        log.append(line)
+        if '"progress"' in line and json.loads(line)["progress"]["done"] >= 3:
+            break
+    process.send_signal(sig)
+    rest, errors = process.communicate(timeout=120)
+    log.append(errors)
+    text = "".join(log)
+    assert process.returncode == code, text[-3000:]
+    doc = json.loads(report.read_text())
+    assert doc["exit_code"] == code and doc["fatal"].startswith(f"interrupted by {sig.name}")
+    done = doc["totals"]["ingested"]
+    assert 3 <= done < 150
+    assert f"stopped by {sig.name} after {done} sources" in text
+    assert f"error: interrupted by {sig.name}" in text
+
+    if sig == signal.SIGTERM:  # idempotent: the rerun does only what was left
+        result, again = ingest(str(docs))
+        assert result.exit_code == 0, result.output
+        assert again["totals"]["unchanged"] >= done and again["totals"]["sources"] == 150

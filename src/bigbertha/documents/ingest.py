@@ -12,19 +12,22 @@ deleted after, so a crash never leaves a source with no chunks; a delete removes
 Bad input is rejected one object at a time (one log line naming it and the reason, an entry in
 the JSON report, a copy under the dead-letter prefix) while the rest of the batch goes on.
 Exit codes (`bigbertha.core.errors`): 0 all ok, 3 some rejected, 69 storage or Milvus down
-after retries (the workflow retries it), 2 bad arguments or a mismatched collection.
+after retries (the workflow retries it), 2 bad arguments or a mismatched collection, 143 or 130
+stopped by SIGTERM or SIGINT (the report and a log line say how far it got; a rerun finishes).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bigbertha.core.errors import BigberthaError, ConfigError
+from bigbertha.core import interrupts
+from bigbertha.core.errors import BigberthaError, ConfigError, Interrupted
 from bigbertha.core.storage import ObjectMissing, Storage, open_client
 from bigbertha.documents import readers, vectorstore
 from bigbertha.documents.chunking import Chunker
@@ -186,6 +189,7 @@ class Ingestion:
 
         try:
             for item in items:
+                interrupts.check()
                 prepared = self.prepare(item, chunker, index)
                 if isinstance(prepared, Outcome):
                     finish([prepared])
@@ -253,9 +257,18 @@ def run(
     report = Report(action, event_name)
     job = Ingestion(settings, report)
     try:
-        job.delete(refs) if action == "delete" else job.ingest(refs)
+        with interrupts.interruptible():  # SIGTERM/SIGINT: reported below, then exit 143/130
+            job.delete(refs) if action == "delete" else job.ingest(refs)
     except BigberthaError as exc:
         report.fatal, report.fatal_code = str(exc), exc.exit_code
+        if isinstance(exc, Interrupted):
+            log.warning(
+                "%s stopped by %s after %d sources; run it again to finish (ingestion is "
+                "idempotent: nothing is written twice)",
+                action,
+                signal.Signals(exc.signum).name,
+                len(report.outcomes),
+            )
         raise
     finally:
         report.finished = time.time()
