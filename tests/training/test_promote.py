@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from bigbertha.core.settings import Settings
-from bigbertha.models import registry
+from bigbertha.models import registry, tracking
 from bigbertha.training import finetune, promote
 from tests.training.helpers import telemetry_counts
 
@@ -172,3 +177,122 @@ def test_gate_reuses_the_evaluate_steps_report_only_when_it_matches(
     with caplog.at_level("WARNING", logger="bigbertha.training.promote"):
         third = promote.run(settings, str(adapter), evaluation=str(tmp_path / "missing.json"))
     assert "missing.json unusable" in caplog.text and third.decision == "rejected"
+
+
+# --- a challenger registered but never gated --------------------------------------------------
+
+
+def dead_owner() -> dict[str, str]:
+    """Owner tags of a real process that has exited."""
+    process = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return {
+        tracking.HOST_TAG: socket.gethostname(),
+        tracking.PID_TAG: process.stdout.strip(),
+        tracking.PID_STARTED_TAG: "1.00",
+    }
+
+
+def test_ungated_versions_are_resumed_by_their_step_or_tagged_rejected(mlflow_server: Any) -> None:
+    from mlflow import MlflowClient
+
+    from tests.models.helpers import mlflow_settings
+
+    settings = mlflow_settings(mlflow_server)
+    name = settings.mlflow.model_name
+    client = MlflowClient(mlflow_server.url)
+    client.create_registered_model(name)
+
+    def version(source: str, **tags: str) -> str:
+        mv = client.create_model_version(name, "s3://models/x", tags={"source": source, **tags})
+        return str(mv.version)
+
+    abandoned = version("s3://runs/wf-1/adapter", workflow_name="wf-1", **dead_owner())
+    live = version("s3://runs/wf-3/adapter", **tracking.owner_tags())  # a gate at work here
+    retried = version("s3://runs/wf-2/adapter", workflow_name="wf-2", **{tracking.HOST_TAG: "pod"})
+    decided = version("s3://runs/wf-0/adapter", **{**dead_owner(), "gate.decision": "promoted"})
+    champion = version("s3://runs/manual/adapter", **dead_owner())
+    client.set_registered_model_alias(name, "champion", champion)
+    outside = version("s3://runs/elsewhere/adapter")  # not registered by a gate
+
+    # Argo retries wf-2's promote step after MLflow failed right after registering: the retry
+    # gates the version already registered instead of registering the adapter twice.
+    assert (
+        promote.settle_ungated(settings, challenger="s3://runs/wf-2/adapter", workflow_name="wf-2")
+        == retried
+    )
+    tags = registry.version_tags(settings, abandoned)
+    assert tags["gate.decision"] == "rejected"
+    assert tags["gate.reason"].startswith("never gated: the promote step that registered it")
+    assert "is gone" in tags["gate.reason"]
+    for untouched in (live, retried, champion, outside):
+        assert "gate.decision" not in registry.version_tags(settings, untouched)
+    assert registry.version_tags(settings, decided)["gate.decision"] == "promoted"
+    # Another workflow's young version is not ours to gate, nor abandoned.
+    assert promote.settle_ungated(settings, challenger="s3://runs/wf-2/adapter") is None
+    # wf-2's exit handler: the Workflow is over, so its ungated version is rejected.
+    promote.settle_ungated(settings, ended_workflow="wf-2")
+    assert "its workflow wf-2 has ended" in registry.version_tags(settings, retried)["gate.reason"]
+
+
+def test_a_gate_killed_after_registering_is_finished_by_the_next_try(
+    trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],
+    task_data: Path,
+    mlflow_server: Any,
+    clean_env: Path,
+) -> None:
+    """A real promote process is killed between registering and deciding; the retry of the
+    step (same workflow) gates that version: no second registration, no version left ungated."""
+    adapter, _, trained_settings = trained_adapter
+    settings = trained_settings.model_copy(
+        update={
+            "mlflow": trained_settings.mlflow.model_copy(
+                update={"model_name": f"{trained_settings.mlflow.model_name}-killed"}
+            )
+        }
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BIGBERTHA_", "MLFLOW_HTTP_"))}
+    env |= {
+        "BIGBERTHA_MLFLOW__TRACKING_URI": mlflow_server.url,
+        "BIGBERTHA_MLFLOW__MODEL_NAME": settings.mlflow.model_name,
+        "BIGBERTHA_EVALUATE__MAX_NEW_TOKENS": "4000",  # a slow gate: it is killed during it
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bigbertha",
+            "promote",
+            "--challenger",
+            str(adapter),
+            "--data",
+            str(task_data),
+            "--workflow-name",
+            "wf-killed",
+        ],
+        env=env,
+        cwd=clean_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    registered: list[Any] = []
+    while not registered and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        registered = registry.versions(settings)
+    process.kill()
+    process.wait(timeout=60)
+    assert len(registered) == 1, "the killed promote registered nothing"
+    version = str(registered[0].version)
+    assert "gate.decision" not in registry.version_tags(settings, version)
+
+    retry = promote.run(
+        settings, str(adapter), data=str(task_data), lineage={"workflow_name": "wf-killed"}
+    )
+    assert retry.version == version
+    assert [str(v.version) for v in registry.versions(settings)] == [version]
+    assert registry.version_tags(settings, version)["gate.decision"] == retry.decision

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,12 +18,13 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from bigbertha.cli import app
-from bigbertha.core.errors import InputError
+from bigbertha.core.errors import ExitCode, InputError
 from bigbertha.core.settings import Settings
 from bigbertha.models import registry
 from bigbertha.models.loading import pyfunc_model
 from bigbertha.training import finetune, retrain
 from tests.models.helpers import mlflow_settings
+from tests.services import free_port
 from tests.training.helpers import retrain_counts, train_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -252,3 +257,138 @@ def test_record_exit_counts_the_run_and_records_why_it_failed(
 def test_record_exit_cli_needs_a_status() -> None:
     result = CliRunner().invoke(app, ["retrain", "--record-exit"])
     assert result.exit_code == 2 and "--status" in result.output
+
+
+# --- faults: MLflow down, a killed run (real processes) -------------------------------------
+
+MLFLOW_BOUND_SECONDS = 60  # "well under a minute" with the default mlflow.request_* settings
+
+
+def bigbertha_process(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """`bigbertha <args>` as its own process, with only these BIGBERTHA_* settings."""
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BIGBERTHA_", "MLFLOW_HTTP_")) or k == "BIGBERTHA_SHARED"
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "bigbertha", *args],
+        env={**clean, "BIGBERTHA_LOG__FORMAT": "json", **env},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("command", ["promote", "retrain"])
+def test_promote_and_retrain_fail_fast_with_69_when_mlflow_is_down(
+    command: str,
+    task_data: Path,
+    clean_env: Path,
+) -> None:
+    """With MLflow's client defaults this took ~250 s; the settings bound it to seconds."""
+    adapter = clean_env / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "smollm2"}')
+    args = {
+        "promote": ["promote", "--challenger", str(adapter), "--data", str(task_data)],
+        "retrain": ["retrain", "--data", str(task_data), "--eval-data", str(task_data)],
+    }[command]
+    env = {
+        "BIGBERTHA_MLFLOW__TRACKING_URI": f"http://127.0.0.1:{free_port()}",  # nothing there
+        "BIGBERTHA_RETRAIN__WORKDIR": str(clean_env / "runs"),
+        "BIGBERTHA_RETRAIN__LOCK_FILE": str(clean_env / "lock"),
+    }
+    started = time.monotonic()
+    process = bigbertha_process(args, env, clean_env)
+    try:
+        output, _ = process.communicate(timeout=MLFLOW_BOUND_SECONDS + 60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    elapsed = time.monotonic() - started
+    assert process.returncode == ExitCode.UNAVAILABLE, output[-3000:]
+    assert elapsed < MLFLOW_BOUND_SECONDS, f"{command} took {elapsed:.0f}s with MLflow down"
+    assert "MLflow at http://127.0.0.1" in output.splitlines()[-1]
+
+
+def _runs(tracking_uri: str, experiment: str = registry.EXPERIMENT, **tags: str) -> list[Any]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    return list(client.search_runs([found.experiment_id], filter_string=where))
+
+
+@pytest.mark.slow
+def test_a_killed_retrain_leaves_no_running_mlflow_run_after_the_next_start(
+    run_settings: Settings,
+    task_data: Path,
+    clean_env: Path,
+) -> None:
+    """SIGTERM: the run ends its MLflow run FAILED itself (exit 143). SIGKILL: it cannot, and
+    the next retrain's start marks the run it left RUNNING as FAILED, with the reason."""
+    from bigbertha.models import tracking
+
+    uri = run_settings.mlflow.tracking_uri
+    env = {
+        "BIGBERTHA_MLFLOW__TRACKING_URI": uri,
+        "BIGBERTHA_MLFLOW__MODEL_NAME": run_settings.mlflow.model_name,
+        "BIGBERTHA_FINETUNE__BASE_MODEL": run_settings.finetune.base_model,
+        "BIGBERTHA_FINETUNE__QUANTIZE": "none",
+        "BIGBERTHA_FINETUNE__MIN_EXAMPLES": "8",
+        "BIGBERTHA_FINETUNE__FEEDBACK_EXAMPLES": "0",
+        "BIGBERTHA_FINETUNE__MAX_STEPS": "100000",  # it is killed long before
+        "BIGBERTHA_FINETUNE__BATCH_SIZE": "2",
+        "BIGBERTHA_RETRAIN__WORKDIR": str(clean_env / "runs"),
+        "BIGBERTHA_RETRAIN__LOCK_FILE": str(clean_env / "lock"),
+    }
+    args = ["retrain", "--data", str(task_data), "--eval-data", str(task_data)]
+
+    def start_and_wait_for_its_run(workflow: str) -> tuple[subprocess.Popen[str], Any]:
+        process = bigbertha_process([*args, "--workflow-name", workflow], env, clean_env)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            running = [
+                r
+                for r in _runs(uri, workflow_name=workflow, step="finetune")
+                if r.info.status == "RUNNING"
+            ]
+            if running:
+                assert running[0].data.tags[tracking.PID_TAG] == str(process.pid)
+                return process, running[0]
+            time.sleep(0.5)
+        process.kill()
+        pytest.fail(f"no RUNNING finetune run appeared:\n{process.communicate()[0][-3000:]}")
+
+    # SIGTERM (Kubernetes' deadline or a deleted pod): cleanup runs, exit 143.
+    process, run = start_and_wait_for_its_run("wf-sigterm")
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == ExitCode.TERMINATED, output[-3000:]
+    assert "interrupted by SIGTERM" in output
+    assert _runs(uri, workflow_name="wf-sigterm", step="finetune")[0].info.status == "FAILED"
+
+    # SIGKILL (OOM killer, node loss): the run stays RUNNING ...
+    process, run = start_and_wait_for_its_run("wf-sigkill")
+    process.kill()
+    process.wait(timeout=60)
+    assert _runs(uri, workflow_name="wf-sigkill", step="finetune")[0].info.status == "RUNNING"
+    # ... until the next retrain starts (this one stops early: too few examples).
+    nxt = bigbertha_process(
+        [*args, "--workflow-name", "wf-next"],
+        {**env, "BIGBERTHA_FINETUNE__MIN_EXAMPLES": "100000"},
+        clean_env,
+    )
+    output, _ = nxt.communicate(timeout=300)
+    assert nxt.returncode == ExitCode.INPUT, output[-3000:]
+    swept = _runs(uri, workflow_name="wf-sigkill", step="finetune")[0]
+    assert swept.info.status == "FAILED"
+    assert f"its process {process.pid}" in swept.data.tags["failure_reason"]
+    assert "is gone" in swept.data.tags["failure_reason"]
+    for workflow in ("wf-sigterm", "wf-sigkill", "wf-next"):
+        assert all(r.info.status != "RUNNING" for r in _runs(uri, workflow_name=workflow))

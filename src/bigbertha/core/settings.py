@@ -65,6 +65,14 @@ class S3Settings(Section):
     secret_key: SecretStr | None = Field(None, description="secret access key")
     secure: bool = Field(False, description="use TLS")
     region: str | None = Field(None, description="region, if the server needs one")
+    # With ingest.retries (5) and its backoff (0.5 s, doubling): an endpoint that is down
+    # fails a job in about 8 s, one that drops packets in about 35 s; then exit 69.
+    connect_timeout_seconds: float = Field(
+        5, gt=0, le=60, description="give up connecting to the S3 API after this long"
+    )
+    read_timeout_seconds: float = Field(
+        30, gt=0, le=600, description="give up on an S3 response that stalls this long"
+    )
 
 
 class MlflowSettings(Section):
@@ -74,6 +82,18 @@ class MlflowSettings(Section):
         f"sqlite:///{HOME / 'mlflow.db'}", description="MLflow tracking URI (http://... or sqlite)"
     )
     model_name: str = Field("bigbertha-llm", description="registered model name")
+    # MLflow's client defaults (7 retries, backoff factor 2, 120 s timeout) hang a job ~250 s
+    # on a server that is down; these fail it within seconds (about 2 + 4 s of backoff) with
+    # exit 69, and the workflow's retry policy tries the step again.
+    request_retries: int = Field(
+        2, ge=0, le=10, description="MLflow client retries per request (MLFLOW_HTTP_REQUEST_*)"
+    )
+    request_backoff_factor: int = Field(
+        1, ge=0, le=30, description="MLflow client backoff factor (seconds, doubling per retry)"
+    )
+    request_timeout_seconds: int = Field(
+        15, ge=1, le=600, description="MLflow client timeout per request, in seconds"
+    )
 
 
 class EmbeddingsSettings(Section):
@@ -313,6 +333,13 @@ class RetrainSettings(Section):
         ge=0,
         description="skip a run this soon after the last run's start for the same champion "
         "version (0: no cooldown; the chart sets events.retrain.cooldownSeconds)",
+    )
+    # The finetune Workflow's activeDeadlineSeconds: no job of the loop lives longer, so an
+    # MLflow run still RUNNING (or a challenger still ungated) after this was abandoned.
+    stale_after_seconds: float = Field(
+        21600,
+        gt=0,
+        description="runs RUNNING and versions ungated longer than this are marked abandoned",
     )
 
 

@@ -2,8 +2,9 @@
 
 Every part that touches buckets goes through `open_client(settings)`: reads, writes, listings and
 copies are retried with exponential backoff on transient failures (connection refused, timeouts,
-5xx), and give up with `ServiceUnavailable` (exit code 1). A missing object is not transient: it
-raises `ObjectMissing` at once.
+5xx) up to ``ingest.retries`` times, each try bounded by ``s3.*_timeout_seconds``, and give up
+with `ServiceUnavailable` (exit code 69). A missing object is not transient: it raises
+`ObjectMissing` at once.
 
 Training artifacts (datasets, adapters, reports) move between workflow steps as ``s3://`` URIs
 or local paths; `download_prefix` / `upload_path` / `read_bytes` / `write_bytes` handle both.
@@ -233,7 +234,7 @@ def open_client(settings: Settings) -> Storage:
         )
     # urllib3 itself does not retry: our loop does, with backoff we control and log.
     http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=5.0, read=60.0),
+        timeout=urllib3.Timeout(connect=s3.connect_timeout_seconds, read=s3.read_timeout_seconds),
         retries=False,
         maxsize=8,
     )

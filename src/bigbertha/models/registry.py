@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from bigbertha.core.errors import BigberthaError, ConfigError, ServiceUnavailable
+from bigbertha.models import tracking
 
 if TYPE_CHECKING:
     from bigbertha.core.settings import Settings
@@ -75,9 +76,13 @@ def client(settings: Settings) -> Any:
     return MlflowClient(settings.mlflow.tracking_uri, settings.mlflow.tracking_uri)
 
 
-def _unavailable(settings: Settings, exc: Exception) -> ServiceUnavailable:
+class MlflowUnavailable(ServiceUnavailable):
+    """The tracking server or registry stayed unreachable after the client's bounded retries."""
+
+
+def _unavailable(settings: Settings, exc: Exception) -> MlflowUnavailable:
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return ServiceUnavailable(f"MLflow at {settings.mlflow.tracking_uri}: {first}")
+    return MlflowUnavailable(f"MLflow at {settings.mlflow.tracking_uri}: {first}")
 
 
 @contextlib.contextmanager
@@ -208,7 +213,9 @@ def register_challenger(
     mlflow_client = client(settings)
     try:
         mlflow.set_experiment(EXPERIMENT)
-        with mlflow.start_run(run_name=f"register-{tags.get('workflow_name') or 'local'}") as run:
+        with mlflow.start_run(
+            run_name=f"register-{tags.get('workflow_name') or 'local'}", tags=tracking.owner_tags()
+        ) as run:
             mlflow.set_tags({"step": "register", **{k: v for k, v in tags.items() if v}})
             info = mlflow.pyfunc.log_model(
                 name="model",
@@ -240,6 +247,29 @@ def set_tags(settings: Settings, version: str, tags: Mapping[str, Any]) -> None:
             mlflow_client.set_model_version_tag(
                 settings.mlflow.model_name, version, key, str(value)
             )
+
+
+def versions(settings: Settings) -> list[Any]:
+    """Every version of the registered model (MLflow ModelVersions with their tags; a search
+    leaves their aliases out: see `aliased_versions`)."""
+    name = settings.mlflow.model_name
+    with mlflow_errors(settings):
+        return list(client(settings).search_model_versions(f"name = '{name}'"))
+
+
+def aliased_versions(settings: Settings) -> set[str]:
+    """The versions some alias (champion, previous, ...) points at; empty without a model."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client(settings).get_registered_model(settings.mlflow.model_name)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return set()
+        raise _unavailable(settings, exc) from exc
+    except OSError as exc:
+        raise _unavailable(settings, exc) from exc
+    return {str(v) for v in (model.aliases or {}).values()}
 
 
 def version_tags(settings: Settings, version: str) -> dict[str, str]:

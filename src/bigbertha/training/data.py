@@ -263,8 +263,9 @@ def prepare(
     alert that asked for it and the workflow). Returns the manifest."""
     import mlflow
 
-    from bigbertha.models import registry
+    from bigbertha.models import registry, tracking
 
+    tracking.bound_client_retries(settings)
     lineage = {k: v for k, v in (lineage or {}).items() if v}
     dataset = build(settings, sources)
     manifest = {"output": output, **dataset.summary(), "lineage": lineage}
@@ -274,7 +275,7 @@ def prepare(
     with registry.mlflow_errors(settings):
         registry.client(settings)
         mlflow.set_experiment(registry.EXPERIMENT)
-        with mlflow.start_run(run_name=run_name):
+        with mlflow.start_run(run_name=run_name, tags=tracking.owner_tags()):
             mlflow.set_tags({"step": "prepare-data", "dataset_hash": dataset.hash, **lineage})
             mlflow.log_params(
                 {"examples": len(dataset.examples), "rejected_rows": len(dataset.rejected)}

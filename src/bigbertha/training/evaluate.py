@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from bigbertha.core import storage
 from bigbertha.core.errors import ConfigError
-from bigbertha.models import loading, registry
+from bigbertha.models import loading, registry, tracking
 from bigbertha.training import data as training_data
 
 if TYPE_CHECKING:
@@ -192,6 +192,7 @@ def run(
     """
     import mlflow
 
+    tracking.bound_client_retries(settings)
     uri, examples = eval_set or load_eval_set(settings, data)
     model, tokenizer, version = loading.load_causal_lm(model_ref, settings)
     metrics, samples = score(model, tokenizer, examples, settings.evaluate.max_new_tokens)
@@ -207,7 +208,7 @@ def run(
     with registry.mlflow_errors(settings):
         registry.client(settings)
         mlflow.set_experiment(registry.EXPERIMENT)
-    with mlflow.start_run(run_name=f"evaluate-{version}") as run:
+    with mlflow.start_run(run_name=f"evaluate-{version}", tags=tracking.owner_tags()) as run:
         mlflow.set_tags({"step": "evaluate", "model": model_ref, "model_version": version})
         mlflow.set_tags({k: v for k, v in (tags or {}).items() if v})
         mlflow.log_params(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bigbertha.core import storage
-from bigbertha.models import loading, registry
+from bigbertha.models import loading, registry, tracking
 from bigbertha.training import data as training_data
 
 if TYPE_CHECKING:
@@ -156,6 +156,7 @@ def run(
 
     s = settings.finetune
     started = time.monotonic()
+    tracking.bound_client_retries(settings)
     # 1. Data first: a bad or tiny dataset must stop the run before a model is loaded.
     dataset = training_data.build(settings, data)
 
@@ -175,7 +176,9 @@ def run(
             registry.client(settings)
             mlflow.set_experiment(registry.EXPERIMENT)
         run_name = f"finetune-{(lineage or {}).get('workflow_name') or 'local'}"
-        with mlflow.start_run(run_name=run_name, log_system_metrics=True) as mlflow_run:
+        with mlflow.start_run(
+            run_name=run_name, log_system_metrics=True, tags=tracking.owner_tags()
+        ) as mlflow_run:
             mlflow.set_tags(
                 {
                     "step": "finetune",

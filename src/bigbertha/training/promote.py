@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from bigbertha.core import storage
 from bigbertha.core.errors import BigberthaError, ConfigError
-from bigbertha.models import loading, registry
+from bigbertha.models import loading, registry, tracking
 from bigbertha.training import data as training_data
 from bigbertha.training import evaluate
 
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from bigbertha.core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+GATE_DECISION = "gate.decision"  # set on every version the gate decided on
 
 
 @dataclass
@@ -92,11 +94,55 @@ def gate(
     return True, f"better on {', '.join(metrics)} by more than {margin:.2%}", table
 
 
+def settle_ungated(
+    settings: Settings,
+    *,
+    challenger: str | None = None,
+    workflow_name: str | None = None,
+    ended_workflow: str | None = None,
+) -> str | None:
+    """Versions a gate registered but never decided on (MLflow failed, or the step was killed,
+    right after registering): the one registered from `challenger` by an earlier try of this
+    step (same `workflow_name`) or by a process that is gone is returned, to be gated now
+    instead of registered twice; every other abandoned one is tagged rejected with the reason.
+    A version whose gate may still be running (`tracking.abandoned`) is left alone."""
+    resume = None
+    aliased = registry.aliased_versions(settings)
+    for mv in sorted(registry.versions(settings), key=lambda v: int(v.version), reverse=True):
+        tags = dict(mv.tags)
+        if tracking.HOST_TAG not in tags or GATE_DECISION in tags or str(mv.version) in aliased:
+            continue
+        why = tracking.abandoned(
+            tags,
+            mv.creation_timestamp,
+            stale_after=settings.retrain.stale_after_seconds,
+            ended_workflow=ended_workflow,
+        )
+        ours = bool(workflow_name) and tags.get("workflow_name") == workflow_name
+        if challenger and tags.get("source") == challenger and (ours or why) and not resume:
+            log.warning("version %s of %s was never gated: gating it now", mv.version, challenger)
+            resume = str(mv.version)
+        elif why:
+            reason = f"never gated: the promote step that registered it stopped first ({why})"
+            # The decision goes last: a version that has it was decided completely.
+            registry.set_tags(
+                settings, str(mv.version), {"gate.reason": reason, GATE_DECISION: "rejected"}
+            )
+            log.warning("version %s tagged rejected: %s", mv.version, reason)
+    return resume
+
+
 def register(settings: Settings, challenger: str, lineage: Mapping[str, str]) -> str:
-    """Register `challenger` (adapter path or s3:// prefix) unless it is already a version."""
+    """Register `challenger` (adapter path or s3:// prefix) unless it is already a version, or
+    an earlier try registered it and never gated it (`settle_ungated`)."""
     source = loading.resolve(challenger, settings)
     if challenger.startswith("models:/"):
         return source.version
+    ungated = settle_ungated(
+        settings, challenger=challenger, workflow_name=lineage.get("workflow_name")
+    )
+    if ungated:
+        return ungated
     tags = {
         "base_model": str(source.lineage.get("base_model") or source.base or ""),
         "dataset_hash": str(source.lineage.get("dataset_hash", "")),
@@ -106,6 +152,7 @@ def register(settings: Settings, challenger: str, lineage: Mapping[str, str]) ->
         "source": challenger,
     }
     tags.update({k: v for k, v in lineage.items() if v})
+    tags.update(tracking.owner_tags())  # whose gate it awaits: see settle_ungated
     return registry.register_challenger(
         settings, Path(source.location), tags, loading.pyfunc_model()
     )
@@ -162,6 +209,7 @@ def run(
 
     `evaluation`: the challenger's report from `bigbertha evaluate`, reused when it matches.
     """
+    tracking.bound_client_retries(settings)
     lineage = dict(lineage or {})
     name = settings.mlflow.model_name
     # 1. Register the challenger: it is kept (and traceable) whatever the gate decides.
@@ -199,7 +247,6 @@ def run(
         "promoted" if passed else "rejected", version, champion, champion, reason, margin, table
     )
     gate_tags: dict[str, Any] = {
-        "gate.decision": decision.decision,
         "gate.reason": reason[:4000],
         "gate.margin": margin,
         "gate.baseline": baseline,
@@ -209,6 +256,7 @@ def run(
     for metric, row in table.items():
         gate_tags[f"gate.{metric}.challenger"] = f"{row['challenger']:.6g}"
         gate_tags[f"gate.{metric}.champion"] = f"{row['champion']:.6g}"
+    gate_tags[GATE_DECISION] = decision.decision  # last: a version with it is fully decided
     registry.set_tags(settings, version, gate_tags)
     if passed:
         registry.promote(settings, version)
@@ -222,6 +270,7 @@ def run(
 
 def rollback(settings: Settings, *, report: str | None = None) -> Decision:
     """Move ``champion`` back to ``previous`` and count it."""
+    tracking.bound_client_retries(settings)
     current, target = registry.rollback(settings)
     registry.set_tags(settings, target, {"rollback.restored_from": current})
     decision = Decision("rollback", target, current, target, f"rolled back from version {current}")

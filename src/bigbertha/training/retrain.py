@@ -16,6 +16,12 @@ whether it may train (one run per alert episode, a cooldown per champion version
 may not is ``skipped`` with the reason recorded. A failure at any step leaves the ``champion``
 alias as it was (the alias is the last thing `promote` moves), is counted as ``failed`` and its
 reason goes to the log, the JSON report and an MLflow run tagged ``failure_reason``.
+
+Nothing is left half-done for the next run: MLflow calls fail within seconds when the server is
+down (`tracking.bound_client_retries`), and before training a run marks the MLflow runs that a
+killed job left RUNNING as FAILED (`tracking.sweep_stale_runs`) and settles challengers that
+were registered but never gated (`promote.settle_ungated`). The cluster Workflow's exit handler
+(`record_exit`) does the same for the Workflow that just ended.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from bigbertha.core import storage
 from bigbertha.core.errors import BigberthaError, Busy, ExitCode, InputError
-from bigbertha.models import registry
+from bigbertha.models import registry, tracking
 from bigbertha.training import cooldown, evaluate, finetune, promote
 
 if TYPE_CHECKING:
@@ -187,7 +193,8 @@ def _record_failure(settings: Settings, step: str, reason: str, lineage: Mapping
 
         registry.client(settings)
         mlflow.set_experiment(registry.EXPERIMENT)
-        with mlflow.start_run(run_name=f"retrain-failed-{step}") as run:
+        run_name = f"retrain-failed-{step}"
+        with mlflow.start_run(run_name=run_name, tags=tracking.owner_tags()) as run:
             mlflow.set_tags(
                 {"step": "retrain", "failed_step": step, "failure_reason": reason[:4000]}
             )
@@ -205,10 +212,12 @@ def record_exit(settings: Settings, status: str, failures: str, lineage: Mapping
     `{{workflow.failures}}` JSON list of failed nodes (displayName, message, ...). The champion
     is never touched here: the alias only moves inside a successful promote step.
     """
+    tracking.bound_client_retries(settings)
     result = "succeeded" if status == "Succeeded" else "failed"
     if result == "succeeded" and _checked_skip(settings, lineage.get("workflow_name", "")):
         return "skipped"  # counted by the check step, with its reason
     _recorder(settings).record_retrain_run(result)
+    _settle_workflow(settings, lineage.get("workflow_name"))
     if result == "failed":
         try:
             nodes = json.loads(failures or "[]")
@@ -238,6 +247,29 @@ def _checked_skip(settings: Settings, workflow_name: str) -> bool:
         return False
 
 
+def _sweep(settings: Settings, ended_workflow: str | None = None) -> None:
+    """Runs of the retrain experiment a killed job left RUNNING: FAILED, with the reason."""
+    with registry.mlflow_errors(settings):
+        tracking.sweep_stale_runs(
+            registry.client(settings),
+            registry.EXPERIMENT,
+            stale_after=settings.retrain.stale_after_seconds,
+            ended_workflow=ended_workflow,
+        )
+
+
+def _settle_workflow(settings: Settings, workflow: str | None) -> None:
+    """Best effort, in the exit handler: the Workflow is over, so its runs still RUNNING and its
+    challengers never gated were abandoned (a step was killed): close them with the reason."""
+    if not workflow:
+        return
+    try:
+        _sweep(settings, ended_workflow=workflow)
+        promote.settle_ungated(settings, ended_workflow=workflow)
+    except BigberthaError as exc:
+        log.warning("could not settle workflow %s in MLflow: %s", workflow, exc)
+
+
 def run(
     settings: Settings,
     *,
@@ -248,6 +280,7 @@ def run(
     report: str | None = None,
 ) -> RetrainResult:
     """Fine-tune, evaluate and gate under the retrain lock; the champion moves only on success."""
+    tracking.bound_client_retries(settings)
     recorder = _recorder(settings)
     lineage = {**(plan.lineage() if plan else {}), "workflow_name": workflow_name or ""}
     plan_doc = asdict(plan) if plan else None
@@ -273,8 +306,11 @@ def run(
                 return skipped
             run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
             workdir = Path(settings.retrain.workdir) / run_id
-            # The evaluation set is checked before any training time is spent.
+            # The evaluation set and MLflow are checked before any training time is spent; runs
+            # and challengers a killed run left behind are closed first (we hold the lock).
             eval_uri, _ = evaluate.load_eval_set(settings, eval_data)
+            _sweep(settings)
+            promote.settle_ungated(settings)
             step = "finetune"
             output = {"output": str(workdir / "adapter")}
             ft_settings = settings.model_copy(
@@ -296,7 +332,8 @@ def run(
                 log.exception("retrain: unexpected error in step %s", step)
             log.error("retrain: %s; the champion is unchanged", reason)
             recorder.record_retrain_run("failed")
-            _record_failure(settings, step, reason, lineage)
+            if not isinstance(exc, registry.MlflowUnavailable):  # it would only wait again
+                _record_failure(settings, step, reason, lineage)
             _write(settings, report, RetrainResult("failed", reason, step, plan_doc))
             raise RetrainFailed(f"retrain: {reason}; the champion is unchanged", exc) from exc
     recorder.record_retrain_run("succeeded")
