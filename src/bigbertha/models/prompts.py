@@ -16,6 +16,7 @@ becomes a training row whose prompt is rebuilt here, exactly as it was sent.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,3 +77,16 @@ def build_messages(question: str, passages: Sequence[Passage] | None) -> list[Me
     )
     user = f"Context passages:\n\n{blocks}\n\nQuestion: {question}\nAnswer with citations:"
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+_QUESTION = re.compile(r"\n\nQuestion: (?P<question>.*)\nAnswer with citations:\Z", re.DOTALL)
+
+
+def question_of(prompt: Sequence[Mapping[str, str]]) -> str:
+    """The question a prompt asks: its last user message, without the passages
+    `build_messages` put before it (training data deduplicates on questions, not passages)."""
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    if not users:
+        return ""
+    match = _QUESTION.search(users[-1]) if users[-1].startswith("Context passages:") else None
+    return match["question"] if match else users[-1]
