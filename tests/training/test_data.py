@@ -180,3 +180,178 @@ def test_prepare_writes_the_dataset_and_its_manifest_to_object_storage(
     again = training_data.build(settings, ["s3://runs/wf-1/data.jsonl"])
     assert again.hash == summary["dataset_hash"]
     assert storage.read_bytes(settings, "s3://runs/wf-1/data.jsonl").count(b"\n") == 3
+
+
+# --- the guards: personal data, token limits, near duplicates ---------------------------------
+
+# Planted as users paste them; each must be gone from the training file (also without spaces).
+PLANTED = {
+    "EMAIL_ADDRESS": ["jane.doe@example.com", "ops-oncall@corp.internal"],
+    "PHONE_NUMBER": ["+1 415 555 2671", "+44 20 7946 0958", "(415) 555-2671"],
+    "CREDIT_CARD": ["4111 1111 1111 1111", "5555-5555-5555-4444"],
+    "IBAN_CODE": ["DE89 3704 0044 0532 0130 00"],
+    "IP_ADDRESS": ["10.12.7.201"],
+    "AWS_ACCESS_KEY": ["AKIAIOSFODNN7EXAMPLE"],
+    "GITHUB_TOKEN": ["ghp_1234567890abcdefghijABCDEFGHIJ123456"],
+    "OPENAI_API_KEY": ["sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z"],
+    "SLACK_TOKEN": ["xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"],
+    "HIGH_ENTROPY_SECRET": ["wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"],
+    "SECRET_VALUE": ["hunter2hunter2"],
+}
+
+
+def planted_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Curated rows and up-rated chat turns, every planted value in one of their fields."""
+    p = PLANTED
+    curated = [
+        {"prompt": f"my mail is {p['EMAIL_ADDRESS'][0]}, fix my account", "completion": "done"},
+        {"prompt": "who is on call?", "completion": f"write to {p['EMAIL_ADDRESS'][1]}"},
+        {
+            "question": "how do I pay?",
+            "context": [f"Pay with card {p['CREDIT_CARD'][0]} or IBAN {p['IBAN_CODE'][0]}."],
+            "answer": "with the company card [1]",
+        },
+        {
+            "messages": [
+                {"role": "user", "content": f"why does {p['AWS_ACCESS_KEY'][0]} fail?"},
+                {
+                    "role": "assistant",
+                    "content": f"rotate it; the secret {p['HIGH_ENTROPY_SECRET'][0]} leaked",
+                },
+            ]
+        },
+        {"prompt": "what color is the sky ?", "completion": "the sky is blue"},
+    ]
+    turns = [
+        (f"call me on {p['PHONE_NUMBER'][0]} or {p['PHONE_NUMBER'][2]}", "I cannot call", None),
+        ("which host is down?", f"the server at {p['IP_ADDRESS'][0]}", None),
+        ("my token does not work", f"{p['GITHUB_TOKEN'][0]} was revoked", None),
+        (f"is {p['OPENAI_API_KEY'][0]} valid?", "I cannot check keys", None),
+        (
+            "how do I reach support?",
+            "see the passage [1]",
+            [
+                {
+                    "text": f"Support: {p['PHONE_NUMBER'][1]}, Slack bot {p['SLACK_TOKEN'][0]}",
+                    "label": "a.pdf",
+                }
+            ],
+        ),
+        (f"my password: {p['SECRET_VALUE'][0]} is rejected", "reset it", None),
+        (
+            "what is bigbertha ?",
+            "an llmops platform",
+            [{"text": "BigBertha is an LLMOps platform."}],
+        ),
+    ]
+    records = [
+        {
+            "ts": n,
+            "question": q,
+            "answer": a,
+            "sources": [],
+            "model_version": "1",
+            "context": ctx,
+            "rating": "up",
+            "turn_id": f"pii-{n}",
+        }
+        for n, (q, a, ctx) in enumerate(turns)
+    ]
+    return curated, records
+
+
+def test_planted_personal_data_and_secrets_never_reach_the_training_file(
+    redis_server: Any, mlflow_server: Any, tmp_path: Path, clean_env: Path
+) -> None:
+    import redis
+    from mlflow import MlflowClient
+
+    curated, records = planted_rows()
+    client = redis.Redis.from_url(redis_server.extra["url"])
+    client.delete(FEEDBACK_KEY)
+    for record in records:
+        client.lpush(FEEDBACK_KEY, json.dumps(record))
+    src = write(tmp_path / "curated.jsonl", [json.dumps(r) for r in curated])
+    settings = Settings(
+        redis={"url": redis_server.extra["url"], "timeout_seconds": 2},
+        mlflow={"tracking_uri": mlflow_server.url},
+        finetune={"min_examples": 1, "feedback_examples": 100},
+    )
+    everything = [v for values in PLANTED.values() for v in values]
+
+    def leaked(path: Path) -> list[str]:
+        text = path.read_text()
+        squashed = "".join(text.split()).replace("-", "")
+        return [
+            v for v in everything if v in text or "".join(v.split()).replace("-", "") in squashed
+        ]
+
+    # redact (the default): every row is kept, every planted value replaced by its type.
+    manifest = training_data.prepare(settings, [src], str(tmp_path / "train.jsonl"))
+    assert leaked(tmp_path / "train.jsonl") == []
+    card = manifest["data_card"]
+    assert card["rows"] == {"read": 12, "kept": 12}
+    assert set(card["redactions"]) == set(PLANTED)
+    assert card["rows_redacted"] == 10
+    for entity in PLANTED:
+        assert f"<{entity}>" in (tmp_path / "train.jsonl").read_text()
+    assert card["limits"]["token_counter"] == "tokenizer of smollm2"
+    assert json.loads((tmp_path / "train.manifest.json").read_text())["data_card"] == card
+    [run] = MlflowClient(mlflow_server.url).search_runs(
+        [MlflowClient(mlflow_server.url).get_experiment_by_name("bigbertha-retrain").experiment_id],
+        filter_string=f"tags.dataset_hash = '{manifest['dataset_hash']}'",
+    )
+    assert run.data.metrics["data.redacted.EMAIL_ADDRESS"] == 2
+    assert run.data.metrics["data.rows_kept"] == 12
+
+    # drop: rows with any finding are left out.
+    dropping = settings.model_copy(
+        update={"finetune": settings.finetune.model_copy(update={"pii": "drop"})}
+    )
+    manifest = training_data.prepare(dropping, [src], str(tmp_path / "dropped.jsonl"))
+    assert leaked(tmp_path / "dropped.jsonl") == []
+    assert manifest["data_card"]["rows"] == {"read": 12, "kept": 2}
+    assert manifest["data_card"]["dropped"]["personal_data"] == 10
+
+
+def test_rows_over_the_token_limit_and_near_duplicates_are_left_out(tmp_path: Path) -> None:
+    long_answer = " ".join(["llamas eat hay"] * 400)
+    passages = ["The sky is blue on a clear day.", "Grass is green."]
+    rows = [
+        {"prompt": "what color is the sky ?", "completion": "the sky is blue"},
+        {"prompt": "What color is the sky??", "completion": "The sky is blue."},  # near
+        {"prompt": "what colour is the sky ?", "completion": "the sky is blue"},  # near
+        {"prompt": "what color is the grass ?", "completion": "the grass is green"},  # kept
+        {"question": "why is it blue ?", "context": passages, "answer": "scattering [1]"},
+        {"question": "why is it blue ?", "context": passages[:1], "answer": "scattering [1]"},
+        {"question": "is grass blue ?", "context": passages, "answer": "no, green [2]"},  # kept
+        {"prompt": "tell me about llamas", "completion": long_answer},  # too long
+        {"prompt": "\u0000" * 5_000_000, "completion": "x"},  # too long, never tokenised
+        {"prompt": "what color is the sky ?", "completion": "the sky is blue"},  # exact
+    ]
+    src = write(tmp_path / "rows.jsonl", [json.dumps(r) for r in rows])
+    for base_model, counter in [
+        ("smollm2", "tokenizer of smollm2"),
+        (str(tmp_path / "gone"), "approximate"),
+    ]:
+        settings = settings_for(max_seq_length=256, base_model=base_model)
+        dataset = training_data.build(settings, [src])
+        card = dataset.card()
+        assert card["limits"]["token_counter"].startswith(counter)
+        assert card["rows"] == {"read": 10, "kept": 4}
+        assert card["dropped"] == {
+            "malformed": 0,
+            "duplicate": 1,
+            "too_long": 2,
+            "personal_data": 0,
+            "near_duplicate": 3,
+        }
+        questions = [
+            e["prompt"][-1]["content"].rsplit("Question: ", 1)[-1] for e in dataset.examples
+        ]
+        assert questions == [
+            "what color is the sky ?",
+            "what color is the grass ?",
+            "why is it blue ?\nAnswer with citations:",
+            "is grass blue ?\nAnswer with citations:",
+        ]

@@ -270,6 +270,16 @@ class FinetuneSettings(Section):
         500, ge=0, description="at most this many up-rated chatbot turns join the data (0: none)"
     )
     min_examples: int = Field(16, ge=1, description="fewer usable examples stop the run early")
+    pii: Literal["redact", "drop"] = Field(
+        "redact",
+        description="personal data and secrets in a row: replace with <TYPE>, or drop the row",
+    )
+    near_duplicate_threshold: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="drop a row this similar (Jaccard, question and answer) to a kept one",
+    )
     output: str = Field(
         str(HOME / "finetune"), description="where the adapter goes: a path or an s3:// prefix"
     )
@@ -284,7 +294,9 @@ class FinetuneSettings(Section):
     learning_rate: float = Field(2e-4, gt=0, description="peak learning rate")
     epochs: float = Field(3.0, gt=0, description="passes over the data (unless max_steps > 0)")
     max_steps: int = Field(-1, ge=-1, description="optimizer steps; -1: use epochs")
-    max_seq_length: int = Field(512, ge=16, description="tokens per example (longer truncated)")
+    max_seq_length: int = Field(
+        512, ge=16, description="tokens per example; longer rows are left out of the data"
+    )
     batch_size: int = Field(4, ge=1, description="examples per device step")
     gradient_accumulation_steps: int = Field(4, ge=1, description="steps per optimizer update")
     seed: int = Field(42, description="random seed (data order, LoRA init)")

@@ -28,6 +28,7 @@ number for registry refs, ``smollm2`` for the shipped model, the directory name 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -275,6 +276,32 @@ def load_causal_lm(ref: str, settings: Settings, *, quantize: bool = False) -> t
     model.eval()
     log.info("loaded model %s (version %s, %s)", ref, source.version, source.kind)
     return model, tokenizer, source.version
+
+
+def load_tokenizer(ref: str, settings: Settings) -> Any:
+    """The tokenizer `load_causal_lm(ref)` would return, without loading any weights (training
+    data counts tokens with the base model's own tokenizer)."""
+    source = resolve(ref, settings)
+    if source.kind == "adapter":
+        if not (Path(source.location) / "tokenizer_config.json").is_file():
+            assert source.base is not None
+            return load_tokenizer(source.base, settings)
+    elif source.gguf_file:
+        source = _dequantized_copy(source, cache_dir(settings))
+    try:
+        return _tokenizer_at(source.location, source.gguf_file)
+    except OSError as exc:
+        raise ModelNotFound(f"tokenizer of {ref!r}: cannot load ({exc})".splitlines()[0]) from exc
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_at(location: str, gguf_file: str | None) -> Any:
+    """Loaded once per process: a GGUF file's tokenizer takes seconds to read."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        location, **({"gguf_file": gguf_file} if gguf_file else {})
+    )
 
 
 def save_merged(model: Any, tokenizer: Any, directory: Path) -> Path:

@@ -13,22 +13,39 @@ Accepted rows (one JSON object per line; blank lines and ``#`` comments are igno
   message must be the assistant's answer; everything before it is the prompt.
 Every source becomes the same conversational prompt/completion form that trl's SFTTrainer
 trains on (loss on the completion only). Malformed rows are reported with file and line and
-skipped; duplicates are dropped; fewer than ``finetune.min_examples`` usable examples stop the
-run with `DatasetTooSmall` before any model is loaded. The SHA-256 of the canonical JSONL is the
-dataset hash recorded for lineage.
+skipped; fewer than ``finetune.min_examples`` usable examples stop the run with
+`DatasetTooSmall` before any model is loaded. The SHA-256 of the canonical JSONL is the dataset
+hash recorded for lineage.
+
+Anyone can rate a chat turn up, so every row passes the same guards, in this order
+(`Guard.admit`), each counted per reason in the data card:
+1. ``duplicate``: an exact copy of a row already kept;
+2. ``too_long``: more than ``finetune.max_seq_length`` tokens with the chat template applied,
+   counted with the base model's tokenizer (the trainer would cut the answer off there), or,
+   when it cannot be loaded, approximated as one token per 3 UTF-8 bytes plus 4 per message
+   (byte-level BPE vocabularies average ~4 bytes per English token: this errs towards dropping);
+   a row over 64 bytes per allowed token is too long without being tokenised;
+3. personal data and secrets (`bigbertha.training.pii`): redacted (``finetune.pii: redact``)
+   or the row dropped as ``personal_data`` (``drop``); a redacted row is counted again;
+4. ``near_duplicate``: as close as ``finetune.near_duplicate_threshold`` to a kept row
+   (`bigbertha.training.dedupe`), checked after redaction.
+The data card (rows read and kept, dropped per reason, redactions per entity type, the limits
+and the hash) is part of the manifest and of the MLflow runs of prepare-data and finetune.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bigbertha.core import storage
-from bigbertha.core.errors import InputError
+from bigbertha.core.errors import ConfigError, InputError
 from bigbertha.models.prompts import Message, Passage, build_messages
 
 if TYPE_CHECKING:
@@ -44,13 +61,21 @@ class DatasetTooSmall(InputError):
     """Too few usable examples to train on; nothing was trained."""
 
 
+DROP_REASONS = ("malformed", "duplicate", "too_long", "personal_data", "near_duplicate")
+
+
 @dataclass
 class Dataset:
-    """Normalised, deduplicated examples with where they came from."""
+    """Normalised, guarded examples with where they came from, and what was left out."""
 
     examples: list[Example]
     rejected: list[str] = field(default_factory=list)  # "<source>:<line>: <reason>"
     counts: dict[str, int] = field(default_factory=dict)  # source -> examples kept
+    read: int = 0  # rows that parsed, before the guards (malformed ones: `dropped`)
+    dropped: Counter[str] = field(default_factory=Counter)  # reason -> rows
+    redactions: Counter[str] = field(default_factory=Counter)  # entity type -> findings
+    rows_redacted: int = 0
+    limits: dict[str, Any] = field(default_factory=dict)
 
     @property
     def hash(self) -> str:
@@ -59,6 +84,20 @@ class Dataset:
     def to_jsonl(self) -> bytes:
         return "".join(canonical(e) + "\n" for e in self.examples).encode()
 
+    def card(self) -> dict[str, Any]:
+        """The data card: what was read, kept and left out, and why (read = kept + dropped)."""
+        dropped = {reason: self.dropped[reason] for reason in DROP_REASONS}
+        dropped["malformed"] += len(self.rejected)
+        return {
+            "rows": {"read": self.read + dropped["malformed"], "kept": len(self.examples)},
+            "dropped": dropped,
+            "redactions": dict(sorted(self.redactions.items())),
+            "rows_redacted": self.rows_redacted,
+            "kept_by_source": self.counts,
+            "limits": self.limits,
+            "dataset_hash": self.hash,
+        }
+
     def summary(self) -> dict[str, Any]:
         return {
             "examples": len(self.examples),
@@ -66,7 +105,110 @@ class Dataset:
             "rejected": len(self.rejected),
             "rejected_rows": self.rejected[:50],
             "sources": self.counts,
+            "data_card": self.card(),
         }
+
+
+class TokenCounter:
+    """Tokens of an example as the trainer sees it: the base model's chat template applied."""
+
+    BYTES_PER_TOKEN = 3  # the approximation (module docstring)
+    TOKENS_PER_MESSAGE = 4
+    MAX_BYTES_PER_TOKEN = 64  # longer rows are too long without tokenising them
+
+    def __init__(self, settings: Settings) -> None:
+        from bigbertha.models import loading
+
+        ref = settings.finetune.base_model
+        self.tokenizer: Any = None
+        try:
+            self.tokenizer = loading.load_tokenizer(ref, settings)
+            self.method = f"tokenizer of {ref}"
+        except (ConfigError, ImportError, ValueError) as exc:  # not ServiceUnavailable
+            self.method = (
+                f"approximate: 1 token per {self.BYTES_PER_TOKEN} UTF-8 bytes "
+                f"+ {self.TOKENS_PER_MESSAGE} per message"
+            )
+            log.warning("training data: counting tokens approximately (%s)", exc)
+
+    def count(self, messages: list[Message], limit: int) -> int:
+        """Tokens of `messages`; more than `limit` as soon as that is certain."""
+        size = sum(len(m["content"].encode()) for m in messages)
+        if size > limit * self.MAX_BYTES_PER_TOKEN:
+            return limit + 1
+        if self.tokenizer is None:
+            approx = -(-size // self.BYTES_PER_TOKEN)
+            return int(approx) + self.TOKENS_PER_MESSAGE * len(messages)
+        if getattr(self.tokenizer, "chat_template", None):
+            out = self.tokenizer.apply_chat_template(messages, tokenize=True)
+            ids = out["input_ids"] if isinstance(out, Mapping) else out
+        else:
+            text = "\n".join(m["content"] for m in messages)
+            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        return len(ids)
+
+
+@functools.cache
+def _redactor() -> Any:
+    """One Presidio engine per process: building it takes seconds."""
+    from bigbertha.training.pii import Redactor
+
+    return Redactor()
+
+
+class Guard:
+    """The checks every row passes before it is training data (module docstring)."""
+
+    def __init__(self, settings: Settings, dataset: Dataset) -> None:
+        from bigbertha.training.dedupe import NearDuplicates
+
+        s = settings.finetune
+        self.dataset = dataset
+        self.max_tokens = s.max_seq_length
+        self.pii = s.pii
+        self.tokens = TokenCounter(settings)
+        self.redactor = _redactor()
+        self.near = NearDuplicates(s.near_duplicate_threshold)
+        self.exact: set[str] = set()
+        dataset.limits = {
+            "max_tokens": self.max_tokens,
+            "token_counter": self.tokens.method,
+            "near_duplicate_threshold": s.near_duplicate_threshold,
+            "pii": self.pii,
+            "pii_entities": self.redactor.entities,
+        }
+
+    def admit(self, example: Example) -> Example | None:
+        """The example as it may be trained on, or None (the reason is counted)."""
+        from bigbertha.training import dedupe
+
+        drop = self.dataset.dropped
+        raw = canonical(example)
+        if raw in self.exact:
+            drop["duplicate"] += 1
+            return None
+        self.exact.add(raw)
+        messages = [*example["prompt"], *example["completion"]]
+        if self.tokens.count(messages, self.max_tokens) > self.max_tokens:
+            drop["too_long"] += 1
+            return None
+        found = self.redactor.redact(messages)
+        if found.counts:
+            self.dataset.redactions.update(found.counts)
+            if self.pii == "drop":
+                drop["personal_data"] += 1
+                return None
+            self.dataset.rows_redacted += 1
+            messages = found.messages
+            if self.tokens.count(messages, self.max_tokens) > self.max_tokens:
+                drop["too_long"] += 1
+                return None
+            cut = len(example["prompt"])
+            example = {"prompt": messages[:cut], "completion": messages[cut:]}
+        if self.near.seen(dedupe.key(example["prompt"], example["completion"])):
+            drop["near_duplicate"] += 1
+            return None
+        return example
 
 
 def canonical(example: Mapping[str, Any]) -> str:
@@ -171,10 +313,11 @@ def turn_example(record: Mapping[str, Any]) -> Example:
     }
 
 
-def feedback_examples(settings: Settings, limit: int) -> list[Example]:
-    """Examples from turns users rated up (latest rating per turn wins), newest first."""
+def feedback_examples(settings: Settings, limit: int) -> tuple[list[Example], int]:
+    """Examples from turns users rated up (latest rating per turn wins), newest first, and how
+    many up-rated turns could not be used."""
     if limit <= 0 or settings.redis.url is None:
-        return []
+        return [], 0
     from bigbertha.telemetry.feedback import FeedbackLog
 
     records = FeedbackLog.from_settings(settings).read()  # newest first
@@ -188,6 +331,7 @@ def feedback_examples(settings: Settings, limit: int) -> list[Example]:
             rating[turn_id] = record.get("rating")
         turns.setdefault(turn_id, record)
     out: list[Example] = []
+    unusable = 0
     for turn_id, record in turns.items():
         if rating.get(turn_id) != "up":
             continue
@@ -195,29 +339,31 @@ def feedback_examples(settings: Settings, limit: int) -> list[Example]:
             example = turn_example(record)
         except ValueError as exc:
             log.warning("feedback log: turn %s skipped: %s", turn_id, exc)
+            unusable += 1
             continue
         out.append(example)
         if len(out) >= limit:
             break
-    return out
+    return out, unusable
 
 
 def build(
     settings: Settings, sources: Sequence[str] | None = None, *, feedback: int | None = None
 ) -> Dataset:
-    """Read curated sources and the feedback log, normalise, deduplicate and check the size."""
+    """Read curated sources and the feedback log, normalise, guard (module docstring) and
+    check the size."""
     sources = list(settings.finetune.data if sources is None else sources)
     limit = settings.finetune.feedback_examples if feedback is None else feedback
     dataset = Dataset(examples=[])
-    seen: set[str] = set()
+    guard = Guard(settings, dataset)
 
     def add(examples: list[Example], origin: str) -> None:
         kept = 0
         for example in examples:
-            key = canonical(example)
-            if key not in seen:
-                seen.add(key)
-                dataset.examples.append(example)
+            dataset.read += 1
+            admitted = guard.admit(example)
+            if admitted is not None:
+                dataset.examples.append(admitted)
                 kept += 1
         dataset.counts[origin] = dataset.counts.get(origin, 0) + kept
 
@@ -227,7 +373,9 @@ def build(
             log.warning("training data: skipped %s", line)
         dataset.rejected.extend(rejected)
         add(examples, uri)
-    add(feedback_examples(settings, limit), "feedback")
+    turns, unusable = feedback_examples(settings, limit)
+    dataset.dropped["malformed"] += unusable
+    add(turns, "feedback")
     needed = settings.finetune.min_examples
     if len(dataset.examples) < needed:
         where = ", ".join(sources) or "no curated data"
@@ -235,12 +383,16 @@ def build(
             f"training data ({where}; feedback log): {len(dataset.examples)} usable examples, "
             f"need at least {needed} (finetune.min_examples); {len(dataset.rejected)} rows rejected"
         )
+    card = dataset.card()
     log.info(
-        "training data: %d examples (%s), %d rejected, hash %s",
+        "training data: %d examples (%s), %d rejected, dropped %s, redacted %s, hash %s",
         len(dataset.examples),
         dataset.counts,
         len(dataset.rejected),
+        {k: v for k, v in card["dropped"].items() if v},
+        card["redactions"],
         dataset.hash[:12],
+        extra={"data_card": card},
     )
     return dataset
 
@@ -280,5 +432,18 @@ def prepare(
             mlflow.log_params(
                 {"examples": len(dataset.examples), "rejected_rows": len(dataset.rejected)}
             )
+            log_card(dataset)
             mlflow.log_dict(manifest, "data_manifest.json")
     return manifest
+
+
+def log_card(dataset: Dataset) -> None:
+    """The data card on the active MLflow run: as an artifact and as metrics to compare runs."""
+    import mlflow
+
+    card = dataset.card()
+    mlflow.log_dict(card, "data_card.json")
+    metrics = {"data.rows_read": card["rows"]["read"], "data.rows_kept": card["rows"]["kept"]}
+    metrics |= {f"data.dropped.{k}": v for k, v in card["dropped"].items()}
+    metrics |= {f"data.redacted.{k}": v for k, v in card["redactions"].items()}
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})

@@ -195,6 +195,7 @@ def run(
                     "lora_target_modules": ",".join(s.target_modules),
                 }
             )
+            training_data.log_card(dataset)
             trainer = build_trainer(
                 model, tokenizer, dataset.examples, s, workdir / "trainer", quantized=quantized
             )
