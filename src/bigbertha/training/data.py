@@ -355,9 +355,22 @@ def build(
     sources = list(settings.finetune.data if sources is None else sources)
     limit = settings.finetune.feedback_examples if feedback is None else feedback
     dataset = Dataset(examples=[])
+    # 1. Read everything first: storage or Redis down fails before the guards load models.
+    read: list[tuple[str, list[Example]]] = []
+    for uri in sources:
+        examples, rejected = parse_jsonl(storage.read_bytes(settings, uri), uri)
+        for line in rejected:
+            log.warning("training data: skipped %s", line)
+        dataset.rejected.extend(rejected)
+        read.append((uri, examples))
+    turns, unusable = feedback_examples(settings, limit)
+    dataset.dropped["malformed"] += unusable
+    read.append(("feedback", turns))
+    distinct = {canonical(e) for _, examples in read for e in examples}
+    _check_size(settings, sources, dataset, len(distinct))  # the guards only take rows away
+    # 2. Every row through the guards, curated sources first.
     guard = Guard(settings, dataset)
-
-    def add(examples: list[Example], origin: str) -> None:
+    for origin, examples in read:
         kept = 0
         for example in examples:
             dataset.read += 1
@@ -366,23 +379,7 @@ def build(
                 dataset.examples.append(admitted)
                 kept += 1
         dataset.counts[origin] = dataset.counts.get(origin, 0) + kept
-
-    for uri in sources:
-        examples, rejected = parse_jsonl(storage.read_bytes(settings, uri), uri)
-        for line in rejected:
-            log.warning("training data: skipped %s", line)
-        dataset.rejected.extend(rejected)
-        add(examples, uri)
-    turns, unusable = feedback_examples(settings, limit)
-    dataset.dropped["malformed"] += unusable
-    add(turns, "feedback")
-    needed = settings.finetune.min_examples
-    if len(dataset.examples) < needed:
-        where = ", ".join(sources) or "no curated data"
-        raise DatasetTooSmall(
-            f"training data ({where}; feedback log): {len(dataset.examples)} usable examples, "
-            f"need at least {needed} (finetune.min_examples); {len(dataset.rejected)} rows rejected"
-        )
+    _check_size(settings, sources, dataset, len(dataset.examples))
     card = dataset.card()
     log.info(
         "training data: %d examples (%s), %d rejected, dropped %s, redacted %s, hash %s",
@@ -395,6 +392,18 @@ def build(
         extra={"data_card": card},
     )
     return dataset
+
+
+def _check_size(settings: Settings, sources: Sequence[str], dataset: Dataset, usable: int) -> None:
+    needed = settings.finetune.min_examples
+    if usable < needed:
+        where = ", ".join(sources) or "no curated data"
+        dropped = sum(dataset.dropped.values())
+        raise DatasetTooSmall(
+            f"training data ({where}; feedback log): {usable} usable examples, need at least "
+            f"{needed} (finetune.min_examples); {len(dataset.rejected)} rows rejected"
+            + (f", {dropped} left out by the guards" if dropped else "")
+        )
 
 
 def manifest_uri(output: str) -> str:
