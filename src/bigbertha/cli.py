@@ -504,7 +504,9 @@ def retrain_command(
     "skipped"); an alert episode that already ran, or a run for the same champion version that
     started less than the cooldown ago, is skipped too (exit 0, the reason in MLflow). Exit 75
     when another run holds the lock; a failed step (the champion is unchanged) exits with its
-    own code: 69 a service unreachable, 2 configuration, 3 bad or too little data, 70 a bug.
+    own code: 69 a service unreachable, 2 configuration, 3 bad or too little data, 70 a bug;
+    143/130 when stopped by SIGTERM/SIGINT (its MLflow run ends FAILED, the lock is released).
+    A run first closes what killed runs left behind (RUNNING MLflow runs, ungated challengers).
 
     As the cluster DAG's first step: --check --decision-file PATH [--alert-episode ID
     --alert-name --alert-labels --workflow-name] decides and records whether the run trains.
