@@ -102,7 +102,8 @@ def test_a_rated_turn_trains_on_exactly_the_prompt_the_chatbot_sent(kb: Settings
     answer = engine.ask(MASCOT, "up")
     assert answer.sources and not answer.error  # retrieved from Milvus, then generated
 
-    [example] = training_data.feedback_examples(kb, limit=10)
+    [example], unusable = training_data.feedback_examples(kb, limit=10)
+    assert unusable == 0
     assert example["prompt"] == model.sent[0]
     assert example["completion"] == [{"role": "assistant", "content": answer.text}]
 
