@@ -59,3 +59,30 @@ def test_demo_without_the_local_platform_says_what_to_install(monkeypatch):
         "error: bigbertha demo needs the local platform (bigbertha.local.demo is missing): "
         "install bigbertha[demo] from a clone of the repository (make demo)"
     )
+
+
+def test_path_flags_reach_the_commands_absolute(clean_env, monkeypatch):
+    # `make demo` passes no --workdir: the relative default must not reach the services.
+    from bigbertha.local import demo
+    from bigbertha.training import data as training_data
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(
+        demo, "run", lambda workdir, **kw: seen.setdefault("workdir", workdir) and 0
+    )
+    result = runner.invoke(app, ["demo"])
+    assert result.exit_code == 0, result.output
+    assert seen["workdir"] == clean_env / ".bigbertha" / "demo"
+
+    def prepare(settings, data, output, lineage):
+        seen.update(data=data, output=output)
+        return {}
+
+    monkeypatch.setattr(training_data, "prepare", prepare)
+    result = runner.invoke(
+        app,
+        ["prepare-data", "--output", "out/train.jsonl", "--data", "a.jsonl", "--data", "s3://b/k"],
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["output"] == f"{clean_env}/out/train.jsonl"
+    assert seen["data"] == [f"{clean_env}/a.jsonl", "s3://b/k"]

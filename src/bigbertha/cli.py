@@ -19,7 +19,14 @@ from bigbertha import __version__
 from bigbertha.core import logs
 from bigbertha.core.errors import BigberthaError, ConfigError, ExitCode
 from bigbertha.core.interrupts import interruptible
-from bigbertha.core.settings import Settings, load, masked, sources
+from bigbertha.core.settings import (
+    Settings,
+    absolute_location,
+    absolute_model_ref,
+    load,
+    masked,
+    sources,
+)
 
 
 class BigberthaGroup(TyperGroup):
@@ -54,9 +61,31 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
+
+# Flags that name local files are made absolute as they are parsed (URIs pass unchanged), so a
+# path handed on to a service or subprocess with its own working directory names the same file.
+def _abs_path(value: Path | None) -> Path | None:
+    return None if value is None else value.expanduser().absolute()
+
+
+def _abs_location(value: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(value, list):
+        return [absolute_location(v) for v in value]
+    return None if value is None else absolute_location(value)
+
+
+def _abs_model(value: str | None) -> str | None:
+    return None if value is None else absolute_model_ref(value)
+
+
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML settings file (sections as in `config show`)."),
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML settings file (sections as in `config show`).",
+        callback=_abs_path,
+    ),
 ]
 
 
@@ -133,7 +162,10 @@ def exporter_command(
 @app.command("dashboard")
 def dashboard_command(
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Where to write the dashboard JSON.")
+        Path,
+        typer.Option(
+            "--output", "-o", help="Where to write the dashboard JSON.", callback=_abs_path
+        ),
     ] = Path("files/dashboards/bigbertha.json"),
     negative_feedback_threshold: Annotated[
         float | None,
@@ -157,9 +189,9 @@ def demo_command(
         float | None,
         typer.Option(help="Override promote.margin (a huge one makes the gate keep the champion)."),
     ] = None,
-    workdir: Annotated[Path, typer.Option(help="State, logs and report.html go here.")] = Path(
-        ".bigbertha/demo"
-    ),
+    workdir: Annotated[
+        Path, typer.Option(help="State, logs and report.html go here.", callback=_abs_path)
+    ] = Path(".bigbertha/demo"),
     tiny: Annotated[
         bool, typer.Option("--tiny", help="A tiny random Llama instead of SmolLM2 (CI speed).")
     ] = False,
@@ -215,7 +247,8 @@ def ingest_command(
         bool, typer.Option("--delete", help="Remove everything indexed from the sources.")
     ] = False,
     report: Annotated[
-        Path | None, typer.Option(help="Also write the JSON report to this file.")
+        Path | None,
+        typer.Option(help="Also write the JSON report to this file.", callback=_abs_path),
     ] = None,
 ) -> None:
     """Index documents into Milvus (or --delete them); exit 0 ok, 3 some rejected, 69 storage or
@@ -251,10 +284,17 @@ WorkflowNameOption = Annotated[
 ]
 DataOption = Annotated[
     list[str] | None,
-    typer.Option("--data", help="Curated JSONL (s3://bucket/key or path); repeatable."),
+    typer.Option(
+        "--data",
+        help="Curated JSONL (s3://bucket/key or path); repeatable.",
+        callback=_abs_location,
+    ),
 ]
 ReportOption = Annotated[
-    str | None, typer.Option(help="Also write the JSON result here (path or s3://bucket/key).")
+    str | None,
+    typer.Option(
+        help="Also write the JSON result here (path or s3://bucket/key).", callback=_abs_location
+    ),
 ]
 
 
@@ -276,7 +316,12 @@ def _lineage(
 @app.command("prepare-data")
 def prepare_data_command(
     ctx: typer.Context,
-    output: Annotated[str, typer.Option(help="Where to write the dataset JSONL (path or s3://).")],
+    output: Annotated[
+        str,
+        typer.Option(
+            help="Where to write the dataset JSONL (path or s3://).", callback=_abs_location
+        ),
+    ],
     data: DataOption = None,
     feedback_examples: Annotated[
         int | None, typer.Option(help="Max up-rated chat turns (finetune.feedback_examples).")
@@ -366,10 +411,15 @@ def finetune_command(
 def evaluate_command(
     ctx: typer.Context,
     model: Annotated[
-        str, typer.Option(help="Model to benchmark: adapter/model path, s3:// prefix, models:/...")
+        str,
+        typer.Option(
+            help="Model to benchmark: adapter/model path, s3:// prefix, models:/...",
+            callback=_abs_model,
+        ),
     ],
     data: Annotated[
-        str | None, typer.Option(help="Held-out JSONL, path or s3:// (evaluate.data).")
+        str | None,
+        typer.Option(help="Held-out JSONL, path or s3:// (evaluate.data).", callback=_abs_location),
     ] = None,
     max_examples: Annotated[int | None, typer.Option(help="evaluate.max_examples")] = None,
     report: ReportOption = None,
@@ -396,10 +446,16 @@ def promote_command(
     ctx: typer.Context,
     challenger: Annotated[
         str | None,
-        typer.Option(help="Fine-tuned adapter: path, s3:// prefix or models:/<name>/<v>."),
+        typer.Option(
+            help="Fine-tuned adapter: path, s3:// prefix or models:/<name>/<v>.",
+            callback=_abs_model,
+        ),
     ] = None,
     data: Annotated[
-        str | None, typer.Option(help="Evaluation JSONL both sides run on (evaluate.data).")
+        str | None,
+        typer.Option(
+            help="Evaluation JSONL both sides run on (evaluate.data).", callback=_abs_location
+        ),
     ] = None,
     margin: Annotated[
         float | None,
@@ -410,7 +466,10 @@ def promote_command(
     ] = False,
     evaluation: Annotated[
         str | None,
-        typer.Option(help="The challenger's `bigbertha evaluate` report, reused if it matches."),
+        typer.Option(
+            help="The challenger's `bigbertha evaluate` report, reused if it matches.",
+            callback=_abs_location,
+        ),
     ] = None,
     report: ReportOption = None,
     alert_name: AlertNameOption = None,
@@ -450,11 +509,15 @@ def retrain_command(
     ctx: typer.Context,
     alert_payload: Annotated[
         Path | None,
-        typer.Option(help="Alertmanager webhook JSON or Argo event data; no retrain alert: skip."),
+        typer.Option(
+            help="Alertmanager webhook JSON or Argo event data; no retrain alert: skip.",
+            callback=_abs_path,
+        ),
     ] = None,
     data: DataOption = None,
     eval_data: Annotated[
-        str | None, typer.Option(help="Evaluation JSONL for the gate (evaluate.data).")
+        str | None,
+        typer.Option(help="Evaluation JSONL for the gate (evaluate.data).", callback=_abs_location),
     ] = None,
     base_model: Annotated[str | None, typer.Option(help="finetune.base_model")] = None,
     max_steps: Annotated[int | None, typer.Option(help="finetune.max_steps")] = None,

@@ -141,3 +141,44 @@ def test_values_schema_keeps_secrets_and_wiring_out_of_values():
     assert "secret_key" not in sections["s3"]["properties"]
     assert "uri" not in sections["milvus"]["properties"]  # the chart wires it
     assert sections["finetune"]["properties"]["data"]["type"] == "array"
+
+
+def test_local_paths_become_absolute_where_settings_are_read(clean_env, monkeypatch):
+    # A service started in its own working directory must find the same files (issue 13).
+    (clean_env / "adapters" / "mine").mkdir(parents=True)
+    monkeypatch.setenv("BIGBERTHA_HOME", "state")
+    monkeypatch.setenv("BIGBERTHA_MILVUS__URI", "data/milvus.db")
+    monkeypatch.setenv("BIGBERTHA_MLFLOW__TRACKING_URI", "sqlite:///runs/mlflow.db")
+    monkeypatch.setenv("BIGBERTHA_FINETUNE__DATA", '["curated.jsonl", "s3://bucket/key.jsonl"]')
+    monkeypatch.setenv("BIGBERTHA_FINETUNE__BASE_MODEL", "adapters/mine")
+    monkeypatch.setenv("BIGBERTHA_LLM__MODEL", "./adapters/mine")
+    monkeypatch.setenv("BIGBERTHA_EVALUATE__REPORT", "~/eval.json")
+    s = settings_mod.load(overrides={"evaluate": {"data": "held-out.jsonl"}})
+    here = str(clean_env)
+    assert s.milvus.uri == f"{here}/data/milvus.db"
+    assert s.mlflow.tracking_uri == f"sqlite:///{here}/runs/mlflow.db"
+    assert s.finetune.data == [f"{here}/curated.jsonl", "s3://bucket/key.jsonl"]
+    assert s.finetune.base_model == s.llm.model == f"{here}/adapters/mine"
+    assert s.evaluate.data == f"{here}/held-out.jsonl"  # a flag, resolved the same way
+    assert s.evaluate.report == str(Path("~/eval.json").expanduser())
+    # Defaults under BIGBERTHA_HOME, read when settings load (not at import).
+    assert s.finetune.output == f"{here}/state/finetune"
+    assert s.retrain.workdir == f"{here}/state/retrain"
+    assert s.retrain.lock_file == f"{here}/state/retrain.lock"
+    assert settings_mod.home() == clean_env / "state"
+
+
+URIS = ["models:/bigbertha-llm@champion", "s3://artifacts/adapter", "http://milvus:19530", ""]
+
+
+@pytest.mark.parametrize("value", [*URIS, "sqlite:////abs/mlflow.db", "sqlite:///:memory:"])
+def test_uris_are_not_paths(clean_env, value):
+    assert settings_mod.absolute_location(value) == value
+
+
+@pytest.mark.parametrize("value", [*URIS, "smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"])
+def test_model_names_are_not_paths_unless_they_exist_here(clean_env, value):
+    assert settings_mod.absolute_model_ref(value) == value
+    if value and "://" not in value and not value.startswith("models:/"):
+        (clean_env / value).mkdir(parents=True)  # a local directory of that name wins
+        assert settings_mod.absolute_model_ref(value) == str(clean_env / value)

