@@ -60,7 +60,7 @@ def pid_alive(pid: int) -> bool:
 
 @dataclass
 class Service:
-    """A running service process."""
+    """A running service process, and how to tell that it answers."""
 
     name: str
     process: subprocess.Popen[bytes]
@@ -68,6 +68,8 @@ class Service:
     workdir: Path
     log_path: Path
     extra: dict[str, object] = field(default_factory=dict)
+    probe: Callable[[], bool] | None = None  # True once it answers
+    ready_timeout: float = 60.0
 
     @property
     def pid(self) -> int:
@@ -82,6 +84,13 @@ class Service:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+    def wait_ready(self) -> Service:
+        """Block until the probe answers; ServiceUnavailable (and the service stopped) if the
+        process exits or does not answer within `ready_timeout`."""
+        if self.probe is not None:
+            wait_until(self.probe, self, self.ready_timeout)
+        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process group, then SIGKILL what is left; reap it."""
@@ -129,18 +138,36 @@ def http_ok(url: str) -> bool:
 
 
 class ServiceManager:
-    """Starts services under one base directory and records every PID it launched."""
+    """Starts services under one base directory and records every PID it launched.
+
+    The base is made absolute here: each service runs in its own working directory below it,
+    so every path it is handed must not depend on the caller's. Every start method waits until
+    the service answers; with `wait=False` it returns at once and `Service.wait_ready()` waits
+    later, so slow starters (MLflow, the chatbot's model) overlap with other work.
+    """
 
     def __init__(self, base: Path, which: Callable[..., str] = find_binary) -> None:
-        self.base = base
+        self.base = Path(base).expanduser().absolute()
         self.which = which
         self.started: list[Service] = []
 
-    def _launch(
-        self, name: str, argv: list[str], port: int, env: dict[str, str] | None = None
-    ) -> Service:
+    def _workdir(self, name: str, port: int) -> Path:
         workdir = self.base / f"{name}-{port}"
         workdir.mkdir(parents=True, exist_ok=True)
+        return workdir
+
+    def _launch(
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        *,
+        probe: Callable[[], bool],
+        timeout: float,
+        wait: bool,
+        env: dict[str, str] | None = None,
+    ) -> Service:
+        workdir = self._workdir(name, port)
         log_path = workdir / "service.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
@@ -152,11 +179,13 @@ class ServiceManager:
                 env={**os.environ, **(env or {})},
                 start_new_session=True,  # its own process group, so stop() gets the children
             )
-        service = Service(name, process, port, workdir, log_path)
+        service = Service(
+            name, process, port, workdir, log_path, probe=probe, ready_timeout=timeout
+        )
         self.started.append(service)
-        return service
+        return service.wait_ready() if wait else service
 
-    def redis(self, password: str | None = None) -> Service:
+    def redis(self, password: str | None = None, *, wait: bool = True) -> Service:
         binary = self.which("redis-server")
         port = free_port()
         argv = [
@@ -172,70 +201,89 @@ class ServiceManager:
         ]
         if password:
             argv += ["--requirepass", password]
-        service = self._launch("redis", argv, port)
-        wait_until(lambda: port_open(port), service, 30)
+        service = self._launch(
+            "redis", argv, port, probe=lambda: port_open(port), timeout=30, wait=wait
+        )
         auth = f":{password}@" if password else ""
         service.extra["url"] = f"redis://{auth}127.0.0.1:{port}/0"
         return service
 
-    def prometheus(self, config: str, rule_files: dict[str, str] | None = None) -> Service:
-        """`config` is prometheus.yml text; rule files are written beside it by name."""
-        binary = self.which("prometheus")
+    def _configured(
+        self,
+        name: str,
+        binary: str,
+        files: dict[str, str],
+        flags: list[str],
+        *,
+        wait: bool,
+    ) -> Service:
+        """Prometheus or Alertmanager: config files written into the service's directory,
+        the first one passed as --config.file, `flags` ({dir} is that directory)."""
         port = free_port()
-        workdir = self.base / f"prometheus-{port}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        for filename, text in (rule_files or {}).items():
+        workdir = self._workdir(name, port)
+        for filename, text in files.items():
             (workdir / filename).write_text(text)
-        (workdir / "prometheus.yml").write_text(config)
         argv = [
             binary,
-            f"--config.file={workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--config.file={workdir / next(iter(files))}",
             f"--web.listen-address=127.0.0.1:{port}",
-            "--web.enable-lifecycle",
+            *(flag.format(dir=workdir) for flag in flags),
         ]
-        service = self._launch("prometheus", argv, port)
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"), service, 60)
-        return service
+        ready = f"http://127.0.0.1:{port}/-/ready"
+        return self._launch(name, argv, port, probe=lambda: http_ok(ready), timeout=60, wait=wait)
 
-    def alertmanager(self, config: str) -> Service:
-        binary = self.which("prometheus-alertmanager", "alertmanager")
-        port = free_port()
-        workdir = self.base / f"alertmanager-{port}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "alertmanager.yml").write_text(config)
-        argv = [
-            binary,
-            f"--config.file={workdir / 'alertmanager.yml'}",
-            f"--storage.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
+    def prometheus(
+        self, config: str, rule_files: dict[str, str] | None = None, *, wait: bool = True
+    ) -> Service:
+        """`config` is prometheus.yml text; rule files are written beside it by name."""
+        return self._configured(
+            "prometheus",
+            self.which("prometheus"),
+            {"prometheus.yml": config, **(rule_files or {})},
+            ["--storage.tsdb.path={dir}/data", "--web.enable-lifecycle"],
+            wait=wait,
+        )
+
+    def alertmanager(self, config: str, *, wait: bool = True) -> Service:
+        return self._configured(
+            "alertmanager",
+            self.which("prometheus-alertmanager", "alertmanager"),
+            {"alertmanager.yml": config},
             # A single node: no gossip port to bind or to clash with a parallel run.
-            "--cluster.listen-address=",
-        ]
-        service = self._launch("alertmanager", argv, port)
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"), service, 60)
-        return service
+            ["--storage.path={dir}/data", "--cluster.listen-address="],
+            wait=wait,
+        )
 
-    def s3(self) -> Service:
+    def s3(self, *, wait: bool = True) -> Service:
         binary = self.which("moto_server")
         port = free_port()
-        service = self._launch("s3", [binary, "-H", "127.0.0.1", "-p", str(port)], port)
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/moto-api/"), service, 60)
+        ready = f"http://127.0.0.1:{port}/moto-api/"
+        service = self._launch(
+            "s3",
+            [binary, "-H", "127.0.0.1", "-p", str(port)],
+            port,
+            probe=lambda: http_ok(ready),
+            timeout=60,
+            wait=wait,
+        )
         service.extra.update(
             endpoint=f"127.0.0.1:{port}", access_key="testing", secret_key="testing-secret"
         )
         return service
 
     def mlflow(
-        self, artifacts_destination: str | None = None, env: dict[str, str] | None = None
+        self,
+        artifacts_destination: str | None = None,
+        env: dict[str, str] | None = None,
+        *,
+        wait: bool = True,
     ) -> Service:
         """An MLflow server proxying artifacts (as the chart's is) to a local directory, or to
         `artifacts_destination` (e.g. s3://bucket/prefix with MLFLOW_S3_ENDPOINT_URL and AWS_*
         credentials in `env`)."""
         binary = self.which("mlflow")
         port = free_port()
-        workdir = self.base / f"mlflow-{port}"
-        workdir.mkdir(parents=True, exist_ok=True)
+        workdir = self._workdir("mlflow", port)
         argv = [
             binary,
             "server",
@@ -250,21 +298,27 @@ class ServiceManager:
             "--workers",
             "1",
         ]
+        ready = f"http://127.0.0.1:{port}/health"
         # No GenAI job runner: it only costs start-up time and worker processes here.
-        service = self._launch(
-            "mlflow", argv, port, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
+        return self._launch(
+            "mlflow",
+            argv,
+            port,
+            probe=lambda: http_ok(ready),
+            timeout=120,
+            wait=wait,
+            env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
         )
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), service, 120)
-        return service
 
-    def milvus(self) -> Service:
-        binary = self.which("milvus-lite")
+    def milvus(self, *, wait: bool = True) -> Service:
+        """milvus-lite's server with a real Milvus's keepalive policy (bigbertha.local.milvus)."""
+        self.which("milvus-lite")  # the package is installed (else a clear error)
         port = free_port()
-        workdir = self.base / f"milvus-{port}"
-        workdir.mkdir(parents=True, exist_ok=True)
+        workdir = self._workdir("milvus", port)
         argv = [
-            binary,
-            "server",
+            sys.executable,
+            "-m",
+            "bigbertha.local.milvus",
             "--data-dir",
             str(workdir / "data"),
             "--host",
@@ -272,8 +326,9 @@ class ServiceManager:
             "--port",
             str(port),
         ]
-        service = self._launch("milvus", argv, port)
-        wait_until(lambda: port_open(port), service, 60)
+        service = self._launch(
+            "milvus", argv, port, probe=lambda: port_open(port), timeout=60, wait=wait
+        )
         service.extra["uri"] = f"http://127.0.0.1:{port}"
         return service
 
@@ -285,12 +340,21 @@ class ServiceManager:
         env: dict[str, str] | None = None,
         ready_path: str = "/healthz",
         timeout: float = 120.0,
+        *,
+        wait: bool = True,
     ) -> Service:
-        """Run a `bigbertha` subcommand as a service and wait for `ready_path` to answer 200."""
+        """Run a `bigbertha` subcommand as a service, ready once `ready_path` answers 200."""
         binary = self.which("bigbertha")
-        service = self._launch(name, [binary, *args], port, env)
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}{ready_path}"), service, timeout)
-        return service
+        ready = f"http://127.0.0.1:{port}{ready_path}"
+        return self._launch(
+            name,
+            [binary, *args],
+            port,
+            probe=lambda: http_ok(ready),
+            timeout=timeout,
+            wait=wait,
+            env=env,
+        )
 
     def stop_all(self) -> list[int]:
         """Stop every service; return the PIDs still alive afterwards (should be none)."""
