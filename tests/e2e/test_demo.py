@@ -12,7 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,10 +52,13 @@ def _survivors(pids: set[int], within: float) -> list[int]:
     return alive
 
 
-def _demo(workdir: Path, *args: str) -> subprocess.Popen[str]:
+def _demo(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """`bigbertha demo --tiny` from `cwd` with the default (relative) state directory, as
+    `make demo` runs it from the repository root."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [BIGBERTHA, "demo", "--workdir", str(workdir), "--tiny", *args],
+        [BIGBERTHA, "demo", "--tiny", *args],
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -62,8 +67,12 @@ def _demo(workdir: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def _run_to_end(workdir: Path, *args: str, timeout: float = 900) -> tuple[int, str, set[int]]:
-    proc = _demo(workdir, *args)
+def _run_to_end(
+    cwd: Path, *args: str, timeout: float = 900, at_keep: Any = None
+) -> tuple[int, str, set[int]]:
+    """Run the demo to its end; with --keep, call `at_keep(output)` once the stack stays up,
+    then stop it with Ctrl-C as a user does."""
+    proc = _demo(cwd, *args)
     seen: set[int] = set()
     lines: list[str] = []
     assert proc.stdout is not None
@@ -74,16 +83,58 @@ def _run_to_end(workdir: Path, *args: str, timeout: float = 900) -> tuple[int, s
         if time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail("demo ran past its time budget:\n" + "".join(lines[-40:]))
+        if line.startswith("stack running"):
+            try:
+                at_keep("".join(lines))
+            finally:
+                proc.send_signal(signal.SIGINT)
     code = proc.wait(60)
     return code, "".join(lines), seen
 
 
-def test_demo_runs_both_loops_promotes_then_keeps_the_champion(tmp_path):
+def _get(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return int(response.status)
+
+
+def test_demo_runs_both_loops_promotes_then_keeps_the_champion_then_runs_again(tmp_path):
     # Round 1 promotes the fine-tuned challenger; round 2, gated by a huge margin, must not.
-    code, out, seen = _run_to_end(tmp_path / "demo", "--challenge-again", "1000")
-    assert code == 0, out
+    urls: dict[str, str] = {}
+
+    def services_answer(out: str) -> None:
+        # --keep: the stack stays up and every URL printed answers.
+        for line in out.splitlines():
+            if line.startswith("  ") and "http://" in line:
+                name, url = line.split()
+                urls[name] = url
+        assert set(urls) == {
+            "chatbot",
+            "prometheus",
+            "alertmanager",
+            "mlflow",
+            "exporter",
+            "gateway",
+        }
+        probes = {
+            "chatbot": "/api/status",
+            "prometheus": "/-/ready",
+            "alertmanager": "/-/ready",
+            "mlflow": "/health",
+            "exporter": "",
+            "gateway": "/healthz",
+        }
+        for name, path in probes.items():
+            assert _get(urls[name] + path) == 200, name
+
+    code, out, seen = _run_to_end(
+        tmp_path, "--challenge-again", "1000", "--keep", at_keep=services_answer
+    )
+    assert code == 0, out  # Ctrl-C ends --keep with the scenario's exit code
+    assert urls, out
     order = [
+        "start services",
         "upload + ingest documents",
+        "start chatbot",
         "round 1: questions, rated down",
         "round 1: retrain alert fires",
         "round 1: alertmanager -> gateway",
@@ -104,20 +155,41 @@ def test_demo_runs_both_loops_promotes_then_keeps_the_champion(tmp_path):
     served = [line for line in done if "chatbot serves the champion" in line]
     assert len(served) == 2 and all("model version 1" in line for line in served)
     assert "chatbot hot-swapped to model version 1 (swaps 1)" in served[0], out  # no restart
-    report = (tmp_path / "demo" / "report.html").read_text()
+    # The terminal ends with the report's path and one line per round (then --keep's URLs).
+    state = tmp_path / ".bigbertha" / "demo"
+    lines = out.splitlines()
+    end = lines.index(f"report: {state / 'report.html'}")
+    assert lines[end + 1].startswith("round 1 (quality): promoted version 1 over tiny-base: ")
+    assert lines[end + 2].startswith("round 2 (quality): kept champion 1 (challenger version 2)")
+    with_urls = [i for i, line in enumerate(lines) if "http://" in line]
+    assert len(with_urls) == 6 and min(with_urls) > end + 2, out  # printed for --keep only
+    report = (state / "report.html").read_text()
     assert "timeline plot" in report
     assert "<b>promoted</b>" in report and "<b>rejected</b>" in report
     assert "Why: " in report and "margin 1000" in report
+    # The same questions answered by the old and the new champion, side by side.
+    assert "old champion (version tiny-base)" in report and "new champion (version 1)" in report
+    assert report.count("rated down") >= 4 and "rollback.md" in report
+    assert seen and not _survivors(seen, within=1), "processes left behind"
+
+    # A second run in the same directory starts from the state the first one left.
+    first_services = {p.name for p in (state / "run").iterdir()}
+    code, out, seen = _run_to_end(tmp_path)
+    assert code == 0, out
+    assert "http://" not in out  # no --keep: no URLs that would be dead at once
+    assert out.splitlines()[-1].startswith("round 1 (quality): promoted version 1 over tiny-base")
+    assert not first_services & {p.name for p in (state / "run").iterdir() if "-" in p.name}
+    assert (state / "report.html").read_text().count("<b>promoted</b>") == 1
     assert seen and not _survivors(seen, within=1), "processes left behind"
 
 
 def test_ctrl_c_stops_everything_within_seconds(tmp_path):
-    proc = _demo(tmp_path / "demo")
+    proc = _demo(tmp_path)
     seen: set[int] = set()
     assert proc.stdout is not None
     for line in proc.stdout:
         seen |= _descendants(proc.pid)
-        if "start prometheus" in line and " ok " in line:
+        if "start services" in line and " ok " in line:
             break
     else:
         pytest.fail("the demo never got its stack up")
@@ -129,4 +201,19 @@ def test_ctrl_c_stops_everything_within_seconds(tmp_path):
     assert code == 130, rest
     assert stopped_in < 15
     assert "stopping every process" in rest
+    assert (tmp_path / ".bigbertha" / "demo" / "report.html").is_file()  # where it stopped
     assert seen and not _survivors(seen, within=0.5), json.dumps(sorted(seen))
+
+
+def test_a_second_demo_in_the_same_directory_is_refused(tmp_path):
+    from bigbertha.local.platform import VALUES, LocalPlatform
+
+    first = LocalPlatform(tmp_path / "demo", None, VALUES)
+    first.claim_workdir()
+    try:
+        code, out, _ = _run_to_end(tmp_path, "--workdir", str(tmp_path / "demo"), timeout=120)
+    finally:
+        first.stop()
+    assert code == 75, out
+    assert f"another bigbertha demo (pid {os.getpid()}) is running in {tmp_path / 'demo'}" in out
+    assert not (tmp_path / "demo" / "report.html").exists()  # the running one's is not touched

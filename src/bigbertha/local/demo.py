@@ -6,11 +6,12 @@ Starts redis-server, an S3 server (moto, reached through the MinIO client like M
 milvus-lite server, an MLflow server (sqlite), the exporter, Prometheus with the rules the
 chart renders from values/local.yaml + values/demo.yaml, Alertmanager routing retrain alerts
 (bearer token) to the local event gateway, and the chatbot (UI and JSON API). Then runs the
-scenario: seed documents uploaded and ingested through the gateway, questions asked with
-`bigbertha ask --server` through the running chatbot, negative ratings, the retrain alert
-firing, fine-tune, evaluate, gate, promotion, the chatbot hot-swapping to the new champion and
-its answers reporting the new version. Prints a live timeline and writes `<workdir>/report.html`.
-Every process is stopped on exit or Ctrl-C.
+scenario: seed documents uploaded and ingested through the gateway while MLflow and the
+chatbot's model load, questions asked with `bigbertha ask --server` through the running
+chatbot, negative ratings, the retrain alert firing, fine-tune, evaluate, gate, promotion, the
+chatbot hot-swapping to the new champion and answering the same questions again. Prints a live
+timeline, writes `<workdir>/report.html` and ends with its path and one line per round. With
+--keep the stack stays up (its URLs printed) until Ctrl-C. Every process is stopped on exit.
 """
 
 from __future__ import annotations
@@ -24,8 +25,38 @@ from typing import Any
 from bigbertha.core.errors import BigberthaError, ExitCode
 from bigbertha.local.platform import VALUES, LocalPlatform
 from bigbertha.local.report import write_report
-from bigbertha.local.scenario import Round, champion_answers, quality_round, upload_and_ingest
+from bigbertha.local.scenario import (
+    Round,
+    champion_answers,
+    quality_round,
+    upload_documents,
+    wait_ingested,
+)
 from bigbertha.local.timeline import DemoFailed, Timeline
+
+
+def scenario(
+    platform: LocalPlatform, timeline: Timeline, challenge_again: float | None
+) -> list[Round]:
+    """Start the platform and play the rounds; returns them (the last decides the exit code)."""
+    platform.start(timeline)
+    # Ingestion, MLflow's start and the chatbot's model load overlap: none needs the others.
+    ingesting = upload_documents(platform, timeline)
+    chatbot = platform.start_chatbot(timeline)
+    wait_ingested(platform, timeline, ingesting)
+    platform.chatbot_ready(timeline, chatbot)
+
+    gate_margin = float(platform.settings().promote.margin)
+    rounds = [quality_round(platform, timeline, Round(1, gate_margin))]
+    if rounds[0].promoted:
+        champion_answers(platform, timeline, rounds[0])
+        if challenge_again is not None:
+            second = quality_round(platform, timeline, Round(2, challenge_again))
+            rounds.append(second)
+            if second.promoted:
+                raise DemoFailed(f"margin {challenge_again:g} still promoted a challenger")
+            champion_answers(platform, timeline, second, all_questions=False)
+    return rounds
 
 
 def run(
@@ -36,12 +67,14 @@ def run(
     challenge_again: float | None = None,
 ) -> int:
     """Run the scenario. Exit code: 0 when the champion moved (and, with `challenge_again`,
-    the second challenger was kept out), 4 when the gate kept the champion, 130 on Ctrl-C; a
-    failure exits with its class's code (`bigbertha.core.errors`)."""
+    the second challenger was kept out), 4 when the gate kept the champion, 130 on Ctrl-C
+    before the end (with --keep, Ctrl-C after it exits with the scenario's code); a failure
+    exits with its class's code (`bigbertha.core.errors`)."""
     timeline = Timeline()
     platform: LocalPlatform | None = None
     report = workdir / "report.html"
     code = int(ExitCode.BUG)  # until the scenario says otherwise
+    finished = False
 
     def on_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -49,33 +82,22 @@ def run(
     previous = signal.signal(signal.SIGTERM, on_signal)
     try:
         platform = LocalPlatform(workdir, margin, VALUES, tiny=tiny)
-        platform.start(timeline)
-        for name, url in platform.urls.items():
-            print(f"  {name:<13} {url}", flush=True)
-        upload_and_ingest(platform, timeline)
-        gate_margin = float(platform.settings().promote.margin)
-        first = quality_round(platform, timeline, Round(1, gate_margin))
-        if first.promoted:
-            champion_answers(platform, timeline, str(first.champion_after))
-            code = 0
-            if challenge_again is not None:
-                second = quality_round(platform, timeline, Round(2, challenge_again))
-                if second.promoted:
-                    raise DemoFailed(f"margin {challenge_again:g} still promoted a challenger")
-                print(f"champion kept: {second.outcome.get('reason', '')}", flush=True)
-                champion_answers(platform, timeline, str(first.champion_after))
-        else:
-            print(f"champion kept: {first.outcome.get('reason', '')}", flush=True)
-            code = 4
+        rounds = scenario(platform, timeline, challenge_again)
+        code = 0 if rounds[0].promoted else 4
+        finished = True
         write_report(platform, timeline, report)
         print(f"report: {report}", flush=True)
+        for rnd in rounds:
+            print(rnd.summary(), flush=True)
         if keep:
+            for name, url in platform.urls.items():
+                print(f"  {name:<13} {url}", flush=True)
             print("stack running; Ctrl-C to stop", flush=True)
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:
         print("interrupted: stopping every process", flush=True)
-        code = 130
+        code = code if finished else 130
     except BigberthaError as exc:
         print(f"demo failed: {exc}", file=sys.stderr, flush=True)
         code = int(exc.exit_code)
@@ -84,8 +106,9 @@ def run(
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if platform is not None:
-            if code not in (0, 4, 130):
+            if not finished and platform.claimed:  # a failed run's report says where it stopped
                 write_report(platform, timeline, report)
+                print(f"report: {report}", flush=True)
             left = platform.stop()
             if left:
                 print(f"processes still running: {left}", file=sys.stderr)

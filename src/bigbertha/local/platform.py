@@ -1,21 +1,29 @@
-"""The whole platform on 127.0.0.1: services, the chart's rendered objects, settings, gateway."""
+"""The whole platform on 127.0.0.1: services, the chart's rendered objects, settings, gateway.
+
+State lives under the demo's working directory: `run/` (each service's directory, logs, the
+settings home) is this run's and starts empty; `cache/` keeps what stays valid from one run to
+the next (SmolLM2's dequantised weights). A lock file keeps two demos out of one directory.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
 import urllib.error
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
-from bigbertha.local.stack import ServiceManager, free_port, http_ok
-from bigbertha.local.timeline import DemoFailed, Timeline, get_json, wait_for
+from bigbertha.core.errors import Busy
+from bigbertha.local.stack import Service, ServiceManager, free_port, http_ok
+from bigbertha.local.timeline import DemoFailed, Stage, Timeline, get_json, wait_for
 from bigbertha.local.tiny_llama import tiny_llama
 
 RELEASE = NAMESPACE = "bigbertha"  # what the chart is rendered as (its objects' names)
@@ -41,8 +49,12 @@ class LocalPlatform:
         self.root = chart.root()  # the chart, and the docs the scenario uploads
         files = [self.root / name for name in values]
         self.tiny = tiny
-        self.workdir = workdir
-        self.services = ServiceManager(workdir / "run")
+        # Absolute: services run in their own directories below it and get paths from it.
+        self.workdir = workdir.expanduser().absolute()
+        self.services = ServiceManager(self.workdir / "run")
+        self._lock: IO[str] | None = None
+        self.chat: Service | None = None
+        self.urls: dict[str, str] = {}
         self.token = secrets.token_urlsafe(24)
         overrides: dict[str, Any] = {}
         if margin is not None:
@@ -65,70 +77,129 @@ class LocalPlatform:
         data = dict(self.manifest("ConfigMap", "-settings")["data"])
         return {k: v for k, v in data.items() if k.startswith("BIGBERTHA_")}
 
+    @property
+    def claimed(self) -> bool:
+        """Whether this run holds the working directory (and may write its report)."""
+        return self._lock is not None
+
+    def claim_workdir(self) -> None:
+        """Lock the working directory for this run and clear the last run's state (`run/`).
+
+        Busy when another demo runs here. A new run gets fresh services, so the settings home
+        must not keep the last run's registry downloads: a fresh MLflow numbers its versions
+        from 1 again, and a cached "version 1" would be the old run's model.
+        """
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        lock = (self.workdir / "demo.lock").open("a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            owner = lock.read().strip() or "?"
+            lock.close()
+            raise Busy(
+                f"another bigbertha demo (pid {owner}) is running in {self.workdir}: "
+                "stop it, or pass another --workdir"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._lock = lock
+        shutil.rmtree(self.services.base, ignore_errors=True)
+
     def start(self, timeline: Timeline) -> None:
+        """Every service but the chatbot, and the gateway. MLflow, the slowest to start,
+        keeps starting in the background (`start_chatbot` waits for it)."""
+        self.claim_workdir()
         svc = self.services
-        with timeline.stage("start redis, s3, milvus") as st:
-            redis = svc.redis(password=secrets.token_urlsafe(12))
-            s3 = svc.s3()
-            milvus = svc.milvus()
-            st.result = f"redis :{redis.port}, s3 :{s3.port}, milvus :{milvus.port}"
-        with timeline.stage("start mlflow") as st:
-            mlflow = svc.mlflow()
-            st.result = mlflow.url
-        home = self.workdir / "home"
-        home.mkdir(parents=True, exist_ok=True)
-        exporter_port, chat_port = free_port(), free_port()
-        self.env = {
-            **os.environ,
-            **self.settings_env(),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "BIGBERTHA_HOME": str(home),
-            "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "BIGBERTHA_LOG__FORMAT": "json",
-            "BIGBERTHA_REDIS__URL": str(redis.extra["url"]),
-            "BIGBERTHA_S3__ENDPOINT": str(s3.extra["endpoint"]),
-            "BIGBERTHA_S3__ACCESS_KEY": str(s3.extra["access_key"]),
-            "BIGBERTHA_S3__SECRET_KEY": str(s3.extra["secret_key"]),
-            "BIGBERTHA_S3__SECURE": "false",
-            "BIGBERTHA_MILVUS__URI": str(milvus.extra["uri"]),
-            "BIGBERTHA_MLFLOW__TRACKING_URI": mlflow.url,
-            "BIGBERTHA_EXPORTER__HOST": "127.0.0.1",
-            "BIGBERTHA_EXPORTER__PORT": str(exporter_port),
-            "BIGBERTHA_CHAT__PORT": str(chat_port),
-        }
-        self._make_buckets()
-        self.env.update(self._datasets())
-        if self.tiny:
-            self.env.update(self._tiny_model())
-        with timeline.stage("start exporter") as st:
-            exporter = svc.bigbertha("exporter", ["exporter"], exporter_port, self.env)
-            st.result = f"{exporter.url}/metrics"
-        with timeline.stage("start gateway") as st:
+        self._mlflow_stage = timeline.begin("start mlflow")
+        self.mlflow = svc.mlflow(wait=False)
+        with timeline.stage("start services") as st:
+            redis = svc.redis(password=secrets.token_urlsafe(12), wait=False)
+            s3 = svc.s3(wait=False)
+            milvus = svc.milvus(wait=False)
+            for service in (redis, s3, milvus):
+                service.wait_ready()
+            home = self.services.base / "home"
+            home.mkdir(parents=True, exist_ok=True)
+            # The dequantised SmolLM2 copy is valid from run to run (loading._dequantized_copy).
+            cache = self.workdir / "cache" / "gguf"
+            cache.mkdir(parents=True, exist_ok=True)
+            (home / "models").mkdir()
+            (home / "models" / "gguf").symlink_to(cache)
+            exporter_port, self.chat_port = free_port(), free_port()
+            self.env = {
+                **os.environ,
+                **self.settings_env(),
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                "BIGBERTHA_HOME": str(home),
+                "HF_HUB_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+                "BIGBERTHA_LOG__FORMAT": "json",
+                "BIGBERTHA_REDIS__URL": str(redis.extra["url"]),
+                "BIGBERTHA_S3__ENDPOINT": str(s3.extra["endpoint"]),
+                "BIGBERTHA_S3__ACCESS_KEY": str(s3.extra["access_key"]),
+                "BIGBERTHA_S3__SECRET_KEY": str(s3.extra["secret_key"]),
+                "BIGBERTHA_S3__SECURE": "false",
+                "BIGBERTHA_MILVUS__URI": str(milvus.extra["uri"]),
+                "BIGBERTHA_MLFLOW__TRACKING_URI": self.mlflow.url,
+                "BIGBERTHA_EXPORTER__HOST": "127.0.0.1",
+                "BIGBERTHA_EXPORTER__PORT": str(exporter_port),
+                "BIGBERTHA_CHAT__PORT": str(self.chat_port),
+            }
+            self._make_buckets()
+            self.env.update(self._datasets())
+            if self.tiny:
+                self.env.update(self._tiny_model())
+            exporter = svc.bigbertha("exporter", ["exporter"], exporter_port, self.env, wait=False)
             gw_url = self._start_gateway()
-            st.result = gw_url
-        with timeline.stage("start alertmanager") as st:
-            am = svc.alertmanager(self.alertmanager_config(gw_url))
-            st.result = am.url
-        with timeline.stage("start prometheus") as st:
-            prom = svc.prometheus(*self.prometheus_config(exporter_port, am.port))
-            st.result = prom.url
-        with timeline.stage("start chatbot") as st:
-            # Ready once its API says the model is loaded (it loads in the background).
-            chat = svc.bigbertha(
-                "chat", ["chat"], chat_port, self.env, ready_path="/api/status", timeout=180
+            am = svc.alertmanager(self.alertmanager_config(gw_url), wait=False)
+            prom = svc.prometheus(*self.prometheus_config(exporter_port, am.port), wait=False)
+            for service in (exporter, am, prom):
+                service.wait_ready()
+            st.result = (
+                f"redis :{redis.port}, s3 :{s3.port}, milvus :{milvus.port}, exporter "
+                f":{exporter.port}, gateway :{gw_url.rsplit(':', 1)[1]}, alertmanager "
+                f":{am.port}, prometheus :{prom.port}"
             )
-            status = chatbot_status(chat.url)
-            st.result = f"{chat.url} serving model version {status.get('model_version')}"
         self.urls = {
-            "chatbot": chat.url,
             "prometheus": prom.url,
             "alertmanager": am.url,
-            "mlflow": mlflow.url,
+            "mlflow": self.mlflow.url,
             "exporter": f"{exporter.url}/metrics",
             "gateway": gw_url,
         }
         self.prometheus, self.alertmanager_svc = prom, am
+
+    def start_chatbot(self, timeline: Timeline) -> Stage:
+        """Launch the chatbot once MLflow answers (it asks the registry for the champion first);
+        its model loads in the background. `chatbot_ready` finishes the returned stage."""
+        with timeline.stage(self._mlflow_stage) as st:
+            self.mlflow.wait_ready()
+            st.result = f"port {self.mlflow.port}"  # URLs are printed with --keep only
+        stage = timeline.begin("start chatbot")
+        # Ready once its API says the model is loaded; it competes with ingestion for the CPU.
+        self.chat = self.services.bigbertha(
+            "chat",
+            ["chat"],
+            self.chat_port,
+            self.env,
+            ready_path="/api/status",
+            timeout=300,
+            wait=False,
+        )
+        self.urls = {"chatbot": self.chat.url, **self.urls}
+        return stage
+
+    def chatbot_ready(self, timeline: Timeline, stage: Stage) -> None:
+        assert self.chat is not None, "start_chatbot first"
+        with timeline.stage(stage) as st:
+            self.chat.wait_ready()
+            status = chatbot_status(self.chat.url)
+            st.result = (
+                f"port {self.chat.port}, serving model version {status.get('model_version')}"
+            )
 
     def _make_buckets(self) -> None:
         from bigbertha.core import storage
@@ -164,7 +235,7 @@ class LocalPlatform:
             for name in ("train", "eval")
             for line in (DEMO_DATA / f"{name}.jsonl").read_text().splitlines()
         ]
-        base = tiny_llama(self.workdir / "tiny-base", corpus)
+        base = tiny_llama(self.services.base / "tiny-base", corpus)
         return {
             "BIGBERTHA_LLM__MODEL": str(base),
             "BIGBERTHA_FINETUNE__BASE_MODEL": str(base),
@@ -191,7 +262,7 @@ class LocalPlatform:
         from bigbertha.local import gateway
 
         def runner(argv: list[str]) -> int:
-            log = self.workdir / "run" / "workflows.log"
+            log = self.services.base / "workflows.log"
             with log.open("ab") as out:
                 out.write(f"$ {' '.join(argv)}\n".encode())
                 out.flush()
@@ -263,7 +334,11 @@ class LocalPlatform:
     def stop(self) -> list[int]:
         if self.gateway_server is not None:
             self.gateway_server.close()
-        return self.services.stop_all()
+        left = self.services.stop_all()
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
+        return left
 
 
 def chatbot_status(url: str) -> dict[str, Any]:

@@ -10,21 +10,27 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from bigbertha.local.platform import LocalPlatform
 from bigbertha.local.timeline import Timeline, get_json
 
 
 def write_report(platform: LocalPlatform | None, timeline: Timeline, path: Path) -> Path:
-    """report.html: the decisions and their numbers, the timeline, and a plot of the loop."""
+    """report.html: each round's decision and numbers, the same questions answered by the old
+    and the new champion side by side, the timeline, and a plot of the loop."""
     plot = ""
     if platform is not None and getattr(platform, "prometheus", None) is not None:
-        plot = _plot(platform, timeline)
+        try:
+            plot = _plot(platform, timeline)
+        except (OSError, KeyError, ValueError) as exc:  # Prometheus gone with a failed run
+            plot = f"<p>No plot: Prometheus did not answer ({html.escape(str(exc))}).</p>"
     esc = html.escape
+    status = {True: "ok", False: "FAILED", None: "unfinished"}
     rows = "".join(
         f"<tr><td>{esc(s.name)}</td><td>{s.started - timeline.t0:.1f}s</td>"
         f"<td>{((s.finished or s.started) - s.started):.1f}s</td>"
-        f"<td>{'ok' if s.ok else 'FAILED'}</td><td>{esc(s.result)}</td></tr>"
+        f"<td>{status[s.ok]}</td><td>{esc(s.result)}</td></tr>"
         for s in timeline.stages
     )
     decisions = ""
@@ -36,24 +42,65 @@ def write_report(platform: LocalPlatform | None, timeline: Timeline, path: Path)
             for name, v in (outcome.get("metrics") or {}).items()
         )
         decisions += (
-            f"<h3>Round {rnd.number} (margin {rnd.margin:g}): "
+            f"<h3>Round {rnd.number} ({esc(rnd.kind)}, margin {rnd.margin:g}): "
             f"<b>{esc(str(outcome.get('decision', 'none')))}</b></h3>"
+            f"<p>{esc(rnd.summary())}</p>"
             f"<p>Workflow {esc(rnd.workflow)}; version {esc(str(outcome.get('version')))}; "
             f"champion {esc(rnd.served_before)} &rarr; {esc(str(rnd.champion_after))}. "
             f"Why: {esc(str(outcome.get('reason', '')))}</p>"
             "<table><tr><th>gate metric</th><th>champion (or base)</th><th>challenger</th></tr>"
-            f"{metric_rows}</table>"
+            f"{metric_rows}</table>{_side_by_side(rnd)}"
         )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>BigBertha demo</title>
 <style>body{{font-family:sans-serif;margin:2em}}
-td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}</style>
+td,th{{padding:4px 10px;border-bottom:1px solid #ddd;vertical-align:top;text-align:left}}
+.answer{{white-space:pre-wrap;max-width:40em}} .sources{{color:#555;font-size:small}}</style>
 </head><body><h1>BigBertha demo report</h1>
-<h2>Promotion decisions</h2>{decisions or "<p>No retraining happened.</p>"}
+<h2>Rounds</h2>{decisions or "<p>No retraining happened.</p>"}
 <h2>Timeline</h2><table><tr><th>stage</th><th>at</th><th>took</th><th></th><th>result</th></tr>
 {rows}</table><h2>Feedback, alert, retraining and promotion</h2>{plot}</body></html>"""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+RATINGS = {"down": "&#128078; rated down", "up": "&#128077; rated up", None: "not rated"}
+
+
+def _answer_cell(answer: dict[str, Any] | None) -> str:
+    """One answer: its text, its sources (document, section, retrieval score) and its rating."""
+    if answer is None:
+        return "<td>(not asked)</td>"
+    esc = html.escape
+    sources = "".join(
+        f"<li>[{s.get('n')}] {esc(str(s.get('file_name') or s.get('document')))}"
+        f"{' &sect; ' + esc(str(s['section'])) if s.get('section') else ''}"
+        f" (score {s.get('score')})</li>"
+        for s in answer.get("sources") or []
+    )
+    return (
+        f"<td><div class=answer>{esc(str(answer.get('answer', '')))}</div>"
+        f"<ul class=sources>{sources or '<li>no sources</li>'}</ul>"
+        f"<div>{RATINGS.get(answer.get('rating'), esc(str(answer.get('rating'))))}</div></td>"
+    )
+
+
+def _side_by_side(rnd: Any) -> str:
+    """The round's questions as the old champion answered them and as the new one does."""
+    if not rnd.answers_before or not rnd.answers_after:
+        return ""
+    after = {a.get("question"): a for a in rnd.answers_after}
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(str(before.get('question')))}</td>{_answer_cell(before)}"
+        f"{_answer_cell(after.get(before.get('question')))}</tr>"
+        for before in rnd.answers_before
+    )
+    return (
+        "<h4>The same questions, before and after</h4><table><tr><th>question</th>"
+        f"<th>old champion (version {esc(rnd.served_before)})</th>"
+        f"<th>new champion (version {esc(str(rnd.champion_after))})</th></tr>{rows}</table>"
+    )
 
 
 def _plot(platform: LocalPlatform, timeline: Timeline) -> str:

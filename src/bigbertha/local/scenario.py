@@ -1,4 +1,9 @@
-"""The demo's scenario on a running platform: upload and ingest, ask, rate, the quality rounds."""
+"""The demo's scenario on a running platform: upload and ingest, ask, rate, the rounds.
+
+A round is one turn of a loop that may move the champion; `Round` records what it did (the
+answers before and after, the gate's decision and numbers) and `Round.summary()` says it in one
+line. `quality_round` is the feedback loop's round; another kind of round fills the same record.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from bigbertha.local.platform import QUESTIONS, SEED_DOCS, LocalPlatform, chatbot_status
-from bigbertha.local.timeline import DemoFailed, Timeline, prom_query, wait_for
+from bigbertha.local.timeline import DemoFailed, Stage, Timeline, prom_query, wait_for
 
 
-def upload_and_ingest(platform: LocalPlatform, timeline: Timeline) -> None:
-    """Upload the seed documents; MinIO-style notifications go to the gateway's /minio."""
+def upload_documents(platform: LocalPlatform, timeline: Timeline) -> Stage:
+    """Upload the seed documents; MinIO-style notifications go to the gateway's /minio, whose
+    ingestion workflows run in the background (`wait_ingested` finishes the stage)."""
     from bigbertha.core import storage
 
     bucket = platform.values["objectStorage"]["documentsBucket"]
     client = storage.open_client(platform.settings())
-    with timeline.stage("upload + ingest documents") as st:
+    with timeline.stage("upload + ingest documents", finish=False) as stage:
         for rel in SEED_DOCS:
             path = platform.root / rel
             key = f"seed/{Path(rel).name}"
@@ -34,6 +40,11 @@ def upload_and_ingest(platform: LocalPlatform, timeline: Timeline) -> None:
                 headers={"Content-Type": "application/json"},
             )
             urllib.request.urlopen(request, timeout=10).read()
+    return stage
+
+
+def wait_ingested(platform: LocalPlatform, timeline: Timeline, stage: Stage) -> None:
+    with timeline.stage(stage) as st:
         if not platform.gateway.wait(600):
             raise DemoFailed("ingestion workflows did not finish")
         runs = [r for r in platform.gateway.engine.runs if "ingest" in r.template]
@@ -79,19 +90,42 @@ def ask(platform: LocalPlatform, question: str, feedback: str | None = None) -> 
 
 @dataclass
 class Round:
-    """One turn of the quality loop: unhappy users, alert, retraining, gate."""
+    """One round of a loop that may move the champion, and what it did."""
 
     number: int
     margin: float
+    kind: str = "quality"
     served_before: str = ""
     workflow: str = ""
-    outcome: dict[str, Any] = field(default_factory=dict)
+    outcome: dict[str, Any] = field(default_factory=dict)  # the gate's decision (last_decision)
     champion_after: str | None = None
-    marks: dict[str, float] = field(default_factory=dict)
+    marks: dict[str, float] = field(default_factory=dict)  # plotted moments (epoch seconds)
+    answers_before: list[dict[str, Any]] = field(default_factory=list)  # with "rating"
+    answers_after: list[dict[str, Any]] = field(default_factory=list)  # the same questions
 
     @property
     def promoted(self) -> bool:
         return bool(self.champion_after) and self.champion_after != self.served_before
+
+    def summary(self) -> str:
+        """One line: promoted or kept, and by how much on each gate metric."""
+        from bigbertha.training.promote import improvement
+
+        numbers = []
+        for metric, sides in (self.outcome.get("metrics") or {}).items():
+            try:
+                champion, challenger = float(sides["champion"]), float(sides["challenger"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            gain = improvement(metric, challenger, champion)
+            numbers.append(f"{metric} {champion:.4g} -> {challenger:.4g} ({gain:+.1%})")
+        by = f": {', '.join(numbers)}" if numbers else ""
+        version = self.outcome.get("version", "?")
+        if self.promoted:
+            head = f"promoted version {self.champion_after} over {self.served_before}"
+        else:
+            head = f"kept champion {self.served_before} (challenger version {version})"
+        return f"round {self.number} ({self.kind}): {head}{by}; margin {self.margin:.0%}"
 
 
 def quality_round(platform: LocalPlatform, timeline: Timeline, rnd: Round) -> Round:
@@ -102,7 +136,10 @@ def quality_round(platform: LocalPlatform, timeline: Timeline, rnd: Round) -> Ro
     platform.env["BIGBERTHA_PROMOTE__MARGIN"] = str(rnd.margin)  # read by the workflow steps
     known = {r.name for r in platform.gateway.engine.runs if "finetune" in r.template}
     with timeline.stage(tag + "questions, rated down") as st:
-        versions = {str(ask(platform, q, feedback="down").get("model_version")) for q in QUESTIONS}
+        rnd.answers_before = [
+            {**ask(platform, q, feedback="down"), "rating": "down"} for q in QUESTIONS
+        ]
+        versions = {str(a.get("model_version")) for a in rnd.answers_before}
         if len(versions) != 1:
             raise DemoFailed(f"answers came from several model versions: {sorted(versions)}")
         rnd.served_before = versions.pop()
@@ -177,9 +214,13 @@ def last_decision(settings: Any) -> dict[str, Any]:
     }
 
 
-def champion_answers(platform: LocalPlatform, timeline: Timeline, expected: str) -> None:
-    """The running chatbot hot-swapped to the champion (no restart): its status says so, and
-    its next answer reports the champion's version."""
+def champion_answers(
+    platform: LocalPlatform, timeline: Timeline, rnd: Round, *, all_questions: bool = True
+) -> None:
+    """The running chatbot hot-swapped to the round's champion (no restart): its status says
+    so, and its answers, to the questions asked before the round, report the champion's
+    version (`rnd.answers_after`, unrated: the report shows them beside the old ones)."""
+    expected = str(rnd.champion_after)
     url = platform.urls["chatbot"]
     with timeline.stage("chatbot serves the champion") as st:
         status = wait_for(
@@ -188,11 +229,14 @@ def champion_answers(platform: LocalPlatform, timeline: Timeline, expected: str)
             180,
             1,
         )
-        answer = ask(platform, QUESTIONS[0])
-        served = str(answer.get("model_version"))
-        if served != expected:
-            raise DemoFailed(f"answer came from {served}, expected champion {expected}")
+        questions = QUESTIONS if all_questions else QUESTIONS[:1]
+        answers = [{**ask(platform, q), "rating": None} for q in questions]
+        served = {str(a.get("model_version")) for a in answers}
+        if served != {expected}:
+            raise DemoFailed(f"answers came from {sorted(served)}, expected champion {expected}")
+        if all_questions:
+            rnd.answers_after = answers
         st.result = (
             f"chatbot hot-swapped to model version {expected} (swaps {status['swaps']}); "
-            f"next answer from model version {served}"
+            f"{len(answers)} answers from model version {expected}"
         )

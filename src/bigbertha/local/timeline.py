@@ -43,11 +43,18 @@ class Timeline:
         status = {True: "ok", False: "FAILED", None: "..."}[stage.ok]
         print(f"[{elapsed:7.1f}s] {stage.name:<28} {status:<6} {stage.result}", flush=True)
 
-    @contextmanager
-    def stage(self, name: str) -> Iterator[Stage]:
+    def begin(self, name: str) -> Stage:
+        """Start a stage that finishes later, while others run (`stage(it)` finishes it)."""
         stage = Stage(name, time.time())
         self.stages.append(stage)
         self.print(stage)
+        return stage
+
+    @contextmanager
+    def stage(self, which: str | Stage, *, finish: bool = True) -> Iterator[Stage]:
+        """Run a stage (a name starts one; a Stage from `begin` resumes it). An exception marks
+        it failed; with `finish=False` it stays open for a later `stage(it)`."""
+        stage = which if isinstance(which, Stage) else self.begin(which)
         try:
             yield stage
         except BaseException as exc:
@@ -56,8 +63,9 @@ class Timeline:
             stage.result = stage.result or first[:160]
             self.print(stage)
             raise
-        stage.ok, stage.finished = True, time.time()
-        self.print(stage)
+        if finish:
+            stage.ok, stage.finished = True, time.time()
+            self.print(stage)
 
 
 def wait_for(what: str, check: Any, timeout: float, interval: float = 1.0) -> Any:

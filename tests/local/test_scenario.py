@@ -1,0 +1,38 @@
+"""A round's one-line summary: promoted or kept, and by how much on each gate metric."""
+
+from __future__ import annotations
+
+from bigbertha.local.scenario import Round
+
+
+def _round(**kw) -> Round:
+    metrics = {
+        "perplexity": {"champion": "9.35", "challenger": "6.58"},
+        "token_f1": {"champion": "0.46", "challenger": "0.54"},
+    }
+    return Round(
+        1, 0.0, served_before="smollm2", outcome={"version": "1", "metrics": metrics}, **kw
+    )
+
+
+def test_a_promotion_says_by_how_much():
+    line = _round(champion_after="1").summary()
+    assert line == (
+        "round 1 (quality): promoted version 1 over smollm2: perplexity 9.35 -> 6.58 (+29.6%), "
+        "token_f1 0.46 -> 0.54 (+17.4%); margin 0%"
+    )
+
+
+def test_a_kept_champion_names_the_challenger_that_lost():
+    rnd = _round(champion_after="smollm2")
+    rnd.margin = 1.0
+    assert not rnd.promoted
+    assert rnd.summary().startswith(
+        "round 1 (quality): kept champion smollm2 (challenger version 1): perplexity"
+    )
+    assert rnd.summary().endswith("; margin 100%")
+
+
+def test_a_round_without_a_decision_still_has_a_line():
+    rnd = Round(2, 0.0, kind="canary", served_before="3")
+    assert rnd.summary() == "round 2 (canary): kept champion 3 (challenger version ?); margin 0%"
