@@ -29,6 +29,13 @@ def test_test_job_runs_what_the_project_ci_runs() -> None:
     job = jobs()["test"]
     (step,) = [s for s in job["steps"] if s.get("run") == "make test"]
     assert step["env"]["CI"] == "true"
+    # Then the demo, bounded the same way (after the tests, as in .ci/run).
+    (demo_line,) = [line for line in ci_run.splitlines() if line.startswith("phase demo ")]
+    demo_command = demo_line.split("phase demo ", 1)[1]
+    (demo,) = [s for s in job["steps"] if "make demo" in s.get("run", "")]
+    assert demo["run"] == demo_command and demo["env"]["CI"] == "true"
+    assert job["steps"].index(step) < job["steps"].index(demo)
+    assert ci_run.index("phase test make test") < ci_run.index(demo_line)
     python = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/setup-python"))
     required = re.search(r'requires-python = ">=(\d+\.\d+)"', (ROOT / "pyproject.toml").read_text())
     assert required and python["with"]["python-version"] == required[1]
