@@ -62,3 +62,28 @@ def test_missing_evaluation_set_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text("{}\n")
     with pytest.raises(training_data.DatasetTooSmall, match="no usable examples"):
         evaluate.load_eval_set(Settings(), str(tmp_path / "bad.jsonl"))
+
+
+@pytest.mark.slow
+def test_scoring_in_batches_scores_each_example_as_alone(tiny_model: Path) -> None:  # noqa: F811
+    # Prompts of different lengths share a batch: padding must change no answer and no loss.
+    from bigbertha.core.settings import Settings
+    from bigbertha.models import loading
+
+    model, tokenizer, _ = loading.load_causal_lm(str(tiny_model), Settings())
+    rows = [
+        {"prompt": "what color is the sky ?", "completion": "the sky is blue"},
+        {"prompt": "what color is the grass number 3 and the snow ?", "completion": "green"},
+        {"prompt": "sun ?", "completion": "the sun is yellow"},
+        {"prompt": "what color is the night number 1 ?", "completion": "the night is black"},
+        {"prompt": "what color is the apple and the grape ?", "completion": "red and purple"},
+    ]
+    text = "\n".join(json.dumps(row) for row in rows).encode()
+    examples = training_data.parse_jsonl(text, "x")[0]
+    lengths = {len(evaluate._encode(tokenizer, e)[0]) for e in examples}
+    assert len(lengths) > 1, "the examples should differ in prompt length"
+    alone, alone_samples = evaluate.score(model, tokenizer, examples, 6, batch_size=1)
+    batched, batched_samples = evaluate.score(model, tokenizer, examples, 6, batch_size=4)
+    assert batched_samples == alone_samples
+    assert batched["perplexity"] == pytest.approx(alone["perplexity"], rel=1e-4)
+    assert batched["token_f1"] == alone["token_f1"] and batched["rouge_l"] == alone["rouge_l"]
