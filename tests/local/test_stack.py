@@ -95,3 +95,21 @@ def test_every_service_starts_from_a_relative_base_directory(tmp_path, monkeypat
         assert (milvus_svc.workdir / "data").is_dir()
     finally:
         assert manager.stop_all() == []
+
+
+def test_an_interrupt_during_a_launch_waits_until_the_process_is_recorded():
+    import os
+    import signal
+
+    from bigbertha.local.stack import signals_held
+
+    order: list[str] = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: order.append("SIGTERM handled"))
+    try:
+        with pytest.raises(KeyboardInterrupt), signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            order.append("recorded")  # still runs: the signals wait
+        assert order == ["recorded", "SIGTERM handled"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -21,8 +21,15 @@ from typing import IO, Any
 
 import yaml
 
-from bigbertha.core.errors import Busy
-from bigbertha.local.stack import Service, ServiceManager, free_port, http_ok
+from bigbertha.core.errors import Busy, ExitCode
+from bigbertha.local.stack import (
+    Service,
+    ServiceManager,
+    free_port,
+    http_ok,
+    pid_alive,
+    stop_group,
+)
 from bigbertha.local.timeline import DemoFailed, Stage, Timeline, get_json, wait_for
 from bigbertha.local.tiny_llama import tiny_llama
 
@@ -53,6 +60,9 @@ class LocalPlatform:
         self.workdir = workdir.expanduser().absolute()
         self.services = ServiceManager(self.workdir / "run")
         self._lock: IO[str] | None = None
+        self._steps: set[subprocess.Popen[bytes]] = set()  # workflow steps running
+        self._steps_lock = threading.Lock()
+        self._stopping = False
         self.chat: Service | None = None
         self.urls: dict[str, str] = {}
         self.token = secrets.token_urlsafe(24)
@@ -262,13 +272,29 @@ class LocalPlatform:
         from bigbertha.local import gateway
 
         def runner(argv: list[str]) -> int:
+            """One workflow step as a process in its own group, which `stop` ends with the
+            services (a step runs in a gateway thread: the demo's signals never reach it)."""
             log = self.services.base / "workflows.log"
             with log.open("ab") as out:
                 out.write(f"$ {' '.join(argv)}\n".encode())
                 out.flush()
-                return subprocess.run(
-                    argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, check=False
-                ).returncode
+                with self._steps_lock:
+                    if self._stopping:
+                        return int(ExitCode.UNAVAILABLE)
+                    step = subprocess.Popen(
+                        argv,
+                        env=self.env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                    self._steps.add(step)
+                try:
+                    return step.wait()
+                finally:
+                    with self._steps_lock:
+                        self._steps.discard(step)
 
         self.gateway = gateway.Gateway(self.objects, runner, self.token)
         port = free_port()
@@ -332,9 +358,17 @@ class LocalPlatform:
         )
 
     def stop(self) -> list[int]:
+        """Stop the gateway, the workflow steps it runs and every service; return the PIDs
+        still alive afterwards (should be none)."""
         if self.gateway_server is not None:
             self.gateway_server.close()
-        left = self.services.stop_all()
+        with self._steps_lock:
+            self._stopping = True  # no step starts from now on
+            steps = list(self._steps)
+        for step in steps:
+            stop_group(step)
+        left = [step.pid for step in steps if pid_alive(step.pid)]
+        left += self.services.stop_all()
         if self._lock is not None:
             self._lock.close()  # releases the flock
             self._lock = None

@@ -15,10 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,55 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them.
+
+    Around starting a process and recording its PID: an interrupt between the two would leave
+    a process nobody stops. Only the main thread receives signals, so elsewhere this is a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: held.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _deliver(list(dict.fromkeys(held)))
+
+
+def _deliver(signums: list[int]) -> None:
+    """Raise each signal, even when a handler before it raises (KeyboardInterrupt)."""
+    if signums:
+        try:
+            signal.raise_signal(signums[0])
+        finally:
+            _deliver(signums[1:])
+
+
+def stop_group(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM a process group (a process started in its own session), then SIGKILL what is
+    left; reap the leader."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout)
+    # Children in the group (mlflow's server workers) go with it.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 @dataclass
 class Service:
     """A running service process, and how to tell that it answers."""
@@ -94,17 +144,7 @@ class Service:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process group, then SIGKILL what is left; reap it."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout)
-        # Children in the group (mlflow's server workers) go with it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        stop_group(self.process, timeout)
 
 
 def wait_until(check: Callable[[], bool], service: Service, timeout: float = 60.0) -> None:
@@ -169,7 +209,7 @@ class ServiceManager:
     ) -> Service:
         workdir = self._workdir(name, port)
         log_path = workdir / "service.log"
-        with log_path.open("wb") as log:
+        with log_path.open("wb") as log, signals_held():
             process = subprocess.Popen(
                 argv,
                 cwd=workdir,
@@ -179,10 +219,10 @@ class ServiceManager:
                 env={**os.environ, **(env or {})},
                 start_new_session=True,  # its own process group, so stop() gets the children
             )
-        service = Service(
-            name, process, port, workdir, log_path, probe=probe, ready_timeout=timeout
-        )
-        self.started.append(service)
+            service = Service(
+                name, process, port, workdir, log_path, probe=probe, ready_timeout=timeout
+            )
+            self.started.append(service)
         return service.wait_ready() if wait else service
 
     def redis(self, password: str | None = None, *, wait: bool = True) -> Service:
