@@ -337,6 +337,10 @@ class ServiceManager:
             artifacts_destination or str(workdir / "artifacts"),
             "--workers",
             "1",
+            # Longer than any client's poll (the demo's chatbot asks every 5 s): at uvicorn's
+            # default of 5 s the server closed the connection a poll was being sent on.
+            "--uvicorn-opts",
+            "--timeout-keep-alive 60",
         ]
         ready = f"http://127.0.0.1:{port}/health"
         # No GenAI job runner: it only costs start-up time and worker processes here.
