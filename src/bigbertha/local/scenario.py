@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,19 @@ def ask(platform: LocalPlatform, question: str, feedback: str | None = None) -> 
     return answer
 
 
+def ask_all(
+    platform: LocalPlatform, questions: Sequence[str], feedback: str | None = None
+) -> list[dict[str, Any]]:
+    """Each question through the running chatbot, as many at once as it answers at once
+    (chat.max_concurrent_answers); answers in the questions' order, each with its rating."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    at_once = int(platform.settings().chat.max_concurrent_answers)
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
+        answers = list(pool.map(lambda q: ask(platform, q, feedback=feedback), questions))
+    return [{**answer, "rating": feedback} for answer in answers]
+
+
 @dataclass
 class Round:
     """One round of a loop that may move the champion, and what it did."""
@@ -136,9 +150,7 @@ def quality_round(platform: LocalPlatform, timeline: Timeline, rnd: Round) -> Ro
     platform.env["BIGBERTHA_PROMOTE__MARGIN"] = str(rnd.margin)  # read by the workflow steps
     known = {r.name for r in platform.gateway.engine.runs if "finetune" in r.template}
     with timeline.stage(tag + "questions, rated down") as st:
-        rnd.answers_before = [
-            {**ask(platform, q, feedback="down"), "rating": "down"} for q in QUESTIONS
-        ]
+        rnd.answers_before = ask_all(platform, QUESTIONS, feedback="down")
         versions = {str(a.get("model_version")) for a in rnd.answers_before}
         if len(versions) != 1:
             raise DemoFailed(f"answers came from several model versions: {sorted(versions)}")
@@ -230,7 +242,7 @@ def champion_answers(
             1,
         )
         questions = QUESTIONS if all_questions else QUESTIONS[:1]
-        answers = [{**ask(platform, q), "rating": None} for q in questions]
+        answers = ask_all(platform, questions)
         served = {str(a.get("model_version")) for a in answers}
         if served != {expected}:
             raise DemoFailed(f"answers came from {sorted(served)}, expected champion {expected}")
