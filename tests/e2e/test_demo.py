@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,12 +183,15 @@ def test_demo_runs_both_loops_promotes_then_keeps_the_champion_then_runs_again(t
     assert len(seen) > 8 and not left, f"processes left behind: {left}"
 
     # A second run in the same directory starts from the state the first one left.
-    first_services = {p.name for p in (state / "run").iterdir()}
+    def service_dirs() -> set[str]:  # <name>-<port>: one per service a run started
+        return {p.name for p in (state / "run").iterdir() if re.fullmatch(r"[a-z]+-\d+", p.name)}
+
+    first_services = service_dirs()
     code, out, seen, left = _run_to_end(tmp_path)
     assert code == 0, out
     assert "http://" not in out  # no --keep: no URLs that would be dead at once
     assert out.splitlines()[-1].startswith("round 1 (quality): promoted version 1 over tiny-base")
-    assert not first_services & {p.name for p in (state / "run").iterdir() if "-" in p.name}
+    assert first_services and service_dirs() and not first_services & service_dirs()
     assert (state / "report.html").read_text().count("<b>promoted</b>") == 1
     assert len(seen) > 8 and not left, f"processes left behind: {left}"
 
