@@ -455,3 +455,28 @@ def test_prometheus_scrapes_all_garbage_at_once_in_openmetrics(
         prometheus.stop()
         server.close()
         thread.join(5)
+
+
+def test_a_challenger_is_exported_while_its_canary_runs(settings: Settings):
+    recorder = Recorder.from_settings(settings)
+    recorder.set_serving_model("7")
+    registry = CollectorRegistry()
+    create_app(settings, registry=registry)
+    value = registry.get_sample_value
+    started = {"model": "bb", "model_version": "8"}
+    assert value("bigbertha_canary_started_timestamp_seconds", started) is None
+
+    recorder.set_canary("8", 1_790_000_000.5)
+    assert value("bigbertha_canary_started_timestamp_seconds", started) == 1_790_000_000.5
+    # Its vote counters exist at zero before it answers, so its first vote is an increase.
+    assert value("bigbertha_feedback_total", {**started, "rating": "down"}) == 0
+    assert value("bigbertha_feedback_total", {**CHAT, "rating": "up"}) == 0
+    recorder.record_promotion("challenger")
+    assert value("bigbertha_promotions_total", {"decision": "challenger"}) == 1
+    assert value("bigbertha_promotions_total", {"decision": "retired"}) == 0
+
+    recorder.end_canary("8")
+    recorder.record_promotion("retired")
+    assert value("bigbertha_canary_started_timestamp_seconds", started) is None
+    assert value("bigbertha_promotions_total", {"decision": "retired"}) == 1
+    assert recorder.dropped == 0

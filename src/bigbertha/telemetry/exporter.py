@@ -71,7 +71,13 @@ class TelemetryCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         # Names only, so registering never touches Redis.
-        specs = (*recorder.STORED, recorder.MODEL_INFO, recorder.REDIS_UP, recorder.SKIPPED)
+        specs = (
+            *recorder.STORED,
+            recorder.MODEL_INFO,
+            recorder.CANARY_STARTED,
+            recorder.REDIS_UP,
+            recorder.SKIPPED,
+        )
         for spec in specs:
             yield _family(spec)
 
@@ -89,9 +95,13 @@ class TelemetryCollector(Collector):
         skipped: Counter[tuple[str, str]] = Counter()
         stored = _fields_of(replies[recorder.METRICS_KEY], "metrics", skipped)
         serving = _fields_of(replies[recorder.SERVING_KEY], "serving", skipped)
+        canary = _fields_of(replies[recorder.CANARY_KEY], "canary", skipped)
         seen = _serving(serving, skipped)
-        yield from self._families(stored, list(seen), skipped)
+        challengers = _serving(canary, skipped, "canary")
+        # A challenger's series start at 0 with its canary, so its first vote is an increase.
+        yield from self._families(stored, sorted(seen.keys() | challengers.keys()), skipped)
         yield self._model_info(seen)
+        yield _canary(challengers)
         yield _skipped_family(skipped)
         if skipped:
             self._skipped_warn.warning(
@@ -176,11 +186,11 @@ class RedisUnavailable(Exception):
 
 
 def read_hashes(client: redis.Redis) -> dict[str, Any]:
-    """Both telemetry hashes in one round trip: key -> {field: value} bytes, or None when the
+    """The telemetry hashes in one round trip: key -> {field: value} bytes, or None when the
     key holds another type. Raises RedisUnavailable only when Redis itself failed."""
     import redis
 
-    keys = (recorder.METRICS_KEY, recorder.SERVING_KEY)
+    keys = (recorder.METRICS_KEY, recorder.SERVING_KEY, recorder.CANARY_KEY)
     try:
         pipe = client.pipeline(transaction=False)
         for key in keys:
@@ -253,18 +263,19 @@ def _amount(raw: bytes) -> float | None:
 
 
 def _serving(
-    serving: dict[str, bytes], skipped: Counter[tuple[str, str]]
+    serving: dict[str, bytes], skipped: Counter[tuple[str, str]], key: str = "serving"
 ) -> dict[tuple[str, ...], float]:
-    """(model, model_version) -> unix time it last served."""
+    """(model, model_version) -> unix time it last served (the canary hash: since when it is
+    the challenger); unusable fields are counted under `key`."""
     seen: dict[tuple[str, ...], float] = {}
     for raw_field, raw_value in serving.items():
         labels = _labels(raw_field)
         if isinstance(labels, str) or len(labels) != len(recorder.CHAT_LABELS):
-            skipped["serving", labels if isinstance(labels, str) else "format"] += 1
+            skipped[key, labels if isinstance(labels, str) else "format"] += 1
             continue
         last = _amount(raw_value)
         if last is None:
-            skipped["serving", "value"] += 1
+            skipped[key, "value"] += 1
             continue
         seen[tuple(labels)] = last
     return seen
@@ -274,9 +285,17 @@ def _skipped_family(skipped: Counter[tuple[str, str]]) -> Metric:
     family = GaugeMetricFamily(
         recorder.SKIPPED.name, recorder.SKIPPED.doc, labels=list(recorder.SKIPPED.labels)
     )
-    for key in ("metrics", "serving"):
+    for key in ("metrics", "serving", "canary"):
         for reason in recorder.SKIP_REASONS:
             family.add_metric([key, reason], skipped[key, reason])
+    return family
+
+
+def _canary(challengers: dict[tuple[str, ...], float]) -> Metric:
+    """The challenger versions and when each started (the stuck-canary alert reads it)."""
+    family = _scalar_family(recorder.CANARY_STARTED)
+    for labels, started in sorted(challengers.items()):
+        family.add_metric(list(labels), started)
     return family
 
 

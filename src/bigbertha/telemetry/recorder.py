@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 METRICS_KEY = "bigbertha:telemetry:v1:metrics"
 #: Redis hash: JSON [model, model_version] -> unix time it last served (set or answered).
 SERVING_KEY = "bigbertha:telemetry:v1:serving"
+#: Redis hash: JSON [model, model_version] -> unix time that version became the challenger;
+#: a field lives exactly as long as the registry's challenger alias points at the version.
+CANARY_KEY = "bigbertha:telemetry:v1:canary"
 
 INF = math.inf
 # Bucket bounds sit on the values the alert objectives use (values.yaml monitoring.rules).
@@ -47,7 +50,8 @@ SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, INF)
 
 CHAT_LABELS = ("model", "model_version")
 RETRAIN_RESULTS = ("succeeded", "failed", "skipped")
-PROMOTION_DECISIONS = ("promoted", "rejected", "rollback")
+# challenger: passed the offline gate, serving a canary share; retired: the canary said no.
+PROMOTION_DECISIONS = ("promoted", "rejected", "rollback", "challenger", "retired")
 RATINGS = ("up", "down")
 REFUSAL_REASONS = ("busy", "too_large", "invalid", "timeout")
 # After a Redis failure, calls are dropped without a connection attempt for this long.
@@ -114,7 +118,16 @@ RETRAIN_RUNS = MetricSpec(
     "bigbertha_retrain_runs_total", "counter", "Retraining pipeline runs by result.", ("result",)
 )
 PROMOTIONS = MetricSpec(
-    "bigbertha_promotions_total", "counter", "Promotion gate decisions.", ("decision",)
+    "bigbertha_promotions_total",
+    "counter",
+    "Promotion decisions: the offline gate's and the live canary's.",
+    ("decision",),
+)
+CANARY_STARTED = MetricSpec(
+    "bigbertha_canary_started_timestamp_seconds",
+    "gauge",
+    "Unix time a challenger version started serving its canary share (while it is challenger).",
+    CHAT_LABELS,
 )
 REFUSED = MetricSpec(
     "bigbertha_chat_refused_total",
@@ -327,6 +340,14 @@ class Recorder:
         """Mark `model_version` as serving now (exported as bigbertha_model_info)."""
         self._write({}, serving=(self._model, str(model_version)))
 
+    def set_canary(self, model_version: str, started_at: float) -> None:
+        """`model_version` is the challenger since `started_at` (unix time); idempotent."""
+        self._write({}, canary=((self._model, str(model_version)), started_at))
+
+    def end_canary(self, model_version: str) -> None:
+        """`model_version` is no longer the challenger (promoted or retired)."""
+        self._write({}, canary=((self._model, str(model_version)), None))
+
     # -- internals ------------------------------------------------------------------------------
 
     @staticmethod
@@ -357,7 +378,12 @@ class Recorder:
             if self._client is not None:
                 self._unreported += 1
 
-    def _write(self, incr: dict[str, float], serving: tuple[str, ...] | None = None) -> None:
+    def _write(
+        self,
+        incr: dict[str, float],
+        serving: tuple[str, ...] | None = None,
+        canary: tuple[tuple[str, ...], float | None] | None = None,
+    ) -> None:
         client = self._client
         if client is None:
             self._count_drop()
@@ -377,6 +403,12 @@ class Recorder:
             pipe.hincrby(METRICS_KEY, _field(DROPPED.name, ()), unreported)
         if serving is not None:
             pipe.hset(SERVING_KEY, _field(serving[0], serving[1:]), repr(time.time()))
+        if canary is not None:
+            (model, *version), started = canary
+            if started is None:
+                pipe.hdel(CANARY_KEY, _field(model, tuple(version)))
+            else:
+                pipe.hset(CANARY_KEY, _field(model, tuple(version)), repr(float(started)))
         try:
             pipe.execute()
         except Exception as exc:  # whatever the client raises, the chat goes on
