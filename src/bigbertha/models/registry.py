@@ -4,6 +4,8 @@ Registry conventions (see `models` for how a version is stored and loaded):
 - one registered model, ``mlflow.model_name``; a challenger is a new version with lineage tags
   (``base_model``, ``dataset_hash``, ``alert_name``, ``alert_labels``, ``workflow_name``);
 - the ``champion`` alias is what the chatbot serves; ``previous`` is the champion before it;
+  ``challenger`` is a version that passed the offline gate and serves a canary share of new
+  conversations until the canary promotes it to champion or retires it (the alias removed);
 - the gate's decision and numbers are version tags (``gate.decision``, ``gate.reason``,
   ``gate.<metric>.challenger`` / ``gate.<metric>.champion``).
 A version is an MLflow pyfunc model whose ``adapter`` artifact (`ADAPTER_ARTIFACT`) is the
@@ -293,6 +295,27 @@ def promote(settings: Settings, version: str) -> str | None:
         # The champion moves last: a failure above leaves it where it was.
         mlflow_client.set_registered_model_alias(name, CHAMPION, version)
     return old
+
+
+def set_challenger(settings: Settings, version: str) -> str | None:
+    """Point ``challenger`` at `version`; returns the challenger it replaced, if another."""
+    old = alias_version(settings, CHALLENGER)
+    if old != version:
+        with mlflow_errors(settings):
+            client(settings).set_registered_model_alias(
+                settings.mlflow.model_name, CHALLENGER, version
+            )
+    return old if old != version else None
+
+
+def clear_challenger(settings: Settings, version: str) -> bool:
+    """Remove ``challenger`` if it still points at `version` (a newer challenger keeps it);
+    True when it was removed now."""
+    if alias_version(settings, CHALLENGER) != version:
+        return False
+    with mlflow_errors(settings):
+        client(settings).delete_registered_model_alias(settings.mlflow.model_name, CHALLENGER)
+    return True
 
 
 def rollback(settings: Settings) -> tuple[str, str]:
