@@ -373,6 +373,45 @@ class PromoteSettings(Section):
     )
 
 
+# One PromQL label matcher: name, operator, double-quoted value.
+_MATCHER = r'[a-zA-Z_][a-zA-Z0-9_]*(=|!=|=~|!~)"[^"]*"'
+
+
+class CanarySettings(Section):
+    """The live canary between the offline gate and the champion alias (training/canary.py)."""
+
+    share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of new conversations a challenger serves; 0: the gate promotes at once",
+    )
+    min_votes: int = Field(
+        30, ge=1, description="rated answers each side needs before the canary decides"
+    )
+    margin: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="the challenger's down-vote ratio may exceed the champion's by at most this",
+    )
+    deadline_seconds: float = Field(
+        43_200, gt=0, description="decide this long after the challenger started serving"
+    )
+    on_deadline: Literal["retire", "promote"] = Field(
+        "retire", description="outcome when the deadline passes without enough votes"
+    )
+    poll_seconds: float = Field(60, gt=0, description="how often the votes are read")
+    prometheus_url: str | None = Field(
+        None, description="Prometheus HTTP API the votes are read from (http://host:9090)"
+    )
+    prometheus_selector: str = Field(
+        "",
+        pattern=rf"^({_MATCHER}(,{_MATCHER})*)?$",
+        description='extra label matchers for this release\'s exporter: job="x",namespace="y"',
+    )
+
+
 class EvaluateSettings(Section):
     """The benchmark behind the gate: held-out set and generation length."""
 
@@ -455,6 +494,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     promote: PromoteSettings = Field(default_factory=PromoteSettings)
+    canary: CanarySettings = Field(default_factory=CanarySettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
     log: LogSettings = Field(default_factory=LogSettings)
@@ -570,6 +610,8 @@ CHART_WIRED = {
     ("serving", "deployment"),
     ("serving", "namespace"),
     ("retrain", "cooldown_seconds"),  # events.retrain.cooldownSeconds
+    ("canary", "prometheus_url"),
+    ("canary", "prometheus_selector"),
 }
 
 
