@@ -637,6 +637,13 @@ def ask_command(
         str | None,
         typer.Option(help="Ask the running chatbot at this URL (its /api/ask); no model here."),
     ] = None,
+    conversation: Annotated[
+        str | None,
+        typer.Option(
+            help="Ask within this conversation (the id an earlier --json answer printed); "
+            "during a canary it decides which model answers."
+        ),
+    ] = None,
 ) -> None:
     """Answer one question with the chatbot's RAG core: answer, sources with scores, timings.
 
@@ -655,10 +662,12 @@ def ask_command(
         from bigbertha.chat import api as chat_api
 
         ctx.obj.settings()  # logging as configured; the server holds the model settings
-        answer = rag.Answer.from_dict(chat_api.ask_server(server, question, rating=feedback))
+        answer = rag.Answer.from_dict(
+            chat_api.ask_server(server, question, rating=feedback, conversation=conversation)
+        )
     else:
         settings = ctx.obj.settings(chat={"top_k": top_k})
-        answer = rag.ask_once(settings, question, rating=feedback)
+        answer = rag.ask_once(settings, question, rating=feedback, conversation=conversation)
     typer.echo(json.dumps(answer.to_dict(), ensure_ascii=False) if as_json else rag.render(answer))
     if answer.error:
         raise typer.Exit(int(ExitCode.UNAVAILABLE))

@@ -81,6 +81,7 @@ def test_status_and_ask_are_503_until_the_engine_is_built(redis_server: Service)
         "registry_ok": True,
         "last_error": None,
         "history": ["stub-1"],
+        "canary": None,
     }
 
 

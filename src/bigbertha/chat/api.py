@@ -1,15 +1,20 @@
 """The chatbot's JSON API, served beside the Streamlit UI in the same process, on its engine.
 
     GET  /api/status  200 {"ready": true, "model_version", "ref", "swaps", "loading",
-                           "registry_ok", "last_error", "history"}
+                           "registry_ok", "last_error", "history",
+                           "canary": {"version", "ref", "share"} | null}
                       503 {"ready": false, "error"} while the model loads or after it failed
-    POST /api/ask     {"question": str, "feedback": "up"|"down"|null}
-                      200 what `bigbertha ask --json` prints; 503 not ready
+    POST /api/ask     {"question": str, "feedback": "up"|"down"|null, "conversation": str|null}
+                      200 what `bigbertha ask --json` prints, with the "conversation" id (a new
+                          one when none was sent: send it back for the next turn); 503 not ready
                       400 {"error"} a bad body or question (not UTF-8 or JSON, too deep, not
                           an object, a control character); 413 body or question too large;
                           408 body not received in time; 503 + Retry-After: the answer queue
                           is full (chat/limits.py; each refusal is counted in
                           bigbertha_chat_refused_total{reason})
+
+The conversation id decides which model answers during a canary (chat/routing.py): every turn
+sent with the same id gets the same model, on any replica.
 
 `bigbertha ask --server URL` and the demo ask the running chatbot through it (no model load
 per question), the chart's readinessProbe waits on /api/status, and the demo reads the served
@@ -24,11 +29,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from bigbertha.chat import limits
@@ -46,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOADING = "the chat model is still loading: retry in a few seconds"
+CONVERSATION = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ASK_TIMEOUT_SECONDS = 600.0
 
 
@@ -97,7 +105,7 @@ class EngineSlot:
 
     def stop(self) -> None:
         if self._engine is not None:
-            self._engine.models.stop()
+            self._engine.stop()
 
 
 _SERVING: EngineSlot | None = None
@@ -127,6 +135,7 @@ def lifespan(slot: EngineSlot) -> Callable[[Any], Any]:
 
 def status_body(engine: RagEngine) -> dict[str, Any]:
     s = engine.models.status()
+    canary = engine.router.canary()
     return {
         "ready": True,
         "model_version": s.version,
@@ -136,11 +145,13 @@ def status_body(engine: RagEngine) -> dict[str, Any]:
         "registry_ok": s.registry_ok,
         "last_error": s.last_error,
         "history": s.history,
+        "canary": None if canary is None else asdict(canary),
     }
 
 
-def parse_ask(body: Any, max_question_chars: int) -> tuple[str, str | None]:
-    """The question and rating of an /api/ask body; `Refused` names the bad field."""
+def parse_ask(body: Any, max_question_chars: int) -> tuple[str, str | None, str | None]:
+    """The question, rating and conversation of an /api/ask body; `Refused` names the bad
+    field."""
     if not isinstance(body, dict):
         raise limits.Refused('body: must be a JSON object like {"question": "..."}')
     question = body.get("question")
@@ -150,7 +161,15 @@ def parse_ask(body: Any, max_question_chars: int) -> tuple[str, str | None]:
     feedback = body.get("feedback")
     if feedback not in (None, "up", "down"):
         raise limits.Refused(f"feedback: {feedback!r}: must be 'up', 'down' or null")
-    return question, feedback
+    conversation = body.get("conversation")
+    if conversation is not None and (
+        not isinstance(conversation, str) or not CONVERSATION.fullmatch(conversation)
+    ):
+        raise limits.Refused(
+            "conversation: must be null or the id an earlier answer returned "
+            "(1-128 letters, digits, '-', '_', '.' or ':')"
+        )
+    return question, feedback, conversation
 
 
 def routes(slot: EngineSlot) -> list[BaseRoute]:
@@ -195,7 +214,9 @@ def routes(slot: EngineSlot) -> list[BaseRoute]:
             raw = await limits.read_body(
                 request, chat.max_request_bytes, chat.request_timeout_seconds
             )
-            question, feedback = parse_ask(payloads.json_object(raw), chat.max_question_chars)
+            question, feedback, conversation = parse_ask(
+                payloads.json_object(raw), chat.max_question_chars
+            )
         except limits.Refused as exc:
             return refuse(exc)
         except InputError as exc:  # payloads: not UTF-8, not JSON, too deep, not an object
@@ -206,7 +227,8 @@ def routes(slot: EngineSlot) -> list[BaseRoute]:
         try:
             with engine.queue.admit():
                 answer = await anyio.to_thread.run_sync(
-                    lambda: engine.ask(question, rating=feedback), limiter=threads
+                    lambda: engine.ask(question, rating=feedback, conversation=conversation),
+                    limiter=threads,
                 )
         except limits.QueueFull as exc:
             return refuse(exc)
@@ -219,14 +241,22 @@ def routes(slot: EngineSlot) -> list[BaseRoute]:
 
 
 def ask_server(
-    url: str, question: str, *, rating: str | None = None, timeout: float = ASK_TIMEOUT_SECONDS
+    url: str,
+    question: str,
+    *,
+    rating: str | None = None,
+    conversation: str | None = None,
+    timeout: float = ASK_TIMEOUT_SECONDS,
 ) -> dict[str, Any]:
     """POST the question to a running chatbot's /api/ask; its answer as `Answer.to_dict()`.
 
+    `conversation`: the id of an earlier answer, to ask within that conversation.
     Unreachable or not ready: ServiceUnavailable; a rejected question: InputError.
     """
     endpoint = url.rstrip("/") + "/api/ask"
-    body = json.dumps({"question": question, "feedback": rating}).encode()
+    body = json.dumps(
+        {"question": question, "feedback": rating, "conversation": conversation}
+    ).encode()
     request = urllib.request.Request(
         endpoint, data=body, headers={"Content-Type": "application/json"}, method="POST"
     )

@@ -13,6 +13,9 @@ tier (`load_openai`) it is the adapter the tier's sidecar loaded under its serve
 "load" succeeds once the tier lists it. Without a champion the fallback (`llm.model`: the tier's
 base model) serves. `ModelServer.from_settings(settings, alias=...)` follows any alias, e.g. a
 second server for the canary's challenger.
+
+Without a fallback (`fallback_ref=None`, the canary's challenger server) the server holds a
+model only while the alias is set: it starts empty, and lets its model go when the alias goes.
 """
 
 from __future__ import annotations
@@ -51,19 +54,22 @@ class ModelServer:
 
     `load(ref)` builds a model; `champion()` returns the ref the registry says to serve
     (e.g. "models:/bigbertha-llm/3"), None when there is none (`fallback_ref` then serves), and
-    raises when the registry is unreachable. Without `champion` it just serves `fallback_ref`.
+    raises when the registry is unreachable. Without `champion` it just serves `fallback_ref`;
+    with `fallback_ref=None` it holds nothing while `champion()` says None (`held()` is None).
     """
 
     def __init__(
         self,
         load: Callable[[str], ChatModel],
         *,
-        fallback_ref: str,
+        fallback_ref: str | None,
         champion: Callable[[], str | None] | None = None,
         poll_seconds: float = 30.0,
     ) -> None:
         #: Called with each model swapped in (e.g. to mark it serving in telemetry at once).
         self.on_swap: Callable[[ChatModel], None] | None = None
+        #: Called with the model a server without fallback lets go when its alias is removed.
+        self.on_release: Callable[[ChatModel], None] | None = None
         self._load = load
         self._fallback = fallback_ref
         self._champion = champion
@@ -75,13 +81,16 @@ class ModelServer:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, alias: str | None = None) -> ModelServer:
+    def from_settings(
+        cls, settings: Settings, *, alias: str | None = None, fallback: bool = True
+    ) -> ModelServer:
         """The server the settings describe, following `alias` (default `chat.champion_alias`;
-        '' serves `llm.model` only) on either backend."""
+        '' serves `llm.model` only) on either backend; `fallback=False` serves nothing while
+        the alias is unset instead of `llm.model` (the canary's challenger)."""
         alias = settings.chat.champion_alias if alias is None else alias
         return cls(
             chat_model_loader(settings),
-            fallback_ref=settings.llm.model,
+            fallback_ref=settings.llm.model if fallback else None,
             champion=registry_alias(settings, alias) if alias else None,
             poll_seconds=settings.chat.champion_poll_seconds,
         )
@@ -93,6 +102,10 @@ class ModelServer:
             raise ModelLoadError("no chat model is loaded yet: call ModelServer.start()")
         return model
 
+    def held(self) -> ChatModel | None:
+        """The model now, or None (not started, or no fallback and the alias unset)."""
+        return self._model
+
     def status(self) -> ServerStatus:
         with self._lock:
             if self._status is None:
@@ -103,27 +116,30 @@ class ModelServer:
         """Load the champion (or the fallback model), then poll in the background if `watch`."""
         wanted, registry_error = self._ask_registry()
         first = wanted or self._fallback
+        model: ChatModel | None = None
         try:
-            model = self._load(first)
+            model = self._load(first) if first else None
         except Exception as exc:
             if first == self._fallback:
-                raise _as_load_error(first, exc) from exc
-            log.error("chat model %s failed to load (%s); serving %s", first, exc, self._fallback)
+                raise _as_load_error(str(first), exc) from exc
+            instead = self._fallback or "nothing"
+            log.error("chat model %s failed to load (%s); serving %s", first, exc, instead)
             registry_error = f"champion {first} failed to load: {exc}"
-            model = self._load_fallback()
+            model = self._load_fallback() if self._fallback else None
         with self._lock:
             self._model = model
             self._status = ServerStatus(
-                version=model.version,
-                ref=model.ref,
+                version=model.version if model else "",
+                ref=model.ref if model else "",
                 loaded_at=time.time(),
                 checks=1 if self._champion else 0,
                 registry_failures=1 if registry_error and wanted is None else 0,
                 last_error=registry_error,
                 registry_ok=registry_error is None or wanted is not None,
-                history=[model.version],
+                history=[model.version] if model else [],
             )
-        log.info("serving chat model %s (version %s)", model.ref, model.version)
+        if model is not None:
+            log.info("serving chat model %s (version %s)", model.ref, model.version)
         if watch and self._champion is not None:
             self._thread = threading.Thread(
                 target=self._watch, name="bigbertha-champion-watch", daemon=True
@@ -147,6 +163,8 @@ class ModelServer:
                 self._status.registry_failures += 1
                 self._status.last_error = error
             current_ref = self._status.ref
+        if wanted is None and error is None and self._fallback is None and current_ref:
+            return self._release()  # no fallback: the alias was removed, serve nothing
         if wanted is None and error is None and self._champion is not None:
             wanted = self._fallback  # the alias was removed: back to the fallback model
         if wanted is None or wanted == current_ref:
@@ -183,6 +201,23 @@ class ModelServer:
                 log.exception("on_swap hook failed after swapping to %s", model.ref)
         return True
 
+    def _release(self) -> bool:
+        """The alias is gone and there is no fallback: stop serving (answers in flight finish)."""
+        with self._lock:
+            model, self._model = self._model, None
+            assert self._status is not None
+            self._status.version = self._status.ref = ""
+            self._status.loaded_at = time.time()
+        if model is None:
+            return False
+        log.info("alias removed: no longer serving chat model %s", model.ref)
+        if self.on_release is not None:
+            try:
+                self.on_release(model)
+            except Exception:  # as on_swap: telemetry must not fail the release
+                log.exception("on_release hook failed after releasing %s", model.ref)
+        return True
+
     def _watch(self) -> None:
         while not self._stop.wait(self._poll):
             try:
@@ -200,6 +235,7 @@ class ModelServer:
             return None, f"model registry unreachable: {exc}"
 
     def _load_fallback(self) -> ChatModel:
+        assert self._fallback is not None
         try:
             return self._load(self._fallback)
         except Exception as exc:

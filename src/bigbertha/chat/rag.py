@@ -3,8 +3,9 @@
 One answer, top to bottom (`RagEngine.stream`):
 1. retrieve the top-k chunks for the question (Milvus down: answer without context, warn);
 2. build the prompt (`models.prompts`): numbered passages and an instruction to cite them;
-3. generate with the model the server holds at this moment (streamed; it stays that model for
-   the whole answer, even if the champion is swapped meanwhile);
+3. generate with the model the router picks for the conversation at this moment: the champion,
+   or during a canary the challenger for its share of conversations (chat/routing.py); streamed,
+   it stays that model for the whole answer, even if the champion is swapped meanwhile;
 4. record telemetry (Recorder) and log the turn (FeedbackLog).
 
 Nothing retrieved: the answer says so without asking the model (it would only guess) and the
@@ -27,6 +28,7 @@ from pydantic import SecretStr
 from bigbertha.chat.limits import AnswerQueue, check_question
 from bigbertha.chat.llm import GenerationError, TokenStream
 from bigbertha.chat.model_server import ModelServer
+from bigbertha.chat.routing import ModelRouter, new_conversation
 from bigbertha.core.errors import InputError
 from bigbertha.core.settings import Settings
 from bigbertha.documents.retrieval import Chunk, RetrievalUnavailable, Retriever
@@ -92,6 +94,7 @@ class Answer:
     completion_tokens: int = 0
     error: str | None = None
     warnings: dict[str, str] = field(default_factory=dict)
+    conversation: str = ""
 
     @property
     def turn_id(self) -> str:
@@ -119,6 +122,7 @@ class Answer:
             completion_tokens=data["completion_tokens"],
             error=data["error"],
             warnings=data["warnings"],
+            conversation=data.get("conversation") or "",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +137,7 @@ class Answer:
             "completion_tokens": self.completion_tokens,
             "error": self.error,
             "warnings": self.warnings,
+            "conversation": self.conversation,
         }
 
 
@@ -168,6 +173,7 @@ class _Draft:
 
     question: str
     started: float
+    conversation: str = ""
     timings: Timings = field(default_factory=Timings)
     chunks: list[Chunk] | None = None  # None: retrieval was unavailable
     sources: list[Source] = field(default_factory=list)
@@ -184,9 +190,10 @@ class AnswerStream:
     the partial answer.
     """
 
-    def __init__(self, engine: RagEngine, question: str) -> None:
+    def __init__(self, engine: RagEngine, question: str, conversation: str) -> None:
         self._engine = engine
         self.question = question
+        self.conversation = conversation
         self.answer: Answer | None = None
         self.warnings: dict[str, str] = {}
         self._iterator = engine._run(question, self)
@@ -206,7 +213,11 @@ class AnswerStream:
 
 
 class RagEngine:
-    """Retriever + model server + telemetry + feedback log: one per process, thread-safe."""
+    """Retriever + models + telemetry + feedback log: one per process, thread-safe.
+
+    `models` is the champion's server (its status is what the UI and /api/status show);
+    `router` picks the model per conversation (default: the champion for every one).
+    """
 
     def __init__(
         self,
@@ -216,10 +227,12 @@ class RagEngine:
         models: ModelServer,
         recorder: Any,
         feedback: FeedbackLog,
+        router: ModelRouter | None = None,
     ) -> None:
         self.settings = settings
         self.retriever = retriever
         self.models = models
+        self.router = router or ModelRouter(models)
         self.recorder = recorder
         self.feedback = feedback
         self._slots = threading.BoundedSemaphore(settings.chat.max_concurrent_answers)
@@ -235,26 +248,42 @@ class RagEngine:
 
         limit_registry_retries()
         recorder = Recorder.from_settings(settings)
-        models = ModelServer.from_settings(settings)
-        # The exporter's model_info shows a swapped-in champion at once, not at its first answer.
-        models.on_swap = lambda model: recorder.set_serving_model(model.version)
-        models.start(watch=watch)
-        recorder.set_serving_model(models.current().version)
+        router = ModelRouter.from_settings(settings)
+        # The exporter's model_info shows a swapped-in model at once, not at its first answer.
+        for server in (router.champion, router.challenger):
+            if server is not None:
+                server.on_swap = lambda model: recorder.set_serving_model(model.version)
+        router.start(watch=watch)
+        if (canary := router.canary()) is not None:
+            recorder.set_serving_model(canary.version)
+        recorder.set_serving_model(router.champion.current().version)  # the newest mark
         return cls(
             settings,
             retriever=Retriever(settings),
-            models=models,
+            models=router.champion,
             recorder=recorder,
             feedback=FeedbackLog.from_settings(settings),
+            router=router,
         )
 
-    def stream(self, question: str) -> AnswerStream:
-        """Answer `question` as it is generated; `limits.Refused` for a question out of bounds."""
-        return AnswerStream(self, check_question(question, self.settings.chat.max_question_chars))
+    def stop(self) -> None:
+        """Stop watching the registry (both servers)."""
+        self.router.stop()
 
-    def ask(self, question: str, rating: Literal["up", "down"] | str | None = None) -> Answer:
+    def stream(self, question: str, conversation: str | None = None) -> AnswerStream:
+        """Answer `question` as it is generated, as a turn of `conversation` (None: a new
+        one-turn conversation); `limits.Refused` for a question out of bounds."""
+        question = check_question(question, self.settings.chat.max_question_chars)
+        return AnswerStream(self, question, conversation or new_conversation())
+
+    def ask(
+        self,
+        question: str,
+        rating: Literal["up", "down"] | str | None = None,
+        conversation: str | None = None,
+    ) -> Answer:
         """Answer `question`; rate it `rating` unless the model failed (`bigbertha ask`)."""
-        answer = self.stream(question).result()
+        answer = self.stream(question, conversation).result()
         if rating in ("up", "down") and not answer.error:
             self.rate(answer, "up" if rating == "up" else "down")
         return answer
@@ -278,7 +307,7 @@ class RagEngine:
 
     def _run(self, question: str, out: AnswerStream) -> Generator[str, None, None]:
         settings = self.settings
-        draft = _Draft(question, started=time.perf_counter())
+        draft = _Draft(question, started=time.perf_counter(), conversation=out.conversation)
         timings = draft.timings
 
         # 1. Retrieve.
@@ -299,8 +328,8 @@ class RagEngine:
         draft.sources = sources_from(draft.chunks or [])
         timings.prompt = time.perf_counter() - mark
 
-        # 3. Generate, holding on to this model for the whole answer.
-        model = self.models.current()
+        # 3. Generate, holding on to this conversation's model for the whole answer.
+        model = self.router.model_for(out.conversation)
         draft.version = model.version
         error_text = ""
         mark = time.perf_counter()
@@ -394,6 +423,7 @@ class RagEngine:
             completion_tokens=completion_tokens,
             error=draft.error,
             warnings=out.warnings,
+            conversation=draft.conversation,
         )
 
 
@@ -436,17 +466,21 @@ def limit_registry_retries() -> None:
 
 
 def ask_once(
-    settings: Settings, question: str, *, rating: Literal["up", "down"] | str | None = None
+    settings: Settings,
+    question: str,
+    *,
+    rating: Literal["up", "down"] | str | None = None,
+    conversation: str | None = None,
 ) -> Answer:
-    """`bigbertha ask`: load the serving model, answer one question, optionally rate it."""
+    """`bigbertha ask`: load the serving model(s), answer one question, optionally rate it."""
     if not question.strip():
         raise InputError("question is empty: pass the question as the argument")
     check_question(question, settings.chat.max_question_chars)  # before loading any model
     engine = RagEngine.from_settings(settings, watch=False)
     try:
-        answer = engine.ask(question, rating)
+        answer = engine.ask(question, rating, conversation)
     finally:
-        engine.models.stop()
+        engine.stop()
     return answer
 
 

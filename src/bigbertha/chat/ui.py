@@ -2,7 +2,8 @@
 
 `bigbertha chat` runs this file with Streamlit's server on chat.port, with the JSON API of
 chat_api.py beside it. Every browser session and the API share one `RagEngine` (one model per
-process, built in the background as the server starts); each session keeps its own history.
+process, built in the background as the server starts); each session keeps its own history and
+is one conversation (its id, kept in the session, decides which model answers during a canary).
 Answers stream in as they are generated, with their sources underneath and a thumbs up/down
 that is recorded for the model version that produced the answer. Degraded services show as
 warnings on the answer and in the sidebar, never as a traceback.
@@ -69,6 +70,11 @@ def _sidebar(st: Any, engine: Any) -> None:
     st.sidebar.title(APP_TITLE)
     st.sidebar.markdown(f"**Model version:** `{status.version}`")
     st.sidebar.caption(f"{status.ref} · swapped {status.swaps}×")
+    canary = engine.router.canary()
+    if canary is not None:
+        st.sidebar.caption(
+            f"Canary: version `{canary.version}` answers {canary.share:.0%} of conversations."
+        )
     if status.loading:
         st.sidebar.info(f"Loading the new champion {status.loading} in the background…")
     if not status.registry_ok:
@@ -144,6 +150,7 @@ def main() -> None:
 
     from bigbertha.chat.api import serving
     from bigbertha.chat.rag import shared_engine
+    from bigbertha.chat.routing import new_conversation
     from bigbertha.core.settings import load
 
     st.set_page_config(page_title=APP_TITLE, page_icon="🤖")
@@ -159,6 +166,7 @@ def main() -> None:
     st.caption("Answers come from your ingested documents, with their sources.")
 
     history: list[Any] = st.session_state.setdefault("history", [])
+    conversation: str = st.session_state.setdefault("conversation", new_conversation())
     for answer in history:
         with st.chat_message("user"):
             st.markdown(answer.question)
@@ -169,20 +177,21 @@ def main() -> None:
     limit = engine.settings.chat.max_question_chars
     question = st.chat_input("Ask about your documents", max_chars=limit)
     if question and question.strip():
-        _answer(st, engine, question, history)
+        _answer(st, engine, question, history, conversation)
     # Last, so it shows what this run learnt (a failed Redis write, a swapped model).
     _sidebar(st, engine)
 
 
-def _answer(st: Any, engine: Any, question: str, history: list[Any]) -> None:
-    """Answer one question in the chat, or say in one line why it is refused."""
+def _answer(st: Any, engine: Any, question: str, history: list[Any], conversation: str) -> None:
+    """Answer one question of the session's conversation, or say in one line why it is
+    refused."""
     from bigbertha.chat.limits import QueueFull, Refused
 
     # max_chars stops the browser's input box, and Streamlit's server cuts a longer value from a
     # client that ignores it; the engine still refuses control characters and surrogates.
     try:
         with engine.queue.admit():
-            stream = engine.stream(question)
+            stream = engine.stream(question, conversation)
             with st.chat_message("user"):
                 st.markdown(question)
             with st.chat_message("assistant"):
