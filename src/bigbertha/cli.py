@@ -504,6 +504,65 @@ def promote_command(
     typer.echo(json.dumps(decision.to_json()))
 
 
+@app.command("canary")
+def canary_command(
+    ctx: typer.Context,
+    promotion: Annotated[
+        str | None,
+        typer.Option(
+            help="The gate's report (promote --report); no canary started: nothing to do."
+        ),
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option(help="The challenger version (default: the challenger alias).")
+    ] = None,
+    retire: Annotated[
+        bool, typer.Option("--retire", help="End the canary now, keeping the champion.")
+    ] = False,
+    reason: Annotated[str | None, typer.Option(help="With --retire: why (recorded).")] = None,
+    min_votes: Annotated[
+        int | None, typer.Option(help="Votes each side needs (canary.min_votes).")
+    ] = None,
+    margin: Annotated[
+        float | None,
+        typer.Option(help="Down-vote ratio the challenger may exceed by (canary.margin)."),
+    ] = None,
+    report: ReportOption = None,
+    alert_name: AlertNameOption = None,
+    alert_labels: AlertLabelsOption = None,
+    workflow_name: WorkflowNameOption = None,
+) -> None:
+    """Watch the live canary until users' votes decide: promote the challenger or retire it.
+
+    Flags: --promotion URI, --version N, --retire [--reason TEXT], --min-votes N, --margin X,
+    --report URI, --alert-name, --alert-labels JSON, --workflow-name. Exit 0 whatever the
+    decision (in the printed JSON, on the MLflow version and in bigbertha_promotions_total);
+    69 Prometheus or MLflow unreachable at the deadline; 2 bad settings or nothing to retire.
+    """
+    from bigbertha.models import registry
+    from bigbertha.training import canary
+
+    lineage = _lineage(alert_name, alert_labels, workflow_name)
+    if version is not None and promotion is not None:
+        raise typer.BadParameter(
+            "not with --promotion (it names the version)", param_hint="--version"
+        )
+    if reason is not None and not retire:
+        raise typer.BadParameter("only with --retire", param_hint="--reason")
+    settings = ctx.obj.settings(canary={"min_votes": min_votes, "margin": margin})
+    if retire:
+        target = version or registry.alias_version(settings, registry.CHALLENGER)
+        if target is None:
+            raise ConfigError("no challenger to retire: the registry has no 'challenger' alias")
+        why = reason or "retired by hand (bigbertha canary --retire)"
+        decision = canary.retire(settings, target, why, lineage=lineage, report=report)
+    else:
+        decision = canary.run(
+            settings, version=version, promotion=promotion, lineage=lineage, report=report
+        )
+    typer.echo(json.dumps(decision.to_json()))
+
+
 @app.command("retrain")
 def retrain_command(
     ctx: typer.Context,

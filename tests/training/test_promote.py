@@ -296,3 +296,44 @@ def test_a_gate_killed_after_registering_is_finished_by_the_next_try(
     assert retry.version == version
     assert [str(v.version) for v in registry.versions(settings)] == [version]
     assert registry.version_tags(settings, version)["gate.decision"] == retry.decision
+
+
+def test_a_passed_gate_with_a_canary_share_makes_a_challenger_not_a_champion(
+    trained_adapter: tuple[Path, finetune.FinetuneResult, Settings],
+    mlflow_server: Any,
+    redis_server: Any,
+    tmp_path: Path,
+    clean_env: Path,
+) -> None:
+    from bigbertha.training import canary
+
+    adapter, _, trained_settings = trained_adapter
+    redis_url = redis_server.extra["url"]
+    settings = trained_settings.model_copy(
+        update={
+            "redis": trained_settings.redis.model_copy(update={"url": SecretStr(redis_url)}),
+            "mlflow": trained_settings.mlflow.model_copy(
+                update={"model_name": f"{trained_settings.mlflow.model_name}-canary"}
+            ),
+            "canary": trained_settings.canary.model_copy(update={"share": 0.25}),
+        }
+    )
+    before = telemetry_counts(redis_url, "bigbertha_promotions_total")
+    report = tmp_path / "promotion.json"
+    decision = promote.run(
+        settings, str(adapter), lineage={"workflow_name": "wf-9"}, report=str(report)
+    )
+    assert decision.decision == "challenger", decision.reason
+    assert decision.reason.endswith(
+        "challenger for 25% of new conversations until the live canary decides"
+    )
+    assert decision.champion_after is None  # nothing promoted yet: users decide
+    assert registry.alias_version(settings, "challenger") == decision.version
+    assert registry.alias_version(settings, "champion") is None
+    tags = registry.version_tags(settings, str(decision.version))
+    assert tags["gate.decision"] == "challenger" and float(tags[canary.STARTED_TAG]) > 0
+    assert tags["canary.share"] == "0.25"
+    # The canary step reads the version from this report.
+    assert json.loads(report.read_text())["decision"] == "challenger"
+    after = telemetry_counts(redis_url, "bigbertha_promotions_total")
+    assert after.get("challenger", 0) == before.get("challenger", 0) + 1

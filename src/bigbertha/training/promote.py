@@ -6,12 +6,14 @@
 
 `run` registers the challenger as a new version of ``mlflow.model_name`` with lineage tags,
 evaluates the champion (or, before there is one, the challenger's own base model) and the
-challenger on the same evaluation set, and moves the ``champion`` alias only when the challenger
-beats it on every ``promote.gate_metrics`` by more than ``promote.margin`` (relative
-improvement; perplexity lower, the others higher). The evaluate step's report on the same
-challenger and the same set (``--evaluation``) is reused instead of benchmarking it twice. The
-old champion keeps ``previous``. The
-decision and every number are tags on the new version and a JSON report; telemetry counts it
+challenger on the same evaluation set, and passes the challenger only when it beats the champion
+on every ``promote.gate_metrics`` by more than ``promote.margin`` (relative improvement;
+perplexity lower, the others higher). A passed challenger becomes champion at once when
+``canary.share`` is 0; otherwise it becomes the registry's ``challenger`` and serves that share
+of new conversations until the live canary (`bigbertha.training.canary`) promotes or retires
+it. The evaluate step's report on the same challenger and the same set (``--evaluation``) is
+reused instead of benchmarking it twice. The old champion keeps ``previous``. The decision and
+every number are tags on the new version and a JSON report; telemetry counts it
 (`Recorder.record_promotion`). The alias moves last, so any failure leaves the champion as it was.
 """
 
@@ -28,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 from bigbertha.core import storage
 from bigbertha.core.errors import BigberthaError, ConfigError
 from bigbertha.models import loading, registry, tracking
+from bigbertha.training import canary, evaluate
 from bigbertha.training import data as training_data
-from bigbertha.training import evaluate
 
 if TYPE_CHECKING:
     from bigbertha.core.settings import Settings
@@ -43,7 +45,7 @@ GATE_DECISION = "gate.decision"  # set on every version the gate decided on
 class Decision:
     """What the gate decided, and why."""
 
-    decision: str  # promoted | rejected | rollback
+    decision: str  # promoted | rejected | rollback | challenger (passed; the canary decides)
     version: str | None  # the challenger (or, for a rollback, the restored champion)
     champion_before: str | None
     champion_after: str | None
@@ -205,7 +207,8 @@ def run(
     report: str | None = None,
     evaluation: str | None = None,
 ) -> Decision:
-    """Register, benchmark both sides on one evaluation set, and move ``champion`` if better.
+    """Register, benchmark both sides on one evaluation set; if better, start a canary or (with
+    ``canary.share`` 0) move ``champion``.
 
     `evaluation`: the challenger's report from `bigbertha evaluate`, reused when it matches.
     """
@@ -243,9 +246,9 @@ def run(
     )
     if not champion:
         reason = f"no champion yet; against base {baseline}: {reason}"
-    decision = Decision(
-        "promoted" if passed else "rejected", version, champion, champion, reason, margin, table
-    )
+    live = passed and settings.canary.share > 0
+    verdict = "rejected" if not passed else "challenger" if live else "promoted"
+    decision = Decision(verdict, version, champion, champion, reason, margin, table)
     gate_tags: dict[str, Any] = {
         "gate.reason": reason[:4000],
         "gate.margin": margin,
@@ -256,9 +259,18 @@ def run(
     for metric, row in table.items():
         gate_tags[f"gate.{metric}.challenger"] = f"{row['challenger']:.6g}"
         gate_tags[f"gate.{metric}.champion"] = f"{row['champion']:.6g}"
-    gate_tags[GATE_DECISION] = decision.decision  # last: a version with it is fully decided
+    if not live:
+        gate_tags[GATE_DECISION] = decision.decision  # last: a version with it is fully decided
     registry.set_tags(settings, version, gate_tags)
-    if passed:
+    if live:
+        canary.start(settings, version)
+        # Fully decided once its canary runs (settle_ungated leaves an aliased version alone).
+        registry.set_tags(settings, version, {GATE_DECISION: decision.decision})
+        decision.reason += (
+            f"; challenger for {settings.canary.share:.0%} of new conversations until the "
+            "live canary decides"
+        )
+    elif passed:
         registry.promote(settings, version)
         decision.champion_after = version
     log.info("promotion gate for %s version %s: %s (%s)", name, version, decision.decision, reason)

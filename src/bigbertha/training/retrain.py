@@ -1,13 +1,15 @@
-"""The whole retraining loop in one process: alert -> data -> fine-tune -> evaluate -> gate.
+"""The whole retraining loop in one process: alert -> data -> fine-tune -> evaluate -> gate
+(-> canary).
 
     bigbertha retrain --alert-payload alert.json --eval-data s3://datasets/eval.jsonl
 
 In the cluster the same steps run as the finetune WorkflowTemplate's DAG (check, prepare-data,
-finetune, evaluate, promote), each a `bigbertha` subcommand; this module runs them back to back
-for local use and tests. `plan_from_alert` decides from an Alertmanager webhook body (or the
-Argo Events webhook event data wrapping it) whether to start a run: only alerts that are firing
-and labelled ``bigbertha_action=retrain`` (and name this model, when they carry a ``model``
-label) do; resolved and page-only notifications do not.
+finetune, evaluate, promote, and canary when ``canary.share`` > 0), each a `bigbertha`
+subcommand; this module runs them back to back for local use and tests. `plan_from_alert`
+decides from an Alertmanager webhook body (or the Argo Events webhook event data wrapping it)
+whether to start a run: only alerts that are firing and labelled ``bigbertha_action=retrain``
+(and name this model, when they carry a ``model`` label) do; resolved and page-only
+notifications do not.
 
 A run holds an exclusive lock (``retrain.lock_file``) from the first step to the gate, so two
 runs never train at once: the second waits up to ``retrain.lock_wait_seconds`` and then refuses
@@ -15,7 +17,9 @@ runs never train at once: the second waits up to ``retrain.lock_wait_seconds`` a
 whether it may train (one run per alert episode, a cooldown per champion version); a run that
 may not is ``skipped`` with the reason recorded. A failure at any step leaves the ``champion``
 alias as it was (the alias is the last thing `promote` moves), is counted as ``failed`` and its
-reason goes to the log, the JSON report and an MLflow run tagged ``failure_reason``.
+reason goes to the log, the JSON report and an MLflow run tagged ``failure_reason``; a
+challenger the run put on a canary is retired then, so no canary goes on without its decision
+step.
 
 Nothing is left half-done for the next run: MLflow calls fail within seconds when the server is
 down (`tracking.bound_client_retries`), and before training a run marks the MLflow runs that a
@@ -40,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from bigbertha.core import storage
 from bigbertha.core.errors import BigberthaError, Busy, ExitCode, InputError
 from bigbertha.models import registry, tracking
-from bigbertha.training import cooldown, evaluate, finetune, promote
+from bigbertha.training import canary, cooldown, evaluate, finetune, promote
 
 if TYPE_CHECKING:
     from bigbertha.core.settings import Settings
@@ -175,6 +179,7 @@ class RetrainResult:
     plan: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None
     decision: dict[str, Any] | None = None
+    canary: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -233,6 +238,7 @@ def record_exit(settings: Settings, status: str, failures: str, lineage: Mapping
         )
         log.error("retraining workflow %s: %s", status, reason)
         _record_failure(settings, step or "workflow", reason or status, lineage)
+        _retire_orphan(settings, f"workflow {status}: {reason or status}", lineage)
     return result
 
 
@@ -268,6 +274,23 @@ def _settle_workflow(settings: Settings, workflow: str | None) -> None:
         promote.settle_ungated(settings, ended_workflow=workflow)
     except BigberthaError as exc:
         log.warning("could not settle workflow %s in MLflow: %s", workflow, exc)
+
+
+def _retire_orphan(settings: Settings, reason: str, lineage: Mapping[str, str]) -> None:
+    """Retire the challenger this run's gate made, if its canary is still undecided: the
+    decision step will not run any more. Best effort, as `_record_failure`."""
+    workflow = lineage.get("workflow_name")
+    if not workflow:
+        return
+    try:
+        version = registry.alias_version(settings, registry.CHALLENGER)
+        if version is None:
+            return
+        if registry.version_tags(settings, version).get("workflow_name") != workflow:
+            return  # another run's canary
+        canary.retire(settings, version, reason[:1000], lineage=lineage)
+    except Exception as exc:  # the failure is already logged and counted
+        log.warning("could not retire this run's challenger: %s", str(exc).splitlines()[0])
 
 
 def run(
@@ -325,6 +348,10 @@ def run(
                 lineage={**lineage, "dataset_hash": tuned.dataset_hash},
                 report=str(workdir / "decision.json"),
             )
+            live = None
+            if decision.decision == "challenger":
+                step = "canary"
+                live = canary.run(settings, version=decision.version, lineage=lineage)
         except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             reason = f"{step} failed: {first}"
@@ -334,16 +361,19 @@ def run(
             recorder.record_retrain_run("failed")
             if not isinstance(exc, registry.MlflowUnavailable):  # it would only wait again
                 _record_failure(settings, step, reason, lineage)
+            if step == "canary":
+                _retire_orphan(settings, reason, lineage)
             _write(settings, report, RetrainResult("failed", reason, step, plan_doc))
             raise RetrainFailed(f"retrain: {reason}; the champion is unchanged", exc) from exc
     recorder.record_retrain_run("succeeded")
     result = RetrainResult(
         "succeeded",
-        decision.reason,
+        live.reason if live else decision.reason,
         None,
         plan_doc,
         tuned.to_json(),
         decision.to_json(),
+        live.to_json() if live else None,
     )
     _write(settings, report, result)
     return result

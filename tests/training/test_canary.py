@@ -1,0 +1,457 @@
+"""The live canary decides from real votes: the recorder writes users' ratings to a real Redis,
+two real exporters (as prod runs two replicas) serve them, a real Prometheus scrapes them, and
+the canary reads them back and moves the aliases of a real MLflow registry.
+
+Promote, reject, not enough votes, the deadline (and its configurable outcome), votes arriving
+while it waits, an unreachable Prometheus, a challenger withdrawn or superseded meanwhile, a
+retried step, and the retrain exit handler retiring an orphaned canary.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from bigbertha.cli import app
+from bigbertha.core.errors import ConfigError, ServiceUnavailable
+from bigbertha.core.settings import Settings, load
+from bigbertha.models import registry
+from bigbertha.telemetry import votes
+from bigbertha.telemetry.recorder import Recorder
+from bigbertha.telemetry.votes import Votes
+from bigbertha.training import canary, retrain
+from tests.services import Service, ServiceManager, free_port
+
+JOB, NAMESPACE = "bigbertha-exporter", "bigbertha"
+SELECTOR = f'job="{JOB}",namespace="{NAMESPACE}"'
+
+
+# --- the decision rule itself ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "margin", "verdict"),
+    [
+        (Votes(up=8, down=2), Votes(up=4, down=6), 0.0, "promoted"),  # better
+        (Votes(up=6, down=4), Votes(up=6, down=4), 0.0, "promoted"),  # a tie is not worse
+        (Votes(up=5, down=5), Votes(up=6, down=4), 0.1, "promoted"),  # worse, within the margin
+        (Votes(up=5, down=5), Votes(up=6, down=4), 0.05, "retired"),  # worse beyond it
+        (Votes(up=2, down=8), Votes(up=8, down=2), 0.05, "retired"),
+        (Votes(up=9, down=0), Votes(up=30, down=30), 0.0, None),  # 9 votes: too few to judge
+    ],
+)
+def test_judge_promotes_unless_the_challenger_is_worse_beyond_the_margin(
+    challenger: Votes, champion: Votes, margin: float, verdict: str | None
+) -> None:
+    outcome = canary.judge(challenger, champion, min_votes=10, margin=margin)
+    assert (outcome[0] if outcome else None) == verdict
+    if outcome:
+        assert f"challenger {challenger.describe()}" in outcome[1]
+
+
+def test_the_rest_of_the_traffic_is_the_champion_side() -> None:
+    counted = {"3": Votes(1, 2), "4": Votes(5, 1), "smollm2": Votes(0, 1), "2": Votes()}
+    mine, rest, others = canary.split(counted, "4")
+    assert mine == Votes(5, 1) and rest == Votes(1, 3) and others == ["3", "smollm2"]
+
+
+# --- a real stack ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack(services: ServiceManager, mlflow_server: Service) -> Iterator[dict[str, Any]]:
+    """Redis, two exporters reading it, and a Prometheus scraping both every second."""
+    redis_server = services.redis()
+    exporters = []
+    for _ in range(2):
+        port = free_port()
+        exporters.append(
+            services.bigbertha(
+                "exporter",
+                ["exporter", "--host", "127.0.0.1", "--port", str(port)],
+                port,
+                env={"BIGBERTHA_REDIS__URL": str(redis_server.extra["url"])},
+            )
+        )
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {
+                # What the ServiceMonitor produces: job = the exporter Service, its namespace.
+                "job_name": JOB,
+                "static_configs": [
+                    {
+                        "targets": [f"127.0.0.1:{e.port}" for e in exporters],
+                        "labels": {"namespace": NAMESPACE},
+                    }
+                ],
+            }
+        ],
+    }
+    prometheus = services.prometheus(yaml.safe_dump(config))
+    yield {"redis": redis_server, "prometheus": prometheus, "mlflow": mlflow_server}
+
+
+def canary_settings(stack: dict[str, Any], **canary_values: Any) -> Settings:
+    """Settings of one test: its own registered model (so its own aliases and series)."""
+    values = {
+        "share": 0.2,
+        "min_votes": 10,
+        "margin": 0.05,
+        "deadline_seconds": 60,
+        "poll_seconds": 0.5,
+        "prometheus_url": stack["prometheus"].url,
+        "prometheus_selector": SELECTOR,
+        **canary_values,
+    }
+    return load(
+        overrides={
+            "redis": {"url": stack["redis"].extra["url"], "timeout_seconds": 1.0},
+            "mlflow": {
+                "tracking_uri": stack["mlflow"].url,
+                "model_name": f"canary-{uuid.uuid4().hex[:8]}",
+            },
+            "canary": values,
+        }
+    )
+
+
+def register(settings: Settings, count: int, workflow: str = "wf-canary") -> list[str]:
+    """`count` versions of the test's model (the canary never loads them)."""
+    client = registry.client(settings)
+    name = settings.mlflow.model_name
+    client.create_registered_model(name)
+    return [
+        str(
+            client.create_model_version(
+                name, source=f"s3://artifacts/{name}/{n}", tags={"workflow_name": workflow}
+            ).version
+        )
+        for n in range(count)
+    ]
+
+
+def rate(settings: Settings, version: str, up: int, down: int) -> None:
+    """Votes as the chatbot records them when users click thumbs up or down."""
+    recorder = Recorder.from_settings(settings)
+    recorder.set_serving_model(version)
+    for rating, count in (("up", up), ("down", down)):
+        for _ in range(count):
+            recorder.record_feedback(version, rating)  # type: ignore[arg-type]
+    assert recorder.dropped == 0
+
+
+def wait_scraped(settings: Settings, expected: dict[tuple[str, str], int]) -> None:
+    """Until Prometheus has every (version, rating) total in `expected`."""
+    url, name = settings.canary.prometheus_url, settings.mlflow.model_name
+    assert url
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        totals = votes.totals(url, name, SELECTOR)
+        if all(totals.get(key) == count for key, count in expected.items()):
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"Prometheus never showed {expected}: {totals}")
+
+
+def promotions(settings: Settings) -> dict[str, int]:
+    """bigbertha_promotions_total by decision, as the exporter serves it."""
+    url = settings.canary.prometheus_url
+    assert url
+    # The counter is global (no model label): read it straight from the exporter's Redis.
+    import redis
+
+    from bigbertha.telemetry.recorder import METRICS_KEY
+
+    assert settings.redis.url is not None
+    raw = redis.Redis.from_url(settings.redis.url.get_secret_value(), decode_responses=True)
+    counts = {}
+    for name, value in raw.hgetall(METRICS_KEY).items():
+        sample, *labels = json.loads(name)
+        if sample == "bigbertha_promotions_total":
+            counts[labels[0]] = int(float(value))
+    return counts
+
+
+def canary_runs(settings: Settings, version: str) -> list[Any]:
+    import mlflow
+
+    registry.client(settings)
+    found = mlflow.search_runs(
+        experiment_names=[registry.EXPERIMENT],
+        filter_string=f"tags.canary_for = '{version}' and tags.step = 'canary'",
+        output_format="list",
+    )
+    return [r for r in found if r.data.params.get("min_votes")]
+
+
+def aliases(settings: Settings) -> dict[str, str | None]:
+    return {
+        alias: registry.alias_version(settings, alias)
+        for alias in (registry.CHAMPION, registry.CHALLENGER, registry.PREVIOUS)
+    }
+
+
+def canary_gauge(settings: Settings, version: str) -> list[Any]:
+    url = settings.canary.prometheus_url
+    assert url
+    query = (
+        f'bigbertha_canary_started_timestamp_seconds{{model="{settings.mlflow.model_name}",'
+        f'model_version="{version}"}}'
+    )
+    return votes.instant_query(url, query)
+
+
+def watch(settings: Settings, version: str) -> tuple[threading.Thread, dict[str, Any]]:
+    """The canary step watching `version` in the background; its decision lands in the dict."""
+    result: dict[str, Any] = {}
+    watcher = threading.Thread(
+        target=lambda: result.update(decision=canary.run(settings, version=version))
+    )
+    watcher.start()
+    return watcher, result
+
+
+LINEAGE = {
+    "alert_name": "BigBerthaNegativeFeedbackHigh",
+    "alert_labels": '{"alertname": "BigBerthaNegativeFeedbackHigh"}',
+    "workflow_name": "wf-canary",
+}
+
+
+# --- the four outcomes ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_challenger_users_like_better_becomes_champion(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    settings = canary_settings(stack)
+    champion, challenger = register(settings, 2)
+    registry.promote(settings, champion)
+    # The votes that started this retraining: the champion's history, not the canary's.
+    rate(settings, champion, up=2, down=18)
+    wait_scraped(settings, {(champion, "down"): 18})
+    before = promotions(settings)
+
+    started = canary.start(settings, challenger)
+    assert aliases(settings)[registry.CHALLENGER] == challenger
+    wait_for_gauge = time.monotonic() + 15
+    while not canary_gauge(settings, challenger) and time.monotonic() < wait_for_gauge:
+        time.sleep(0.25)
+    assert float(canary_gauge(settings, challenger)[0]["value"][1]) == pytest.approx(started)
+
+    rate(settings, challenger, up=8, down=2)  # 0.2 down
+    rate(settings, champion, up=4, down=6)  # 0.6 down since the canary started
+    report = tmp_path / "canary.json"
+    decision = canary.run(settings, version=challenger, lineage=LINEAGE, report=str(report))
+
+    assert decision.decision == "promoted", decision.reason
+    assert decision.challenger == {"up": 8, "down": 2, "total": 10, "ratio": 0.2}
+    assert decision.champion == {"up": 4, "down": 6, "total": 10, "ratio": 0.6}  # not 24 of 30
+    assert decision.champion_versions == [champion]
+    assert (decision.champion_before, decision.champion_after) == (champion, challenger)
+    assert decision.seconds is not None and 0 < decision.seconds < 60
+    assert aliases(settings) == {"champion": challenger, "challenger": None, "previous": champion}
+    tags = registry.version_tags(settings, challenger)
+    assert tags["canary.decision"] == "promoted" and "0.20 (2 down of 10)" in tags["canary.reason"]
+    assert json.loads(tags["canary.report"])["challenger"]["down"] == 2
+    (run,) = canary_runs(settings, challenger)
+    assert run.data.tags["decision"] == "promoted"
+    assert run.data.tags["alert_name"] == LINEAGE["alert_name"]
+    assert run.data.tags["workflow_name"] == "wf-canary"
+    assert run.data.metrics["challenger_ratio"] == pytest.approx(0.2)
+    assert json.loads(report.read_text())["decision"] == "promoted"
+    after = promotions(settings)
+    assert after.get("promoted", 0) == before.get("promoted", 0) + 1
+    deadline = time.monotonic() + 15
+    while canary_gauge(settings, challenger) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert not canary_gauge(settings, challenger), "the stuck-canary gauge outlived the canary"
+
+    # A step retried after it already decided finishes the same decision, counted once.
+    again = canary.run(settings, version=challenger, lineage=LINEAGE)
+    assert again.decision == "promoted" and again.challenger["down"] == 2
+    assert promotions(settings).get("promoted", 0) == after.get("promoted", 0)
+    assert len(canary_runs(settings, challenger)) == 1
+
+
+@pytest.mark.slow
+def test_a_challenger_users_like_less_is_retired(stack: dict[str, Any]) -> None:
+    settings = canary_settings(stack)
+    champion, challenger = register(settings, 2)
+    registry.promote(settings, champion)
+    before = promotions(settings)
+    canary.start(settings, challenger)
+    rate(settings, challenger, up=2, down=8)
+    rate(settings, champion, up=8, down=2)
+    decision = canary.run(settings, version=challenger, lineage=LINEAGE)
+    assert decision.decision == "retired"
+    assert decision.reason == (
+        "down-vote ratio challenger 0.80 (8 down of 10) vs champion 0.20 (2 down of 10): "
+        "worse by more than 0.05"
+    )
+    assert aliases(settings) == {"champion": champion, "challenger": None, "previous": None}
+    tags = registry.version_tags(settings, challenger)
+    assert tags["canary.decision"] == "retired" and "worse by more" in tags["canary.reason"]
+    assert promotions(settings).get("retired", 0) == before.get("retired", 0) + 1
+
+
+@pytest.mark.slow
+def test_not_enough_votes_by_the_deadline_retires_the_challenger(stack: dict[str, Any]) -> None:
+    settings = canary_settings(stack, deadline_seconds=4)
+    champion, challenger = register(settings, 2)
+    registry.promote(settings, champion)
+    canary.start(settings, challenger)
+    rate(settings, challenger, up=3, down=0)  # users like it, but three votes prove nothing
+    rate(settings, champion, up=0, down=20)
+    decision = canary.run(settings, version=challenger)
+    assert decision.decision == "retired"
+    assert decision.reason == (
+        "not enough votes by the deadline (4s): challenger 3, champion 20 of 10 needed each"
+    )
+    assert decision.seconds is not None and 4 <= decision.seconds < 15
+    assert aliases(settings)["champion"] == champion and aliases(settings)["challenger"] is None
+
+
+@pytest.mark.slow
+def test_the_deadline_outcome_is_configurable_and_anchored_at_the_start(
+    stack: dict[str, Any],
+) -> None:
+    settings = canary_settings(stack, deadline_seconds=30, on_deadline="promote")
+    champion, challenger = register(settings, 2)
+    registry.promote(settings, champion)
+    # The canary started 40 s ago (a step that was retried, say): it is past its deadline now,
+    # whenever this step happens to run.
+    canary.start(settings, challenger, now=time.time() - 40)
+    began = time.monotonic()
+    decision = canary.run(settings, version=challenger)
+    assert time.monotonic() - began < 10
+    assert decision.decision == "promoted"
+    assert decision.reason.endswith("canary.on_deadline is promote")
+    assert decision.seconds is not None and decision.seconds >= 40
+    assert aliases(settings) == {"champion": challenger, "challenger": None, "previous": champion}
+
+
+@pytest.mark.slow
+def test_the_canary_waits_for_votes_that_arrive_while_it_polls(stack: dict[str, Any]) -> None:
+    settings = canary_settings(stack)
+    (challenger,) = register(settings, 1)  # no champion yet: the base model is the other side
+    canary.start(settings, challenger)
+    watcher, result = watch(settings, challenger)
+    time.sleep(2)
+    assert watcher.is_alive(), "decided before any vote"
+    rate(settings, "smollm2", up=5, down=5)
+    rate(settings, challenger, up=7, down=3)
+    watcher.join(30)
+    decision = result["decision"]
+    assert decision.decision == "promoted" and decision.champion_versions == ["smollm2"]
+    assert decision.polls > 2 and decision.seconds is not None and decision.seconds < 30
+    assert aliases(settings)["champion"] == challenger
+
+
+# --- failures and interruptions ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_unreachable_prometheus_is_polled_through_then_fails_the_step(
+    stack: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = canary_settings(stack, prometheus_url=dead, deadline_seconds=2)
+    (challenger,) = register(settings, 1)
+    canary.start(settings, challenger)
+    with (
+        caplog.at_level("WARNING", logger="bigbertha.training.canary"),
+        pytest.raises(ServiceUnavailable, match="Prometheus at .* is unreachable"),
+    ):
+        canary.run(settings, version=challenger)
+    assert "polling on" in caplog.text  # it kept polling until the deadline
+    assert aliases(settings)["challenger"] == challenger  # undecided: the retry decides
+
+    bad = settings.model_copy(
+        update={"canary": settings.canary.model_copy(update={"prometheus_url": None})}
+    )
+    with pytest.raises(ConfigError, match="canary.prometheus_url is not set"):
+        canary.run(bad, version=challenger)
+
+
+@pytest.mark.slow
+def test_a_challenger_retired_or_replaced_meanwhile_ends_the_watch(stack: dict[str, Any]) -> None:
+    settings = canary_settings(stack)
+    champion, first, second = register(settings, 3)
+    registry.promote(settings, champion)
+    canary.start(settings, first)
+    watcher, result = watch(settings, first)
+    time.sleep(1.5)
+    # A newer challenger passes the gate: the first one is retired as superseded.
+    canary.start(settings, second)
+    watcher.join(15)
+    assert result["decision"].decision == "withdrawn"
+    assert "now version " + second in result["decision"].reason
+    tags = registry.version_tags(settings, first)
+    assert tags["canary.decision"] == "retired"
+    assert tags["canary.reason"] == f"superseded by version {second}"
+    assert aliases(settings)["challenger"] == second
+
+    # The gate run again on the same challenger keeps its clock.
+    started = float(registry.version_tags(settings, second)[canary.STARTED_TAG])
+    assert canary.start(settings, second) == started
+
+    # By hand: retired at once; nothing left to retire afterwards.
+    runner = CliRunner()
+    env = {
+        "BIGBERTHA_MLFLOW__TRACKING_URI": settings.mlflow.tracking_uri,
+        "BIGBERTHA_MLFLOW__MODEL_NAME": settings.mlflow.model_name,
+        "BIGBERTHA_REDIS__URL": str(stack["redis"].extra["url"]),
+    }
+    done = runner.invoke(app, ["canary", "--retire", "--reason", "bad answers in review"], env=env)
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout.strip().splitlines()[-1])["decision"] == "retired"
+    assert registry.version_tags(settings, second)["canary.reason"] == "bad answers in review"
+    again = runner.invoke(app, ["canary", "--retire"], env=env)
+    assert again.exit_code == 2
+    assert "no challenger to retire" in again.stderr
+    idle = runner.invoke(app, ["canary"], env=env)
+    assert idle.exit_code == 0 and json.loads(idle.stdout)["decision"] == "skipped"
+
+
+@pytest.mark.slow
+def test_a_failed_workflow_retires_the_canary_it_started(stack: dict[str, Any]) -> None:
+    settings = canary_settings(stack)
+    champion, mine, theirs = register(settings, 3)
+    registry.client(settings).set_model_version_tag(
+        settings.mlflow.model_name, theirs, "workflow_name", "wf-other"
+    )
+    registry.promote(settings, champion)
+    canary.start(settings, theirs)
+    failures = '[{"displayName":"canary","message":"pod deleted"}]'
+    # Another run's canary is left alone...
+    retrain.record_exit(settings, "Failed", failures, {"workflow_name": "wf-canary"})
+    assert aliases(settings)["challenger"] == theirs
+    # ...this run's is retired: no decision step will ever run for it.
+    canary.start(settings, mine)
+    retrain.record_exit(settings, "Failed", failures, {"workflow_name": "wf-canary"})
+    assert aliases(settings) == {"champion": champion, "challenger": None, "previous": None}
+    reason = registry.version_tags(settings, mine)["canary.reason"]
+    assert reason == "workflow Failed: canary: pod deleted"
+
+
+def test_the_cli_skips_a_gate_that_started_no_canary(tmp_path: Path, clean_env: Path) -> None:
+    report = tmp_path / "promotion.json"
+    report.write_text(json.dumps({"decision": "rejected", "version": "4"}))
+    result = CliRunner().invoke(app, ["canary", "--promotion", str(report)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["reason"] == "the gate started no canary"
+    report.write_text("[]")
+    broken = CliRunner().invoke(app, ["canary", "--promotion", str(report)])
+    assert broken.exit_code == 2 and "not a promote report" in broken.stderr
