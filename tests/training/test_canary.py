@@ -426,6 +426,35 @@ def test_a_challenger_retired_or_replaced_meanwhile_ends_the_watch(stack: dict[s
 
 
 @pytest.mark.slow
+def test_a_canary_whose_alias_was_removed_by_hand_can_still_be_closed(
+    stack: dict[str, Any],
+) -> None:
+    import redis
+
+    from bigbertha.telemetry.recorder import CANARY_KEY
+
+    settings = canary_settings(stack)
+    champion, challenger = register(settings, 2)
+    registry.promote(settings, champion)
+    canary.start(settings, challenger)
+    mirror = redis.Redis.from_url(str(stack["redis"].extra["url"]), decode_responses=True)
+    assert any(json.loads(k)[0] == settings.mlflow.model_name for k in mirror.hkeys(CANARY_KEY))
+    registry.client(settings).delete_registered_model_alias(
+        settings.mlflow.model_name, "challenger"
+    )
+
+    decision = canary.retire(settings, challenger, "alias removed in the MLflow UI")
+    assert decision.decision == "retired" and decision.champion_after == champion
+    assert not any(
+        json.loads(k)[0] == settings.mlflow.model_name for k in mirror.hkeys(CANARY_KEY)
+    ), "the stuck-canary mirror outlived the canary"
+    with pytest.raises(ConfigError, match="nothing to retire"):
+        canary.retire(settings, challenger, "twice")  # decided already
+    with pytest.raises(ConfigError, match="nothing to retire"):
+        canary.retire(settings, champion, "never a challenger")
+
+
+@pytest.mark.slow
 def test_a_failed_workflow_retires_the_canary_it_started(stack: dict[str, Any]) -> None:
     settings = canary_settings(stack)
     champion, mine, theirs = register(settings, 3)

@@ -127,14 +127,19 @@ def retire(
     lineage: Mapping[str, str] | None = None,
     report: str | None = None,
 ) -> CanaryDecision:
-    """End the canary of `version`, the challenger, without promoting it (by hand, superseded,
-    or its workflow failed). ConfigError when `version` is not the challenger."""
+    """End the canary of `version` without promoting it (by hand, or its workflow failed).
+
+    `version` is the challenger, or an undecided canary whose alias was removed by hand (its
+    books are closed then); ConfigError for any other version.
+    """
     current = registry.alias_version(settings, registry.CHALLENGER)
     if current != version:
-        raise ConfigError(
-            f"version {version} is not the challenger (the challenger is "
-            f"{'version ' + current if current else 'unset'}): nothing to retire"
-        )
+        tags = registry.version_tags(settings, version)
+        if tags.get(DECISION_TAG) or STARTED_TAG not in tags:
+            raise ConfigError(
+                f"version {version} is not the challenger (the challenger is "
+                f"{'version ' + current if current else 'unset'}): nothing to retire"
+            )
     return _retire(settings, version, reason, lineage or {}, report)
 
 
@@ -343,6 +348,7 @@ def _withdrawn(
         polls=polls,
     )
     decision.seconds = time.time() - started
+    _recorder(settings).end_canary(version)  # the alias is gone, whoever removed it
     log.info("canary of version %s: %s", version, decision.reason)
     _write(settings, report, decision)
     return decision
