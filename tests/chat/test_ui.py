@@ -164,3 +164,33 @@ def test_a_full_queue_is_a_warning_not_a_wait(stub_env: tuple[Settings, rag.RagE
     assert not at.exception and not at.chat_message
     assert at.warning[0].value.startswith("Not answered: busy: 1 questions are being answered")
     assert "retry in" in at.warning[0].value
+
+
+def test_a_session_is_one_conversation_and_the_sidebar_shows_the_canary(
+    redis_server: Service, clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During a canary every answer of a browser session comes from the same model."""
+    import uuid
+
+    from streamlit.testing.v1 import AppTest
+
+    from tests.chat.test_routing import canary_engine
+
+    monkeypatch.setenv("BIGBERTHA_REDIS__URL", str(redis_server.extra["url"]))
+    monkeypatch.setenv("BIGBERTHA_MILVUS__COLLECTION", f"ui_{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("BIGBERTHA_CHAT__CHAMPION_ALIAS", "")
+    engine = rag.shared_engine(load(), build=canary_engine)  # champion 1, challenger 2 at 50%
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not at.exception
+    assert any(
+        "Canary: version `2` answers 50% of conversations." in c.value for c in at.sidebar.caption
+    )
+    conversation = at.session_state["conversation"]
+    for question in (MASCOT, "And who feeds the mascot?", "Where does it live?"):
+        at.chat_input[0].set_value(question).run()
+        assert not at.exception
+    answers = at.session_state["history"]
+    assert {a.conversation for a in answers} == {conversation}
+    expected = engine.router.model_for(conversation).version
+    assert {a.model_version for a in answers} == {expected}
+    assert all(f"model {expected}" in m.caption[-1].value for m in at.chat_message[1::2])
