@@ -156,13 +156,11 @@ def test_a_canary_without_its_votes_fails_the_render(values: dict[str, Any], mes
     render(values)  # without a canary the same values are fine
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("release", ["bigbertha", "kube-prometheus-stack-eu", "llmops-production"])
-def test_the_prometheus_address_is_the_service_the_subchart_renders(
-    shared_dir: Path, tmp_path: Path, release: str
-) -> None:
-    """Rendered with the pinned kube-prometheus-stack archive beside the chart, as
-    `helm dependency build` would leave it: the address names its Prometheus Service."""
+def render_with_prometheus_stack(
+    shared_dir: Path, tmp_path: Path, release: str, values: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The chart rendered with the pinned kube-prometheus-stack archive beside it, as `helm
+    dependency build` would leave it (the tests render the local templates only otherwise)."""
     copy = tmp_path / "chart"
     copy.mkdir()
     for part in ("Chart.yaml", "values.yaml", "values.schema.json", ".helmignore"):
@@ -173,28 +171,60 @@ def test_the_prometheus_address_is_the_service_the_subchart_renders(
     shutil.copy(archive, copy / "charts")
     # Only the Prometheus wiring is under test: the other subcharts are not rewired for the name.
     others = {name: {"enabled": False} for name in ("minio", "milvus", "mlflow")}
-    values = {**CANARY, **others, "objectStorage": {"endpoint": "s3.example.org:443"}}
+    values = {**values, **others, "objectStorage": {"endpoint": "s3.example.org:443"}}
     rendered = chart.render_templates(
         values, chart_dir=copy, release=release, api_versions=API_VERSIONS
     )
-    docs = [
+    return [
         d
         for path, text in rendered.items()
         if path.endswith(".yaml")
         for d in yaml.safe_load_all(text)
         if d
     ]
+
+
+def prometheus_services(docs: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """kube-prometheus-stack's Prometheus Service(s): name -> ports."""
+    return {
+        d["metadata"]["name"]: [p["port"] for p in d["spec"]["ports"]]
+        for d in find(docs, "Service")
+        if d["metadata"].get("labels", {}).get("app", "").endswith("-prometheus")
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("release", ["bigbertha", "kube-prometheus-stack-eu", "llmops-production"])
+def test_the_prometheus_address_is_the_service_the_subchart_renders(
+    shared_dir: Path, tmp_path: Path, release: str
+) -> None:
+    docs = render_with_prometheus_stack(shared_dir, tmp_path, release, CANARY)
     (data,) = [
         d["data"]
         for d in find(docs, "ConfigMap")
         if "BIGBERTHA_CANARY__PROMETHEUS_URL" in d.get("data", {})
     ]
-    host, port = re.fullmatch(
+    match = re.fullmatch(
         r"http://([^.]+)\.bigbertha\.svc:(\d+)", data["BIGBERTHA_CANARY__PROMETHEUS_URL"]
-    ).groups()  # type: ignore[union-attr]
-    service = one(docs, "Service", host)
-    assert int(port) in [p["port"] for p in service["spec"]["ports"]]
-    assert service["metadata"]["labels"]["app"].endswith("-prometheus")
+    )
+    assert match, data["BIGBERTHA_CANARY__PROMETHEUS_URL"]
+    assert int(match[2]) in prometheus_services(docs)[match[1]]
+
+
+@pytest.mark.slow
+def test_under_gitops_the_canary_reads_the_operator_applications_prometheus(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    """gitops/: kube-prometheus-stack is its own Application (release bigbertha, the same
+    namespace), so the BigBertha Application names its Service in monitoring.prometheusUrl."""
+    argocd = yaml.safe_load((ROOT / "gitops/values/argocd.yaml").read_text())
+    url = argocd["monitoring"]["prometheusUrl"]
+    match = re.fullmatch(r"http://([a-z0-9-]+):(\d+)", url)
+    assert match, url
+    operator = render_with_prometheus_stack(shared_dir, tmp_path, "bigbertha", CANARY)
+    assert int(match[2]) in prometheus_services(operator)[match[1]]
+    data = one(render({**argocd, **CANARY}), "ConfigMap", f"{RELEASE}-settings")["data"]
+    assert data["BIGBERTHA_CANARY__PROMETHEUS_URL"] == url
 
 
 # --- the stuck-canary alert ---------------------------------------------------------------------
