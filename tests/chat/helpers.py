@@ -1,16 +1,20 @@
 """What the chat tests (and tests/browser, bench/chat.py) share: the handbook they ingest and
-ask about, SmolLM2 loaded once, a RAG engine over real services, a telemetry counter, and a
-stub engine (canned model and retriever) for the API and UI tests."""
+ask about, SmolLM2 loaded once, a RAG engine over real services, a telemetry counter, a
+stub engine (canned model and retriever) for the API and UI tests, the API's test client, and a
+router serving a canary of stubs."""
 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from bigbertha.chat import api as chat_api
 from bigbertha.chat.llm import GenerationError, Message, TransformersChatModel, load_transformers
 from bigbertha.chat.model_server import ModelServer
 from bigbertha.chat.rag import RagEngine
+from bigbertha.chat.routing import ModelRouter
 from bigbertha.core.settings import Settings
 from bigbertha.documents.retrieval import Chunk, Retriever
 from bigbertha.telemetry.feedback import FeedbackLog
@@ -99,4 +103,58 @@ def stub_engine(settings: Settings, model: type[StubModel] = StubModel) -> RagEn
         models=ModelServer(model, fallback_ref=settings.llm.model).start(),
         recorder=Recorder.from_settings(settings),
         feedback=FeedbackLog.from_settings(settings),
+    )
+
+
+def client_for(slot: chat_api.EngineSlot) -> Any:
+    """Starlette's test client on the chatbot API's routes over `slot`."""
+    from starlette.applications import Starlette
+
+    with warnings.catch_warnings():  # "install httpx2": not needed for these in-process calls
+        warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+        from starlette.testclient import TestClient
+    return TestClient(Starlette(routes=chat_api.routes(slot)))
+
+
+# --- a canary of stubs --------------------------------------------------------------------------
+
+
+class Alias:
+    """A registry alias the servers poll: a ref, None when unset, or down."""
+
+    def __init__(self, ref: str | None) -> None:
+        self.ref = ref
+        self.down = False
+
+    def __call__(self) -> str | None:
+        if self.down:
+            raise ConnectionError("MLflow unreachable")
+        return self.ref
+
+
+def stub(ref: str) -> StubModel:
+    """A stub model for a registry ref, its version the ref's last part (models:/m/2 -> 2)."""
+    model = StubModel(ref.rsplit("/", 1)[-1])
+    model.ref = ref
+    return model
+
+
+def router_for(share: float, challenger: str | None = "models:/m/2") -> tuple[ModelRouter, Alias]:
+    """A started router: champion models:/m/1, `challenger` on a canary of `share`."""
+    alias = Alias(challenger)
+    champion = ModelServer(stub, fallback_ref="base", champion=Alias("models:/m/1"))
+    candidate = ModelServer(stub, fallback_ref=None, champion=alias)
+    return ModelRouter(champion, candidate, share).start(watch=False), alias
+
+
+def canary_engine(settings: Settings) -> RagEngine:
+    """An engine of stubs during a canary: champion 1, challenger 2 on half the conversations."""
+    router, _ = router_for(0.5)
+    return RagEngine(
+        settings,
+        retriever=StubRetriever(),  # type: ignore[arg-type]
+        models=router.champion,
+        recorder=Recorder.from_settings(settings),
+        feedback=FeedbackLog.from_settings(settings),
+        router=router,
     )

@@ -13,7 +13,6 @@ import threading
 import time
 import urllib.request
 import uuid
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,15 @@ from bigbertha.core.settings import Settings
 from bigbertha.local.tiny_llama import tiny_llama
 from bigbertha.telemetry.feedback import FeedbackLog
 from bigbertha.telemetry.recorder import METRICS_KEY, field
-from tests.chat.helpers import HANDBOOK, MASCOT, StubModel, Tokens, metric, stub_engine
+from tests.chat.helpers import (
+    HANDBOOK,
+    MASCOT,
+    StubModel,
+    Tokens,
+    client_for,
+    metric,
+    stub_engine,
+)
 from tests.services import Service, free_port, pid_alive
 
 BIGBERTHA = str(Path(sys.executable).parent / "bigbertha")
@@ -42,15 +49,6 @@ def settings_for(redis: Service, model: str = "stub-1", **chat: Any) -> Settings
         llm={"model": model},
         chat={"champion_alias": "", **chat},
     )
-
-
-def client_for(slot: chat_api.EngineSlot) -> Any:
-    from starlette.applications import Starlette
-
-    with warnings.catch_warnings():  # "install httpx2": not needed for these in-process calls
-        warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
-        from starlette.testclient import TestClient
-    return TestClient(Starlette(routes=chat_api.routes(slot)))
 
 
 def test_status_and_ask_are_503_until_the_engine_is_built(redis_server: Service) -> None:

@@ -12,40 +12,10 @@ import pytest
 
 from bigbertha.chat import api as chat_api
 from bigbertha.chat.model_server import ModelServer
-from bigbertha.chat.rag import RagEngine
 from bigbertha.chat.routing import ModelRouter, bucket
 from bigbertha.core.settings import Settings
-from bigbertha.telemetry.feedback import FeedbackLog
-from bigbertha.telemetry.recorder import Recorder
-from tests.chat.test_api import StubModel, StubRetriever, client_for
-from tests.chat.test_rag import MASCOT
+from tests.chat.helpers import MASCOT, Alias, StubModel, canary_engine, client_for, router_for, stub
 from tests.services import Service
-
-
-class Alias:
-    """A registry alias the servers poll: a ref, None when unset, or down."""
-
-    def __init__(self, ref: str | None) -> None:
-        self.ref = ref
-        self.down = False
-
-    def __call__(self) -> str | None:
-        if self.down:
-            raise ConnectionError("MLflow unreachable")
-        return self.ref
-
-
-def stub(ref: str) -> StubModel:
-    model = StubModel(ref.rsplit("/", 1)[-1])
-    model.ref = ref
-    return model
-
-
-def router_for(share: float, challenger: str | None = "models:/m/2") -> tuple[ModelRouter, Alias]:
-    alias = Alias(challenger)
-    champion = ModelServer(stub, fallback_ref="base", champion=Alias("models:/m/1"))
-    candidate = ModelServer(stub, fallback_ref=None, champion=alias)
-    return ModelRouter(champion, candidate, share).start(watch=False), alias
 
 
 def shares(router: ModelRouter, conversations: list[str]) -> float:
@@ -155,18 +125,6 @@ def test_share_zero_builds_no_second_server_and_bad_shares_are_refused() -> None
 
 
 # --- the engine and the API route by conversation ------------------------------------------
-
-
-def canary_engine(settings: Settings) -> RagEngine:
-    router, _ = router_for(0.5)
-    return RagEngine(
-        settings,
-        retriever=StubRetriever(),  # type: ignore[arg-type]
-        models=router.champion,
-        recorder=Recorder.from_settings(settings),
-        feedback=FeedbackLog.from_settings(settings),
-        router=router,
-    )
 
 
 def api_settings(redis: Service) -> Settings:

@@ -174,7 +174,7 @@ def test_a_session_is_one_conversation_and_the_sidebar_shows_the_canary(
 
     from streamlit.testing.v1 import AppTest
 
-    from tests.chat.test_routing import canary_engine
+    from tests.chat.helpers import canary_engine
 
     monkeypatch.setenv("BIGBERTHA_REDIS__URL", str(redis_server.extra["url"]))
     monkeypatch.setenv("BIGBERTHA_MILVUS__COLLECTION", f"ui_{uuid.uuid4().hex[:8]}")

@@ -30,6 +30,7 @@ from bigbertha.telemetry.recorder import Recorder
 from bigbertha.telemetry.votes import Votes
 from bigbertha.training import canary, retrain
 from tests.services import Service, ServiceManager, free_port
+from tests.training.helpers import telemetry_counts
 
 JOB, NAMESPACE = "bigbertha-exporter", "bigbertha"
 SELECTOR = f'job="{JOB}",namespace="{NAMESPACE}"'
@@ -164,22 +165,9 @@ def wait_scraped(settings: Settings, expected: dict[tuple[str, str], int]) -> No
 
 
 def promotions(settings: Settings) -> dict[str, int]:
-    """bigbertha_promotions_total by decision, as the exporter serves it."""
-    url = settings.canary.prometheus_url
-    assert url
-    # The counter is global (no model label): read it straight from the exporter's Redis.
-    import redis
-
-    from bigbertha.telemetry.recorder import METRICS_KEY
-
+    """bigbertha_promotions_total by decision, as the recorder counted it in Redis."""
     assert settings.redis.url is not None
-    raw = redis.Redis.from_url(settings.redis.url.get_secret_value(), decode_responses=True)
-    counts = {}
-    for name, value in raw.hgetall(METRICS_KEY).items():
-        sample, *labels = json.loads(name)
-        if sample == "bigbertha_promotions_total":
-            counts[labels[0]] = int(float(value))
-    return counts
+    return telemetry_counts(settings.redis.url.get_secret_value(), "bigbertha_promotions_total")
 
 
 def canary_runs(settings: Settings, version: str) -> list[Any]:
