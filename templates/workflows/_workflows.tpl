@@ -1,4 +1,4 @@
-{{/* bigbertha.workflows.container: (dict "ctx" . "image" <image values> "args" <list> "resources" <map> "s3" bool "redis" bool) -> the container of one `bigbertha <subcommand>` step. */}}
+{{/* bigbertha.workflows.container: (dict "ctx" . "image" <image values> "args" <list> "resources" <map> "s3" bool "redis" bool ["env" <list of name/value>]) -> the container of one `bigbertha <subcommand>` step; "env": settings only this step reads. */}}
 {{- define "bigbertha.workflows.container" -}}
 {{- $ctx := .ctx -}}
 image: {{ include "bigbertha.image" (dict "ctx" $ctx "image" .image) }}
@@ -7,6 +7,10 @@ command: ["bigbertha"]
 args:
   {{- toYaml .args | nindent 2 }}
 {{- include "bigbertha.env" (dict "ctx" $ctx "s3" .s3 "redis" .redis) | nindent 0 }}
+{{- range .env }}
+  - name: {{ .name }}
+    value: {{ .value | quote }}
+{{- end }}
 resources:
   {{- toYaml .resources | nindent 2 }}
 securityContext:

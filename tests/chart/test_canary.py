@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,8 @@ from typer.exceptions import TyperException
 from bigbertha.cli import app
 from bigbertha.core.errors import ExitCode
 from bigbertha.core.settings import Settings
-from bigbertha.local import chart
 from bigbertha.local.gateway import retry_wanted
 from tests.chart.render import (
-    API_VERSIONS,
     NAMESPACE,
     RELEASE,
     ROOT,
@@ -111,17 +108,24 @@ def test_the_canary_step_parses_with_the_real_cli(canary_docs: list[dict[str, An
         pytest.fail(f"`bigbertha {' '.join(filled)}` does not parse: {exc}")
 
 
+def step_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The canary step's own env (the settings only it reads)."""
+    _, templates = dag(docs)
+    return {e["name"]: e["value"] for e in templates["canary"]["container"]["env"] if "value" in e}
+
+
 def test_the_steps_settings_reach_prometheus_and_this_releases_exporter(
     canary_docs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = one(canary_docs, "ConfigMap", f"{RELEASE}-settings")["data"]
-    for name, value in data.items():
-        monkeypatch.setenv(name, value)
+    assert not [k for k in data if "PROMETHEUS" in k]  # no other pod gets an address it can't use
+    for name, value in {**data, **step_env(canary_docs)}.items():
+        if name.startswith("BIGBERTHA_"):
+            monkeypatch.setenv(name, value)
     settings = Settings()
     assert settings.canary.share == 0.2 and settings.canary.deadline_seconds == 7200
-    assert settings.canary.prometheus_url == (
-        f"http://{RELEASE}-kube-prometheus-prometheus.{NAMESPACE}.svc:9090"
-    )
+    url = f"http://{RELEASE}-kube-prometheus-prometheus.{NAMESPACE}.svc:9090"
+    assert settings.canary.prometheus_url == url
     # The same exporter the alert rules select.
     assert settings.canary.prometheus_selector == f'job="{JOB}",namespace="{NAMESPACE}"'
     rule = one(canary_docs, "PrometheusRule", f"{RELEASE}-alerts")
@@ -138,8 +142,9 @@ def test_an_own_prometheus_address_replaces_the_stacks() -> None:
         "monitoring": {"prometheusUrl": "https://prometheus.example.org"},
         "kube-prometheus-stack": {"enabled": False},
     }
-    data = one(render(values), "ConfigMap", f"{RELEASE}-settings")["data"]
-    assert data["BIGBERTHA_CANARY__PROMETHEUS_URL"] == "https://prometheus.example.org"
+    assert step_env(render(values))["BIGBERTHA_CANARY__PROMETHEUS_URL"] == (
+        "https://prometheus.example.org"
+    )
 
 
 @pytest.mark.parametrize(
@@ -158,34 +163,6 @@ def test_a_canary_without_its_votes_fails_the_render(values: dict[str, Any], mes
     render(values)  # without a canary the same values are fine
 
 
-def render_with_prometheus_stack(
-    shared_dir: Path, tmp_path: Path, release: str, values: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """The chart rendered with the pinned kube-prometheus-stack archive beside it, as `helm
-    dependency build` would leave it (the tests render the local templates only otherwise)."""
-    copy = tmp_path / "chart"
-    copy.mkdir()
-    for part in ("Chart.yaml", "values.yaml", "values.schema.json", ".helmignore"):
-        shutil.copy(ROOT / part, copy / part)
-    for folder in ("templates", "files", "charts"):
-        shutil.copytree(ROOT / folder, copy / folder)
-    (archive,) = (shared_dir / "charts").glob("kube-prometheus-stack-*.tgz")
-    shutil.copy(archive, copy / "charts")
-    # Only the Prometheus wiring is under test: the other subcharts are not rewired for the name.
-    others = {name: {"enabled": False} for name in ("minio", "milvus", "mlflow")}
-    values = {**values, **others, "objectStorage": {"endpoint": "s3.example.org:443"}}
-    rendered = chart.render_templates(
-        values, chart_dir=copy, release=release, api_versions=API_VERSIONS
-    )
-    return [
-        d
-        for path, text in rendered.items()
-        if path.endswith(".yaml")
-        for d in yaml.safe_load_all(text)
-        if d
-    ]
-
-
 def prometheus_services(docs: list[dict[str, Any]]) -> dict[str, list[int]]:
     """kube-prometheus-stack's Prometheus Service(s): name -> ports."""
     return {
@@ -195,38 +172,27 @@ def prometheus_services(docs: list[dict[str, Any]]) -> dict[str, list[int]]:
     }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("release", ["bigbertha", "kube-prometheus-stack-eu", "llmops-production"])
-def test_the_prometheus_address_is_the_service_the_subchart_renders(
-    shared_dir: Path, tmp_path: Path, release: str
-) -> None:
-    docs = render_with_prometheus_stack(shared_dir, tmp_path, release, CANARY)
-    (data,) = [
-        d["data"]
-        for d in find(docs, "ConfigMap")
-        if "BIGBERTHA_CANARY__PROMETHEUS_URL" in d.get("data", {})
-    ]
+def test_the_prometheus_address_is_the_service_the_subchart_renders(release: str) -> None:
+    """Under any release name (kube-prometheus-stack names it after the release, truncated)."""
+    docs = render(CANARY, release=release, namespace="ml")
     match = re.fullmatch(
-        r"http://([^.]+)\.bigbertha\.svc:(\d+)", data["BIGBERTHA_CANARY__PROMETHEUS_URL"]
+        r"http://([^.]+)\.ml\.svc:(\d+)", step_env(docs)["BIGBERTHA_CANARY__PROMETHEUS_URL"]
     )
-    assert match, data["BIGBERTHA_CANARY__PROMETHEUS_URL"]
+    assert match, step_env(docs)
     assert int(match[2]) in prometheus_services(docs)[match[1]]
 
 
-@pytest.mark.slow
-def test_under_gitops_the_canary_reads_the_operator_applications_prometheus(
-    shared_dir: Path, tmp_path: Path
-) -> None:
+def test_under_gitops_the_canary_reads_the_operator_applications_prometheus() -> None:
     """gitops/: kube-prometheus-stack is its own Application (release bigbertha, the same
     namespace), so the BigBertha Application names its Service in monitoring.prometheusUrl."""
     argocd = yaml.safe_load((ROOT / "gitops/values/argocd.yaml").read_text())
     url = argocd["monitoring"]["prometheusUrl"]
     match = re.fullmatch(r"http://([a-z0-9-]+):(\d+)", url)
     assert match, url
-    operator = render_with_prometheus_stack(shared_dir, tmp_path, "bigbertha", CANARY)
+    operator = render(CANARY, release="bigbertha")  # what the operator Application renders
     assert int(match[2]) in prometheus_services(operator)[match[1]]
-    data = one(render({**argocd, **CANARY}), "ConfigMap", f"{RELEASE}-settings")["data"]
-    assert data["BIGBERTHA_CANARY__PROMETHEUS_URL"] == url
+    assert step_env(render({**argocd, **CANARY}))["BIGBERTHA_CANARY__PROMETHEUS_URL"] == url
 
 
 # --- the stuck-canary alert ---------------------------------------------------------------------
