@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from bigbertha.chat.routing import ModelRouter, bucket
 from bigbertha.core.settings import Settings
 from tests.chat.helpers import MASCOT, Alias, StubModel, canary_engine, client_for, router_for, stub
 from tests.services import Service
+from tests.serving.fake_vllm import FakeVllm, Lora, write_adapter
 
 
 def shares(router: ModelRouter, conversations: list[str]) -> float:
@@ -172,3 +174,42 @@ def test_the_api_returns_a_conversation_id_and_keeps_its_model(redis_server: Ser
     assert bad.status_code == 400 and bad.json()["error"].startswith("conversation:")
     bad = client.post("/api/ask", json={"question": MASCOT, "conversation": "x" * 129})
     assert bad.status_code == 400
+
+
+# --- the same routing on the inference tier: the challenger is a second adapter name ----------
+
+
+def test_on_the_tier_the_challenger_is_a_second_adapter_of_the_same_base(tmp_path: Path) -> None:
+    """The OpenAI backend asks the tier (here the fake of vLLM 0.33.0's API, see
+    tests/serving/fake_vllm.py) for each version's served name: the router picks the name per
+    conversation, the tier answers with that adapter, and the answer is labelled with the
+    version number, as the in-process backend labels it."""
+    from bigbertha.chat.model_server import chat_model_loader
+
+    tier = FakeVllm(model="/models/base", served_names=["base"]).start()
+    try:
+        for version in ("1", "2"):  # what the tier's sidecar loads for champion and challenger
+            path = write_adapter(tmp_path / version, base="/models/base")
+            tier.loras[f"m-v{version}"] = Lora(f"m-v{version}", int(version), str(path))
+        settings = Settings(
+            llm={"backend": "openai", "api_base": f"{tier.url}/v1", "model": "base"},
+            chat={"champion_alias": ""},
+        )
+        load = chat_model_loader(settings)
+        champion = ModelServer(load, fallback_ref="base", champion=Alias("models:/m/1"))
+        challenger = ModelServer(load, fallback_ref=None, champion=Alias("models:/m/2"))
+        router = ModelRouter(champion, challenger, 0.3).start(watch=False)
+
+        conversations = CONVERSATIONS[:60]
+        expected = {c: router.model_for(c).version for c in conversations}
+        labels = []
+        for conversation in conversations:
+            model = router.model_for(conversation)
+            list(model.stream([{"role": "user", "content": "hi"}], max_new_tokens=4, temperature=0))
+            labels.append(model.version)
+        # Each conversation was answered by the adapter the router chose for it.
+        assert tier.answered == [f"m-v{expected[c]}" for c in conversations]
+        assert labels == [expected[c] for c in conversations]
+        assert 0.1 < labels.count("2") / len(labels) < 0.5
+    finally:
+        tier.stop()
