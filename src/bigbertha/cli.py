@@ -202,12 +202,19 @@ def demo_command(
             " gate margin (a huge one shows a challenger losing the gate)."
         ),
     ] = None,
+    raters: Annotated[
+        str,
+        typer.Option(
+            help="challenger or champion: the side the live canary's scripted raters prefer"
+            " (champion shows the canary retiring a challenger that passed the gate)."
+        ),
+    ] = "challenger",
 ) -> None:
     """Run both loops on this machine: ingest, ask, alert, fine-tune, gate, hot-swap, report.
 
     Exit code 0 when the champion moved (and a --challenge-again challenger lost), 4 when the
-    gate kept the champion, 130 on Ctrl-C; a failure exits with its class's code (69 a stage
-    did not happen in time or a service is down, 2 configuration, 70 a bug).
+    gate or the live canary kept the champion, 130 on Ctrl-C; a failure exits with its class's
+    code (69 a stage did not happen in time or a service is down, 2 configuration, 70 a bug).
     """
     try:
         from bigbertha.local import demo
@@ -217,8 +224,17 @@ def demo_command(
             "install bigbertha[demo] from a clone of the repository (make demo)"
         ) from exc
 
+    if raters not in ("challenger", "champion"):
+        raise typer.BadParameter("must be challenger or champion", param_hint="--raters")
     raise typer.Exit(
-        demo.run(workdir, keep=keep, margin=margin, tiny=tiny, challenge_again=challenge_again)
+        demo.run(
+            workdir,
+            keep=keep,
+            margin=margin,
+            tiny=tiny,
+            challenge_again=challenge_again,
+            raters="champion" if raters == "champion" else "challenger",
+        )
     )
 
 

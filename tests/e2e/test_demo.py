@@ -108,7 +108,8 @@ def _get(url: str) -> int:
 
 
 def test_demo_runs_both_loops_promotes_then_keeps_the_champion_then_runs_again(tmp_path):
-    # Round 1 promotes the fine-tuned challenger; round 2, gated by a huge margin, must not.
+    # Round 1's challenger passes the gate and the live canary (its raters prefer it); round 2,
+    # gated by a huge margin, must not pass.
     urls: dict[str, str] = {}
 
     def services_answer(out: str) -> None:
@@ -150,6 +151,9 @@ def test_demo_runs_both_loops_promotes_then_keeps_the_champion_then_runs_again(t
         "round 1: alertmanager -> gateway",
         "round 1: prepare, finetune, evaluate, gate",
         "round 1: promotion gate",
+        "round 1: chatbot serves the canary",
+        "round 1: raters prefer the challenger",
+        "round 1: canary decision",
         "chatbot serves the champion",
         "round 2: questions, rated down",
         "round 2: retrain alert fires",
@@ -160,8 +164,10 @@ def test_demo_runs_both_loops_promotes_then_keeps_the_champion_then_runs_again(t
     assert positions == sorted(positions), out
     assert "FAILED" not in out
     gate_lines = [line for line in done if "promotion gate" in line]
-    assert "promoted: champion tiny-base -> 1" in gate_lines[0], out
+    assert "challenger: version 1 goes on a live canary" in gate_lines[0], out
     assert "rejected: champion 1 -> 1" in gate_lines[1], out  # the champion stayed
+    (canary,) = [line for line in done if "canary decision" in line]
+    assert "promoted after" in canary and "the chatbot ended the canary" in canary, out
     served = [line for line in done if "chatbot serves the champion" in line]
     assert len(served) == 2 and all("model version 1" in line for line in served)
     assert "chatbot hot-swapped to model version 1 (swaps 1)" in served[0], out  # no restart
@@ -170,12 +176,14 @@ def test_demo_runs_both_loops_promotes_then_keeps_the_champion_then_runs_again(t
     lines = out.splitlines()
     end = lines.index(f"report: {state / 'report.html'}")
     assert lines[end + 1].startswith("round 1 (quality): promoted version 1 over tiny-base: ")
+    assert "; live canary: down-vote ratio challenger" in lines[end + 1], out
     assert lines[end + 2].startswith("round 2 (quality): kept champion 1 (challenger version 2)")
     with_urls = [i for i, line in enumerate(lines) if "http://" in line]
     assert len(with_urls) == 6 and min(with_urls) > end + 2, out  # printed for --keep only
     report = (state / "report.html").read_text()
-    assert "timeline plot" in report
-    assert "<b>promoted</b>" in report and "<b>rejected</b>" in report
+    assert "timeline plot" in report and "canary plot" in report
+    assert "<b>challenger</b>" in report and "<b>rejected</b>" in report  # the gate's
+    assert "<b>promoted</b>" in report and "Raters preferred the challenger" in report
     assert "Why: " in report and "margin 1000" in report
     # The same questions answered by the old and the new champion, side by side.
     assert "old champion (version tiny-base)" in report and "new champion (version 1)" in report
@@ -193,6 +201,22 @@ def test_demo_runs_both_loops_promotes_then_keeps_the_champion_then_runs_again(t
     assert out.splitlines()[-1].startswith("round 1 (quality): promoted version 1 over tiny-base")
     assert first_services and service_dirs() and not first_services & service_dirs()
     assert (state / "report.html").read_text().count("<b>promoted</b>") == 1
+    assert len(seen) > 8 and not left, f"processes left behind: {left}"
+
+
+def test_a_challenger_users_like_less_is_retired_by_the_canary(tmp_path):
+    # The same gate passes the challenger, but the canary's raters prefer the champion.
+    code, out, seen, left = _run_to_end(tmp_path, "--raters", "champion")
+    assert code == 4, out  # the champion was kept
+    done = [line for line in out.splitlines() if " ok " in line]
+    (canary,) = [line for line in done if "canary decision" in line]
+    assert "retired after" in canary and "worse by more than" in canary, out
+    assert not [line for line in done if "chatbot serves the champion" in line]
+    last = out.splitlines()[-1]
+    assert last.startswith("round 1 (quality): kept champion tiny-base (challenger version 1 "), out
+    assert "retired by the live canary: down-vote ratio challenger" in last, out
+    report = (tmp_path / ".bigbertha" / "demo" / "report.html").read_text()
+    assert "<b>retired</b>" in report and "canary plot" in report
     assert len(seen) > 8 and not left, f"processes left behind: {left}"
 
 

@@ -36,3 +36,21 @@ def test_a_kept_champion_names_the_challenger_that_lost():
 def test_a_round_without_a_decision_still_has_a_line():
     rnd = Round(2, 0.0, kind="canary", served_before="3")
     assert rnd.summary() == "round 2 (canary): kept champion 3 (challenger version ?); margin 0%"
+
+
+CANARY = "down-vote ratio challenger 0.25 (3 down of 12) vs champion 0.50 (3 down of 6)"
+
+
+def test_a_promotion_through_the_canary_also_gives_its_verdict():
+    rnd = _round(champion_after="1")
+    rnd.outcome["canary"] = {"decision": "promoted", "reason": CANARY + ": not worse"}
+    assert rnd.summary().endswith(f"; margin 0%; live canary: {CANARY}: not worse")
+
+
+def test_a_challenger_retired_by_the_canary_says_so_not_the_gate_numbers_it_won():
+    rnd = _round(champion_after="smollm2")
+    rnd.outcome["canary"] = {"decision": "retired", "reason": CANARY + ": worse by more than 0.10"}
+    assert rnd.summary() == (
+        "round 1 (quality): kept champion smollm2 (challenger version 1 retired by the live "
+        f"canary: {CANARY}: worse by more than 0.10)"
+    )

@@ -8,8 +8,10 @@ chart renders from values/local.yaml + values/demo.yaml, Alertmanager routing re
 (bearer token) to the local event gateway, and the chatbot (UI and JSON API). Then runs the
 scenario: seed documents uploaded and ingested through the gateway while MLflow and the
 chatbot's model load, questions asked with `bigbertha ask --server` through the running
-chatbot, negative ratings, the retrain alert firing, fine-tune, evaluate, gate, promotion, the
-chatbot hot-swapping to the new champion and answering the same questions again. Prints a live
+chatbot, negative ratings, the retrain alert firing, fine-tune, evaluate, the offline gate, a
+live canary in which scripted raters vote on the challenger's and the champion's answers
+(local/canary.py) until the canary step promotes or retires the challenger, the chatbot
+hot-swapping to the new champion and answering the same questions again. Prints a live
 timeline, writes `<workdir>/report.html` and ends with its path and one line per round. With
 --keep the stack stays up (its URLs printed) until Ctrl-C. Every process is stopped on exit.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bigbertha.core.errors import BigberthaError, ExitCode
+from bigbertha.local.canary import Side
 from bigbertha.local.platform import VALUES, LocalPlatform
 from bigbertha.local.report import write_report
 from bigbertha.local.scenario import (
@@ -36,9 +39,13 @@ from bigbertha.local.timeline import DemoFailed, Timeline
 
 
 def scenario(
-    platform: LocalPlatform, timeline: Timeline, challenge_again: float | None
+    platform: LocalPlatform,
+    timeline: Timeline,
+    challenge_again: float | None,
+    raters: Side = "challenger",
 ) -> list[Round]:
-    """Start the platform and play the rounds; returns them (the last decides the exit code)."""
+    """Start the platform and play the rounds; returns them (the first decides the exit code).
+    `raters`: which side round 1's canary raters prefer."""
     platform.start(timeline)
     # Ingestion, MLflow's start and the chatbot's model load overlap: none needs the others.
     ingesting = upload_documents(platform, timeline)
@@ -47,7 +54,7 @@ def scenario(
     platform.chatbot_ready(timeline, chatbot)
 
     gate_margin = float(platform.settings().promote.margin)
-    rounds = [quality_round(platform, timeline, Round(1, gate_margin))]
+    rounds = [quality_round(platform, timeline, Round(1, gate_margin), raters)]
     if rounds[0].promoted:
         champion_answers(platform, timeline, rounds[0])
         if challenge_again is not None:
@@ -65,11 +72,13 @@ def run(
     margin: float | None = None,
     tiny: bool = False,
     challenge_again: float | None = None,
+    raters: Side = "challenger",
 ) -> int:
     """Run the scenario. Exit code: 0 when the champion moved (and, with `challenge_again`,
-    the second challenger was kept out), 4 when the gate kept the champion, 130 on Ctrl-C
-    before the end (with --keep, Ctrl-C after it exits with the scenario's code); a failure
-    exits with its class's code (`bigbertha.core.errors`)."""
+    the second challenger was kept out), 4 when the gate or the live canary kept the champion
+    (`raters`: which side the canary's scripted users prefer), 130 on Ctrl-C before the end
+    (with --keep, Ctrl-C after it exits with the scenario's code); a failure exits with its
+    class's code (`bigbertha.core.errors`)."""
     timeline = Timeline()
     platform: LocalPlatform | None = None
     report = workdir / "report.html"
@@ -82,7 +91,7 @@ def run(
     previous = signal.signal(signal.SIGTERM, on_signal)
     try:
         platform = LocalPlatform(workdir, margin, VALUES, tiny=tiny)
-        rounds = scenario(platform, timeline, challenge_again)
+        rounds = scenario(platform, timeline, challenge_again, raters)
         code = 0 if rounds[0].promoted else 4
         finished = True
         write_report(platform, timeline, report)

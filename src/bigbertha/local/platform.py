@@ -168,6 +168,7 @@ class LocalPlatform:
             prom = svc.prometheus(*self.prometheus_config(exporter_port, am.port), wait=False)
             for service in (exporter, am, prom):
                 service.wait_ready()
+            self.env.update(self.canary_env(prom.url))
             st.result = (
                 f"redis :{redis.port}, s3 :{s3.port}, milvus :{milvus.port}, exporter "
                 f":{exporter.port}, gateway :{gw_url.rsplit(':', 1)[1]}, alertmanager "
@@ -320,8 +321,28 @@ class LocalPlatform:
             amc, namespace=NAMESPACE, url=f"{gateway_url}{endpoint}", token=self.token
         )
 
+    def canary_env(self, prometheus_url: str) -> dict[str, str]:
+        """The settings the chart gives the canary step alone (it reads votes from Prometheus),
+        with the local Prometheus for the cluster's; none when the chart runs no canary."""
+        finetune = self.manifest("WorkflowTemplate", "-finetune")
+        for template in finetune["spec"]["templates"]:
+            if template["name"] == "canary":
+                env = {
+                    e["name"]: e["value"]
+                    for e in template["container"].get("env", [])
+                    if e["name"].startswith("BIGBERTHA_CANARY__") and "value" in e
+                }
+                return env | {"BIGBERTHA_CANARY__PROMETHEUS_URL": prometheus_url}
+        return {}
+
     def prometheus_config(self, exporter_port: int, am_port: int) -> tuple[str, dict[str, str]]:
-        rules = self.manifest("PrometheusRule")
+        # Every rule object the chart renders (the alerts, and the canary's when it runs one).
+        groups = [
+            group
+            for obj in self.objects
+            if obj["kind"] == "PrometheusRule"
+            for group in obj["spec"]["groups"]
+        ]
         timing = self.values.get("demo", {}) or {}
         config = {
             "global": {
@@ -345,7 +366,7 @@ class LocalPlatform:
                 }
             ],
         }
-        return yaml.safe_dump(config), {"rules.yml": yaml.safe_dump(rules["spec"])}
+        return yaml.safe_dump(config), {"rules.yml": yaml.safe_dump({"groups": groups})}
 
     def run(self, argv: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

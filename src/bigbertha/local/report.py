@@ -1,4 +1,5 @@
-"""The demo's report.html: the decisions with their numbers, the timeline and a plot."""
+"""The demo's report.html: the decisions with their numbers, the timeline, and plots of the loop
+and of each live canary."""
 
 from __future__ import annotations
 
@@ -51,12 +52,14 @@ def write_report(platform: LocalPlatform | None, timeline: Timeline, path: Path)
             "<table><tr><th>gate metric</th><th>champion (or base)</th><th>challenger</th></tr>"
             f"{metric_rows}</table>{_side_by_side(rnd)}"
         )
+    canary = canary_section(platform, timeline.data.get("rounds", []))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>BigBertha demo</title>
 <style>body{{font-family:sans-serif;margin:2em}}
 td,th{{padding:4px 10px;border-bottom:1px solid #ddd;vertical-align:top;text-align:left}}
 .answer{{white-space:pre-wrap;max-width:40em}} .sources{{color:#555;font-size:small}}</style>
 </head><body><h1>BigBertha demo report</h1>
 <h2>Rounds</h2>{decisions or "<p>No retraining happened.</p>"}
+{canary and "<h2>Live canary</h2>" + canary}
 <h2>Timeline</h2><table><tr><th>stage</th><th>at</th><th>took</th><th></th><th>result</th></tr>
 {rows}</table><h2>Feedback, alert, retraining and promotion</h2>{plot}</body></html>"""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,9 +140,116 @@ def _plot(platform: LocalPlatform, timeline: Timeline) -> str:
     ax.set_xlabel("seconds since start")
     ax.set_ylim(-0.05, 1.1)
     ax.legend(loc="lower right", fontsize="small")
+    return _img(fig, "timeline plot")
+
+
+def _img(fig: Any, alt: str) -> str:
+    """A matplotlib figure as an inline PNG <img> (the report is one self-contained file)."""
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png")
     plt.close(fig)
     encoded = base64.b64encode(buffer.getvalue()).decode()
-    return f'<img alt="timeline plot" src="data:image/png;base64,{encoded}">'
+    return f'<img alt="{alt}" src="data:image/png;base64,{encoded}">'
+
+
+# --- the live canary -----------------------------------------------------------------------
+
+
+def canary_section(platform: LocalPlatform | None, rounds: list[Any]) -> str:
+    """The report's canary part: each canary's decision, its numbers and its plot."""
+    esc = html.escape
+    parts = []
+    for rnd in rounds:
+        canary = (rnd.outcome or {}).get("canary")
+        if not canary:
+            continue
+        rows = "".join(
+            f"<tr><td>{side}</td><td>{esc(str(canary[side].get('up')))}</td>"
+            f"<td>{esc(str(canary[side].get('down')))}</td>"
+            f"<td>{_ratio(canary[side].get('ratio'))}</td></tr>"
+            for side in ("champion", "challenger")
+        )
+        plot = ""
+        if platform is not None and getattr(platform, "prometheus", None) is not None:
+            plot = _canary_plot(platform, canary)
+        parts.append(
+            f"<h3>Round {rnd.number}: version {esc(canary['version'])} "
+            f"<b>{esc(canary['decision'])}</b> after {canary['seconds']:.0f}s</h3>"
+            f"<p>Raters preferred the {esc(canary['prefer'])}. Why: {esc(canary['reason'])}</p>"
+            "<table><tr><th>votes since the canary started</th><th>up</th><th>down</th>"
+            f"<th>down-vote ratio</th></tr>{rows}</table>{plot}"
+        )
+    return "".join(parts)
+
+
+def _ratio(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.2f}"
+
+
+def _canary_plot(platform: LocalPlatform, canary: dict[str, Any]) -> str:
+    """Both sides' down-vote ratios since the challenger started, the decision marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    start = float(canary["started_at"])
+    end = float(canary.get("decided_at") or time.time()) + 10
+    query = urllib.parse.quote(
+        'max by (model_version, rating) (bigbertha_feedback_total{job="bigbertha-exporter"})'
+    )
+    url = (
+        f"{platform.prometheus.url}/api/v1/query_range?query={query}"
+        f"&start={start - 5}&end={end}&step=1"
+    )
+    counts: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for series in get_json(url)["data"]["result"]:
+        key = (series["metric"].get("model_version", ""), series["metric"].get("rating", ""))
+        counts[key] = [(float(t), float(v)) for t, v in series["values"]]
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    sides = {canary["version"]: "challenger"}
+    sides.update({v: "champion" for v in canary.get("champion_versions", [])})
+    for version, side in sides.items():
+        points = down_ratios_since(
+            counts.get((version, "down"), []), counts.get((version, "up"), []), start
+        )
+        if points:
+            ax.step(*zip(*points, strict=True), where="post", label=f"{side} (version {version})")
+    decided = float(canary.get("decided_at") or end) - start
+    ax.axvline(decided, color="gray", linestyle="-", label=f"decision: {canary['decision']}")
+    ax.set_xlabel("seconds since the challenger started")
+    ax.set_ylabel("down-vote ratio")
+    ax.set_xlim(left=0)
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(loc="upper right", fontsize="small")
+    return _img(fig, "canary plot")
+
+
+def down_ratios_since(
+    down: list[tuple[float, float]], up: list[tuple[float, float]], start: float
+) -> list[tuple[float, float]]:
+    """(seconds since start, down / all votes since start) wherever a vote was counted."""
+    base_down = _at(down, start)
+    base_up = _at(up, start)
+    points = []
+    for t, value in down:
+        if t < start:
+            continue
+        d = value - base_down
+        total = d + (_at(up, t) - base_up)
+        if total > 0:
+            points.append((t - start, d / total))
+    return points
+
+
+def _at(series: list[tuple[float, float]], t: float) -> float:
+    """The counter's value at `t`: its last sample at or before `t` (0 before the first)."""
+    value = 0.0
+    for when, v in series:
+        if when > t:
+            break
+        value = v
+    return value

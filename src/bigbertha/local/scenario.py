@@ -7,6 +7,7 @@ line. `quality_round` is the feedback loop's round; another kind of round fills 
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import urllib.error
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bigbertha.local.canary import Side, canary_round, step
 from bigbertha.local.platform import QUESTIONS, SEED_DOCS, LocalPlatform, chatbot_status
 from bigbertha.local.timeline import DemoFailed, Stage, Timeline, prom_query, wait_for
 
@@ -135,15 +137,26 @@ class Round:
             numbers.append(f"{metric} {champion:.4g} -> {challenger:.4g} ({gain:+.1%})")
         by = f": {', '.join(numbers)}" if numbers else ""
         version = self.outcome.get("version", "?")
+        canary = self.outcome.get("canary") or {}
+        live = f"; live canary: {canary.get('reason', '')}" if canary else ""
         if self.promoted:
             head = f"promoted version {self.champion_after} over {self.served_before}"
+        elif canary:  # past the offline gate (its numbers favoured it), retired on live votes
+            return (
+                f"round {self.number} ({self.kind}): kept champion {self.served_before} "
+                f"(challenger version {version} retired by the live canary: "
+                f"{canary.get('reason', '')})"
+            )
         else:
             head = f"kept champion {self.served_before} (challenger version {version})"
-        return f"round {self.number} ({self.kind}): {head}{by}; margin {self.margin:.0%}"
+        return f"round {self.number} ({self.kind}): {head}{by}; margin {self.margin:.0%}{live}"
 
 
-def quality_round(platform: LocalPlatform, timeline: Timeline, rnd: Round) -> Round:
-    """Rate answers down until the retrain alert fires; follow the Workflow to the gate."""
+def quality_round(
+    platform: LocalPlatform, timeline: Timeline, rnd: Round, prefer: Side = "challenger"
+) -> Round:
+    """Rate answers down until the retrain alert fires; follow the Workflow to the gate and,
+    when the gate made a challenger, through its live canary (raters who `prefer` one side)."""
     from bigbertha.models import registry
 
     tag = f"round {rnd.number}: "
@@ -161,8 +174,10 @@ def quality_round(platform: LocalPlatform, timeline: Timeline, rnd: Round) -> Ro
             'ALERTS{alertname="BigBerthaNegativeFeedbackHigh",alertstate="firing",'
             f'model_version="{rnd.served_before}"}}'
         )
-        wait_for("the retrain alert", lambda: prom_query(platform.prometheus, query), 300, 2)
-        st.result = f"BigBerthaNegativeFeedbackHigh firing for version {rnd.served_before}"
+        unhappy = UnhappyUsers(platform, rnd.served_before)
+        wait_for("the retrain alert", lambda: unhappy.until(query), 300, 2)
+        more = f" (after {unhappy.extra} more down votes)" if unhappy.extra else ""
+        st.result = f"BigBerthaNegativeFeedbackHigh firing for version {rnd.served_before}{more}"
     with timeline.stage(tag + "alertmanager -> gateway") as st:
         run = wait_for(
             "a retraining workflow",
@@ -180,27 +195,69 @@ def quality_round(platform: LocalPlatform, timeline: Timeline, rnd: Round) -> Ro
         rnd.workflow = run.name
         st.result = f"workflow {run.name} (alert {run.arguments.get('alert-name')})"
     with timeline.stage(tag + "prepare, finetune, evaluate, gate") as st:
-        wait_for("the retraining workflow", lambda: run.finished, 1200, 2)
+        # The gate is the promote step; a canary step after it waits for users' votes.
+        wait_for("the offline gate", lambda: step(run, "promote") or run.finished, 1200, 2)
         rnd.marks["retrain_started"] = run.started
-        rnd.marks["retrain_finished"] = run.finished
         steps = ", ".join(
-            f"{s['name']} {s.get('finished', s['started']) - s['started']:.0f}s" for s in run.steps
+            f"{s['name']} {s['finished'] - s['started']:.0f}s" for s in run.steps if "finished" in s
         )
         st.result = f"{run.status}: {steps}"
-        if run.status != "Succeeded":
+        if run.finished and run.status != "Succeeded":
             raise DemoFailed(f"retraining failed: {run.message}")
     with timeline.stage(tag + "promotion gate") as st:
         settings = platform.settings()
         rnd.champion_after = registry.alias_version(settings, "champion")
         rnd.outcome = last_decision(settings)
-        if rnd.promoted:
-            rnd.marks["promoted"] = time.time()
-        st.result = (
-            f"{rnd.outcome.get('decision', '?')}: champion {rnd.served_before} -> "
-            f"{rnd.champion_after} ({rnd.outcome.get('reason', '')})"
+        moved = f"champion {rnd.served_before} -> {rnd.champion_after}"
+        if rnd.outcome.get("decision") == "challenger":
+            moved = f"version {rnd.outcome.get('version')} goes on a live canary"
+        st.result = f"{rnd.outcome.get('decision', '?')}: {moved} ({rnd.outcome.get('reason', '')})"
+    if rnd.outcome.get("decision") == "challenger":
+        rnd.outcome["canary"] = canary_round(
+            platform,
+            timeline,
+            run,
+            number=rnd.number,
+            challenger=str(rnd.outcome.get("version")),
+            prefer=prefer,
         )
+    wait_for("the retraining workflow", lambda: run.finished, 600, 1)
+    rnd.marks["retrain_finished"] = run.finished
+    if run.status != "Succeeded":
+        raise DemoFailed(f"retraining failed: {run.message}")
+    rnd.champion_after = registry.alias_version(settings, "champion")
+    if rnd.promoted:
+        rnd.marks["promoted"] = (rnd.outcome.get("canary") or {}).get("decided_at") or time.time()
     timeline.data.setdefault("rounds", []).append(rnd)
     return rnd
+
+
+class UnhappyUsers:
+    """More users vote a version down, one every 10 s, until its retrain alert fires: earlier
+    votes in the alert's window (a canary's, mostly up) can hold its ratio under the threshold."""
+
+    def __init__(self, platform: LocalPlatform, version: str) -> None:
+        self.platform, self.version = platform, version
+        self.extra = 0
+        self._next = time.monotonic() + 30  # first, the alert's own `for` and a scrape or two
+        self._questions = itertools.cycle(QUESTIONS)
+
+    def until(self, query: str) -> bool:
+        from bigbertha.chat.api import ask_server
+
+        if prom_query(self.platform.prometheus, query):
+            return True
+        if time.monotonic() >= self._next:
+            url = self.platform.urls["chatbot"]
+            answer = ask_server(url, next(self._questions), rating="down", timeout=300)
+            if str(answer.get("model_version")) != self.version:
+                raise DemoFailed(
+                    f"answer came from {answer.get('model_version')}, not the "
+                    f"version under test {self.version}"
+                )
+            self.extra += 1
+            self._next = time.monotonic() + 10
+        return False
 
 
 def last_decision(settings: Any) -> dict[str, Any]:

@@ -1,0 +1,162 @@
+"""The demo's live canary: scripted raters vote on the champion's and the challenger's answers
+until the retraining workflow's canary step decides.
+
+When the offline gate made the new version the challenger (values/demo.yaml runs a canary),
+`canary_round`:
+
+1. waits until the running chatbot serves the challenger (its /api/status names it);
+2. plays users through the chatbot's JSON API: each opens a conversation, reads the first
+   answer (which tells which model the conversation was routed to), and rates the next answers
+   of the same conversation, checking every turn came from the same model (sticky routing). The
+   raters' taste (`prefer`) decides how: the preferred side's answers are mostly rated up, the
+   other side's mostly down;
+3. goes on until the workflow's canary step has decided, and records the decision, the votes
+   it counted, and the time from the challenger's start to the decision.
+
+The report (local/report.py) shows the decision with its numbers, and plots both versions'
+down-vote ratios since the challenger started.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+from bigbertha.chat.api import ask_server
+from bigbertha.local.platform import QUESTIONS, LocalPlatform, chatbot_status
+from bigbertha.local.timeline import DemoFailed, Timeline, wait_for
+
+if TYPE_CHECKING:
+    from bigbertha.local.gateway import WorkflowRun
+
+Side = Literal["challenger", "champion"]
+#: Ratings by taste, in turn: the liked side gets 3 of 4 answers up, the other half of them.
+#: With 6 votes each and margin 0.1 the canary tells them apart at any vote count; and neither
+#: side ever has more than half its votes down, the demo's retrain-alert threshold, so the
+#: canary's own votes never start another retraining.
+TASTE = {"liked": ("up", "up", "down", "up"), "disliked": ("up", "down")}
+RATED_TURNS = 2  # per conversation, after the first turn that shows the model
+
+
+def step(run: WorkflowRun, name: str) -> dict[str, Any] | None:
+    """A workflow step's record once it has finished, else None."""
+    return next((s for s in run.steps if s["name"] == name and "finished" in s), None)
+
+
+def canary_round(
+    platform: LocalPlatform,
+    timeline: Timeline,
+    run: WorkflowRun,
+    *,
+    number: int,
+    challenger: str,
+    prefer: Side,
+) -> dict[str, Any]:
+    """Round `number`'s canary of version `challenger`, started by `run`'s gate: raters vote
+    until its canary step decides; the decision, its votes and its timing."""
+    from bigbertha.models import registry
+    from bigbertha.training.canary import STARTED_TAG
+
+    tag = f"round {number}: "
+    url = platform.urls["chatbot"]
+    with timeline.stage(tag + "chatbot serves the canary") as st:
+        status = wait_for(
+            f"the chatbot to serve challenger {challenger}",
+            lambda: (
+                ((s := chatbot_status(url)).get("canary") or {}).get("version") == challenger and s
+            ),
+            180,
+            1,
+        )
+        st.result = (
+            f"champion {status['model_version']}, challenger {challenger} on "
+            f"{status['canary']['share']:.0%} of new conversations"
+        )
+    votes: dict[str, dict[str, int]] = {}
+    with timeline.stage(tag + f"raters prefer the {prefer}") as st:
+        taste = {
+            side: itertools.cycle(TASTE["liked" if side == prefer else "disliked"])
+            for side in ("challenger", "champion")
+        }
+        questions = itertools.cycle(QUESTIONS)
+        conversations = 0
+
+        settings = platform.settings()
+
+        def decided() -> bool:
+            # The aliases move as the step decides; the step's process ends a little later.
+            if step(run, "canary") is not None or run.finished:
+                return True
+            return registry.alias_version(settings, registry.CHALLENGER) != challenger
+
+        while not decided():
+            conversations += 1
+            for side, rating in _conversation(url, questions, taste, challenger, decided):
+                counted = votes.setdefault(side, {"up": 0, "down": 0})
+                counted[rating] += 1
+        st.result = f"{conversations} conversations, votes " + ", ".join(
+            f"{side} {v['up']} up {v['down']} down" for side, v in sorted(votes.items())
+        )
+    with timeline.stage(tag + "canary decision") as st:
+        settings = platform.settings()
+        tags = registry.version_tags(settings, challenger)
+        if "canary.decision" not in tags:
+            raise DemoFailed(f"the canary step ended without a decision: {run.message}")
+        report = json.loads(tags.get("canary.report", "{}"))
+        decision = {
+            "version": challenger,
+            "decision": tags["canary.decision"],
+            "reason": tags.get("canary.reason", ""),
+            "challenger": report.get("challenger", {}),
+            "champion": report.get("champion", {}),
+            "champion_versions": report.get("champion_versions", []),
+            "started_at": float(tags[STARTED_TAG]),
+            "decided_at": report.get("decided_at"),
+            "seconds": report.get("seconds"),
+            "prefer": prefer,
+            "rated": votes,
+        }
+        # Share back to 0: the chatbot lets the challenger go (promoted, it returns as champion).
+        wait_for(
+            "the chatbot to end the canary",
+            lambda: chatbot_status(url).get("canary") is None,
+            180,
+            1,
+        )
+        st.result = (
+            f"{decision['decision']} after {decision['seconds']:.0f}s from the challenger's "
+            f"start ({decision['reason']}); the chatbot ended the canary"
+        )
+    return decision
+
+
+def _conversation(
+    url: str,
+    questions: Iterator[str],
+    taste: Mapping[str, Iterator[str]],
+    challenger: str,
+    decided: Callable[[], bool],
+) -> Iterator[tuple[Side, str]]:
+    """One user's conversation: a first turn, then rated turns; yields (side, rating).
+
+    Every turn must come from the model of the first while the canary runs (sticky routing);
+    once it has decided, the aliases move and the conversation simply ends."""
+    first = ask_server(url, next(questions), timeout=300)
+    conversation, version = first["conversation"], str(first["model_version"])
+    side: Side = "challenger" if version == challenger else "champion"
+    for _ in range(RATED_TURNS):
+        rating = next(taste[side])
+        answer = ask_server(
+            url, next(questions), rating=rating, conversation=conversation, timeout=300
+        )
+        if str(answer["model_version"]) != version or answer["conversation"] != conversation:
+            if decided():
+                return
+            raise DemoFailed(
+                f"conversation {conversation} moved from model {version} to "
+                f"{answer['model_version']}: routing is not sticky"
+            )
+        if not answer.get("error"):  # a failed answer is never rated
+            yield side, rating

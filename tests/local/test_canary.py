@@ -1,0 +1,55 @@
+"""The demo's scripted raters: their tastes let the canary tell the sides apart whatever the
+vote counts, never trip the demo's retrain alert, and the report's ratios are since the start."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bigbertha.local.canary import TASTE
+from bigbertha.local.report import down_ratios_since
+from bigbertha.telemetry.votes import Votes
+from bigbertha.training.canary import judge
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = yaml.safe_load((ROOT / "values" / "demo.yaml").read_text())
+
+
+def votes(taste: str, count: int) -> Votes:
+    ratings = list(itertools.islice(itertools.cycle(TASTE[taste]), count))
+    return Votes(up=ratings.count("up"), down=ratings.count("down"))
+
+
+@pytest.mark.parametrize("prefer", ["challenger", "champion"])
+def test_the_canary_tells_the_tastes_apart_at_any_vote_count(prefer: str) -> None:
+    canary = DEMO["settings"]["canary"]
+    expected = "promoted" if prefer == "challenger" else "retired"
+    liked, disliked = ("liked", "disliked") if prefer == "challenger" else ("disliked", "liked")
+    for mine, theirs in itertools.product(range(canary["min_votes"], 41), repeat=2):
+        outcome = judge(
+            votes(liked, mine),
+            votes(disliked, theirs),
+            min_votes=canary["min_votes"],
+            margin=canary["margin"],
+        )
+        assert outcome is not None and outcome[0] == expected, (mine, theirs, outcome)
+
+
+@pytest.mark.parametrize("taste", ["liked", "disliked"])
+def test_the_raters_never_start_a_retraining(taste: str) -> None:
+    """At no point do their votes put a version over the retrain alert's threshold."""
+    rule = DEMO["monitoring"]["rules"]["negativeFeedback"]
+    for count in range(rule["minVotes"], 60):
+        ratio = votes(taste, count).down_ratio
+        assert ratio is not None and ratio <= rule["threshold"], (count, ratio)
+
+
+def test_the_plotted_ratio_counts_only_votes_since_the_start() -> None:
+    start = 100.0
+    down = [(90.0, 5.0), (101.0, 5.0), (102.0, 6.0), (103.0, 6.0)]
+    up = [(90.0, 1.0), (101.0, 2.0), (102.0, 2.0), (103.0, 4.0)]
+    # Since 100: one up at 101, one down at 102, two up at 103.
+    assert down_ratios_since(down, up, start) == [(1.0, 0.0), (2.0, 0.5), (3.0, 0.25)]
