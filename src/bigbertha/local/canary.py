@@ -33,11 +33,11 @@ if TYPE_CHECKING:
 
 Side = Literal["challenger", "champion"]
 #: Ratings by taste, in turn: the liked side gets 3 of 4 answers up, the other half of them.
-#: With 6 votes each and margin 0.1 the canary tells them apart at any vote count; and neither
+#: With 4 votes each and margin 0.1 the canary tells them apart at any vote count; and neither
 #: side ever has more than half its votes down, the demo's retrain-alert threshold, so the
 #: canary's own votes never start another retraining.
 TASTE = {"liked": ("up", "up", "down", "up"), "disliked": ("up", "down")}
-RATED_TURNS = 2  # per conversation, after the first turn that shows the model
+RATED_TURNS = 3  # per conversation, after the first turn that shows the model
 
 
 def step(run: WorkflowRun, name: str) -> dict[str, Any] | None:
