@@ -5,11 +5,11 @@ When the offline gate made the new version the challenger (values/demo.yaml runs
 `canary_round`:
 
 1. waits until the running chatbot serves the challenger (its /api/status names it);
-2. plays users through the chatbot's JSON API: each opens a conversation, reads the first
-   answer (which tells which model the conversation was routed to), and rates the next answers
-   of the same conversation, checking every turn came from the same model (sticky routing). The
-   raters' taste (`prefer`) decides how: the preferred side's answers are mostly rated up, the
-   other side's mostly down;
+2. plays users (as many at once as the chatbot answers at once) through the chatbot's JSON
+   API: each opens a conversation, reads the first answer (which tells which model the
+   conversation was routed to), and rates the next answers of the same conversation, checking
+   every turn came from the same model (sticky routing). The raters' taste (`prefer`) decides
+   how: the preferred side's answers are mostly rated up, the other side's mostly down;
 3. goes on until the workflow's canary step has decided, and records the decision, the votes
    it counted, and the time from the challenger's start to the decision.
 
@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal
 
 from bigbertha.chat.api import ask_server
@@ -77,25 +79,39 @@ def canary_round(
     votes: dict[str, dict[str, int]] = {}
     with timeline.stage(tag + f"raters prefer the {prefer}") as st:
         taste = {
-            side: itertools.cycle(TASTE["liked" if side == prefer else "disliked"])
+            side: _Shared(itertools.cycle(TASTE["liked" if side == prefer else "disliked"]))
             for side in ("challenger", "champion")
         }
-        questions = itertools.cycle(QUESTIONS)
-        conversations = 0
-
+        questions = _Shared(itertools.cycle(QUESTIONS))
         settings = platform.settings()
+        failed = threading.Event()
+        counting = threading.Lock()
 
         def decided() -> bool:
             # The aliases move as the step decides; the step's process ends a little later.
-            if step(run, "canary") is not None or run.finished:
+            if failed.is_set() or step(run, "canary") is not None or run.finished:
                 return True
             return registry.alias_version(settings, registry.CHALLENGER) != challenger
 
-        while not decided():
-            conversations += 1
-            for side, rating in _conversation(url, questions, taste, challenger, decided):
-                counted = votes.setdefault(side, {"up": 0, "down": 0})
-                counted[rating] += 1
+        def user() -> int:
+            """Conversations one after the other until the canary decides; how many."""
+            conversations = 0
+            try:
+                while not decided():
+                    conversations += 1
+                    for side, rating in _conversation(url, questions, taste, challenger, decided):
+                        with counting:
+                            counted = votes.setdefault(side, {"up": 0, "down": 0})
+                            counted[rating] += 1
+            except BaseException:
+                failed.set()  # the other users stop too; the error surfaces below
+                raise
+            return conversations
+
+        # As many users at once as the chatbot answers at once (chat.max_concurrent_answers).
+        at_once = int(settings.chat.max_concurrent_answers)
+        with ThreadPoolExecutor(max_workers=at_once) as pool:
+            conversations = sum(pool.map(lambda _: user(), range(at_once)))
         st.result = f"{conversations} conversations, votes " + ", ".join(
             f"{side} {v['up']} up {v['down']} down" for side, v in sorted(votes.items())
         )
@@ -130,6 +146,21 @@ def canary_round(
             f"start ({decision['reason']}); the chatbot ended the canary"
         )
     return decision
+
+
+class _Shared:
+    """An iterator several rater threads draw from, one item at a time (so each side's ratings
+    follow its taste's cycle exactly, however the threads interleave)."""
+
+    def __init__(self, items: Iterator[str]) -> None:
+        self._items, self._lock = items, threading.Lock()
+
+    def __iter__(self) -> _Shared:
+        return self
+
+    def __next__(self) -> str:
+        with self._lock:
+            return next(self._items)
 
 
 def _conversation(
