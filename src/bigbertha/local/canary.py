@@ -9,7 +9,8 @@ When the offline gate made the new version the challenger (values/demo.yaml runs
    API: each opens a conversation, reads the first answer (which tells which model the
    conversation was routed to), and rates the next answers of the same conversation, checking
    every turn came from the same model (sticky routing). The raters' taste (`prefer`) decides
-   how: the preferred side's answers are mostly rated up, the other side's mostly down;
+   how: the preferred side's answers are mostly rated up, the other side's mostly down. Once a
+   side has the canary's minimum of votes, users routed to it leave unrated;
 3. goes on until the workflow's canary step has decided, and records the decision, the votes
    it counted, and the time from the challenger's start to the decision.
 
@@ -93,13 +94,23 @@ def canary_round(
                 return True
             return registry.alias_version(settings, registry.CHALLENGER) != challenger
 
+        min_votes = int(settings.canary.min_votes)
+
+        def wanted(side: Side) -> bool:
+            # A user whose conversation landed on a side with its votes already cast asks and
+            # leaves without rating: the other side's votes are what the canary waits for.
+            with counting:
+                return sum(votes.get(side, {}).values()) < min_votes
+
         def user() -> int:
             """Conversations one after the other until the canary decides; how many."""
             conversations = 0
             try:
                 while not decided():
                     conversations += 1
-                    for side, rating in _conversation(url, questions, taste, challenger, decided):
+                    for side, rating in _conversation(
+                        url, questions, taste, challenger, decided, wanted
+                    ):
                         with counting:
                             counted = votes.setdefault(side, {"up": 0, "down": 0})
                             counted[rating] += 1
@@ -169,14 +180,18 @@ def _conversation(
     taste: Mapping[str, Iterator[str]],
     challenger: str,
     decided: Callable[[], bool],
+    wanted: Callable[[Side], bool],
 ) -> Iterator[tuple[Side, str]]:
-    """One user's conversation: a first turn, then rated turns; yields (side, rating).
+    """One user's conversation: a first turn, then, if the side it landed on still `wanted`
+    votes, rated turns; yields (side, rating).
 
     Every turn must come from the model of the first while the canary runs (sticky routing);
     once it has decided, the aliases move and the conversation simply ends."""
     first = ask_server(url, next(questions), timeout=300)
     conversation, version = first["conversation"], str(first["model_version"])
     side: Side = "challenger" if version == challenger else "champion"
+    if not wanted(side):
+        return
     for _ in range(RATED_TURNS):
         rating = next(taste[side])
         answer = ask_server(
