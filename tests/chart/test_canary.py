@@ -4,9 +4,7 @@ the render-time checks, and the stuck-canary alert proven with promtool."""
 
 from __future__ import annotations
 
-import copy
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from bigbertha.cli import app
 from bigbertha.core.errors import ExitCode
 from bigbertha.core.settings import Settings
 from bigbertha.local.gateway import retry_wanted
+from tests.chart.promtool import rules_yaml, run_promtool
 from tests.chart.render import (
     NAMESPACE,
     RELEASE,
@@ -29,7 +28,6 @@ from tests.chart.render import (
     render,
     render_env,
 )
-from tests.services import require_binary
 
 CANARY = {"settings": {"canary": {"share": 0.2, "deadline_seconds": 7200}}}
 JOB = f"{RELEASE}-exporter"
@@ -67,7 +65,7 @@ def test_without_a_share_the_gate_promotes_and_nothing_waits() -> None:
 
 def test_with_a_share_the_canary_step_follows_the_gate(canary_docs: list[dict[str, Any]]) -> None:
     spec, templates = dag(canary_docs)
-    assert tasks(spec, templates)["canary"]["depends"] == "promote"
+    assert tasks(spec, templates)["canary"]["depends"] == "promote.Succeeded"
     step = templates["canary"]
     args = step["container"]["args"]
     run = "s3://bigbertha-artifacts/retrain/{{workflow.name}}"
@@ -216,27 +214,6 @@ def test_the_stuck_alert_pages_and_has_a_runbook(canary_docs: list[dict[str, Any
     assert not [r for r in find(off, "PrometheusRule") if r["metadata"]["name"].endswith("-canary")]
 
 
-def run_promtool(tmp_path: Path, rule: dict[str, Any], tests: list[dict[str, Any]]) -> str:
-    """`promtool test rules` on the rule's groups (annotations left out: promtool compares them
-    exactly, and their wording is checked above)."""
-    groups = copy.deepcopy(rule["spec"]["groups"])
-    for group in groups:
-        for item in group["rules"]:
-            item.pop("annotations", None)
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
-    plan = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests}
-    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
-    result = subprocess.run(
-        [require_binary("promtool"), "test", "rules", "tests.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
 def test_the_stuck_alert_fires_only_for_a_canary_without_votes_for_the_window(
     tmp_path: Path,
 ) -> None:
@@ -319,7 +296,7 @@ def test_the_stuck_alert_fires_only_for_a_canary_without_votes_for_the_window(
             ],
         },
     ]
-    assert "SUCCESS" in run_promtool(tmp_path, rule, tests)
+    assert "SUCCESS" in run_promtool(tmp_path, rules_yaml(rule, annotations=False), tests)
 
 
 def _series(name: str, labels: dict[str, str], instance: str) -> str:

@@ -9,7 +9,6 @@ AlertmanagerConfig is turned into the alertmanager.yml the operator would genera
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 import subprocess
@@ -21,6 +20,7 @@ import yaml
 
 from bigbertha.local.alerting import alertmanager_yaml
 from bigbertha.telemetry.recorder import LATENCY_BUCKETS, bound_label
+from tests.chart.promtool import rules_yaml, run_promtool
 from tests.chart.render import (
     ENVS,
     NAMESPACE,
@@ -59,17 +59,6 @@ def monitoring_objects(values: dict[str, Any] | None = None) -> tuple[dict, dict
         one(docs, "PrometheusRule", f"{RELEASE}-alerts"),
         one(docs, "AlertmanagerConfig", f"{RELEASE}-retrain"),
     )
-
-
-def rules_yaml(rule: dict[str, Any], *, annotations: bool = True) -> str:
-    """A Prometheus rule file from a PrometheusRule's groups (what the operator mounts)."""
-    groups = copy.deepcopy(rule["spec"]["groups"])
-    if not annotations:
-        # promtool compares annotations exactly; their wording is checked elsewhere.
-        for group in groups:
-            for item in group["rules"]:
-                item.pop("annotations", None)
-    return yaml.safe_dump({"groups": groups}, sort_keys=False)
 
 
 # -- promtool test generation -------------------------------------------------------------------
@@ -303,26 +292,6 @@ def promtool_tests(values: dict[str, Any]) -> list[dict[str, Any]]:
         cfg = rules[key]
         tests += ratio_tests(alert, cfg) if alert in RATIO_ALERTS else down_tests(alert, cfg)
     return tests
-
-
-def run_promtool(tmp_path: Path, rules_text: str, tests: list[dict[str, Any]]) -> str:
-    promtool = require_binary("promtool")
-    (tmp_path / "rules.yaml").write_text(rules_text)
-    (tmp_path / "tests.yaml").write_text(
-        yaml.safe_dump(
-            {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests},
-            sort_keys=False,
-        )
-    )
-    result = subprocess.run(
-        [promtool, "test", "rules", "tests.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 # -- tests --------------------------------------------------------------------------------------
