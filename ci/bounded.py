@@ -96,9 +96,20 @@ def kill_all(pids: set[int]) -> None:
     leftovers(5)
 
 
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
 def run(argv: Sequence[str], timeout: float, expect: Sequence[Path], grace: float) -> int:
     become_subreaper()
     started = time.time()
+    # "Written by this run": absent before, or its modification time changed. (Comparing it
+    # with `started` fails on a file written at once: the kernel stamps files from a coarse
+    # clock that can be a few milliseconds behind time.time().)
+    before = {path: _mtime(path) for path in expect}
     # Its own process group, so a timeout can interrupt the command as Ctrl-C would.
     proc = subprocess.Popen(list(argv), start_new_session=True)
     try:
@@ -123,7 +134,7 @@ def run(argv: Sequence[str], timeout: float, expect: Sequence[Path], grace: floa
         kill_all(left)
         failed = True
     for path in expect:
-        if not path.is_file() or path.stat().st_mtime < started:
+        if not path.is_file() or _mtime(path) == before[path]:
             print(f"bounded: {path} was not written by this run", flush=True)
             failed = True
     if code != 0:

@@ -61,6 +61,9 @@ def test_no_report_or_an_old_one_fails(tmp_path):
     (tmp_path / "report.html").write_text("last run's")
     os.utime(tmp_path / "report.html", (time.time() - 60, time.time() - 60))
     assert _bounded(tmp_path, "--expect", "report.html", "--", "true").returncode == 1
+    # The same old report, rewritten by the run: written by this run.
+    rewrite = ("sh", "-c", "echo new > report.html")
+    assert _bounded(tmp_path, "--expect", "report.html", "--", *rewrite).returncode == 0
 
 
 def test_a_failing_command_keeps_its_exit_code(tmp_path):
