@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -61,11 +62,14 @@ def _survivors(marker: str, within: float) -> set[int]:
 
 def _demo(cwd: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
     """`bigbertha demo --tiny` from `cwd` with the default (relative) state directory, as
-    `make demo` runs it from the repository root; and the marker its processes carry."""
+    `make demo` runs it from the repository root; and the marker its processes carry.
+
+    It starts with SIGINT ignored, as a background job of a non-interactive shell (a CI
+    script) does: the tests' Ctrl-C must stop it all the same."""
     marker = uuid.uuid4().hex
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", MARK: marker}
     proc = subprocess.Popen(
-        [BIGBERTHA, "demo", "--tiny", *args],
+        ["sh", "-c", 'trap "" INT; exec "$0" "$@"', BIGBERTHA, "demo", "--tiny", *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -86,19 +90,34 @@ def _run_to_end(
     seen: set[int] = set()
     lines: list[str] = []
     assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    for line in proc.stdout:
-        lines.append(line)
-        seen |= _marked(marker)
-        if time.monotonic() > deadline:
+    # The budget holds also while the demo prints nothing: stop it as `timeout` would (SIGTERM,
+    # which stops its services), then kill what is left; the output then ends.
+    overrun = threading.Event()
+
+    def stop() -> None:
+        overrun.set()
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("demo ran past its time budget:\n" + "".join(lines[-40:]))
-        if line.startswith("stack running"):
-            try:
-                at_keep("".join(lines))
-            finally:
-                proc.send_signal(signal.SIGINT)
-    code = proc.wait(60)
+
+    watchdog = threading.Timer(timeout, stop)
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            seen |= _marked(marker)
+            if line.startswith("stack running") and not overrun.is_set():
+                try:
+                    at_keep("".join(lines))
+                finally:
+                    proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+    finally:
+        watchdog.cancel()
+    if overrun.is_set():
+        pytest.fail("demo ran past its time budget:\n" + "".join(lines[-40:]))
     return code, "".join(lines), seen, _survivors(marker, within=1)
 
 

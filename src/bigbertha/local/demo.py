@@ -89,6 +89,9 @@ def run(
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, on_signal)
+    # Ctrl-C stops the demo even when it was started with SIGINT ignored (a background job of
+    # a non-interactive shell inherits that, and Python then installs no handler of its own).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         platform = LocalPlatform(workdir, margin, VALUES, tiny=tiny)
         rounds = scenario(platform, timeline, challenge_again, raters)
