@@ -105,6 +105,8 @@ def test_an_interrupt_during_a_launch_waits_until_the_process_is_recorded():
 
     order: list[str] = []
     previous = signal.signal(signal.SIGTERM, lambda *_: order.append("SIGTERM handled"))
+    # Ctrl-C as the demo handles it, also under a runner started with SIGINT ignored.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt), signals_held():
             os.kill(os.getpid(), signal.SIGINT)
@@ -113,3 +115,4 @@ def test_an_interrupt_during_a_launch_waits_until_the_process_is_recorded():
         assert order == ["recorded", "SIGTERM handled"]
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
