@@ -19,6 +19,7 @@ from bigbertha import __version__
 from bigbertha.core import logs
 from bigbertha.core.errors import BigberthaError, ConfigError, ExitCode
 from bigbertha.core.interrupts import interruptible
+from bigbertha.core.masking import mask_credentials
 from bigbertha.core.settings import (
     Settings,
     absolute_location,
@@ -37,13 +38,14 @@ class BigberthaGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except BigberthaError as exc:
-            for line in str(exc).splitlines() or [type(exc).__name__]:
+            # A library's message may quote a URI with its password (core/masking.py).
+            for line in mask_credentials(str(exc)).splitlines() or [type(exc).__name__]:
                 typer.echo(f"error: {line}", err=True)
             raise typer.Exit(int(exc.exit_code)) from None
         except (TyperException, typer.Exit, typer.Abort):
             raise  # usage errors (exit 2), explicit exits and Ctrl-C keep Typer's handling
         except Exception as exc:
-            traceback.print_exc()
+            typer.echo(mask_credentials(traceback.format_exc()).rstrip("\n"), err=True)
             typer.echo(
                 f"error: unexpected {type(exc).__name__} (a bug: please report it)", err=True
             )

@@ -91,7 +91,8 @@ def test_config_show_text(clean_env, monkeypatch):
     monkeypatch.setenv("BIGBERTHA_REDIS__URL", "redis://:pw@redis:6379/0")
     result = runner.invoke(app, ["config", "show"])
     assert result.exit_code == 0
-    assert "[redis]" in result.stdout and "url = ***    # env:BIGBERTHA_REDIS__URL" in result.stdout
+    assert "[redis]" in result.stdout
+    assert "url = redis://:***@redis:6379/0    # env:BIGBERTHA_REDIS__URL" in result.stdout
     assert "pw@" not in result.stdout
 
 

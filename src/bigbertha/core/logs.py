@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from bigbertha.core.masking import mask_credentials
+
 # Attributes every LogRecord has; anything else was passed with `extra=` and is kept as a field.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -28,7 +30,15 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        # Masked last, so a URI's password in the message, an extra or a traceback is caught.
+        return mask_credentials(json.dumps(entry, default=str, ensure_ascii=False))
+
+
+class TextFormatter(logging.Formatter):
+    """Time, level, logger and message on one line (a terminal), credentials masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_credentials(super().format(record))
 
 
 def use_json(fmt: str, stream: TextIO) -> bool:
@@ -46,7 +56,7 @@ def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = No
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+            TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
         )
     root = logging.getLogger()
     for old in list(root.handlers):

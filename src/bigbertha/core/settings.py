@@ -36,6 +36,7 @@ from pydantic_settings import (
 )
 
 from bigbertha.core.errors import ConfigError
+from bigbertha.core.masking import mask_credentials
 
 ENV_PREFIX = "BIGBERTHA_"
 ENV_DELIMITER = "__"
@@ -578,7 +579,11 @@ def sources(
 
 
 def masked(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The settings as plain data, secrets shown as '***' (or null when unset)."""
+    """The settings as plain data, secrets shown as '***' (or null when unset).
+
+    A URI keeps its scheme, user and host with only its credentials masked
+    (`core.masking.mask_credentials`), secret or not: `mlflow.tracking_uri` may hold a password.
+    """
     out: dict[str, dict[str, Any]] = {}
     for section in type(settings).model_fields:
         values = getattr(settings, section)
@@ -586,7 +591,12 @@ def masked(settings: Settings) -> dict[str, dict[str, Any]]:
         for key in type(values).model_fields:
             value = getattr(values, key)
             if isinstance(value, SecretStr):
-                value = "***" if value.get_secret_value() else ""
+                secret = value.get_secret_value()
+                value = mask_credentials(secret) if "://" in secret else "***" if secret else ""
+            elif isinstance(value, str):
+                value = mask_credentials(value)
+            elif isinstance(value, list):
+                value = [mask_credentials(v) if isinstance(v, str) else v for v in value]
             out[section][key] = value
     return out
 
