@@ -86,3 +86,29 @@ def test_path_flags_reach_the_commands_absolute(clean_env, monkeypatch):
     assert result.exit_code == 0, result.output
     assert seen["output"] == f"{clean_env}/out/train.jsonl"
     assert seen["data"] == [f"{clean_env}/a.jsonl", "s3://b/k"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["frobnicate"], "No such command 'frobnicate'."),
+        (["--bogus"], "No such option: --bogus"),
+        (["config", "show", "--nope"], "No such option: --nope"),
+        (["demo", "--raters", "x"], "Invalid value for --raters: must be challenger or champion"),
+        (["ask", "q", "--feedback", "meh"], "--feedback 'meh': must be 'up' or 'down'"),
+        (["prepare-data", "--output"], "Option '--output' requires an argument."),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_every_exit_2_is_one_error_line(argv: list[str], message: str) -> None:
+    """A usage error (Typer's) and a ConfigError (ours) print the same way: one `error:` line
+    on stderr, exit 2, no boxed usage panel to parse."""
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [f"error: {message}"]
+    assert result.stdout == ""
+
+
+def test_a_bare_group_still_prints_its_help() -> None:
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 2 and "Usage: bigbertha config" in result.output

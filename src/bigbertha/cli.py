@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # Typer's vendored click
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
@@ -30,9 +31,27 @@ from bigbertha.core.settings import (
 )
 
 
+def _usage_exit(exc: UsageError) -> Exception:
+    """A usage error as `error:` lines and exit 2 (ExitCode.CONFIG); a group called without a
+    subcommand still prints its help."""
+    if isinstance(exc, NoArgsIsHelpError):
+        return exc
+    for line in mask_credentials(exc.format_message()).splitlines() or ["bad usage"]:
+        typer.echo(f"error: {line}", err=True)
+    return typer.Exit(int(ExitCode.CONFIG))
+
+
 class BigberthaGroup(TyperGroup):
     """The one error boundary: a BigberthaError is its message and its class's exit code
-    (`bigbertha.core.errors`); anything else is a bug, printed with its traceback, exit 70."""
+    (`bigbertha.core.errors`); a usage error (unknown subcommand or flag, bad flag value) is
+    exit 2 in the same `error:` format as a ConfigError, not Typer's boxed panel; anything else
+    is a bug, printed with its traceback, exit 70."""
+
+    def make_context(self, info_name: Any, args: Any, parent: Any = None, **extra: Any) -> Any:
+        try:  # the root's own flags are parsed here, before invoke
+            return super().make_context(info_name, args, parent, **extra)
+        except UsageError as exc:
+            raise _usage_exit(exc) from None
 
     def invoke(self, ctx: Any) -> Any:  # a click Context (Typer vendors click privately)
         try:
@@ -42,8 +61,10 @@ class BigberthaGroup(TyperGroup):
             for line in mask_credentials(str(exc)).splitlines() or [type(exc).__name__]:
                 typer.echo(f"error: {line}", err=True)
             raise typer.Exit(int(exc.exit_code)) from None
+        except UsageError as exc:
+            raise _usage_exit(exc) from None
         except (TyperException, typer.Exit, typer.Abort):
-            raise  # usage errors (exit 2), explicit exits and Ctrl-C keep Typer's handling
+            raise  # explicit exits and Ctrl-C keep Typer's handling
         except Exception as exc:
             typer.echo(mask_credentials(traceback.format_exc()).rstrip("\n"), err=True)
             typer.echo(
@@ -731,8 +752,7 @@ def ask_command(
     from bigbertha.chat import rag
 
     if feedback not in (None, "up", "down"):
-        typer.echo(f"error: --feedback {feedback!r}: must be 'up' or 'down'", err=True)
-        raise typer.Exit(int(ExitCode.CONFIG))
+        raise ConfigError(f"--feedback {feedback!r}: must be 'up' or 'down'")
     if server and top_k is not None:
         raise typer.BadParameter("not with --server (it has its chat.top_k)", param_hint="--top-k")
     if server:
