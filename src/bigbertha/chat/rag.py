@@ -33,7 +33,7 @@ from bigbertha.core.errors import InputError
 from bigbertha.core.settings import Settings
 from bigbertha.documents.retrieval import Chunk, RetrievalUnavailable, Retriever
 from bigbertha.models import registry
-from bigbertha.models.prompts import Passage, build_messages
+from bigbertha.models.prompts import build_messages, passages_of
 from bigbertha.telemetry.feedback import FeedbackLog, FeedbackSource, Turn
 
 log = logging.getLogger(__name__)
@@ -160,11 +160,6 @@ def sources_from(chunks: Sequence[Chunk], snippet_chars: int = 240) -> list[Sour
             )
         )
     return out
-
-
-def passages_of(chunks: Sequence[Chunk]) -> list[Passage]:
-    """Retrieved chunks as the prompt's passages, cited by their labels."""
-    return [Passage(chunk.text, chunk.label) for chunk in chunks]
 
 
 @dataclass
@@ -391,6 +386,7 @@ class RagEngine:
             model_version=draft.version,
             # What the model was prompted with, so a rated turn trains on this exact prompt.
             context=None if chunks is None else [p.to_record() for p in passages_of(chunks)],
+            conversation=draft.conversation,
         )
         dropped = self.recorder.dropped
         self.recorder.record_answer(

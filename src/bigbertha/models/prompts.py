@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
 
@@ -62,6 +62,21 @@ class Passage:
         if label is not None and not isinstance(label, str):
             raise ValueError("a passage's 'label' must be a string")
         return cls(text, label or None)
+
+
+class Cited(Protocol):
+    """What a retrieved chunk offers the prompt (`bigbertha.documents.retrieval.Chunk`)."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+
+
+def passages_of(chunks: Sequence[Cited]) -> list[Passage]:
+    """Retrieved chunks as the prompt's passages, cited by their labels (the chatbot's and the
+    gate's prompts come from here)."""
+    return [Passage(chunk.text, chunk.label) for chunk in chunks]
 
 
 def build_messages(question: str, passages: Sequence[Passage] | None) -> list[Message]:
