@@ -463,3 +463,46 @@ def test_amtool_routes_only_this_releases_retrain_alerts(
     )
     expected = f"{NAMESPACE}/{RELEASE}-retrain/retrain-webhook" if receiver == "retrain" else "null"
     assert routed.stdout.strip() == expected, routed.stdout + routed.stderr
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_every_vote_counts_once_whatever_the_exporter_replicas(
+    default_objects, replicas: int, tmp_path: Path
+):
+    """Prod runs two exporters over one Redis: each exports the same totals. 12 real votes at
+    50% down stay under minVotes 20 with 1 or 2 replicas (summed, 2 replicas made it 24 and
+    fired); 24 real votes fire with either."""
+    rule, _ = default_objects
+    cfg = DEFAULTS["monitoring"]["rules"]["negativeFeedback"]
+    assert cfg["minVotes"] == 20 and cfg["threshold"] < 0.5
+
+    def inputs(votes_per_rating: int) -> list[dict[str, str]]:
+        out = []
+        for n in range(replicas):
+            target = {**CHAT, "instance": f"10.0.0.{n + 7}:8080", "pod": f"exporter-{n}"}
+            for rating in ("up", "down"):
+                # One vote a minute until the total, then flat: the same on every replica.
+                ramp = f"0+1x{votes_per_rating} {votes_per_rating}+0x60"
+                labels = {**target, "rating": rating}
+                out.append(series("bigbertha_feedback_total", labels, 1, 0) | {"values": ramp})
+            out.append(series("bigbertha_model_info", target, 0, 0) | {"values": "1+0x80"})
+        return out
+
+    alert = "BigBerthaNegativeFeedbackHigh"
+    firing = [
+        {
+            "exp_labels": alert_labels(
+                alert, cfg, **{k: CHAT[k] for k in ("namespace", "model", "model_version")}
+            )
+        }
+    ]
+    tests = [
+        {
+            "name": f"{votes * 2} real votes, {replicas} replica(s)",
+            "interval": "1m",
+            "input_series": inputs(votes),
+            "alert_rule_test": [{"eval_time": "45m", "alertname": alert, "exp_alerts": expected}],
+        }
+        for votes, expected in ((6, []), (12, firing))
+    ]
+    run_promtool(tmp_path, rules_yaml(rule, annotations=False), tests)

@@ -388,13 +388,33 @@ class CanarySettings(Section):
         description="share of new conversations a challenger serves; 0: the gate promotes at once",
     )
     min_votes: int = Field(
-        30, ge=1, description="rated answers each side needs before the canary decides"
+        20,
+        ge=1,
+        description="votes each side needs before the sequential test is looked at (its normal "
+        "approximation)",
     )
     margin: float = Field(
         0.05,
-        ge=0,
-        le=1,
-        description="the challenger's down-vote ratio may exceed the champion's by at most this",
+        gt=0,
+        lt=0.5,
+        description="down-vote ratio difference that matters: a challenger worse by this is "
+        "promoted at most false_promotion_rate of the time, one better by it with power",
+    )
+    false_promotion_rate: float = Field(
+        0.05, gt=0, lt=0.5, description="chance of promoting a challenger worse by the margin"
+    )
+    power: float = Field(
+        0.8,
+        gt=0.5,
+        lt=1,
+        description="chance of promoting a challenger better by the margin within the planned "
+        "votes",
+    )
+    baseline_down_ratio: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="champion's down-vote ratio the planned votes assume (shown in the logs)",
     )
     deadline_seconds: float = Field(
         43_200, gt=0, description="decide this long after the challenger started serving"

@@ -32,8 +32,10 @@ it was watched (retired by hand, or replaced by a newer one) ends the step as ``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -41,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from bigbertha.core import storage
 from bigbertha.core.errors import ConfigError, ServiceUnavailable
-from bigbertha.models import registry
+from bigbertha.models import registry, tracking
 from bigbertha.telemetry import votes as votes_api
 from bigbertha.telemetry.votes import Votes
 
@@ -71,6 +73,10 @@ class CanaryDecision:
     share: float = 0.0
     min_votes: int = 0
     margin: float = 0.0
+    design: dict[str, Any] = field(default_factory=dict)  # Design: error rates, planned votes
+    # One point per poll: t (seconds since the start), votes a side, delta, information and
+    # both tests' log likelihood ratios; what the report plots.
+    statistic: list[dict[str, float]] = field(default_factory=list)
     started_at: float | None = None
     decided_at: float | None = None
     seconds: float | None = None  # from the challenger's start to the decision
@@ -132,6 +138,7 @@ def retire(
     `version` is the challenger, or an undecided canary whose alias was removed by hand (its
     books are closed then); ConfigError for any other version.
     """
+    tracking.bound_client_retries(settings)
     current = registry.alias_version(settings, registry.CHALLENGER)
     if current != version:
         tags = registry.version_tags(settings, version)
@@ -175,19 +182,208 @@ def _started(tags: Mapping[str, str]) -> float | None:
 
 
 # --- deciding ---------------------------------------------------------------------------------
+#
+# The rule is a pair of one-sided mixture sequential probability ratio tests (mSPRT; Robbins
+# 1970, as Optimizely's "always valid p-values", Johari et al. 2017/2022, use it) on the
+# difference of down-vote ratios, delta = challenger - champion, in its normal approximation:
+#
+# - promote when the test of H0 "delta >= +margin" (the challenger is worse by the margin)
+#   rejects at level ``false_promotion_rate``;
+# - retire when the test of H0 "delta <= -margin" (better by the margin) rejects at level
+#   (1 - power) / 2 ("not better enough"), or when the planned information is reached first.
+#
+# Why a mixture SPRT and not a group-sequential design: the step looks every ``poll_seconds``
+# for hours, at information fractions nobody plans in advance. A mixture likelihood ratio is a
+# nonnegative martingale under H0, so by Ville's inequality P(it ever exceeds 1/alpha) <= alpha
+# however often, and whenever, it is looked at; an alpha-spending design would need its looks
+# fixed (or their number bounded) to compute its boundaries. The price is more votes than a
+# fixed-sample test; `Design.planned_votes` says how many. The mixing density over the
+# alternative is a half-normal of scale 2 * margin (the distance from H0 to the better-by-the-
+# margin alternative), which makes the boundary sharpest where power is planned.
+#
+# The planned maximum information is the smallest at which the promote boundary, crossed by the
+# statistic's value at that point alone, has probability power + (1 - power) / 2 for a
+# challenger better by the margin; minus the futility test's (1 - power) / 2 that leaves power
+# for promotion by then (bench/canary_sim.py measures both rates, with the chart's polling).
+
+
+def _log_mixture_lr(z: Any, information: Any, tau: float) -> Any:
+    """log of the half-normal-mixture likelihood ratio against H0, for the one-sided
+    alternative on the side where z is negative (z: the standardised distance from H0).
+
+    Lambda = 2 (1 + r)^-1/2 exp(z^2 s / 2) Phi(-z sqrt(s)), r = tau^2 I, s = r / (1 + r)
+    (the normal likelihood integrated over a half-normal N(0, tau^2) on the alternative side).
+    """
+    import numpy as np
+    from scipy.special import log_ndtr
+
+    r = tau * tau * np.asarray(information, dtype=float)
+    s = r / (1.0 + r)
+    z = np.asarray(z, dtype=float)
+    return np.log(2.0) - 0.5 * np.log1p(r) + 0.5 * z * z * s + log_ndtr(-z * np.sqrt(s))
+
+
+@dataclass(frozen=True)
+class Design:
+    """The canary's sequential test, from the settings: its error rates and planned votes."""
+
+    margin: float
+    false_promotion_rate: float
+    power: float
+    baseline: float  # the champion's down-vote ratio the plan assumes
+    min_votes: int
+    max_information: float = 0.0  # 1 / Var(delta) at which the canary ends without promotion
+    planned_votes: int = 0  # per side, at the baseline, to reach max_information
+
+    @property
+    def tau(self) -> float:
+        return 2.0 * self.margin
+
+    @property
+    def futility_rate(self) -> float:
+        return (1.0 - self.power) / 2.0
+
+    @classmethod
+    def plan(
+        cls,
+        *,
+        margin: float,
+        false_promotion_rate: float,
+        power: float,
+        baseline: float,
+        min_votes: int,
+    ) -> Design:
+        """The design with its planned information and votes per side (see above)."""
+        from scipy.optimize import brentq
+        from scipy.stats import norm
+
+        design = cls(margin, false_promotion_rate, power, baseline, min_votes)
+        threshold = math.log(1.0 / false_promotion_rate)
+        target = norm.ppf(power + design.futility_rate)
+
+        def boundary(info: float) -> float:  # the z at which promotion is reached
+            return float(
+                brentq(lambda z: _log_mixture_lr(z, info, design.tau) - threshold, -60.0, 0.0)
+            )
+
+        # z at information I for a challenger better by the margin has mean -2 margin sqrt(I).
+        def shortfall(info: float) -> float:
+            return -2.0 * margin * math.sqrt(info) - boundary(info) + target
+
+        low = 1.0 / design.tau**2  # r = 1: far below any plan, the boundary still finite
+        high = 2.0 * low
+        while shortfall(high) > 0:
+            high *= 2.0
+        info = float(brentq(shortfall, low, high))
+        better = max(baseline - margin, 0.0)
+        votes = info * (better * (1 - better) + baseline * (1 - baseline))
+        planned = max(min_votes, math.ceil(votes))
+        return dataclasses.replace(design, max_information=info, planned_votes=planned)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Design:
+        c = settings.canary
+        return cls.plan(
+            margin=c.margin,
+            false_promotion_rate=c.false_promotion_rate,
+            power=c.power,
+            baseline=c.baseline_down_ratio,
+            min_votes=c.min_votes,
+        )
+
+    def describe(self) -> str:
+        return (
+            f"mSPRT, false promotion <= {self.false_promotion_rate:g} for a challenger worse by "
+            f"{self.margin:g}, power {self.power:g} for one better by {self.margin:g} within "
+            f"{self.planned_votes} votes a side (at a {self.baseline:g} down-vote baseline)"
+        )
+
+
+#: `evidence` codes: the canary goes on, or what it decided and why.
+CONTINUE, PROMOTE, RETIRE_EVIDENCE, RETIRE_PLANNED = 0, 1, 2, 3
+
+
+def evidence(
+    challenger_down: Any,
+    challenger_total: Any,
+    champion_down: Any,
+    champion_total: Any,
+    design: Design,
+) -> dict[str, Any]:
+    """The test's statistic and decision code for vote counts: scalars or numpy arrays
+    (bench/canary_sim.py judges thousands of simulated canaries in one call).
+
+    Keys: delta (down-ratio difference), information (1 / its variance), log_lr_promote and
+    log_lr_retire (each test's log mixture likelihood ratio; it decides at log(1/level)), and
+    code (CONTINUE, PROMOTE, RETIRE_EVIDENCE, RETIRE_PLANNED). Below ``min_votes`` a side, the
+    normal approximation is not trusted: CONTINUE.
+    """
+    import numpy as np
+
+    d1, n1 = np.asarray(challenger_down, float), np.asarray(challenger_total, float)
+    d0, n0 = np.asarray(champion_down, float), np.asarray(champion_total, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        delta = np.where((n1 > 0) & (n0 > 0), d1 / n1 - d0 / n0, 0.0)
+        # The variance from ratios shrunk towards 1/2 (one vote each way added): an observed
+        # ratio of 0 or 1 must not claim infinite information.
+        p1, p0 = (d1 + 1) / (n1 + 2), (d0 + 1) / (n0 + 2)
+        variance = p1 * (1 - p1) / np.maximum(n1, 1) + p0 * (1 - p0) / np.maximum(n0, 1)
+    information = 1.0 / variance
+    root = np.sqrt(information)
+    m = design.margin
+    promote = _log_mixture_lr((delta - m) * root, information, design.tau)
+    retire = _log_mixture_lr(-(delta + m) * root, information, design.tau)
+    enough = (n1 >= design.min_votes) & (n0 >= design.min_votes)
+    code = np.where(
+        ~enough,
+        CONTINUE,
+        np.where(
+            promote >= math.log(1 / design.false_promotion_rate),
+            PROMOTE,
+            np.where(
+                retire >= math.log(1 / design.futility_rate),
+                RETIRE_EVIDENCE,
+                np.where(information >= design.max_information, RETIRE_PLANNED, CONTINUE),
+            ),
+        ),
+    )
+    return {
+        "delta": delta,
+        "information": information,
+        "log_lr_promote": promote,
+        "log_lr_retire": retire,
+        "code": code,
+    }
 
 
 def judge(
-    challenger: Votes, champion: Votes, *, min_votes: int, margin: float
-) -> tuple[str, str] | None:
-    """("promoted" | "retired", reason) once both sides have `min_votes`, else None."""
-    if challenger.total < min_votes or champion.total < min_votes:
-        return None
-    assert challenger.down_ratio is not None and champion.down_ratio is not None
-    numbers = f"challenger {challenger.describe()} vs champion {champion.describe()}"
-    if challenger.down_ratio <= champion.down_ratio + margin:
-        return "promoted", f"down-vote ratio {numbers}: not worse by more than {margin:.2f}"
-    return "retired", f"down-vote ratio {numbers}: worse by more than {margin:.2f}"
+    challenger: Votes, champion: Votes, design: Design
+) -> tuple[str | None, str, dict[str, float]]:
+    """(verdict or None to go on, reason, the poll's statistic) for one poll's votes."""
+    e = evidence(challenger.down, challenger.total, champion.down, champion.total, design)
+    point = {
+        "challenger_votes": challenger.total,
+        "champion_votes": champion.total,
+        "delta": round(float(e["delta"]), 6),
+        "information": round(float(e["information"]), 3),
+        "log_lr_promote": round(float(e["log_lr_promote"]), 4),
+        "log_lr_retire": round(float(e["log_lr_retire"]), 4),
+    }
+    code = int(e["code"])
+    numbers = (
+        f"down-vote ratio challenger {challenger.describe()} vs champion {champion.describe()}, "
+        f"information {point['information']:.0f} of {design.max_information:.0f} planned"
+    )
+    if code == PROMOTE:
+        why = f"better than worse-by-{design.margin:g} at level {design.false_promotion_rate:g}"
+        return "promoted", f"{numbers}: {why} ({design.describe()})", point
+    if code == RETIRE_EVIDENCE:
+        why = f"not better by {design.margin:g}, at level {design.futility_rate:g}"
+        return "retired", f"{numbers}: {why} ({design.describe()})", point
+    if code == RETIRE_PLANNED:
+        why = "the planned votes reached without evidence that it is better"
+        return "retired", f"{numbers}: {why} ({design.describe()})", point
+    return None, numbers, point
 
 
 def split(votes: Mapping[str, Votes], version: str) -> tuple[Votes, Votes, list[str]]:
@@ -210,6 +406,7 @@ def run(
 ) -> CanaryDecision:
     """Watch a challenger's votes until they decide, or the deadline does (see the module)."""
     lineage = dict(lineage or {})
+    tracking.bound_client_retries(settings)  # MLflow down: exit 69 in seconds, not ~250 s
     # 1. Which challenger, since when.
     if version is None:
         version = _challenger_to_watch(settings, promotion)
@@ -238,8 +435,12 @@ def run(
     recorder = _recorder(settings)
     name = settings.mlflow.model_name
 
-    # 2. Poll until both sides have enough votes, or the deadline.
-    polls, outcome = 0, None
+    design = Design.from_settings(settings)
+    log.info("canary of version %s: %s", version, design.describe())
+
+    # 2. Poll until the sequential test decides, or the deadline.
+    polls, verdict, reason = 0, None, ""
+    statistic: list[dict[str, float]] = []  # every poll's point, for the report
     challenger_votes, champion_votes, others = Votes(), Votes(), list[str]()
     while True:
         now = time.time()
@@ -258,24 +459,25 @@ def run(
             log.warning("canary of version %s: %s; polling on", version, exc)
         else:
             challenger_votes, champion_votes, others = split(counted, version)
+            verdict, reason, point = judge(challenger_votes, champion_votes, design)
+            statistic.append({"t": round(min(now, deadline) - started, 1), **point})
             log.info(
-                "canary of version %s: challenger %s, champion %s (%d needed each)",
+                "canary of version %s: %s; log LR promote %.2f (decides at %.2f), retire %.2f"
+                " (at %.2f)",
                 version,
-                challenger_votes.describe(),
-                champion_votes.describe(),
-                c.min_votes,
+                reason,
+                point["log_lr_promote"],
+                math.log(1 / design.false_promotion_rate),
+                point["log_lr_retire"],
+                math.log(1 / design.futility_rate),
             )
-            outcome = judge(
-                challenger_votes, champion_votes, min_votes=c.min_votes, margin=c.margin
-            )
-            if outcome is None and now >= deadline:
-                outcome = _deadline_outcome(settings, challenger_votes, champion_votes)
-        if outcome is not None:
+            if verdict is None and now >= deadline:
+                verdict, reason = _deadline_outcome(settings, challenger_votes, champion_votes)
+        if verdict is not None:
             break
         sleep(max(0.0, min(c.poll_seconds, deadline - now)))
 
     # 3. and 4. Decide; record it, move the aliases, log and count it.
-    verdict, reason = outcome
     decided = time.time()
     champion = registry.alias_version(settings, registry.CHAMPION)
     decision = CanaryDecision(
@@ -290,6 +492,8 @@ def run(
         share=c.share,
         min_votes=c.min_votes,
         margin=c.margin,
+        design=dataclasses.asdict(design),
+        statistic=statistic,
         started_at=started,
         decided_at=decided,
         seconds=decided - started,
@@ -302,7 +506,8 @@ def _deadline_outcome(settings: Settings, challenger: Votes, champion: Votes) ->
     c = settings.canary
     numbers = (
         f"{NOT_ENOUGH_VOTES} by the deadline ({c.deadline_seconds:g}s): challenger "
-        f"{challenger.total}, champion {champion.total} of {c.min_votes} needed each"
+        f"{challenger.total}, champion {champion.total} votes, and the sequential test "
+        "had not decided"
     )
     if c.on_deadline == "promote":
         return "promoted", f"{numbers}; canary.on_deadline is promote"
@@ -370,6 +575,7 @@ def _finish(
     assert decision.version is not None
     version = decision.version
     summary = {k: v for k, v in decision.to_json().items() if k != "reason"}
+    summary["statistic"] = _thinned(decision.statistic)
     if not recorded:
         registry.set_tags(
             settings,
@@ -377,7 +583,7 @@ def _finish(
             {
                 DECISION_TAG: decision.decision,
                 "canary.reason": decision.reason[:4000],
-                "canary.report": json.dumps(summary)[:5000],
+                "canary.report": json.dumps(summary),
             },
         )
     if decision.decision == "promoted":
@@ -399,6 +605,15 @@ def _finish(
     )
     _write(settings, report, decision)
     return decision
+
+
+def _thinned(points: list[dict[str, float]], keep: int = 24) -> list[dict[str, float]]:
+    """At most `keep` of the polls' points, evenly spread, the last one always kept: what fits
+    on the version's tag (the report and the MLflow run keep them all)."""
+    if len(points) <= keep:
+        return points
+    step = (len(points) - 1) / (keep - 1)
+    return [points[round(i * step)] for i in range(keep)]
 
 
 def _log_run(settings: Settings, decision: CanaryDecision, lineage: Mapping[str, str]) -> None:
@@ -432,8 +647,11 @@ def _log_run(settings: Settings, decision: CanaryDecision, lineage: Mapping[str,
                     "share": decision.share,
                     "min_votes": decision.min_votes,
                     "margin": decision.margin,
+                    **{f"design_{k}": v for k, v in decision.design.items()},
                 }
             )
+            if decision.statistic:
+                mlflow.log_dict({"statistic": decision.statistic}, "canary_statistic.json")
 
 
 def _write(settings: Settings, report: str | None, decision: CanaryDecision) -> None:
