@@ -10,6 +10,7 @@ retried step, and the retrain exit handler retiring an orphaned canary.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 import uuid
@@ -39,24 +40,70 @@ SELECTOR = f'job="{JOB}",namespace="{NAMESPACE}"'
 # --- the decision rule itself ---------------------------------------------------------------
 
 
+#: The real-stack tests' design (values/demo.yaml's): ratios 0.25 apart decide in ~10 votes a side.
+DEMO = {"margin": 0.25, "false_promotion_rate": 0.1, "min_votes": 6, "baseline_down_ratio": 0.5}
+DESIGN = canary.Design.plan(
+    margin=0.25, false_promotion_rate=0.1, power=0.8, baseline=0.5, min_votes=6
+)
+
+
 @pytest.mark.parametrize(
-    ("challenger", "champion", "margin", "verdict"),
+    ("challenger", "champion", "verdict", "why"),
     [
-        (Votes(up=8, down=2), Votes(up=4, down=6), 0.0, "promoted"),  # better
-        (Votes(up=6, down=4), Votes(up=6, down=4), 0.0, "promoted"),  # a tie is not worse
-        (Votes(up=5, down=5), Votes(up=6, down=4), 0.1, "promoted"),  # worse, within the margin
-        (Votes(up=5, down=5), Votes(up=6, down=4), 0.05, "retired"),  # worse beyond it
-        (Votes(up=2, down=8), Votes(up=8, down=2), 0.05, "retired"),
-        (Votes(up=9, down=0), Votes(up=30, down=30), 0.0, None),  # 9 votes: too few to judge
+        (Votes(up=8, down=2), Votes(up=4, down=6), "promoted", "better than worse-by-0.25"),
+        (Votes(up=2, down=8), Votes(up=8, down=2), "retired", "not better by 0.25"),
+        (Votes(up=5, down=5), Votes(up=5, down=5), None, "information 20 of 58"),  # equal: wait
+        (Votes(up=5, down=0), Votes(up=0, down=30), None, ""),  # 5 votes: below min_votes
+        # Equal ratios once the planned information is reached: retired without evidence.
+        (Votes(up=15, down=15), Votes(up=15, down=15), "retired", "the planned votes reached"),
     ],
 )
-def test_judge_promotes_unless_the_challenger_is_worse_beyond_the_margin(
-    challenger: Votes, champion: Votes, margin: float, verdict: str | None
+def test_judge_decides_by_the_sequential_test(
+    challenger: Votes, champion: Votes, verdict: str | None, why: str
 ) -> None:
-    outcome = canary.judge(challenger, champion, min_votes=10, margin=margin)
-    assert (outcome[0] if outcome else None) == verdict
-    if outcome:
-        assert f"challenger {challenger.describe()}" in outcome[1]
+    outcome, reason, point = canary.judge(challenger, champion, DESIGN)
+    assert outcome == verdict
+    assert why in reason and f"challenger {challenger.describe()}" in reason
+    assert point["challenger_votes"] == challenger.total
+
+
+def test_the_design_states_its_planned_votes() -> None:
+    """The defaults plan 668 votes a side (the values comment); a smaller margin needs more,
+    and a stricter false-promotion rate too; the planned votes are in what the step logs."""
+    default = canary.Design.plan(
+        margin=0.05, false_promotion_rate=0.05, power=0.8, baseline=0.3, min_votes=20
+    )
+    assert default.planned_votes == 668
+    assert DESIGN.planned_votes == 26
+    wider = canary.Design.plan(
+        margin=0.1, false_promotion_rate=0.05, power=0.8, baseline=0.3, min_votes=20
+    )
+    stricter = canary.Design.plan(
+        margin=0.1, false_promotion_rate=0.01, power=0.8, baseline=0.3, min_votes=20
+    )
+    assert wider.planned_votes < stricter.planned_votes < default.planned_votes
+    assert "within 668 votes a side" in default.describe()
+
+
+def test_looking_every_poll_does_not_inflate_false_promotions() -> None:
+    """2,000 canaries of a challenger exactly worse by the margin, judged after every vote
+    (more often than any poll): promoted at most the configured rate, with room for noise.
+    The fixed rule it replaced promoted about half of them (bench/canary_sim.py)."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    n, promoted = 2000, np.zeros(2000, dtype=bool)
+    done = np.zeros(n, dtype=bool)
+    d1 = np.zeros(n)
+    d0 = np.zeros(n)
+    for count in range(1, 60):
+        d1 += rng.random(n) < 0.75
+        d0 += rng.random(n) < 0.5
+        code = canary.evidence(d1, count, d0, count, DESIGN)["code"]
+        promoted |= ~done & (code == canary.PROMOTE)
+        done |= code != canary.CONTINUE
+    assert done.mean() > 0.99  # everyone decided within the plan
+    assert promoted.mean() <= 0.1
 
 
 def test_the_rest_of_the_traffic_is_the_champion_side() -> None:
@@ -106,8 +153,7 @@ def canary_settings(stack: dict[str, Any], **canary_values: Any) -> Settings:
     """Settings of one test: its own registered model (so its own aliases and series)."""
     values = {
         "share": 0.2,
-        "min_votes": 10,
-        "margin": 0.05,
+        **DEMO,
         "deadline_seconds": 60,
         "poll_seconds": 0.5,
         "prometheus_url": stack["prometheus"].url,
@@ -252,7 +298,9 @@ def test_a_challenger_users_like_better_becomes_champion(
     assert aliases(settings) == {"champion": challenger, "challenger": None, "previous": champion}
     tags = registry.version_tags(settings, challenger)
     assert tags["canary.decision"] == "promoted" and "0.20 (2 down of 10)" in tags["canary.reason"]
-    assert json.loads(tags["canary.report"])["challenger"]["down"] == 2
+    recorded = json.loads(tags["canary.report"])
+    assert recorded["challenger"]["down"] == 2 and recorded["design"]["planned_votes"] == 26
+    assert recorded["statistic"][-1]["log_lr_promote"] >= math.log(10)  # what decided
     (run,) = canary_runs(settings, challenger)
     assert run.data.tags["decision"] == "promoted"
     assert run.data.tags["alert_name"] == LINEAGE["alert_name"]
@@ -284,13 +332,14 @@ def test_a_challenger_users_like_less_is_retired(stack: dict[str, Any]) -> None:
     rate(settings, champion, up=8, down=2)
     decision = canary.run(settings, version=challenger, lineage=LINEAGE)
     assert decision.decision == "retired"
-    assert decision.reason == (
-        "down-vote ratio challenger 0.80 (8 down of 10) vs champion 0.20 (2 down of 10): "
-        "worse by more than 0.05"
+    assert decision.reason.startswith(
+        "down-vote ratio challenger 0.80 (8 down of 10) vs champion 0.20 (2 down of 10), "
+        "information 27 of 58 planned: not better by 0.25, at level 0.1"
     )
+    assert decision.statistic[-1]["log_lr_retire"] >= math.log(10)
     assert aliases(settings) == {"champion": champion, "challenger": None, "previous": None}
     tags = registry.version_tags(settings, challenger)
-    assert tags["canary.decision"] == "retired" and "worse by more" in tags["canary.reason"]
+    assert tags["canary.decision"] == "retired" and "not better by" in tags["canary.reason"]
     assert promotions(settings).get("retired", 0) == before.get("retired", 0) + 1
 
 
@@ -305,8 +354,10 @@ def test_not_enough_votes_by_the_deadline_retires_the_challenger(stack: dict[str
     decision = canary.run(settings, version=challenger)
     assert decision.decision == "retired"
     assert decision.reason == (
-        "not enough votes by the deadline (4s): challenger 3, champion 20 of 10 needed each"
+        "not enough votes by the deadline (4s): challenger 3, champion 20 votes, and the "
+        "sequential test had not decided"
     )
+    assert decision.polls == len(decision.statistic) > 1
     assert decision.seconds is not None and 4 <= decision.seconds < 15
     assert aliases(settings)["champion"] == champion and aliases(settings)["challenger"] is None
 
@@ -338,8 +389,8 @@ def test_the_canary_waits_for_votes_that_arrive_while_it_polls(stack: dict[str, 
     watcher, result = watch(settings, challenger)
     time.sleep(2)
     assert watcher.is_alive(), "decided before any vote"
-    rate(settings, "smollm2", up=5, down=5)
-    rate(settings, challenger, up=7, down=3)
+    rate(settings, "smollm2", up=4, down=6)
+    rate(settings, challenger, up=8, down=2)
     watcher.join(30)
     decision = result["decision"]
     assert decision.decision == "promoted" and decision.champion_versions == ["smollm2"]
@@ -472,3 +523,16 @@ def test_the_cli_skips_a_gate_that_started_no_canary(tmp_path: Path, clean_env: 
     report.write_text("[]")
     broken = CliRunner().invoke(app, ["canary", "--promotion", str(report)])
     assert broken.exit_code == 2 and "not a promote report" in broken.stderr
+
+
+def test_the_cli_exits_69_within_seconds_when_mlflow_refuses(clean_env: Path) -> None:
+    """MLflow's client would retry for about 250 s; the canary bounds it like promote."""
+    env = {
+        "BIGBERTHA_MLFLOW__TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+        "BIGBERTHA_CANARY__PROMETHEUS_URL": f"http://127.0.0.1:{free_port()}",
+    }
+    began = time.monotonic()
+    result = CliRunner().invoke(app, ["canary"], env=env)
+    assert result.exit_code == 69, result.output
+    assert time.monotonic() - began < 15
+    assert "MLflow" in result.stderr

@@ -60,7 +60,7 @@ def canary_round(
     """Round `number`'s canary of version `challenger`, started by `run`'s gate: raters vote
     until its canary step decides; the decision, its votes and its timing."""
     from bigbertha.models import registry
-    from bigbertha.training.canary import STARTED_TAG
+    from bigbertha.training.canary import STARTED_TAG, Design
 
     tag = f"round {number}: "
     url = platform.urls["chatbot"]
@@ -94,13 +94,14 @@ def canary_round(
                 return True
             return registry.alias_version(settings, registry.CHALLENGER) != challenger
 
-        min_votes = int(settings.canary.min_votes)
+        # The sequential test decides within its planned votes a side (canary.Design).
+        planned = Design.from_settings(settings).planned_votes
 
         def wanted(side: Side) -> bool:
-            # A user whose conversation landed on a side with its votes already cast asks and
-            # leaves without rating: the other side's votes are what the canary waits for.
+            # A user whose conversation landed on a side with its planned votes already cast
+            # asks and leaves without rating: the other side's votes are what the canary needs.
             with counting:
-                return sum(votes.get(side, {}).values()) < min_votes
+                return sum(votes.get(side, {}).values()) < planned
 
         def user() -> int:
             """Conversations one after the other until the canary decides; how many."""
@@ -144,7 +145,16 @@ def canary_round(
             "seconds": report.get("seconds"),
             "prefer": prefer,
             "rated": votes,
+            "design": report.get("design", {}),
+            "statistic": report.get("statistic", []),
         }
+        # The raters' votes are what the canary decided on: every vote counted once. (Votes
+        # cast after the decision, by users mid-conversation, are the raters' only extra.)
+        counted = {
+            side: (decision[side].get("up"), decision[side].get("down"))
+            for side in ("challenger", "champion")
+        }
+        cast = {side: (v.get("up", 0), v.get("down", 0)) for side, v in votes.items()}
         # Share back to 0: the chatbot lets the challenger go (promoted, it returns as champion).
         wait_for(
             "the chatbot to end the canary",
@@ -154,7 +164,8 @@ def canary_round(
         )
         st.result = (
             f"{decision['decision']} after {decision['seconds']:.0f}s from the challenger's "
-            f"start ({decision['reason']}); the chatbot ended the canary"
+            f"start ({decision['reason']}); votes (up, down) the canary counted {counted}, the "
+            f"raters cast {cast}; the chatbot ended the canary"
         )
     return decision
 
