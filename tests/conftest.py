@@ -15,7 +15,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from tests.models.helpers import task_rows, tiny_corpus, write_jsonl  # noqa: E402
-from tests.services import Service, ServiceManager  # noqa: E402
+from tests.services import Service, ServiceManager, missing  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("BIGBERTHA_SHARED", ROOT.parent / "shared"))
@@ -25,9 +25,7 @@ SHARED = Path(os.environ.get("BIGBERTHA_SHARED", ROOT.parent / "shared"))
 def shared_dir() -> Path:
     """The read-only reference data (../shared); required in CI."""
     if not SHARED.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"{SHARED} is missing: CI must have ../shared beside the checkout")
-        pytest.skip(f"{SHARED} is absent (set BIGBERTHA_SHARED)")
+        missing(f"{SHARED} is absent: put ../shared beside the checkout (or set BIGBERTHA_SHARED)")
     return SHARED
 
 

@@ -1,9 +1,12 @@
-"""The test harness's view of bigbertha.local.stack: a missing binary skips locally, fails in CI."""
+"""The test harness's view of bigbertha.local.stack, and its one rule for what is missing: a
+prerequisite (binary, tool, ../shared) absent skips locally and fails in CI."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -11,9 +14,32 @@ from bigbertha.core.errors import ServiceUnavailable
 from bigbertha.local.stack import Service, find_binary, free_port, pid_alive
 from bigbertha.local.stack import ServiceManager as _StackManager
 
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+__all__ = [
+    "IN_CI",
+    "Service",
+    "ServiceManager",
+    "free_port",
+    "in_ci",
+    "missing",
+    "pid_alive",
+    "require_binary",
+]
 
-__all__ = ["IN_CI", "Service", "ServiceManager", "free_port", "pid_alive", "require_binary"]
+
+def in_ci(environ: Mapping[str, str] = os.environ) -> bool:
+    """The one definition of "in CI" (the only read of CI in the tree): CI set to a true word,
+    as .ci/run and GitHub Actions set it. `CI=false`, `CI=0` and an empty CI are not CI."""
+    return environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+IN_CI = in_ci()
+
+
+def missing(message: str) -> NoReturn:
+    """A prerequisite is absent: skip locally, fail in CI (where a skip would hide a failure)."""
+    if IN_CI:
+        pytest.fail(f"{message} (CI must have it)")
+    pytest.skip(message)
 
 
 def require_binary(name: str, *alternatives: str) -> str:
@@ -21,9 +47,7 @@ def require_binary(name: str, *alternatives: str) -> str:
     try:
         return find_binary(name, *alternatives)
     except ServiceUnavailable as exc:
-        if IN_CI:
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+        missing(str(exc))
 
 
 class ServiceManager(_StackManager):

@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
-
 from bigbertha.core.settings import Settings
 from bigbertha.local import chart as chart_module
 from tests.chart import cluster
@@ -31,7 +29,6 @@ from tests.chart.render import (
     workflow_containers,
 )
 
-MONITORING = (ROOT / "templates" / "monitoring").is_dir()
 VALUES = chart_module.load_values([ROOT / "values.yaml"])
 
 
@@ -316,7 +313,6 @@ def _selected(
     ]
 
 
-@pytest.mark.skipif(not MONITORING, reason="templates/monitoring (the telemetry part) not present")
 def test_the_stack_selects_our_rules_monitor_and_alertmanager_route(
     docs: list[dict[str, Any]], release: Release
 ) -> None:
@@ -471,7 +467,6 @@ def _webhook(docs: list[dict[str, Any]]) -> tuple[str, int, str, dict[str, str]]
     )
 
 
-@pytest.mark.skipif(not MONITORING, reason="templates/monitoring (the telemetry part) not present")
 def test_alertmanager_config_posts_to_the_webhook_with_its_token(
     docs: list[dict[str, Any]], release: Release
 ) -> None:

@@ -51,8 +51,8 @@ def test_every_step_command_parses_with_the_real_cli(step: str, argv: list[str])
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     name, *rest = [_fill(a) for a in argv[1:]]
     command = commands.get(name)
-    if command is None:
-        pytest.skip(f"`bigbertha {name}` is not registered yet (used by {step})")
+    # An unregistered subcommand is the failure this test exists to catch: never a skip.
+    assert command is not None, f"{step}: `bigbertha {name}` is not a registered subcommand"
     try:
         command.make_context(name, list(rest))
     except TyperException as exc:
