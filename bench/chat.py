@@ -1,6 +1,6 @@
 """Benchmark the chatbot's answer path: where the time of one answer goes, and retrieval at scale.
 
-    .venv/bin/python bench/chat.py [--answers 5] [--max-new-tokens 32] [--chunks 100000]
+    .venv/bin/python bench/chat.py [--answers 5] [--max-new-tokens 32] [--chunks 100000] [--quick]
 
 1. A handbook is ingested into a milvus-lite collection; SmolLM2 (CPU) answers `--answers`
    questions through the real RAG core with telemetry and the feedback log in a real Redis
@@ -112,7 +112,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--retrievals", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="small inputs, seconds (CI runs it)")
     args = parser.parse_args()
+    if args.quick:  # explicit flags still win over the quick defaults
+        parser.set_defaults(answers=2, max_new_tokens=8, chunks=2_000, retrievals=20)
+        args = parser.parse_args()
 
     from bigbertha.chat.llm import load_transformers
     from bigbertha.chat.model_server import ModelServer

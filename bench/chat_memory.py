@@ -1,6 +1,6 @@
 """Benchmark the chatbot pod's memory with the model in process and with the inference tier.
 
-    .venv/bin/python bench/chat_memory.py [--answers 3]
+    .venv/bin/python bench/chat_memory.py [--answers 3] [--quick]
 
 Runs the real chatbot server (`bigbertha chat`: Streamlit, its JSON API, the RAG engine over a
 milvus-lite collection holding a handbook) twice, and asks it `--answers` questions through
@@ -106,7 +106,11 @@ def run_chatbot(env: dict[str, str], workdir: Path, answers: int) -> dict[str, A
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--answers", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small inputs, seconds (CI runs it)")
     args = parser.parse_args()
+    if args.quick:  # explicit flags still win over the quick defaults
+        parser.set_defaults(answers=1)
+        args = parser.parse_args()
 
     from bigbertha.core.settings import Settings
     from bigbertha.documents import ingest

@@ -1,6 +1,6 @@
 """Benchmark: training steps per second of `bigbertha finetune` against a bare trl SFT script.
 
-    .venv/bin/python bench/finetune.py [--steps 60] [--rounds 2]
+    .venv/bin/python bench/finetune.py [--steps 60] [--rounds 2] [--quick]
 
 Both train the same tiny random Llama (built in code) on the same data with the same LoRA
 hyperparameters, in this process, alternating rounds so machine noise hits both alike:
@@ -189,7 +189,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both")
     parser.add_argument("--gpu", action="store_true", help="also QLoRA vs 16-bit LoRA on a GPU")
     parser.add_argument("--gpu-only", action="store_true", help="only the GPU comparison")
+    parser.add_argument("--quick", action="store_true", help="small inputs, seconds (CI runs it)")
     args = parser.parse_args()
+    if args.quick:  # explicit flags still win over the quick defaults
+        parser.set_defaults(steps=6, rounds=1)
+        args = parser.parse_args()
     if args.gpu_only:
         print(json.dumps({"benchmark": "finetune_gpu_qlora_vs_lora16", **gpu_compare(20)}))
         return 0

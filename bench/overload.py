@@ -1,6 +1,7 @@
 """Benchmark: the chat API under a burst bigger than its answer queue.
 
-    .venv/bin/python bench/overload.py [--clients 50] [--answer-seconds 0.5] [--slots 2] [--queue 8]
+    .venv/bin/python bench/overload.py [--clients 50] [--answer-seconds 0.5] [--slots 2]
+        [--queue 8] [--quick]
 
 Serves the real /api/ask routes (chat/api.py with chat/limits.py) on uvicorn over a socket,
 with its own redis-server for the refusal counter, and a stand-in model that takes
@@ -174,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--answer-seconds", type=float, default=0.5)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--queue", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="small inputs, seconds (CI runs it)")
     args = parser.parse_args(argv)
+    if args.quick:  # explicit flags still win over the quick defaults
+        parser.set_defaults(clients=12, answer_seconds=0.2, queue=4)
+        args = parser.parse_args(argv)
     result = run(args.clients, args.answer_seconds, args.slots, args.queue)
     print(
         f"{result['served']} served, {result['refused_503']} refused (503 + Retry-After "
