@@ -236,8 +236,9 @@ def demo_command(
     """Run both loops on this machine: ingest, ask, alert, fine-tune, gate, hot-swap, report.
 
     Exit code 0 when the champion moved (and a --challenge-again challenger lost), 4 when the
-    gate or the live canary kept the champion, 130 on Ctrl-C; a failure exits with its class's
-    code (69 a stage did not happen in time or a service is down, 2 configuration, 70 a bug).
+    gate or the live canary kept the champion, 130/143 on Ctrl-C/SIGTERM; a failure exits with
+    its class's code (69 a stage did not happen in time or a service is down, 2 configuration,
+    70 a bug).
     """
     try:
         from bigbertha.local import demo

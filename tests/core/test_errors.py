@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 import signal
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -60,6 +62,7 @@ def test_the_codes_are_the_documented_ones() -> None:
         "OK": 0,
         "CONFIG": 2,
         "INPUT": 3,
+        "KEPT": 4,
         "UNAVAILABLE": 69,
         "BUG": 70,
         "BUSY": 75,
@@ -110,3 +113,13 @@ def test_a_failed_retrain_step_keeps_its_cause_s_code() -> None:
     assert RetrainFailed("x", ServiceUnavailable("MLflow down")).exit_code == 69
     assert RetrainFailed("x", InputError("too few examples")).exit_code == 3
     assert RetrainFailed("x", ZeroDivisionError()).exit_code == 70
+
+
+def test_every_exit_code_is_in_the_runbook_and_the_module_table() -> None:
+    """docs/runbooks.md's table and errors.py's list every code the CLI or the demo returns:
+    no more, no fewer (the demo's 4 is ExitCode.KEPT)."""
+    runbooks = Path(__file__).resolve().parents[2] / "docs" / "runbooks.md"
+    section = runbooks.read_text().split("## Exit codes of the jobs", 1)[1].split("\n## ", 1)[0]
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, re.M)}
+    in_module = {int(code) for code in re.findall(r"^\| (\d+) +\|", errors.__doc__ or "", re.M)}
+    assert documented == in_module == {int(c) for c in ExitCode}

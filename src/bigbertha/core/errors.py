@@ -5,6 +5,7 @@
 | 0    |                      | done                                                  |         |
 | 2    | `ConfigError`        | settings, flags or references that cannot work        | no      |
 | 3    | `InputError`         | bad input rejected (the rest was processed)           | no      |
+| 4    | (`bigbertha demo`)   | the demo ran, and the gate or canary kept the champion| no      |
 | 69   | `ServiceUnavailable` | a service stayed unreachable or timed out: transient  | yes     |
 | 70   | (anything else)      | an unexpected error: a bug, printed with its traceback| no      |
 | 75   | `Busy`               | another run holds the lock; nothing was done          | no      |
@@ -31,6 +32,7 @@ class ExitCode(IntEnum):
     OK = 0
     CONFIG = 2
     INPUT = 3
+    KEPT = 4  # `bigbertha demo` only: it ran, and the gate or the live canary kept the champion
     UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: the only code the workflows retry
     BUG = 70  # sysexits EX_SOFTWARE
     BUSY = 75  # sysexits EX_TEMPFAIL

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bigbertha.core.errors import BigberthaError, ExitCode
+from bigbertha.core.errors import BigberthaError, ExitCode, Interrupted
 from bigbertha.local.canary import Side
 from bigbertha.local.platform import VALUES, LocalPlatform
 from bigbertha.local.report import write_report
@@ -75,17 +75,20 @@ def run(
     raters: Side = "challenger",
 ) -> int:
     """Run the scenario. Exit code: 0 when the champion moved (and, with `challenge_again`,
-    the second challenger was kept out), 4 when the gate or the live canary kept the champion
-    (`raters`: which side the canary's scripted users prefer), 130 on Ctrl-C before the end
-    (with --keep, Ctrl-C after it exits with the scenario's code); a failure exits with its
-    class's code (`bigbertha.core.errors`)."""
+    the second challenger was kept out), 4 (KEPT) when the gate or the live canary kept the
+    champion (`raters`: which side the canary's scripted users prefer), 130 on Ctrl-C and 143 on
+    SIGTERM before the end (with --keep, either after it exits with the scenario's code); a
+    failure exits with its class's code (`bigbertha.core.errors`)."""
     timeline = Timeline()
     platform: LocalPlatform | None = None
     report = workdir / "report.html"
     code = int(ExitCode.BUG)  # until the scenario says otherwise
     finished = False
+    stopped_by = signal.SIGINT  # KeyboardInterrupt: Ctrl-C, unless on_signal says otherwise
 
     def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal stopped_by
+        stopped_by = signal.Signals(signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, on_signal)
@@ -95,7 +98,7 @@ def run(
     try:
         platform = LocalPlatform(workdir, margin, VALUES, tiny=tiny)
         rounds = scenario(platform, timeline, challenge_again, raters)
-        code = 0 if rounds[0].promoted else 4
+        code = int(ExitCode.OK if rounds[0].promoted else ExitCode.KEPT)
         finished = True
         write_report(platform, timeline, report)
         print(f"report: {report}", flush=True)
@@ -109,7 +112,8 @@ def run(
                 time.sleep(3600)
     except KeyboardInterrupt:
         print("interrupted: stopping every process", flush=True)
-        code = code if finished else 130
+        # 128 + the signal, as a shell reports it and as every job exits (core/interrupts.py).
+        code = code if finished else int(Interrupted(stopped_by).exit_code)
     except BigberthaError as exc:
         print(f"demo failed: {exc}", file=sys.stderr, flush=True)
         code = int(exc.exit_code)
