@@ -128,6 +128,12 @@ def test_counts_per_kind_and_document() -> None:
         assert len(covered) * 4 >= len(sections(document)) * 3, f"{document}: gold in {covered}"
 
 
+def test_the_docs_table_gives_the_counts_per_kind() -> None:
+    text = (ROOT / "docs/evaluation.md").read_text()
+    table = re.findall(r"^\| (plain|keyword|paraphrase|unanswerable) \| (\d+) \|$", text, re.M)
+    assert {kind: int(n) for kind, n in table} == Counter(r.kind for r in rows())
+
+
 def test_every_prefix_of_8_rows_or_more_holds_every_kind_and_document() -> None:
     # `evaluate.max_examples` keeps the first N golden rows (the demo evaluates 8).
     for n in range(8, len(rows()) + 1):
