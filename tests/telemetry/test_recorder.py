@@ -258,3 +258,63 @@ def test_refusals_from_many_threads_all_add_up(recorder: Recorder, client: redis
     assert data[("bigbertha_chat_refused_total", "too_large")] == 50
     recorder.record_refused("because")
     assert recorder.dropped == 1  # a caller bug, counted, never raised
+
+
+def test_the_serving_hash_keeps_the_versions_that_matter_and_scrapes_bounded(
+    recorder: Recorder, client: redis.Redis, redis_url: str
+) -> None:
+    """Issue 25 item 6: 20,000 versions ever served scraped as 140,000 series (12 MB)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from bigbertha.telemetry.exporter import TelemetryCollector
+
+    now = time.time()
+    old = {telemetry.field("bb", f"old-{i}"): repr(now - 86_400 + i) for i in range(20_000)}
+    client.hset(SERVING_KEY, mapping=old)
+    client.hset(SERVING_KEY, telemetry.field("bb", "from-2100"), repr(4_102_444_800.0))
+    # The challenger started long ago and is kept however old; previous, then champion, serve.
+    client.hset(SERVING_KEY, telemetry.field("bb", "challenger"), repr(now - 90_000))
+    recorder.set_canary("challenger", now - 90_000)
+    registry = CollectorRegistry()
+    registry.register(TelemetryCollector(redis.Redis.from_url(redis_url)))
+
+    unbounded = generate_latest(registry)  # read side alone: the rule bounds it too
+    recorder.set_serving_model("previous")
+    time.sleep(0.01)
+    answer(recorder, "champion")
+    kept = {json.loads(f)[1] for f in client.hkeys(SERVING_KEY)}
+    assert {"champion", "previous", "challenger"} <= kept
+    assert "from-2100" not in kept
+    assert len(kept) == telemetry.SERVING_VERSIONS_KEPT + 1  # plus the challenger
+    scrape = generate_latest(registry)
+    assert len(unbounded) < 100_000 and len(scrape) < 100_000, (len(unbounded), len(scrape))
+    info = [ln for ln in scrape.decode().splitlines() if ln.startswith("bigbertha_model_info{")]
+    # The champion and the previous version answered within the window; nothing from 2100.
+    assert sorted(ln.split('"')[3] for ln in info) == ["champion", "previous"]
+    print(f"scrape: {len(unbounded)} bytes before the trim, {len(scrape)} after")
+
+
+def test_one_vote_per_answer_a_changed_vote_moves(recorder: Recorder, client: redis.Redis):
+    """Rating an answer again replaces its vote: up then down is one down vote standing (the up
+    counted as replaced, so counters never go down), and the same rating twice is one vote."""
+    recorder.record_feedback("3", "up", "answer-1")
+    recorder.record_feedback("3", "up", "answer-1")  # a double click
+    recorder.record_feedback("3", "down", "answer-1")  # changed their mind
+    recorder.record_feedback("3", "down", "answer-2")
+    data = stored(client)
+    cast = {r: data.get(("bigbertha_feedback_total", "bb", "3", r), 0) for r in ("up", "down")}
+    replaced = {
+        r: data.get(("bigbertha_feedback_replaced_total", "bb", "3", r), 0) for r in ("up", "down")
+    }
+    assert cast == {"up": 1, "down": 2} and replaced == {"up": 1, "down": 0}
+    assert recorder.feedback_totals() == {
+        ("bigbertha_feedback_total", "3", "up"): 1,
+        ("bigbertha_feedback_total", "3", "down"): 2,
+        ("bigbertha_feedback_replaced_total", "3", "up"): 1,
+    }
+    from bigbertha.telemetry.votes import Votes, standing
+
+    totals = recorder.feedback_totals()
+    assert totals is not None
+    assert standing(totals) == {"3": Votes(up=0, down=2)}  # two answers, two down votes
+    assert recorder.dropped == 0

@@ -109,6 +109,13 @@ class RedisSettings(Section):
     timeout_seconds: float = Field(
         0.25, gt=0, le=5, description="give up on Redis after this long; a chat never waits"
     )
+    # Champion, previous (the rollback target) and a few more; challengers are always kept.
+    serving_versions_kept: int = Field(
+        5,
+        ge=2,
+        le=1000,
+        description="model versions the telemetry serving hash keeps besides challengers",
+    )
 
 
 class S3Settings(Section):

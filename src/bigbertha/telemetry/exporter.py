@@ -56,8 +56,14 @@ class TelemetryCollector(Collector):
     connection (or a refused read) is "Redis down".
     """
 
-    def __init__(self, client: redis.Redis, serving_window: float = SERVING_WINDOW_SECONDS):
+    def __init__(
+        self,
+        client: redis.Redis,
+        serving_window: float = SERVING_WINDOW_SECONDS,
+        serving_versions_kept: int = recorder.SERVING_VERSIONS_KEPT,
+    ):
         self._client = client
+        self._kept = serving_versions_kept
         self._serving_window = serving_window
         self._warn = RateLimitedLogger(log, interval=60.0)
         self._skipped_warn = RateLimitedLogger(log, interval=600.0)
@@ -96,8 +102,9 @@ class TelemetryCollector(Collector):
         stored = _fields_of(replies[recorder.METRICS_KEY], "metrics", skipped)
         serving = _fields_of(replies[recorder.SERVING_KEY], "serving", skipped)
         canary = _fields_of(replies[recorder.CANARY_KEY], "canary", skipped)
-        seen = _serving(serving, skipped)
         challengers = _serving(canary, skipped, "canary")
+        # Bounded whatever the hash holds (the recorder's trim rule; issue 25 item 6).
+        seen = recorder.kept_versions(_serving(serving, skipped), challengers, self._kept)
         # A challenger's series start at 0 with its canary, so its first vote is an increase.
         yield from self._families(stored, sorted(seen.keys() | challengers.keys()), skipped)
         yield self._model_info(seen)
@@ -374,7 +381,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         registry = CollectorRegistry()
         process_collector.ProcessCollector(registry=registry)
         platform_collector.PlatformCollector(registry=registry)
-    registry.register(TelemetryCollector(client))
+    registry.register(
+        TelemetryCollector(client, serving_versions_kept=settings.redis.serving_versions_kept)
+    )
 
     app = Flask(__name__)
 

@@ -56,6 +56,58 @@ RATINGS = ("up", "down")
 REFUSAL_REASONS = ("busy", "too_large", "invalid", "timeout")
 # After a Redis failure, calls are dropped without a connection attempt for this long.
 BACKOFF_SECONDS = 2.0
+#: Versions the serving hash keeps besides challengers (redis.serving_versions_kept's default).
+SERVING_VERSIONS_KEPT = 5
+#: A serving time further ahead than this is a broken clock or garbage: it would make its
+#: version the newest for ever, so it is deleted at write and ignored at read.
+MAX_CLOCK_SKEW_SECONDS = 300.0
+
+# The serving hash, trimmed in the same round trip as each write (atomic: one Lua script).
+# Kept: every challenger (a field of the canary hash), then the `n` most recent versions,
+# which hold the champion (it serves now) and the previous one (the rollback target).
+# Deleted: anything older, and times beyond now + skew. O(1) while the hash is small.
+_TRIM_SERVING = """
+local n, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+if redis.call('HLEN', KEYS[1]) <= n then
+  local newest = 0
+  for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+    newest = math.max(newest, tonumber(v) or 0)
+  end
+  if newest <= limit then return 0 end
+end
+local all = redis.call('HGETALL', KEYS[1])
+local rows, drop = {}, {}
+for i = 1, #all, 2 do
+  local t = tonumber(all[i + 1])
+  if t == nil or t ~= t or t > limit then
+    table.insert(drop, all[i])
+  elseif redis.call('HEXISTS', KEYS[2], all[i]) == 0 then
+    table.insert(rows, {all[i], t})
+  end
+end
+table.sort(rows, function(a, b) return a[2] > b[2] end)
+for i = n + 1, #rows do table.insert(drop, rows[i][1]) end
+for i = 1, #drop, 1000 do
+  redis.call('HDEL', KEYS[1], unpack(drop, i, math.min(i + 999, #drop)))
+end
+return #drop
+"""
+
+
+def kept_versions(
+    seen: dict[tuple[str, ...], float],
+    challengers: Iterable[tuple[str, ...]],
+    n: int = SERVING_VERSIONS_KEPT,
+    now: float | None = None,
+) -> dict[tuple[str, ...], float]:
+    """The serving versions that matter, the rule `_TRIM_SERVING` applies at write: every
+    challenger, and the `n` most recent of the others; none stamped from the future. The
+    exporter reads through it, so a hash no writer trimmed still scrapes bounded."""
+    limit = (time.time() if now is None else now) + MAX_CLOCK_SKEW_SECONDS
+    current = {v: t for v, t in seen.items() if t <= limit}
+    pinned = {v: current[v] for v in challengers if v in current}
+    rest = sorted((v for v in current if v not in pinned), key=current.__getitem__, reverse=True)
+    return pinned | {v: current[v] for v in rest[:n]}
 
 
 @dataclass(frozen=True)
@@ -242,9 +294,11 @@ class Recorder:
         self.dropped = 0
         self._warn = RateLimitedLogger(log, interval=30.0)
 
+        serving_versions_kept: int = SERVING_VERSIONS_KEPT,
     @classmethod
     def from_settings(cls, settings: Settings) -> Recorder:
         """A recorder for `settings.redis.url` labelled with `settings.mlflow.model_name`.
+        self._kept = serving_versions_kept
 
         Raises ConfigError for a malformed URL; an empty one means telemetry off.
         """
@@ -253,7 +307,8 @@ class Recorder:
         if not url:
             log.info("telemetry off: redis.url is not set (BIGBERTHA_REDIS__URL)")
             return cls(None, model)
-        return cls(redis_client(url, settings.redis.timeout_seconds), model)
+        client = redis_client(url, settings.redis.timeout_seconds)
+        return cls(client, model, serving_versions_kept=settings.redis.serving_versions_kept)
 
     # -- the interface the chatbot and the jobs call -------------------------------------------
 
@@ -402,7 +457,12 @@ class Recorder:
         if unreported:
             pipe.hincrby(METRICS_KEY, _field(DROPPED.name, ()), unreported)
         if serving is not None:
-            pipe.hset(SERVING_KEY, _field(serving[0], serving[1:]), repr(time.time()))
+            now = time.time()
+            pipe.hset(SERVING_KEY, _field(serving[0], serving[1:]), repr(now))
+            # EVAL, not EVALSHA: a registered script costs a SCRIPT EXISTS round trip per
+            # pipeline (redis-py's Pipeline.load_scripts); the text is under 1 KiB.
+            limit = repr(now + MAX_CLOCK_SKEW_SECONDS)
+            pipe.eval(_TRIM_SERVING, 2, SERVING_KEY, CANARY_KEY, self._kept, limit)
         if canary is not None:
             (model, *version), started = canary
             if started is None:
