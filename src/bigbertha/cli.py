@@ -730,6 +730,13 @@ def ask_command(
     feedback: Annotated[
         str | None,
         typer.Option(help="Rate the answer: up or down (recorded like a thumbs click)."),
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="With --server: seconds to wait for the answer (chat.ask_timeout_seconds).",
+        ),
+    ] = None,
     ] = None,
     top_k: Annotated[int | None, typer.Option(help="Chunks to retrieve (chat.top_k).")] = None,
     server: Annotated[
@@ -747,8 +754,8 @@ def ask_command(
     """Answer one question with the chatbot's RAG core: answer, sources with scores, timings.
 
     Exit 0 answered (also without context when Milvus is down: a warning says so), 69 the model
-    failed or the --server chatbot is unreachable or not ready, 2 bad settings or --feedback
-    value, 3 an empty question.
+    failed or the --server chatbot is unreachable, not ready, silent past --timeout or answered
+    something that is not an answer, 2 bad settings or --feedback value, 3 an empty question.
     """
     from bigbertha.chat import rag
 
@@ -759,9 +766,16 @@ def ask_command(
     if server:
         from bigbertha.chat import api as chat_api
 
-        ctx.obj.settings()  # logging as configured; the server holds the model settings
+        # Logging as configured; the server holds the model settings.
+        settings = ctx.obj.settings(chat={"ask_timeout_seconds": timeout})
         answer = rag.Answer.from_dict(
-            chat_api.ask_server(server, question, rating=feedback, conversation=conversation)
+            chat_api.ask_server(
+                server,
+                question,
+                rating=feedback,
+                conversation=conversation,
+                timeout=settings.chat.ask_timeout_seconds,
+            )
         )
     else:
         settings = ctx.obj.settings(chat={"top_k": top_k})

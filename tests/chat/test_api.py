@@ -5,12 +5,15 @@ through Starlette's TestClient with a stub model and retriever on a real Redis; 
 from __future__ import annotations
 
 import functools
+import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
+import typing
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -253,19 +256,27 @@ class GatedModel(StubModel):
 @pytest.fixture
 def gated_server(redis_server: Service) -> Iterator[dict[str, Any]]:
     """The API on uvicorn (over a socket) with 2 answer slots, 8 queued, a 2 s request deadline."""
-    import uvicorn
-    from starlette.applications import Starlette
-
-    from bigbertha.chat import limits
-
     GatedModel.gate.clear()
     settings = settings_for(
         redis_server,
         max_concurrent_answers=2,
         max_queued_answers=8,
+        max_answers_per_client=10,  # every test client is 127.0.0.1
         request_timeout_seconds=2,
     )
-    slot = chat_api.EngineSlot(settings, functools.partial(stub_engine, model=GatedModel))
+    try:
+        yield from _api_server(settings, GatedModel)
+    finally:
+        GatedModel.gate.set()
+
+
+def _api_server(settings: Settings, model: type[StubModel]) -> Iterator[dict[str, Any]]:
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from bigbertha.chat import limits
+
+    slot = chat_api.EngineSlot(settings, functools.partial(stub_engine, model=model))
     slot.start().join(10)
     port = free_port()
     config = uvicorn.Config(
@@ -286,9 +297,116 @@ def gated_server(redis_server: Service) -> Iterator[dict[str, Any]]:
     try:
         yield {"url": f"http://127.0.0.1:{port}", "port": port, "slot": slot, "settings": settings}
     finally:
-        GatedModel.gate.set()
         server.should_exit = True
         thread.join(10)
+
+
+class SlowModel(StubModel):
+    """Streams 50 tokens, 0.1 s apart (5 s an answer), counting the tokens it produced."""
+
+    produced = 0
+
+    def stream(
+        self, messages: Sequence[Message], *, max_new_tokens: int, temperature: float
+    ) -> Tokens:
+        model = self
+
+        class Slow(Tokens):
+            def __iter__(self) -> Iterator[str]:
+                for n in range(50):
+                    time.sleep(0.1)
+                    type(model).produced += 1
+                    yield f"token{n} "
+
+        return Slow([], fail=False)
+
+
+@pytest.fixture
+def slow_server(redis_server: Service) -> Iterator[dict[str, Any]]:
+    settings = settings_for(
+        redis_server, max_concurrent_answers=2, max_queued_answers=8, max_answers_per_client=3
+    )
+    yield from _api_server(settings, SlowModel)
+
+
+def _hang_up_after(port: int, source: str, question: str, seconds: float) -> None:
+    """A real client from address `source` that sends a question and closes after `seconds`."""
+    body = json.dumps({"question": question}).encode()
+    with socket.create_connection(("127.0.0.1", port), source_address=(source, 0)) as conn:
+        conn.sendall(
+            b"POST /api/ask HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        time.sleep(seconds)
+
+
+def test_clients_that_hang_up_give_their_places_back_and_are_never_logged(
+    slow_server: dict[str, Any],
+) -> None:
+    """Issue 25 item 1: ten clients hang up after 0.3 s; before, they held all 10 places (a
+    real user got 503) and their answers were generated for nobody and logged as turns."""
+    url, port, slot = slow_server["url"], slow_server["port"], slow_server["slot"]
+    engine = slot.get()
+    SlowModel.produced = 0
+    tag = uuid.uuid4().hex[:8]
+    hostile = [
+        threading.Thread(
+            target=_hang_up_after, args=(port, f"127.0.0.{10 + n}", f"h{tag} {n}", 0.3)
+        )
+        for n in range(10)
+    ]
+    for thread in hostile:
+        thread.start()
+    for thread in hostile:
+        thread.join()
+    deadline = time.monotonic() + 2
+    while engine.queue.active and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert engine.queue.active == 0  # every place given back within moments of the hang-up
+    status, body, _, seconds = _post(url, json.dumps({"question": f"user {tag}"}).encode())
+    assert status == 200 and body["answer"].startswith("token0") and seconds < 8
+    logged = [turn["question"] for turn in engine.feedback.read(limit=100)]
+    assert f"user {tag}" in logged
+    assert not [q for q in logged if q.startswith(f"h{tag}")]
+    # Two answers had started generating: each stopped at its next token (0.1 s apart).
+    assert SlowModel.produced - 50 < 10, SlowModel.produced
+
+
+def test_one_client_cannot_hold_every_place(slow_server: dict[str, Any]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, slot = slow_server["url"], slow_server["slot"]
+    body = json.dumps({"question": MASCOT}).encode()
+    with ThreadPoolExecutor(6) as pool:
+        greedy = [pool.submit(_post, url, body) for _ in range(5)]  # all from 127.0.0.1
+        deadline = time.monotonic() + 5
+        while sum(f.done() for f in greedy) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        refused_at_once = [f.result() for f in greedy if f.done()]
+        assert [r[0] for r in refused_at_once] == [429, 429]
+        assert refused_at_once[0][1]["error"].startswith("busy: 3 of your questions")
+        assert slot.get().queue.by_client == {"127.0.0.1": 3}
+        assert slot.get().queue.active < slot.get().queue.capacity  # others still get in
+        assert sorted(f.result()[0] for f in greedy) == [200, 200, 200, 429, 429]
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "proxies", "client"),
+    [
+        ("10.0.0.5", "6.6.6.6", 0, "10.0.0.5"),  # no trusted proxy: the header is anyone's
+        ("10.0.0.5", "6.6.6.6, 203.0.113.7", 1, "203.0.113.7"),  # the proxy's view, not forged
+        ("10.0.0.5", "203.0.113.7, 10.0.0.9", 2, "203.0.113.7"),
+        ("10.0.0.5", "203.0.113.7", 2, "10.0.0.5"),  # fewer hops than proxies: the peer
+        (None, None, 0, "unknown"),
+    ],
+)
+def test_the_client_is_its_address_or_what_trusted_proxies_saw(
+    peer: str | None, forwarded: str | None, proxies: int, client: str
+) -> None:
+    from bigbertha.chat import limits
+
+    assert limits.client_of(peer, forwarded, proxies) == client
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict[str, Any], Any, float]:
@@ -400,6 +518,77 @@ def test_ask_server_down_is_one_line_and_exit_69(clean_env: Path) -> None:
 
     both = CliRunner().invoke(app, ["ask", "q", "--server", url, "--top-k", "3"])
     assert both.exit_code == 2 and "--top-k" in both.output
+
+
+class _Misbehaving(http.server.BaseHTTPRequestHandler):
+    """A chatbot stand-in: each path is one way of answering wrongly."""
+
+    replies: typing.ClassVar[dict[str, tuple[int, bytes]]] = {
+        "/html": (200, b"<html><body>502 Bad Gateway</body></html>"),
+        "/empty": (200, b"{}"),
+        "/types": (200, json.dumps({"question": "q", "answer": 5}).encode()),
+        "/timeout": (408, b'{"error": "body: not received within 30 s"}'),
+    }
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        prefix = self.path.removesuffix("/api/ask")
+        if prefix == "/silent":
+            time.sleep(5)  # accepts, never answers within the client's timeout
+            return
+        status, body = self.replies[prefix]
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def misbehaving() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Misbehaving)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("path", "args", "message"),
+    [
+        ("/silent", ["--timeout", "1"], "sent no answer within 1 s (--timeout"),
+        ("/html", [], "answered 200 with a body that is not JSON ('<html><body>502"),
+        ("/empty", [], "not an answer: question: Field required"),
+        ("/types", [], "not an answer: answer: Input should be a valid string"),
+        ("/timeout", [], "gave up waiting for the question (HTTP 408"),
+    ],
+)
+def test_ask_server_against_a_misbehaving_server_is_one_line_and_exit_69(
+    clean_env: Path, misbehaving: str, path: str, args: list[str], message: str
+) -> None:
+    from bigbertha.cli import app
+
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["ask", "q", "--server", misbehaving + path, *args])
+    assert result.exit_code == 69, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    if path == "/timeout":  # the server timed out on us: not a wrong URL
+        assert "--server" not in lines[0]
+    assert time.monotonic() - started < 4
+
+
+def test_ask_server_waits_30_s_by_default_and_the_setting_changes_it(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, misbehaving: str
+) -> None:
+    from bigbertha.cli import app
+
+    assert Settings().chat.ask_timeout_seconds == 30
+    monkeypatch.setenv("BIGBERTHA_CHAT__ASK_TIMEOUT_SECONDS", "0.5")
+    result = CliRunner().invoke(app, ["ask", "q", "--server", misbehaving + "/silent"])
+    assert result.exit_code == 69 and "within 0.5 s" in result.stderr
 
 
 # --- one real `bigbertha chat` process ----------------------------------------------------

@@ -10,8 +10,11 @@
                       400 {"error"} a bad body or question (not UTF-8 or JSON, too deep, not
                           an object, a control character); 413 body or question too large;
                           408 body not received in time; 503 + Retry-After: the answer queue
-                          is full (chat/limits.py; each refusal is counted in
-                          bigbertha_chat_refused_total{reason})
+                          is full; 429 + Retry-After: this client holds its share of it
+                          (chat/limits.py; each refusal is counted in
+                          bigbertha_chat_refused_total{reason}). A client that hangs up
+                          before its answer gives its place back; the answer stops and is
+                          never logged as a turn.
 
 The conversation id decides which model answers during a canary (chat/routing.py): every turn
 sent with the same id gets the same model, on any replica.
@@ -36,7 +39,10 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired
+
+# pydantic needs typing_extensions' TypedDict before Python 3.12 (its typed-dict-version error)
+from typing_extensions import TypedDict
 
 from bigbertha.chat import limits
 from bigbertha.core import payloads
@@ -48,13 +54,13 @@ if TYPE_CHECKING:
     from starlette.responses import JSONResponse
     from starlette.routing import BaseRoute
 
-    from bigbertha.chat.rag import RagEngine
+    from bigbertha.chat.rag import Answer, AnswerStream, RagEngine
 
 log = logging.getLogger(__name__)
 
 LOADING = "the chat model is still loading: retry in a few seconds"
 CONVERSATION = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-ASK_TIMEOUT_SECONDS = 600.0
+ASK_TIMEOUT_SECONDS = 30.0  # chat.ask_timeout_seconds' default
 
 
 class EngineSlot:
@@ -224,17 +230,55 @@ def routes(slot: EngineSlot) -> list[BaseRoute]:
         engine = slot.ready()
         if engine is None:
             return not_ready()
+        client = limits.client_of(
+            request.client.host if request.client else None,
+            request.headers.get("x-forwarded-for"),
+            chat.trusted_proxies,
+        )
+        stream = engine.stream(question, conversation)
+        answer = None
         try:
-            with engine.queue.admit():
-                answer = await anyio.to_thread.run_sync(
-                    lambda: engine.ask(question, rating=feedback, conversation=conversation),
-                    limiter=threads,
-                )
+            with engine.queue.admit(client):
+                # A client that hangs up gives its place back at once; its answer stops at
+                # the next stage or token in its thread and is never logged (issue 25).
+                async with anyio.create_task_group() as group:
+
+                    async def hang_up() -> None:
+                        await _disconnected(request)
+                        stream.abandon()
+                        group.cancel_scope.cancel()
+
+                    group.start_soon(hang_up)
+                    answer = await anyio.to_thread.run_sync(
+                        lambda: _answer(engine, stream, feedback),
+                        limiter=threads,
+                        abandon_on_cancel=True,
+                    )
+                    group.cancel_scope.cancel()
         except limits.QueueFull as exc:
             return refuse(exc)
+        if answer is None:  # nobody is listening; uvicorn drops it
+            return JSONResponse({"error": "client disconnected"}, status_code=499)
         return JSONResponse(answer.to_dict())
 
     return [Route("/api/status", status, methods=["GET"]), Route("/api/ask", ask, methods=["POST"])]
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has closed the connection (its body was read already: the
+    server's next ASGI message for this request is `http.disconnect`)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _answer(engine: RagEngine, stream: AnswerStream, rating: str | None) -> Answer | None:
+    """`engine.ask` on a stream the event loop may abandon: None when it was."""
+    for _ in stream:
+        pass
+    answer = stream.answer
+    if answer is not None and rating in ("up", "down") and not answer.error:
+        engine.rate(answer, "up" if rating == "up" else "down")
+    return answer
 
 
 # --- the client half: `bigbertha ask --server URL` --------------------------------------------
@@ -262,26 +306,105 @@ def ask_server(
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            answer: dict[str, Any] = json.load(response)
-            return answer
+            raw = response.read()
     except urllib.error.HTTPError as exc:
         error = _error_of(exc)
         if exc.code in (400, 413):
             raise InputError(error) from None
-        if exc.code == 503 and exc.headers.get("Retry-After"):
+        if exc.code in (429, 503) and exc.headers.get("Retry-After"):
             raise Busy(f"the chatbot at {url} is {error}") from None
         if exc.code == 503:
             raise ServiceUnavailable(f"the chatbot at {url} is not ready: {error}") from None
+        if exc.code == 408:
+            raise ServiceUnavailable(
+                f"the chatbot at {url} gave up waiting for the question (HTTP 408: {error}): "
+                "a slow or interrupted connection; try again"
+            ) from None
+        hint = ": is --server the URL of `bigbertha chat`?" if exc.code in (404, 405) else ""
         raise ServiceUnavailable(
-            f"the chatbot at {url} answered HTTP {exc.code} on /api/ask ({error}): "
-            "is --server the URL of `bigbertha chat`?"
+            f"the chatbot at {url} answered HTTP {exc.code} on /api/ask ({error}){hint}"
+        ) from None
+    except TimeoutError:  # connecting, or waiting for (the rest of) the answer
+        raise ServiceUnavailable(
+            f"the chatbot at {url} sent no answer within {timeout:g} s "
+            "(--timeout, chat.ask_timeout_seconds)"
         ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, TimeoutError):
+            raise ServiceUnavailable(
+                f"the chatbot at {url} did not accept a connection within {timeout:g} s "
+                "(--timeout, chat.ask_timeout_seconds)"
+            ) from None
         raise ServiceUnavailable(
             f"the chatbot at {url} is unreachable ({reason}): start `bigbertha chat` "
             "or fix --server"
         ) from None
+    return checked_answer(raw, url)
+
+
+class _SourceReply(TypedDict):
+    n: int
+    document: str
+    file_name: str
+    page: int | None
+    section: str | None
+    score: float
+    snippet: str
+
+
+class _TimingsReply(TypedDict):
+    retrieval: float
+    prompt: float
+    generation: float
+    telemetry: float
+    ttft: float | None
+    total: float
+
+
+class _AnswerReply(TypedDict):
+    """What /api/ask answers with 200 (`Answer.to_dict()`)."""
+
+    question: str
+    answer: str
+    sources: list[_SourceReply]
+    model_version: str
+    turn_id: str
+    timings: _TimingsReply
+    prompt_tokens: int
+    completion_tokens: int
+    error: str | None
+    warnings: dict[str, str]
+    conversation: NotRequired[str | None]
+
+
+def checked_answer(raw: bytes, url: str) -> dict[str, Any]:
+    """A 200 body as an answer, or ServiceUnavailable saying why it is not one.
+
+    Not JSON (an HTML error page from a proxy), `{}` or wrong types mean something other than
+    `bigbertha chat` answered, or a broken one: transient for the caller (exit 69), not a bug.
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        body = json.loads(raw)
+    except ValueError:  # also not UTF-8
+        start = raw[:60].decode("utf-8", "replace").split("\n")[0]
+        raise ServiceUnavailable(
+            f"the chatbot at {url} answered 200 with a body that is not JSON ({start!r}...): "
+            "is --server the URL of `bigbertha chat`?"
+        ) from None
+    try:
+        TypeAdapter(_AnswerReply).validate_python(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ServiceUnavailable(
+            f"the chatbot at {url} answered 200 with a body that is not an answer: "
+            f"{where}: {first['msg']} ({exc.error_count()} problem(s))"
+        ) from None
+    answer: dict[str, Any] = body
+    return answer
 
 
 def _error_of(exc: urllib.error.HTTPError) -> str:

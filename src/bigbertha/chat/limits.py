@@ -7,7 +7,9 @@
   within `chat.request_timeout_seconds` (413 and 408 otherwise, and the connection is closed);
 - `AnswerQueue`: at most `chat.max_concurrent_answers` answers generate at once and
   `chat.max_queued_answers` wait; beyond that a question is refused at once with
-  `QueueFull` (503 + Retry-After on the API) instead of waiting without end;
+  `QueueFull` (503 + Retry-After on the API) instead of waiting without end; one API client
+  (`client_of`: its address, or X-Forwarded-For behind `chat.trusted_proxies` proxies) holds
+  at most `chat.max_answers_per_client` of those places (`ClientBusy`, 429 + Retry-After);
 - `install_server_limits`: Streamlit's uvicorn has a keep-alive timeout but none for a
   request head that never completes (Kludex/uvicorn#157), and Streamlit exposes no setting for
   its uvicorn config, so a connection that has not sent a complete request head within
@@ -69,6 +71,23 @@ class QueueFull(Busy):
         self.retry_after = retry_after
 
 
+class ClientBusy(QueueFull):
+    """This client already holds its share of the queue: the others still get places."""
+
+    status = 429
+
+
+def client_of(peer: str | None, forwarded_for: str | None, trusted_proxies: int) -> str:
+    """Who is asking: the connection's address, or behind `trusted_proxies` reverse proxies
+    the address the outermost of them saw (X-Forwarded-For's entry that many from the right:
+    werkzeug's ProxyFix rule; entries further left are the client's to forge)."""
+    if trusted_proxies and forwarded_for:
+        hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+        if len(hops) >= trusted_proxies:
+            return hops[-trusted_proxies]
+    return peer or "unknown"
+
+
 def check_question(question: str, max_chars: int) -> str:
     """The question stripped; `Refused` naming the problem (`TooLarge` for its length)."""
     question = question.strip()
@@ -117,17 +136,20 @@ class AnswerQueue:
     estimated from recent answer times.
     """
 
-    def __init__(self, slots: int, depth: int) -> None:
+    def __init__(self, slots: int, depth: int, per_client: int | None = None) -> None:
         self.slots = slots
         self.depth = depth
         self.capacity = slots + depth
+        self.per_client = per_client or self.capacity
         self.active = 0
         self.refused = 0
+        self.by_client: dict[str, int] = {}
         self._seconds = 5.0  # moving average of an answer's time in the queue (a first guess)
         self._lock = threading.Lock()
 
     @contextmanager
-    def admit(self) -> Iterator[None]:
+    def admit(self, client: str | None = None) -> Iterator[None]:
+        """Hold a place for one answer; `client` (an API caller) is held to its share."""
         with self._lock:
             if self.active >= self.capacity:
                 self.refused += 1
@@ -137,7 +159,18 @@ class AnswerQueue:
                     f"chat.max_queued_answers={self.depth}); retry in {self.retry_after()} s",
                     self.retry_after(),
                 )
+            held = self.by_client.get(client, 0) if client is not None else 0
+            if client is not None and held >= self.per_client:
+                self.refused += 1
+                raise ClientBusy(
+                    f"busy: {held} of your questions are being answered or waiting "
+                    f"(chat.max_answers_per_client={self.per_client}); retry in "
+                    f"{self.retry_after()} s",
+                    self.retry_after(),
+                )
             self.active += 1
+            if client is not None:
+                self.by_client[client] = held + 1
         started = time.monotonic()
         try:
             yield
@@ -146,6 +179,10 @@ class AnswerQueue:
             with self._lock:
                 self.active -= 1
                 self._seconds = 0.8 * self._seconds + 0.2 * elapsed
+                if client is not None:
+                    left = self.by_client.pop(client) - 1
+                    if left:
+                        self.by_client[client] = left
 
     def retry_after(self) -> int:
         """Seconds until a place in the queue is likely free: with `active` answers each in

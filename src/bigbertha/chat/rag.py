@@ -182,7 +182,8 @@ class AnswerStream:
     """Iterate for the answer's text deltas; `answer` is set once iteration has finished.
 
     Closing it early (a user who left) stops generation at the next token and still records
-    the partial answer.
+    the partial answer. `abandon()` (an API client hung up) stops it at the next stage or
+    token, from any thread, and records nothing: no turn is logged, `answer` stays None.
     """
 
     def __init__(self, engine: RagEngine, question: str, conversation: str) -> None:
@@ -191,7 +192,12 @@ class AnswerStream:
         self.conversation = conversation
         self.answer: Answer | None = None
         self.warnings: dict[str, str] = {}
+        self.gone = threading.Event()
         self._iterator = engine._run(question, self)
+
+    def abandon(self) -> None:
+        """Nobody will read this answer: stop generating it and never log it (thread-safe)."""
+        self.gone.set()
 
     def __iter__(self) -> Iterator[str]:
         return self._iterator
@@ -233,7 +239,9 @@ class RagEngine:
         self._slots = threading.BoundedSemaphore(settings.chat.max_concurrent_answers)
         # Admission for the API and UI: generating plus waiting answers stay bounded.
         self.queue = AnswerQueue(
-            settings.chat.max_concurrent_answers, settings.chat.max_queued_answers
+            settings.chat.max_concurrent_answers,
+            settings.chat.max_queued_answers,
+            settings.chat.max_answers_per_client,
         )
 
     @classmethod
@@ -305,7 +313,9 @@ class RagEngine:
         draft = _Draft(question, started=time.perf_counter(), conversation=out.conversation)
         timings = draft.timings
 
-        # 1. Retrieve.
+        # 1. Retrieve (not even that for a client that hung up while queued).
+        if out.gone.is_set():
+            return
         try:
             draft.chunks = self.retriever.retrieve(question)
         except RetrievalUnavailable as exc:
@@ -337,6 +347,8 @@ class RagEngine:
             return
         with self._slots:
             finished = False
+            if out.gone.is_set():  # hung up while waiting for a generation slot
+                return
             try:
                 draft.tokens = model.stream(
                     messages,
@@ -345,6 +357,8 @@ class RagEngine:
                 )
                 for delta in draft.tokens:
                     if timings.ttft is None:
+                    if out.gone.is_set():
+                        break
                         timings.ttft = time.perf_counter() - draft.started
                     draft.parts.append(delta)
                     yield delta
@@ -367,7 +381,8 @@ class RagEngine:
                         "again; if it keeps failing, tell the operators."
                     )
                     draft.parts.append(error_text)
-                self._finish(out, draft)
+                if not out.gone.is_set():
+                    self._finish(out, draft)
         if error_text:
             yield error_text
 
