@@ -194,12 +194,52 @@ class ExporterSettings(Section):
     )
 
 
+class RetrievalSettings(Section):
+    """How a question finds its chunks (`bigbertha.documents.retrieval`); docs/retrieval.md.
+
+    Every collection ingestion creates holds Milvus' built-in BM25 full-text index beside the
+    dense vectors, so switching `mode` needs no re-indexing."""
+
+    mode: Literal["dense", "hybrid"] = Field(
+        "hybrid",
+        description="dense: MiniLM vectors only; hybrid: vectors and BM25 full-text, fused",
+    )
+    ranker: Literal["rrf", "weighted"] = Field(
+        "rrf", description="hybrid fusion: reciprocal rank (rrf) or weighted scores"
+    )
+    rrf_k: int = Field(60, ge=1, le=16384, description="RRF's k: larger flattens the ranks")
+    dense_weight: float = Field(
+        0.5, ge=0, le=1, description="weighted fusion: share of the dense score (BM25 gets 1-it)"
+    )
+    candidates: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="chunks each side fetches before fusion and reranking (at least top_k)",
+    )
+    rerank_model: Location | None = Field(
+        None,
+        description="cross-encoder reranker: a local directory or an s3:// prefix; unset: off",
+    )
+    rerank_dir: Location = Field(
+        default_factory=lambda: str(home() / "reranker"),
+        description="where an s3:// rerank_model is downloaded to",
+    )
+
+
 class ChatSettings(Section):
     """The Streamlit chatbot."""
 
     port: int = Field(8501, ge=1, le=65535, description="listen port")
     top_k: int = Field(4, ge=1, le=100, description="chunks retrieved per question")
-    similarity_cutoff: float = Field(0.2, ge=-1, le=1, description="drop chunks scoring below this")
+    similarity_cutoff: float = Field(
+        0.2,
+        ge=-1,
+        le=1,
+        description="drop chunks whose dense cosine similarity to the question is below this "
+        "(in every retrieval mode: fused and reranker scores are not similarities)",
+    )
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     champion_poll_seconds: float = Field(
         30, gt=0, description="how often to check the registry's champion alias"
     )

@@ -1,11 +1,22 @@
 """Retrieval: the top-k chunks of the Milvus collection that ingestion fills, for one question.
 
-A LlamaIndex `VectorStoreIndex` over `bigbertha.documents.vectorstore.open_store` with the same
-embedding model ingestion used (`bigbertha.documents.embeddings.embed_model`), `chat.top_k`
-chunks per question, and a
-`SimilarityPostprocessor` dropping chunks below `chat.similarity_cutoff`. The store is opened
-lazily and reopened after a failure, so a chatbot that started while Milvus was down recovers on
-its own once Milvus is back.
+`Retriever.retrieve(question)` is the one entry point: the chatbot, the evaluation gate and
+bench/retrieval.py get the same chunks. Steps (docs/retrieval.md):
+
+1. search the LlamaIndex Milvus store (`vectorstore.open_store`) with the query embedding of the
+   model ingestion used: dense (`chat.retrieval.mode: dense`) or hybrid, the dense request and
+   Milvus' built-in BM25 full-text request fused in Milvus by RRF or weighted scores
+   (`MilvusVectorStore._hybrid_search`, VectorStoreQueryMode.HYBRID);
+2. give every candidate its dense cosine similarity to the question (in hybrid mode read from its
+   stored unit vector), and drop those below `chat.similarity_cutoff`;
+3. optionally reorder them with a cross-encoder (`chat.retrieval.rerank_model`);
+4. keep `chat.top_k`, in that order.
+
+`Chunk.score` is always the dense cosine similarity, whatever ordered the chunks: fused ranks and
+cross-encoder logits have no fixed scale, and the cutoff, the retrieval-score metric, its
+low-relevance alert and the sources shown under an answer all mean "how close is this passage to
+the question". The store is opened lazily and reopened after a failure, so a chatbot that started
+while Milvus was down recovers on its own once Milvus is back.
 """
 
 from __future__ import annotations
@@ -13,9 +24,10 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
-from bigbertha.core.errors import ServiceUnavailable
+from bigbertha.core.errors import ConfigError, ServiceUnavailable
 from bigbertha.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,10 +83,59 @@ def to_chunk(text: str, score: float | None, metadata: dict[str, Any]) -> Chunk:
     )
 
 
-class Retriever:
-    """Top-k retrieval with a similarity cutoff; thread-safe, one per process."""
+class RerankerMissing(ConfigError):
+    """`chat.retrieval.rerank_model` is set but no cross-encoder can be loaded from it."""
 
-    def __init__(self, settings: Settings, *, top_k: int | None = None) -> None:
+
+def load_reranker(settings: Settings) -> Any | None:
+    """The cross-encoder named by `chat.retrieval.rerank_model`, or None when it is unset.
+
+    Only a local directory or an s3:// prefix (downloaded to `rerank_dir`): an air-gapped
+    install never reaches a model hub at run time, so a name that is neither is an error too.
+    """
+    r = settings.chat.retrieval
+    if not r.rerank_model:
+        return None
+    where = f"chat.retrieval.rerank_model {r.rerank_model!r}"
+    if r.rerank_model.startswith("s3://"):
+        from bigbertha.core.storage import download_prefix
+
+        try:
+            path = download_prefix(settings, r.rerank_model, Path(r.rerank_dir))
+        except ConfigError as exc:
+            raise RerankerMissing(f"{where}: {exc}") from exc
+    else:
+        path = Path(r.rerank_model)
+        if not path.is_dir():
+            raise RerankerMissing(
+                f"{where} is not a directory: set it to a local cross-encoder directory or an "
+                f"s3:// prefix holding one, or unset it to retrieve without reranking"
+            )
+    from sentence_transformers import CrossEncoder
+
+    try:
+        # local_files_only: never a hub, even for a directory missing a file.
+        return CrossEncoder(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RerankerMissing(f"{where}: no cross-encoder can be loaded from it ({first})") from exc
+
+
+class Retriever:
+    """Dense or hybrid retrieval, a similarity cutoff, optional reranking; thread-safe.
+
+    One per process. A configured reranker that cannot be loaded raises RerankerMissing here,
+    at start, so the process exits 2 instead of answering without it.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        top_k: int | None = None,
+        mode: Literal["dense", "hybrid"] | None = None,
+        reranker: Any | None = None,
+    ) -> None:
         # One attempt per question: a chat cannot wait out ingestion's retry back-off, and the
         # next question tries again anyway.
         self.settings = settings.model_copy(
@@ -82,31 +143,81 @@ class Retriever:
         )
         self.top_k = top_k or settings.chat.top_k
         self.cutoff = settings.chat.similarity_cutoff
-        self._retriever: Any = None
+        self.options = settings.chat.retrieval
+        self.mode = mode or self.options.mode
+        self.reranker = reranker if reranker is not None else load_reranker(settings)
+        self._store: Any = None
+        self._embed: Any = None
+        self._warned = False
         self._lock = threading.Lock()
 
-    def _open(self) -> Any:
+    def _open(self) -> tuple[Any, Any]:
         with self._lock:
-            if self._retriever is None:
-                from llama_index.core import VectorStoreIndex
-
+            if self._store is None:
                 from bigbertha.documents.embeddings import embed_model
                 from bigbertha.documents.vectorstore import open_store
 
-                store = open_store(self.settings, create=False)
-                index = VectorStoreIndex.from_vector_store(
-                    store, embed_model=embed_model(self.settings)
-                )
-                self._retriever = index.as_retriever(similarity_top_k=self.top_k)
-            return self._retriever
+                self._embed = embed_model(self.settings)
+                self._store = open_store(self.settings, create=False)
+                self._configure(self._store)
+            return self._store, self._embed
+
+    def _configure(self, store: Any) -> None:
+        """Point the store's hybrid search at our fusion settings."""
+        if self.options.ranker == "rrf":
+            store.hybrid_ranker, store.hybrid_ranker_params = "RRFRanker", {"k": self.options.rrf_k}
+        else:
+            w = self.options.dense_weight
+            store.hybrid_ranker = "WeightedRanker"
+            # The store sends [dense, sparse] requests in that order (_hybrid_search).
+            store.hybrid_ranker_params = {"weights": [w, 1.0 - w]}
+
+    def _search(self, question: str) -> list[Chunk]:
+        """Candidates best first by the mode's own order, each scored by dense cosine."""
+        from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryMode
+
+        from bigbertha.documents.vectorstore import EMBEDDING_FIELD
+
+        store, embed = self._open()
+        hybrid = self.mode == "hybrid" and store.enable_sparse
+        if self.mode == "hybrid" and not hybrid and not self._warned:
+            self._warned = True  # open_store logged the reindex hint; say what we do instead
+            log.warning(
+                "chat.retrieval.mode is hybrid but the collection has no full-text "
+                "index: retrieving dense only until `bigbertha reindex` runs"
+            )
+        wide = hybrid or self.reranker is not None
+        n = max(self.top_k, self.options.candidates) if wide else self.top_k
+        vector = embed.get_query_embedding(question)
+        query = VectorStoreQuery(
+            query_embedding=vector,
+            query_str=question,
+            similarity_top_k=n,
+            mode=VectorStoreQueryMode.HYBRID if hybrid else VectorStoreQueryMode.DEFAULT,
+        )
+        result = store.query(query)
+        nodes, ids = result.nodes or [], result.ids or []
+        if hybrid:  # fused scores are ranks: the cosine comes from the stored unit vectors
+            rows = store.client.get(
+                store.collection_name, ids=list(ids), output_fields=[EMBEDDING_FIELD]
+            )
+            stored = {row["id"]: row[EMBEDDING_FIELD] for row in rows}
+            # A chunk deleted between the search and this read is left out.
+            pairs = [(n, i) for n, i in zip(nodes, ids, strict=True) if i in stored]
+            nodes = [n for n, _ in pairs]
+            scores = [sum(a * b for a, b in zip(vector, stored[i], strict=True)) for _, i in pairs]
+        else:
+            scores = list(result.similarities or [])
+        return [
+            to_chunk(node.get_content(), score, dict(node.metadata))
+            for node, score in zip(nodes, scores, strict=True)
+        ]
 
     def retrieve(self, question: str) -> list[Chunk]:
-        """Chunks scoring at least the cutoff, best first; raises RetrievalUnavailable."""
-        from llama_index.core.postprocessor import SimilarityPostprocessor
-
+        """Up to top_k chunks at or above the cutoff, best first; raises RetrievalUnavailable."""
         where = f"{self.settings.milvus.uri} collection {self.settings.milvus.collection}"
         try:
-            nodes = self._open().retrieve(question)
+            found = self._search(question)
         except ServiceUnavailable as exc:
             self._reset()
             raise RetrievalUnavailable(f"vector store {where}: {exc}") from exc
@@ -114,10 +225,17 @@ class Retriever:
             self._reset()
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise RetrievalUnavailable(f"vector store {where}: {first_line}") from exc
-        kept = SimilarityPostprocessor(similarity_cutoff=self.cutoff).postprocess_nodes(nodes)
-        chunks = [to_chunk(n.node.get_content(), n.score, dict(n.node.metadata)) for n in kept]
-        return sorted(chunks, key=lambda c: c.score, reverse=True)
+        kept = [c for c in found if c.score >= self.cutoff]
+        if self.mode == "dense" and self.reranker is None:
+            kept.sort(key=lambda c: c.score, reverse=True)
+        if self.reranker is not None and kept:
+            logits = self.reranker.predict(
+                [(question, c.text) for c in kept], show_progress_bar=False
+            )
+            order = sorted(range(len(kept)), key=lambda i: float(logits[i]), reverse=True)
+            kept = [kept[i] for i in order]
+        return kept[: self.top_k]
 
     def _reset(self) -> None:
         with self._lock:
-            self._retriever = None
+            self._store = None

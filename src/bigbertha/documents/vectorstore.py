@@ -8,6 +8,16 @@ silently ruins retrieval.
 Layout: primary key `id` (chunk id), `doc_id` (the source URI, so a source's chunks are found and
 deleted with one expression), `text`, `embedding` (unit vectors, cosine metric), and the chunk
 metadata (source, etag, version_id, page, section, chunk_index, file_name) as dynamic fields.
+
+Full text: every collection created here also holds `sparse_embedding`, the output of Milvus'
+built-in BM25 function over `text` (LlamaIndex: `enable_sparse` with `BM25BuiltInFunction`).
+Milvus computes it on insert from the text itself, so an upsert or delete keeps the dense and the
+full-text side exact with no second write. Supported by Milvus >= 2.5 (the subchart pins
+milvusdb/milvus v2.6.15, /work/shared/upstream/milvus-5.0.19/values.yaml `image.all.tag`) and by
+milvus-lite 3.2.2 (checked: `describe_collection` lists the BM25 function and `hybrid_search`
+with an RRF ranker answers; `tests/documents/test_retrieval.py`). A collection from before has no
+such field: `full_text` says so and `bigbertha reindex` (`reindex`) rebuilds it from its own
+stored rows, losing nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bigbertha.core.errors import ConfigError
+from bigbertha.core.errors import ConfigError, ServiceUnavailable
 from bigbertha.core.storage import retry
 
 if TYPE_CHECKING:
@@ -35,6 +45,7 @@ MODEL_PROPERTY = "bigbertha.embedding_model"
 DIM_PROPERTY = "bigbertha.embedding_dim"
 EMBEDDING_FIELD = "embedding"
 TEXT_FIELD = "text"
+SPARSE_FIELD = "sparse_embedding"
 SOURCE_FIELD = "doc_id"  # LlamaIndex's ref-doc field; we set a chunk's ref doc to its source URI
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
 
@@ -45,6 +56,25 @@ class CollectionMissing(ConfigError):
 
 class EmbeddingMismatch(ConfigError):
     """The collection was built with another embedding model or dimension."""
+
+
+def reindex_hint(settings: Settings) -> str:
+    """The one-line message for a collection without the BM25 full-text index."""
+    return (
+        f"collection {settings.milvus.collection!r} at {settings.milvus.uri} has no BM25 "
+        f"full-text index (it was built before hybrid retrieval): run `bigbertha reindex` to "
+        f"add it (nothing is re-embedded or lost; docs/retrieval.md)"
+    )
+
+
+def full_text(info: dict[str, Any]) -> bool:
+    """Whether a described collection has the BM25 function writing SPARSE_FIELD from TEXT_FIELD."""
+    for fn in info.get("functions") or []:
+        if SPARSE_FIELD in fn.get("output_field_names", []) and TEXT_FIELD in fn.get(
+            "input_field_names", []
+        ):
+            return True
+    return False
 
 
 def is_server(uri: str) -> bool:
@@ -92,14 +122,15 @@ def _connect_args(settings: Settings) -> dict[str, Any]:
     return {"uri": settings.milvus.uri, "token": token}
 
 
-def check_collection(client: MilvusClient, settings: Settings, dim: int) -> bool:
-    """True if the collection exists and matches model and dim; False if it does not exist.
-
-    Raises EmbeddingMismatch when it exists with another model or dimension.
+def check_collection(
+    client: MilvusClient, settings: Settings, dim: int, name: str | None = None
+) -> dict[str, Any] | None:
+    """The collection's description if it exists and matches model and dim; None if it does not
+    exist. Raises EmbeddingMismatch when it exists with another model or dimension.
     """
-    name = settings.milvus.collection
+    name = name or settings.milvus.collection
     if not call(settings, "list collections", lambda: client.has_collection(name)):
-        return False
+        return None
     info = call(settings, f"describe {name}", lambda: client.describe_collection(name))
     fields = {f["name"]: f for f in info.get("fields", [])}
     stored_dim = int(fields.get(EMBEDDING_FIELD, {}).get("params", {}).get("dim", 0))
@@ -115,23 +146,27 @@ def check_collection(client: MilvusClient, settings: Settings, dim: int) -> bool
         )
     if not stored_model:
         log.warning("%s does not record its embedding model; dims match (%d)", where, dim)
-    return True
+    return dict(info)
 
 
-def open_store(settings: Settings, *, create: bool) -> MilvusVectorStore:
-    """The chunk collection as a LlamaIndex vector store.
+def open_store(settings: Settings, *, create: bool, name: str | None = None) -> MilvusVectorStore:
+    """The chunk collection (or collection `name`) as a LlamaIndex vector store.
 
     create=False (retrieval): CollectionMissing if nothing was ingested yet. create=True
-    (ingestion): the collection is created, recording the embedding model and dimension.
-    Either way EmbeddingMismatch if it was built with another model.
+    (ingestion): the collection is created, recording the embedding model and dimension, with
+    the BM25 full-text index. Either way EmbeddingMismatch if it was built with another model.
+    `store.enable_sparse` says whether the collection has the full-text index: one from before
+    hybrid retrieval is opened without it (a warning names `bigbertha reindex`), so ingestion
+    and dense retrieval go on working on it.
     """
     from llama_index.vector_stores.milvus import MilvusVectorStore
+    from llama_index.vector_stores.milvus.utils import BM25BuiltInFunction
     from pymilvus import MilvusClient
 
     from bigbertha.documents.embeddings import dimension, embed_model
 
     uri = settings.milvus.uri
-    name = settings.milvus.collection
+    name = name or settings.milvus.collection
     if not is_server(uri):
         if not create and not Path(uri).exists():
             raise CollectionMissing(
@@ -141,10 +176,14 @@ def open_store(settings: Settings, *, create: bool) -> MilvusVectorStore:
     dim = dimension(embed_model(settings))
     client = call(settings, "connect", lambda: MilvusClient(**_connect_args(settings), timeout=10))
     try:
-        exists = check_collection(client, settings, dim)
+        info = check_collection(client, settings, dim, name)
     finally:
         if is_server(uri):
             client.close()  # a milvus-lite client shares its process with the store below
+    exists = info is not None
+    sparse = info is None or full_text(info)
+    if not sparse:
+        log.warning(reindex_hint(settings))
     if not exists and not create:
         raise CollectionMissing(
             f"collection {name!r} does not exist at {uri}: run `bigbertha ingest` first"
@@ -168,10 +207,20 @@ def open_store(settings: Settings, *, create: bool) -> MilvusVectorStore:
             index_config={"index_type": "AUTOINDEX"} if is_server(uri) else {},
             consistency_level="Strong",
             use_async_client=False,
+            enable_sparse=sparse,
+            sparse_embedding_field=SPARSE_FIELD,
+            # BM25 runs inside Milvus on insert and search: no sparse model in our process.
+            sparse_embedding_function=(
+                BM25BuiltInFunction(TEXT_FIELD, SPARSE_FIELD) if sparse else None
+            ),
+            # Milvus' BM25 index: a sparse inverted index with the BM25 metric (the store's
+            # default for a built-in function, _add_sparse_index_params, named here).
+            sparse_index_config={"index_type": "SPARSE_INVERTED_INDEX", "metric_type": "BM25"},
         ),
     )
-    if exists:  # a reopened milvus-lite file starts released; search needs it loaded
-        call(settings, f"load {name}", lambda: store.client.load_collection(name))
+    # A reopened milvus-lite file starts released, and so does a collection just created with
+    # the sparse index; search needs it loaded.
+    call(settings, f"load {name}", lambda: store.client.load_collection(name))
     return store
 
 
@@ -244,3 +293,70 @@ class Index:
         for start in range(0, len(ids), 1000):
             batch: list[str] = ids[start : start + 1000]
             self._call("delete", partial(client.delete, collection, ids=batch))
+
+
+# --- re-indexing a collection from before hybrid retrieval ---------------------------------
+
+REINDEX_SUFFIX = "_reindex"
+
+
+def reindex(settings: Settings, *, batch: int = 1000) -> int:
+    """Rebuild `milvus.collection` with the BM25 full-text index; returns the rows copied.
+
+    The rows are copied as stored (ids, texts, vectors, metadata) into `<collection>_reindex`,
+    which Milvus gives its BM25 field on insert; once the copy holds every row the old collection
+    is dropped and the copy renamed. Nothing is re-embedded or re-read from object storage, and
+    a crash at any point leaves every row in one of the two: run it again to finish. Run it while
+    no ingestion writes to the collection (a write to the old one after its copy would be lost).
+    """
+    from pymilvus import MilvusClient
+
+    from bigbertha.documents.embeddings import dimension, embed_model
+
+    name = settings.milvus.collection
+    tmp = name + REINDEX_SUFFIX
+    dim = dimension(embed_model(settings))
+    client = call(settings, "connect", lambda: MilvusClient(**_connect_args(settings), timeout=30))
+    info = check_collection(client, settings, dim)
+    copy_exists = bool(call(settings, "list collections", lambda: client.has_collection(tmp)))
+    if info is None and copy_exists:  # stopped after the drop: the copy is complete
+        log.info("finishing an earlier reindex: renaming %s to %s", tmp, name)
+        call(settings, "rename", lambda: client.rename_collection(tmp, name))
+        call(settings, f"load {name}", lambda: client.load_collection(name))
+        return 0
+    if info is None:
+        raise CollectionMissing(
+            f"collection {name!r} does not exist at {settings.milvus.uri}: nothing to reindex"
+        )
+    if full_text(info):
+        log.info("collection %r already has the BM25 full-text index", name)
+        return 0
+    if copy_exists:  # a partial copy from an interrupted run; the original is intact
+        call(settings, f"drop {tmp}", lambda: client.drop_collection(tmp))
+    copy = open_store(settings, create=True, name=tmp)
+    call(settings, f"load {name}", lambda: client.load_collection(name))
+    it = client.query_iterator(name, batch_size=batch, filter="", output_fields=["*"])
+    copied = 0
+    try:
+        while rows := it.next():
+            rows = [{k: v for k, v in row.items() if k != SPARSE_FIELD} for row in rows]
+            call(settings, "insert", partial(copy.client.insert, tmp, rows))
+            copied += len(rows)
+    finally:
+        it.close()
+
+    def count(collection: str) -> int:
+        rows = client.query(collection, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    have, want = count(tmp), count(name)
+    if have != want:
+        raise ServiceUnavailable(
+            f"reindex of {name!r}: the copy holds {have} rows, the collection {want} (was it "
+            f"written to meanwhile?); the collection is unchanged: run `bigbertha reindex` again"
+        )
+    call(settings, f"drop {name}", lambda: client.drop_collection(name))
+    call(settings, "rename", lambda: client.rename_collection(tmp, name))
+    call(settings, f"load {name}", lambda: client.load_collection(name))
+    log.info("reindexed %r: %d rows now have the BM25 full-text index", name, copied)
+    return copied
