@@ -427,19 +427,59 @@ class FinetuneSettings(Section):
     logging_steps: int = Field(5, ge=1, description="log the loss every this many steps")
 
 
-GateMetric = Literal["perplexity", "token_f1", "rouge_l", "tokens_per_second"]
+# Metrics with per-example scores (training/evaluate.py): the gate's intervals pair them.
+GateMetric = Literal[
+    "perplexity",
+    "token_f1",
+    "rouge_l",
+    "hit_at_k",
+    "mrr",
+    "groundedness",
+    "citation_correctness",
+    "answer_relevancy",
+    "abstention",
+    "completeness",
+]
 
 
 class PromoteSettings(Section):
     """The promotion gate: what a challenger must beat, and by how much."""
 
     margin: float = Field(
-        0.0, ge=0, description="a challenger must beat the champion on every gate metric by this"
+        0.0,
+        ge=0,
+        description="relative gain every gate metric needs, across its whole confidence interval",
     )
     gate_metrics: list[GateMetric] = Field(
         ["perplexity", "token_f1"],
-        description="metrics the challenger must beat (relative improvement > margin)",
+        min_length=1,
+        description="target metrics: the interval of the challenger's relative gain must lie "
+        "above margin",
     )
+    guard_metrics: dict[GateMetric, float] = Field(
+        {"groundedness": 0.1, "abstention": 0.1, "completeness": 0.1},
+        description="guard metric -> tolerance: the interval of the challenger's change must "
+        "lie above -tolerance (absolute)",
+    )
+    confidence: float = Field(
+        0.9, gt=0.5, lt=1, description="level of the paired bootstrap confidence intervals"
+    )
+    min_examples: int = Field(
+        20,
+        ge=2,
+        description="paired examples each metric needs; fewer: not enough evidence, champion stays",
+    )
+    bootstrap_resamples: int = Field(
+        2000, ge=100, le=100_000, description="bootstrap resamples per interval"
+    )
+
+    @field_validator("guard_metrics")
+    @classmethod
+    def _tolerances(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [f"{k}={v}" for k, v in value.items() if not v >= 0]
+        if bad:
+            raise ValueError(f"guard tolerances must be >= 0: {', '.join(bad)}")
+        return value
 
 
 # One PromQL label matcher: name, operator, double-quoted value.
@@ -504,11 +544,21 @@ class CanarySettings(Section):
 class EvaluateSettings(Section):
     """The benchmark behind the gate: held-out set and generation length."""
 
+    golden: Location | None = Field(
+        None,
+        description="golden set of record (JSONL: question, reference, gold sections, "
+        "answerable); path or s3://",
+    )
     data: Location | None = Field(
         None,
-        description="held-out JSONL (question/context/reference or prompt/completion); path or s3://",
+        description="more held-out JSONL after the golden set (prepare-data's held-out turns); "
+        "path or s3://",
     )
     max_examples: int = Field(64, ge=1, description="evaluate at most this many examples")
+    nli_model: str | None = Field(
+        None,
+        description="local NLI cross-encoder judging groundedness; unset: the word-support measure",
+    )
     max_new_tokens: int = Field(64, ge=1, le=4096, description="generation length per answer")
     report: Location | None = Field(
         None, description="also write the JSON report here (path or s3://)"

@@ -179,7 +179,8 @@ def compare(
     elif role == "guard" and hi < threshold:
         verdict, why = "fail", f"{shown}: regressed beyond tolerance {-threshold:.3g}"
     else:
-        verdict, why = "undecided", f"{shown}: interval too wide to tell against {threshold:+.3g}"
+        against = f"{threshold:+.1%}" if role == "target" else f"{threshold:+.3g}"
+        verdict, why = "undecided", f"{shown}: interval too wide to tell against {against}"
     return MetricComparison(
         metric,
         role,

@@ -1,46 +1,64 @@
-"""Benchmark a model on a held-out set: perplexity, answer quality and generation throughput.
+"""Benchmark a model on the evaluation set of record, retrieving as the chatbot retrieves.
 
-    bigbertha evaluate --model s3://runs/wf-1/adapter --data s3://datasets/eval.jsonl \\
-        --report s3://runs/wf-1/eval-challenger.json
+    bigbertha evaluate --model s3://runs/wf-1/adapter --report s3://runs/wf-1/evaluation.json
 
-The evaluation set uses the training data's formats (see `training_data`); RAG rows
-(``question``, ``context``, ``reference``) are prompted exactly as the chatbot prompts. Metrics:
+The set is ``evaluate.golden`` plus ``--data`` (`bigbertha.training.evalset`). For each question
+the gate retrieves from Milvus exactly as the chatbot does (`Retriever.retrieve`: same top-k,
+cut-off and search) and builds the prompt with the chatbot's builder (`prompts.build_messages`
+over `prompts.passages_of`); rows in the training formats keep their own prompt. Then:
 - ``perplexity``: exp of the mean negative log-likelihood of the reference answer tokens given
-  the prompt (teacher forcing; lower is better);
-- ``token_f1`` and ``rouge_l``: the greedy answer against the reference (SQuAD-style token F1,
-  ROUGE-L F-measure over the same normalised tokens; higher is better);
-- ``tokens_per_second``: generated tokens per second of generation, answers generated
-  `score`'s batch at a time (higher is better).
-The report (JSON) names the model, its version, the evaluation set's hash and the metrics; the
-same numbers are logged to an MLflow run.
+  the retrieved prompt (teacher forcing; lower is better);
+- the greedy answer's ``token_f1``, ``rouge_l``, ``groundedness``, ``citation_correctness``,
+  ``abstention`` and ``completeness`` (`bigbertha.training.metrics`), ``answer_relevancy``
+  (cosine of question and answer with the embedding model retrieval uses), and the retrieval's
+  ``hit_at_k`` and ``mrr`` against the gold sections;
+- ``tokens_per_second``: generated tokens per second of generation, `score`'s batch at a time.
+The report (JSON) names the model, its version, the set and its hash, the aggregate metrics and
+every example's scores (the gate pairs them, `bigbertha.training.comparison`); the metrics and
+the set (MLflow dataset tracking) go to an MLflow run whose artifact is the report. A registered
+version already scored on the same prompts with the same settings is not scored again: its
+report is read back from that run (`cached_report`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
-import re
-import string
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bigbertha.core import storage
-from bigbertha.core.errors import ConfigError
 from bigbertha.models import loading, registry, tracking
+from bigbertha.models.prompts import build_messages, passages_of
 from bigbertha.training import data as training_data
+from bigbertha.training import evalset, metrics
+from bigbertha.training.comparison import LOWER_IS_BETTER
+from bigbertha.training.metrics import normalize, rouge_l, token_f1
 
 if TYPE_CHECKING:
     from bigbertha.core.settings import Settings
 
+__all__ = ["LOWER_IS_BETTER", "EvalReport", "normalize", "rouge_l", "run", "token_f1"]
+
 log = logging.getLogger(__name__)
 
-LOWER_IS_BETTER = {"perplexity"}
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
+#: Bumped when a metric's definition changes: older cached scores are then not reused.
+SCORES_VERSION = "2"
+PER_EXAMPLE = (
+    "token_f1",
+    "rouge_l",
+    "hit_at_k",
+    "mrr",
+    "groundedness",
+    "citation_correctness",
+    "answer_relevancy",
+    "abstention",
+    "completeness",
+)
 
 
 @dataclass
@@ -55,47 +73,81 @@ class EvalReport:
     metrics: dict[str, float]
     mlflow_run_id: str | None = None
     samples: list[dict[str, str]] = field(default_factory=list)  # a few answers, for people
+    scores: list[dict[str, Any]] = field(default_factory=list)  # every example's, for the gate
+    key: str = ""  # what produced the scores (`score_key`)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        # JSON has no NaN: a metric that applies to no example is left out.
+        data["metrics"] = {k: v for k, v in self.metrics.items() if math.isfinite(v)}
+        data["scores"] = [
+            {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+            for row in self.scores
+        ]
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> EvalReport:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
-def normalize(text: str) -> list[str]:
-    """SQuAD normalisation: lower case, no punctuation, no articles, split on whitespace."""
-    return _ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split()
+@dataclass
+class Prepared:
+    """One evaluation item with the prompt the model answers and what retrieval found."""
+
+    item: evalset.Item
+    example: training_data.Example
+    passages: list[str] | None = None  # retrieved passage texts; None: a handed-in prompt
+    hits: list[bool] | None = None  # per retrieved chunk: is it a gold section
 
 
-def token_f1(prediction: str, reference: str) -> float:
-    pred, ref = normalize(prediction), normalize(reference)
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
+def prepare(settings: Settings, items: Sequence[evalset.Item]) -> list[Prepared]:
+    """Each item's prompt: retrieved as the chatbot retrieves (RetrievalUnavailable, exit 69,
+    when Milvus cannot be searched: a gate without retrieval would judge another system)."""
+    prepared = []
+    retriever = None
+    for item in items:
+        completion = [{"role": "assistant", "content": item.reference}]
+        if item.prompt is not None:
+            example = {"prompt": list(item.prompt), "completion": completion}
+            passages = None
+            for message in item.prompt:  # handed-in passages still ground the answer
+                if message["role"] == "user" and message["content"].startswith("Context"):
+                    passages = [message["content"]]
+            prepared.append(Prepared(item, example, passages))
+            continue
+        if retriever is None:
+            from bigbertha.documents.retrieval import Retriever
+
+            retriever = Retriever(settings)
+        assert item.question is not None
+        chunks = retriever.retrieve(item.question)
+        example = {
+            "prompt": build_messages(item.question, passages_of(chunks)),
+            "completion": completion,
+        }
+        gold = [{"document": d, "section": s} for d, s in item.gold]
+        hits = [metrics.is_gold(c.file_name, c.section, gold) for c in chunks] if gold else None
+        prepared.append(Prepared(item, example, [c.text for c in chunks], hits))
+    return prepared
 
 
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F-measure (longest common subsequence of normalised tokens)."""
-    pred, ref = normalize(prediction), normalize(reference)
-    if not pred or not ref:
-        return float(pred == ref)
-    prev = [0] * (len(ref) + 1)
-    for p in pred:
-        cur = [0]
-        for j, r in enumerate(ref, start=1):
-            cur.append(prev[j - 1] + 1 if p == r else max(prev[j], cur[j - 1]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
+def prompts_hash(prepared: Sequence[Prepared]) -> str:
+    """What the model is asked: the same hash means the same prompts and references."""
+    return training_data.dataset_hash(p.example for p in prepared)
+
+
+def score_key(settings: Settings, model_ref: str, prepared: Sequence[Prepared]) -> str:
+    """Everything the per-example scores depend on besides the model's weights."""
+    parts = {
+        "model": model_ref,
+        "prompts": prompts_hash(prepared),
+        "max_new_tokens": settings.evaluate.max_new_tokens,
+        "nli_model": settings.evaluate.nli_model or "",
+        "embeddings": settings.embeddings.model,
+        "scores_version": SCORES_VERSION,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def _encode(tokenizer: Any, example: training_data.Example) -> tuple[list[int], list[int]]:
@@ -111,14 +163,25 @@ def _encode(tokenizer: Any, example: training_data.Example) -> tuple[list[int], 
     return prompt_ids, full_ids
 
 
+@dataclass
+class Generated:
+    """What the model did on each example, in order."""
+
+    answers: list[str]
+    nll: list[float]  # summed negative log-likelihood of the reference's tokens
+    tokens: list[int]  # how many reference tokens were scored
+    generated: int = 0
+    seconds: float = 0.0
+
+
 def score(
     model: Any,
     tokenizer: Any,
     examples: Sequence[training_data.Example],
     max_new_tokens: int,
     batch_size: int = 8,
-) -> tuple[dict[str, float], list[dict[str, str]]]:
-    """The metrics of `model` on `examples`, and the first few generated answers.
+) -> Generated:
+    """Each example's greedy answer and the reference's negative log-likelihood.
 
     Examples go through the model `batch_size` at a time: one step of greedy decoding reads
     every weight once however many sequences it extends, so on a CPU a batch of 8 answers costs
@@ -130,17 +193,13 @@ def score(
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = _stop_ids(model, tokenizer)
-    nll, scored_tokens = 0.0, 0
-    f1s: list[float] = []
-    rouges: list[float] = []
-    samples: list[dict[str, str]] = []
-    generated, gen_seconds = 0, 0.0
+    out_ = Generated([], [], [])
     model.eval()
     with torch.inference_mode():
         for first in range(0, len(examples), batch_size):
             batch = examples[first : first + batch_size]
             encoded = [_encode(tokenizer, example) for example in batch]
-            # Perplexity of each reference answer given its prompt (right-padded, masked).
+            # Likelihood of each reference answer given its prompt (right-padded, masked).
             width = max(len(full) for _, full in encoded)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -157,10 +216,10 @@ def score(
                 logits[:, :-1].float().transpose(1, 2),
                 labels[:, 1:].to(device),
                 ignore_index=-100,
-                reduction="sum",
+                reduction="none",
             )
-            nll += float(losses)
-            scored_tokens += int((labels[:, 1:] != -100).sum())
+            out_.nll.extend(float(x) for x in losses.sum(dim=1))
+            out_.tokens.extend(int(x) for x in (labels[:, 1:] != -100).sum(dim=1))
             # Greedy answers, timed (left-padded prompts).
             width = max(len(prompt_ids) for prompt_ids, _ in encoded)
             prompts = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -176,23 +235,12 @@ def score(
                 do_sample=False,
                 pad_token_id=pad,
             )
-            gen_seconds += time.perf_counter() - t0
-            for example, row in zip(batch, out[:, width:].tolist(), strict=True):
+            out_.seconds += time.perf_counter() - t0
+            for row in out[:, width:].tolist():
                 new = _until_stop(row, stops)
-                generated += len(new)
-                answer = tokenizer.decode(new, skip_special_tokens=True).strip()
-                reference = example["completion"][0]["content"]
-                f1s.append(token_f1(answer, reference))
-                rouges.append(rouge_l(answer, reference))
-                if len(samples) < 5:
-                    samples.append({"answer": answer, "reference": reference})
-    metrics = {
-        "perplexity": math.exp(nll / scored_tokens) if scored_tokens else float("inf"),
-        "token_f1": sum(f1s) / len(f1s),
-        "rouge_l": sum(rouges) / len(rouges),
-        "tokens_per_second": generated / gen_seconds if gen_seconds else 0.0,
-    }
-    return metrics, samples
+                out_.generated += len(new)
+                out_.answers.append(tokenizer.decode(new, skip_special_tokens=True).strip())
+    return out_
 
 
 def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -211,17 +259,108 @@ def _until_stop(tokens: list[int], stops: set[int]) -> list[int]:
     return tokens
 
 
-def load_eval_set(settings: Settings, uri: str | None) -> tuple[str, list[training_data.Example]]:
-    """(uri, examples) of the evaluation set; malformed rows are reported and skipped."""
-    uri = uri or settings.evaluate.data
-    if not uri:
-        raise ConfigError("no evaluation set: pass --data or set evaluate.data")
-    examples, rejected = training_data.parse_jsonl(storage.read_bytes(settings, uri), uri)
-    for line in rejected:
-        log.warning("evaluation data: skipped %s", line)
-    if not examples:
-        raise training_data.DatasetTooSmall(f"evaluation set {uri}: no usable examples")
-    return uri, examples[: settings.evaluate.max_examples]
+def support_of(settings: Settings) -> metrics.Support:
+    """The NLI cross-encoder when ``evaluate.nli_model`` names one, else the word measure."""
+    if settings.evaluate.nli_model:
+        return metrics.NliSupport(settings.evaluate.nli_model)
+    return metrics.supports
+
+
+def relevancy(
+    settings: Settings, prepared: Sequence[Prepared], answers: Sequence[str]
+) -> list[float]:
+    """Cosine of each question and its answer with the embedding model retrieval uses (NaN for
+    handed-in prompts, whose question is not separate)."""
+    from bigbertha.documents.embeddings import embed_model
+
+    asked = [
+        (i, p.item.question, a)
+        for i, (p, a) in enumerate(zip(prepared, answers, strict=True))
+        if p.item.question is not None
+    ]
+    result = [math.nan] * len(prepared)
+    if not asked:
+        return result
+    model = embed_model(settings)
+    questions = model.get_text_embedding_batch([q for _, q, _ in asked])
+    replies = model.get_text_embedding_batch([a or " " for _, _, a in asked])
+    for (i, _, answer), q, a in zip(asked, questions, replies, strict=True):
+        result[i] = metrics.cosine(q, a) if answer.strip() else 0.0
+    return result
+
+
+def per_example(
+    settings: Settings, prepared: Sequence[Prepared], generated: Generated
+) -> list[dict[str, Any]]:
+    """Every example's scores (NaN where a metric does not apply)."""
+    support = support_of(settings)
+    relevant = relevancy(settings, prepared, generated.answers)
+    rows = []
+    for i, p in enumerate(prepared):
+        answer = generated.answers[i]
+        row: dict[str, Any] = {"id": p.item.id, "kind": p.item.kind}
+        row.update(
+            metrics.answer_scores(answer, p.item.reference, p.passages, p.item.answerable, support)
+        )
+        row["hit_at_k"] = float(any(p.hits)) if p.hits is not None else math.nan
+        row["mrr"] = metrics.reciprocal_rank(p.hits) if p.hits is not None else math.nan
+        row["answer_relevancy"] = relevant[i]
+        row["nll"], row["tokens"] = generated.nll[i], generated.tokens[i]
+        row["answer"] = answer
+        rows.append(row)
+    return rows
+
+
+def aggregate(
+    rows: Sequence[Mapping[str, Any]], generated: Generated | None = None
+) -> dict[str, float]:
+    """The set's metrics: means over the examples each applies to; perplexity over tokens."""
+    tokens = sum(int(r["tokens"]) for r in rows)
+    result = {
+        "perplexity": math.exp(sum(float(r["nll"]) for r in rows) / tokens) if tokens else math.inf
+    }
+    for name in PER_EXAMPLE:
+        result[name] = metrics.mean([float(r.get(name, math.nan)) for r in rows])
+    if generated is not None:
+        result["tokens_per_second"] = (
+            generated.generated / generated.seconds if generated.seconds else 0.0
+        )
+    return result
+
+
+def load_eval_set(settings: Settings, uri: str | None) -> tuple[str, evalset.EvalSet]:
+    """(name, set) of the evaluation set (`evalset.load`): ``evaluate.golden`` and `uri` or
+    ``evaluate.data``."""
+    the_set = evalset.load(settings, uri)
+    return the_set.name, the_set
+
+
+def cached_report(settings: Settings, key: str) -> EvalReport | None:
+    """The report of an earlier evaluate run with the same `score_key`, if MLflow has one."""
+    import mlflow
+
+    with registry.mlflow_errors(settings):
+        registry.client(settings)
+        runs = mlflow.search_runs(
+            experiment_names=[registry.EXPERIMENT],
+            filter_string=f"tags.score_key = '{key}' and attributes.status = 'FINISHED'",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+            output_format="list",
+        )
+        if not runs:
+            return None
+        data = mlflow.artifacts.load_dict(f"runs:/{runs[0].info.run_id}/eval_report.json")
+    report = EvalReport.from_json(data)
+    if not report.scores:
+        return None
+    log.info("reusing the scores of %s from MLflow run %s", report.model, runs[0].info.run_id)
+    return report
+
+
+def reusable(model_ref: str) -> bool:
+    """Registered versions never change, so their scores can be reused; paths can change."""
+    return model_ref.startswith("models:/") and model_ref.rsplit("/", 1)[-1].isdigit()
 
 
 def run(
@@ -231,41 +370,85 @@ def run(
     data: str | None = None,
     report: str | None = None,
     tags: Mapping[str, str] | None = None,
-    eval_set: tuple[str, list[training_data.Example]] | None = None,
+    eval_set: evalset.EvalSet | None = None,
+    prepared: Sequence[Prepared] | None = None,
 ) -> EvalReport:
     """Benchmark `model_ref`; log to MLflow and write the JSON report (path or s3://).
 
-    `eval_set`: what `load_eval_set` returned, for a caller that benchmarks several models on
-    one set (the gate) and reads it once.
+    `eval_set` and `prepared`: for a caller that benchmarks several models on one set (the
+    gate), read and retrieved once.
     """
     import mlflow
 
     tracking.bound_client_retries(settings)
-    uri, examples = eval_set or load_eval_set(settings, data)
-    model, tokenizer, version = loading.load_causal_lm(model_ref, settings)
-    metrics, samples = score(model, tokenizer, examples, settings.evaluate.max_new_tokens)
-    result = EvalReport(
-        model=model_ref,
-        version=version,
-        eval_data=uri,
-        eval_hash=training_data.dataset_hash(examples),
-        examples=len(examples),
-        metrics=metrics,
-        samples=samples,
-    )
+    # 1. The evaluation set, and each question's retrieved prompt.
+    the_set = eval_set or load_eval_set(settings, data)[1]
+    prepared = prepared if prepared is not None else prepare(settings, the_set.items)
+    key = score_key(settings, model_ref, prepared)
+    cached = cached_report(settings, key) if reusable(model_ref) else None
+    if cached is not None and cached.eval_hash == the_set.hash:
+        result = cached
+    else:
+        # 2. Answer every question; score the answers.
+        model, tokenizer, version = loading.load_causal_lm(model_ref, settings)
+        generated = score(
+            model, tokenizer, [p.example for p in prepared], settings.evaluate.max_new_tokens
+        )
+        rows = per_example(settings, prepared, generated)
+        result = EvalReport(
+            model=model_ref,
+            version=version,
+            eval_data=the_set.name,
+            eval_hash=the_set.hash,
+            examples=len(prepared),
+            metrics=aggregate(rows, generated),
+            samples=[
+                {
+                    "question": p.item.question or "",
+                    "answer": r["answer"],
+                    "reference": p.item.reference,
+                }
+                for p, r in list(zip(prepared, rows, strict=True))[:5]
+            ],
+            scores=rows,
+            key=key,
+        )
+    # 3. Log the set, the metrics and the report to MLflow.
     with registry.mlflow_errors(settings):
         registry.client(settings)
         mlflow.set_experiment(registry.EXPERIMENT)
-    with mlflow.start_run(run_name=f"evaluate-{version}", tags=tracking.owner_tags()) as run:
-        mlflow.set_tags({"step": "evaluate", "model": model_ref, "model_version": version})
+    with mlflow.start_run(run_name=f"evaluate-{result.version}", tags=tracking.owner_tags()) as run:
+        mlflow.set_tags(
+            {
+                "step": "evaluate",
+                "model": model_ref,
+                "model_version": result.version,
+                "score_key": key,
+                "eval_hash": the_set.hash,
+                "reused_from": cached.mlflow_run_id or "" if cached is result else "",
+            }
+        )
         mlflow.set_tags({k: v for k, v in (tags or {}).items() if v})
         mlflow.log_params(
-            {"eval_data": uri, "eval_hash": result.eval_hash, "examples": len(examples)}
+            {
+                "eval_data": the_set.name,
+                "eval_hash": the_set.hash,
+                "examples": len(prepared),
+                "eval_kinds": json.dumps(the_set.counts(), sort_keys=True),
+            }
         )
-        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
+        evalset.log_to_mlflow(the_set)
+        mlflow.log_metrics({k: v for k, v in result.metrics.items() if math.isfinite(v)})
         result.mlflow_run_id = run.info.run_id
         mlflow.log_dict(result.to_json(), "eval_report.json")
-    log.info("evaluated %s (version %s): %s", model_ref, version, _fmt(metrics))
+    log.info(
+        "evaluated %s (version %s) on %s (%s): %s",
+        model_ref,
+        result.version,
+        the_set.name,
+        the_set.hash[:12],
+        _fmt(result.metrics),
+    )
     target = report or settings.evaluate.report
     if target:
         storage.write_bytes(settings, target, json.dumps(result.to_json(), indent=2).encode())

@@ -6,15 +6,20 @@
 
 `run` registers the challenger as a new version of ``mlflow.model_name`` with lineage tags,
 evaluates the champion (or, before there is one, the challenger's own base model) and the
-challenger on the same evaluation set, and passes the challenger only when it beats the champion
-on every ``promote.gate_metrics`` by more than ``promote.margin`` (relative improvement;
-perplexity lower, the others higher). A passed challenger becomes champion at once when
-``canary.share`` is 0; otherwise it becomes the registry's ``challenger`` and serves that share
-of new conversations until the live canary (`bigbertha.training.canary`) promotes or retires
-it. The evaluate step's report on the same challenger and the same set (``--evaluation``) is
-reused instead of benchmarking it twice. The old champion keeps ``previous``. The decision and
-every number are tags on the new version and a JSON report; telemetry counts it
-(`Recorder.record_promotion`). The alias moves last, so any failure leaves the champion as it was.
+challenger on the same evaluation set of record, each question retrieved once as the chatbot
+retrieves it (`bigbertha.training.evaluate`), and decides by the rule in ``promote``
+(`bigbertha.training.comparison`): paired bootstrap intervals of challenger minus champion; every
+target metric (``gate_metrics``) better by more than ``margin`` across its interval, no guard
+metric (``guard_metrics``) worse than its tolerance. Too few examples or an interval too wide to
+tell is "not enough evidence": the champion stays and the reason says so. A passed challenger
+becomes champion at once when ``canary.share`` is 0; otherwise it becomes the registry's
+``challenger`` and serves that share of new conversations until the live canary
+(`bigbertha.training.canary`) promotes or retires it. The evaluate step's report on the same
+challenger and the same prompts (``--evaluation``) is reused instead of benchmarking it twice,
+and so is the champion's own earlier evaluation (`evaluate.cached_report`). The old champion
+keeps ``previous``. The decision, every interval and the evaluation set's hash are tags on the
+new version and a JSON report; telemetry counts it (`Recorder.record_promotion`). The alias
+moves last, so any failure leaves the champion as it was.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,8 +35,7 @@ from typing import TYPE_CHECKING, Any
 from bigbertha.core import storage
 from bigbertha.core.errors import BigberthaError, ConfigError
 from bigbertha.models import loading, registry, tracking
-from bigbertha.training import canary, evaluate
-from bigbertha.training import data as training_data
+from bigbertha.training import canary, comparison, evaluate
 
 if TYPE_CHECKING:
     from bigbertha.core.settings import Settings
@@ -51,7 +55,9 @@ class Decision:
     champion_after: str | None
     reason: str
     margin: float = 0.0
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> both sides
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> comparison
+    evidence: str = "sufficient"  # insufficient: too few examples or too wide an interval
+    eval_set: str = ""  # the evaluation set's name and hash
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,7 +65,7 @@ class Decision:
 
 def improvement(metric: str, challenger: float, champion: float) -> float:
     """Relative improvement of the challenger (positive = better; perplexity is lower-better)."""
-    if metric in evaluate.LOWER_IS_BETTER:
+    if metric in comparison.LOWER_IS_BETTER:
         challenger, champion = -challenger, -champion
     if not math.isfinite(champion):
         return math.inf if math.isfinite(challenger) else 0.0
@@ -68,32 +74,6 @@ def improvement(metric: str, challenger: float, champion: float) -> float:
     if champion == 0:
         return math.inf if challenger > 0 else (0.0 if challenger == 0 else -math.inf)
     return (challenger - champion) / abs(champion)
-
-
-def gate(
-    challenger: Mapping[str, float],
-    champion: Mapping[str, float],
-    metrics: Sequence[str],
-    margin: float,
-) -> tuple[bool, str, dict[str, dict[str, float]]]:
-    """(passed, reason, per-metric numbers): every metric must improve by more than `margin`."""
-    table: dict[str, dict[str, float]] = {}
-    failed = []
-    for metric in metrics:
-        gain = improvement(metric, challenger[metric], champion[metric])
-        table[metric] = {
-            "challenger": challenger[metric],
-            "champion": champion[metric],
-            "improvement": gain,
-        }
-        if not gain > margin:
-            failed.append(
-                f"{metric} {challenger[metric]:.4g} vs {champion[metric]:.4g} "
-                f"({gain:+.2%} <= {margin:.2%})"
-            )
-    if failed:
-        return False, "not better by the margin on: " + "; ".join(failed), table
-    return True, f"better on {', '.join(metrics)} by more than {margin:.2%}", table
 
 
 def settle_ungated(
@@ -161,10 +141,11 @@ def register(settings: Settings, challenger: str, lineage: Mapping[str, str]) ->
 
 
 def reusable_evaluation(
-    settings: Settings, uri: str, challenger: str, eval_hash: str
+    settings: Settings, uri: str, challenger: str, eval_hash: str, key: str
 ) -> evaluate.EvalReport | None:
-    """The evaluate step's report at `uri` if it benchmarked `challenger` on the evaluation set
-    the gate uses now (`eval_hash`) with every gate metric; else None, and why."""
+    """The evaluate step's report at `uri` if it scored `challenger` on the evaluation set the
+    gate uses now (`eval_hash`), on the same retrieved prompts with the same settings (`key`,
+    `evaluate.score_key`), example by example; else None, and why."""
     try:
         report = evaluate.EvalReport.from_json(json.loads(storage.read_bytes(settings, uri)))
     except (BigberthaError, ValueError, TypeError) as exc:
@@ -178,9 +159,10 @@ def reusable_evaluation(
         problems.append(f"it is for {report.model!r}")
     if report.eval_hash != eval_hash:
         problems.append("its evaluation set differs")
-    missing = [m for m in settings.promote.gate_metrics if m not in report.metrics]
-    if missing:
-        problems.append(f"it lacks {', '.join(missing)}")
+    if report.key != key:
+        problems.append("its prompts or settings differ (retrieval or generation changed)")
+    if not report.scores:
+        problems.append("it lacks per-example scores")
     if problems:
         log.warning(
             "evaluation report %s not reused (%s): benchmarking the challenger again",
@@ -228,37 +210,60 @@ def run(
     if not baseline:
         raise ConfigError(f"version {version} has no base_model tag to compare with")
 
-    # 2. Benchmark both on the same set (same settings, same process).
+    # 2. Benchmark both on the same set, each question retrieved once for both.
     tags = {**lineage, "gate_for": version}  # the gate's runs carry the alert's lineage too
-    eval_set = evaluate.load_eval_set(settings, data)  # read once for both sides
+    _, eval_set = evaluate.load_eval_set(settings, data)
+    prepared = evaluate.prepare(settings, eval_set.items)
+    challenger_ref = f"models:/{name}/{version}"
     reused = None
     if evaluation:
-        eval_hash = training_data.dataset_hash(eval_set[1])
-        reused = reusable_evaluation(settings, evaluation, challenger, eval_hash)
-    challenger_ref = f"models:/{name}/{version}"
-    theirs = reused or evaluate.run(settings, challenger_ref, eval_set=eval_set, tags=tags)
-    ours = evaluate.run(settings, baseline, eval_set=eval_set, tags=tags)
-
-    # 3. Decide; record the numbers on the version; move the alias last.
-    margin = settings.promote.margin
-    passed, reason, table = gate(
-        theirs.metrics, ours.metrics, settings.promote.gate_metrics, margin
+        key = evaluate.score_key(settings, challenger, prepared)
+        reused = reusable_evaluation(settings, evaluation, challenger, eval_set.hash, key)
+    theirs = reused or evaluate.run(
+        settings, challenger_ref, eval_set=eval_set, prepared=prepared, tags=tags
     )
+    ours = evaluate.run(settings, baseline, eval_set=eval_set, prepared=prepared, tags=tags)
+
+    # 3. Decide by the rule; record the evidence on the version; move the alias last.
+    rule = settings.promote
+    outcome = comparison.decide(
+        theirs.scores,
+        ours.scores,
+        targets=rule.gate_metrics,
+        guards={str(k): v for k, v in rule.guard_metrics.items()},
+        margin=rule.margin,
+        confidence=rule.confidence,
+        min_examples=rule.min_examples,
+        resamples=rule.bootstrap_resamples,
+    )
+    passed, reason = outcome.passed, outcome.reason
     if not champion:
         reason = f"no champion yet; against base {baseline}: {reason}"
+    named = f"{eval_set.name} (sha256 {eval_set.hash[:12]}, {len(prepared)} examples)"
+    reason = f"{reason} [evaluation set {named}]"
     live = passed and settings.canary.share > 0
     verdict = "rejected" if not passed else "challenger" if live else "promoted"
-    decision = Decision(verdict, version, champion, champion, reason, margin, table)
+    table = {m: c.to_json() for m, c in outcome.metrics.items()}
+    decision = Decision(
+        verdict, version, champion, champion, reason, rule.margin, table, outcome.evidence, named
+    )
     gate_tags: dict[str, Any] = {
         "gate.reason": reason[:4000],
-        "gate.margin": margin,
+        "gate.evidence": outcome.evidence,
+        "gate.margin": rule.margin,
+        "gate.confidence": rule.confidence,
         "gate.baseline": baseline,
-        "gate.eval_hash": theirs.eval_hash,
+        "gate.eval_hash": eval_set.hash,
+        "gate.eval_set": eval_set.name[:4000],
+        "gate.examples": len(prepared),
+        "eval_hash": eval_set.hash,
         "gate.challenger_evaluation": evaluation if reused else "evaluated by the gate",
     }
-    for metric, row in table.items():
-        gate_tags[f"gate.{metric}.challenger"] = f"{row['challenger']:.6g}"
-        gate_tags[f"gate.{metric}.champion"] = f"{row['champion']:.6g}"
+    for metric, c in outcome.metrics.items():
+        gate_tags[f"gate.{metric}.challenger"] = f"{c.challenger:.6g}"
+        gate_tags[f"gate.{metric}.champion"] = f"{c.champion:.6g}"
+        gate_tags[f"gate.{metric}.interval"] = f"{c.low:.6g}..{c.high:.6g}"
+        gate_tags[f"gate.{metric}.verdict"] = f"{c.role} {c.verdict}"
     if not live:
         gate_tags[GATE_DECISION] = decision.decision  # last: a version with it is fully decided
     registry.set_tags(settings, version, gate_tags)
