@@ -747,13 +747,6 @@ def ask_command(
     feedback: Annotated[
         str | None,
         typer.Option(help="Rate the answer: up or down (recorded like a thumbs click)."),
-    timeout: Annotated[
-        float | None,
-        typer.Option(
-            min=0.1,
-            help="With --server: seconds to wait for the answer (chat.ask_timeout_seconds).",
-        ),
-    ] = None,
     ] = None,
     top_k: Annotated[int | None, typer.Option(help="Chunks to retrieve (chat.top_k).")] = None,
     server: Annotated[
@@ -765,6 +758,13 @@ def ask_command(
         typer.Option(
             help="Ask within this conversation (the id an earlier --json answer printed); "
             "during a canary it decides which model answers."
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="With --server: seconds to wait for the answer (chat.ask_timeout_seconds).",
         ),
     ] = None,
 ) -> None:

@@ -356,9 +356,9 @@ class RagEngine:
                     temperature=settings.llm.temperature,
                 )
                 for delta in draft.tokens:
-                    if timings.ttft is None:
                     if out.gone.is_set():
                         break
+                    if timings.ttft is None:
                         timings.ttft = time.perf_counter() - draft.started
                     draft.parts.append(delta)
                     yield delta

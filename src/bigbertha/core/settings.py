@@ -257,6 +257,21 @@ class ChatSettings(Section):
         le=1024,
         description="questions waiting for an answer slot; beyond it refused (503, Retry-After)",
     )
+    # Fairness: ten clients that each hold one place cannot starve an eleventh by themselves,
+    # but one client cannot hold them all (issue 25).
+    max_answers_per_client: int = Field(
+        4,
+        ge=1,
+        le=1280,
+        description="answer places (generating or queued) one API client may hold; 429 beyond",
+    )
+    trusted_proxies: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="reverse proxies in front of the chatbot whose X-Forwarded-For is trusted "
+        "(0: the client is the connection's address)",
+    )
     max_question_chars: int = Field(
         4000, ge=1, le=100_000, description="longer questions are refused (UI and API)"
     )
@@ -273,6 +288,12 @@ class ChatSettings(Section):
     )
     feedback_log_size: int = Field(
         10_000, ge=1, description="turns kept in the Redis feedback log (oldest trimmed)"
+    )
+    ask_timeout_seconds: float = Field(
+        30,
+        gt=0,
+        le=600,
+        description="`bigbertha ask --server` gives up on an answer after this long (exit 69)",
     )
 
 
@@ -297,21 +318,6 @@ class ServingSettings(Section):
         "(set on the pod by the roll the sidecar requests)",
     )
     served_name: str | None = Field(
-    # Fairness: ten clients that each hold one place cannot starve an eleventh by themselves,
-    # but one client cannot hold them all (issue 25).
-    max_answers_per_client: int = Field(
-        4,
-        ge=1,
-        le=1280,
-        description="answer places (generating or queued) one API client may hold; 429 beyond",
-    )
-    trusted_proxies: int = Field(
-        0,
-        ge=0,
-        le=10,
-        description="reverse proxies in front of the chatbot whose X-Forwarded-For is trusted "
-        "(0: the client is the connection's address)",
-    )
         None, description="the base model's name on the tier's API (the chatbot's llm.model)"
     )
     model_dir: Location = Field(
@@ -329,12 +335,6 @@ class ServingSettings(Section):
         300, gt=0, le=3600, description="give up on one adapter load or unload call after this"
     )
     status_port: int = Field(
-    ask_timeout_seconds: float = Field(
-        30,
-        gt=0,
-        le=600,
-        description="`bigbertha ask --server` gives up on an answer after this long (exit 69)",
-    )
         8081, ge=1, le=65535, description="the sidecar's /healthz, /readyz, /status and /metrics"
     )
     deployment: str | None = Field(
