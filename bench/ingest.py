@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small inputs, seconds (CI runs it)")
     args = parser.parse_args()
     if args.quick:  # explicit flags still win over the quick defaults
-        parser.set_defaults(docs=6)
+        parser.set_defaults(docs=2)
         args = parser.parse_args()
 
     import torch

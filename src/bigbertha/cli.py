@@ -336,12 +336,6 @@ ReportOption = Annotated[
         help="Also write the JSON result here (path or s3://bucket/key).", callback=_abs_location
     ),
 ]
-GoldenOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Golden evaluation set, path or s3:// (evaluate.golden).", callback=_abs_location
-    ),
-]
 
 
 def _lineage(
@@ -369,6 +363,14 @@ def prepare_data_command(
         ),
     ],
     data: DataOption = None,
+    eval_output: Annotated[
+        str | None,
+        typer.Option(
+            help="Also write the held-out up-rated turns here, as evaluation rows "
+            "(finetune.eval_share of conversations; path or s3://).",
+            callback=_abs_location,
+        ),
+    ] = None,
     feedback_examples: Annotated[
         int | None, typer.Option(help="Max up-rated chat turns (finetune.feedback_examples).")
     ] = None,
@@ -382,10 +384,12 @@ def prepare_data_command(
     """Build the training set: curated JSONL + up-rated feedback turns, checked and hashed.
 
     Flags: --output URI (required), --data URI (repeatable; default finetune.data),
-    --feedback-examples N, --min-examples N, --alert-name, --alert-labels JSON, --workflow-name.
-    Malformed rows are reported and skipped; too few examples exit 3 before anything trains.
-    Writes the dataset and its manifest (<output>.manifest.json: counts, hash, lineage) and logs
-    both to an MLflow run tagged with the lineage. Prints the manifest as JSON.
+    --eval-output URI, --feedback-examples N, --min-examples N, --alert-name, --alert-labels
+    JSON, --workflow-name. Malformed rows are reported and skipped; too few examples exit 3
+    before anything trains. Writes the training file of record (finetune trains on it as is)
+    and its manifest (<output>.manifest.json: data card, hash of the file's bytes, lineage), the
+    held-out conversations' up-rated turns to --eval-output, and logs them to an MLflow run
+    tagged with the lineage. Prints the manifest as JSON.
     """
     from bigbertha.training import data as training_data
 
@@ -394,14 +398,23 @@ def prepare_data_command(
         finetune={"feedback_examples": feedback_examples, "min_examples": min_examples}
     )
     with interruptible():
-        result = training_data.prepare(settings, data or None, output, lineage=lineage)
+        result = training_data.prepare(
+            settings, data or None, output, eval_output=eval_output, lineage=lineage
+        )
     typer.echo(json.dumps(result))
 
 
 @app.command("finetune")
 def finetune_command(
     ctx: typer.Context,
-    data: DataOption = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="The training file prepare-data wrote (--output), trained on as written; "
+            "default: the one finetune.data entry.",
+            callback=_abs_location,
+        ),
+    ] = None,
     base_model: Annotated[
         str | None,
         typer.Option(
@@ -429,11 +442,12 @@ def finetune_command(
 ) -> None:
     """Fine-tune a LoRA adapter (QLoRA when quantising) with trl's SFTTrainer.
 
-    Flags: --data URI (repeatable; a prepare-data output or curated JSONL; default
-    finetune.data), --base-model REF, --output URI, --quantize auto|4bit|none, --max-steps N,
-    --epochs X, --merge/--no-merge, --report URI, --alert-name, --alert-labels JSON,
-    --workflow-name. Other hyperparameters come from the finetune settings section.
-    Prints the result (adapter location, base, dataset hash, steps, loss) as JSON.
+    Flags: --data URI (prepare-data's output: trained on as written, its hash checked against
+    the manifest beside it; nothing is rebuilt or added), --base-model REF, --output URI,
+    --quantize auto|4bit|none, --max-steps N, --epochs X, --merge/--no-merge, --report URI,
+    --alert-name, --alert-labels JSON, --workflow-name. Other hyperparameters come from the
+    finetune settings section. Prints the result (adapter location, base, dataset hash, steps,
+    loss) as JSON.
     """
     from bigbertha.training import finetune
 
@@ -449,7 +463,7 @@ def finetune_command(
         }
     )
     with interruptible():  # the MLflow run ends FAILED instead of RUNNING for ever
-        result = finetune.run(settings, data=data or None, lineage=lineage, report=report)
+        result = finetune.run(settings, data=data, lineage=lineage, report=report)
     typer.echo(json.dumps(result.to_json()))
 
 
@@ -463,13 +477,9 @@ def evaluate_command(
             callback=_abs_model,
         ),
     ],
-    golden: GoldenOption = None,
     data: Annotated[
         str | None,
-        typer.Option(
-            help="More held-out JSONL after the golden set, path or s3:// (evaluate.data).",
-            callback=_abs_location,
-        ),
+        typer.Option(help="Held-out JSONL, path or s3:// (evaluate.data).", callback=_abs_location),
     ] = None,
     max_examples: Annotated[int | None, typer.Option(help="evaluate.max_examples")] = None,
     report: ReportOption = None,
@@ -477,17 +487,15 @@ def evaluate_command(
     alert_labels: AlertLabelsOption = None,
     workflow_name: WorkflowNameOption = None,
 ) -> None:
-    """Benchmark a model on the evaluation set with retrieval in the loop: perplexity, token
-    F1, ROUGE-L, hit@k, MRR, groundedness, citations, relevancy, abstention, completeness.
+    """Benchmark a model: perplexity, token F1 / ROUGE-L vs references, tokens per second.
 
-    Flags: --model REF (required), --golden URI, --data URI, --max-examples N, --report URI,
-    --alert-name,
+    Flags: --model REF (required), --data URI, --max-examples N, --report URI, --alert-name,
     --alert-labels JSON, --workflow-name. Logs to MLflow; prints the report as JSON.
     """
     from bigbertha.training import evaluate
 
     lineage = _lineage(alert_name, alert_labels, workflow_name)
-    settings = ctx.obj.settings(evaluate={"max_examples": max_examples, "golden": golden})
+    settings = ctx.obj.settings(evaluate={"max_examples": max_examples})
     with interruptible():
         result = evaluate.run(settings, model, data=data, report=report, tags=lineage)
     typer.echo(json.dumps(result.to_json()))
@@ -503,19 +511,15 @@ def promote_command(
             callback=_abs_model,
         ),
     ] = None,
-    golden: GoldenOption = None,
     data: Annotated[
         str | None,
         typer.Option(
-            help="More held-out JSONL both sides run on after the golden set (evaluate.data).",
-            callback=_abs_location,
+            help="Evaluation JSONL both sides run on (evaluate.data).", callback=_abs_location
         ),
     ] = None,
     margin: Annotated[
         float | None,
-        typer.Option(
-            help="Relative gain every gate metric needs across its interval (promote.margin)."
-        ),
+        typer.Option(help="Relative gain needed on every gate metric (promote.margin)."),
     ] = None,
     rollback: Annotated[
         bool, typer.Option("--rollback", help="Move champion back to the previous version.")
@@ -534,8 +538,7 @@ def promote_command(
 ) -> None:
     """Register the challenger, gate it against the champion, move `champion` if it wins.
 
-    Flags: --challenger REF (required unless --rollback), --golden URI, --data URI, --margin X,
-    --rollback,
+    Flags: --challenger REF (required unless --rollback), --data URI, --margin X, --rollback,
     --evaluation URI, --report URI, --alert-name, --alert-labels JSON, --workflow-name. Exit 0
     whether promoted or rejected (the decision is in the printed JSON and on the MLflow version).
     """
@@ -544,7 +547,7 @@ def promote_command(
     lineage = _lineage(alert_name, alert_labels, workflow_name)
     if not rollback and not challenger:
         raise typer.BadParameter("required unless --rollback", param_hint="--challenger")
-    settings = ctx.obj.settings(promote={"margin": margin}, evaluate={"golden": golden})
+    settings = ctx.obj.settings(promote={"margin": margin})
     with interruptible():
         if rollback:
             decision = promote.rollback(settings, report=report)
@@ -623,44 +626,9 @@ def canary_command(
 @app.command("retrain")
 def retrain_command(
     ctx: typer.Context,
-    alert_payload: Annotated[
-        Path | None,
-        typer.Option(
-            help="Alertmanager webhook JSON or Argo event data; no retrain alert: skip.",
-            callback=_abs_path,
-        ),
-    ] = None,
-    data: DataOption = None,
-    eval_data: Annotated[
-        str | None,
-        typer.Option(help="Evaluation JSONL for the gate (evaluate.data).", callback=_abs_location),
-    ] = None,
-    base_model: Annotated[str | None, typer.Option(help="finetune.base_model")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="finetune.max_steps")] = None,
-    wait: Annotated[
-        float | None,
-        typer.Option(help="Wait this long for a running retrain (retrain.lock_wait_seconds)."),
-    ] = None,
-    report: ReportOption = None,
-    workflow_name: WorkflowNameOption = None,
-    record_exit: Annotated[
-        bool,
-        typer.Option(
-            "--record-exit",
-            help="Do not train: record a cluster Workflow's end (its exit handler).",
-        ),
-    ] = False,
-    status: Annotated[
-        str | None, typer.Option(help="With --record-exit: {{workflow.status}}.")
-    ] = None,
-    failures: Annotated[
-        str | None, typer.Option(help="With --record-exit: {{workflow.failures}} (JSON).")
-    ] = None,
     check: Annotated[
         bool,
-        typer.Option(
-            "--check", help="Do not train: decide whether this run may (the DAG's first step)."
-        ),
+        typer.Option("--check", help="Decide whether this run may train (the DAG's first step)."),
     ] = False,
     decision_file: Annotated[
         Path | None,
@@ -672,33 +640,42 @@ def retrain_command(
     cooldown_seconds: Annotated[
         float | None, typer.Option(help="retrain.cooldown_seconds (0: no cooldown).")
     ] = None,
+    record_exit: Annotated[
+        bool,
+        typer.Option("--record-exit", help="Record a Workflow's end (its exit handler)."),
+    ] = False,
+    status: Annotated[
+        str | None, typer.Option(help="With --record-exit: {{workflow.status}}.")
+    ] = None,
+    failures: Annotated[
+        str | None, typer.Option(help="With --record-exit: {{workflow.failures}} (JSON).")
+    ] = None,
+    workflow_name: WorkflowNameOption = None,
     alert_name: AlertNameOption = None,
     alert_labels: AlertLabelsOption = None,
 ) -> None:
-    """Run the whole loop in this process: data, fine-tune, evaluate, gate, promote.
+    """The retraining Workflow's check and exit handler; the pipeline itself is the finetune
+    WorkflowTemplate's DAG (run locally by `bigbertha demo`'s gateway), not restated here.
 
-    Flags: --alert-payload FILE, --data URI (repeatable), --eval-data URI, --base-model REF,
-    --max-steps N, --wait SECONDS, --cooldown-seconds S, --report URI, --workflow-name. With
-    --alert-payload and no firing bigbertha_action=retrain alert in it, nothing runs (exit 0,
-    "skipped"); an alert episode that already ran, or a run for the same champion version that
-    started less than the cooldown ago, is skipped too (exit 0, the reason in MLflow). Exit 75
-    when another run holds the lock; a failed step (the champion is unchanged) exits with its
-    own code: 69 a service unreachable, 2 configuration, 3 bad or too little data, 70 a bug;
-    143/130 when stopped by SIGTERM/SIGINT (its MLflow run ends FAILED, the lock is released).
-    A run first closes what killed runs left behind (RUNNING MLflow runs, ungated challengers).
-
-    As the cluster DAG's first step: --check --decision-file PATH [--alert-episode ID
-    --alert-name --alert-labels --workflow-name] decides and records whether the run trains.
-    As its exit handler: --record-exit --status S --failures JSON [--alert-name --alert-labels
-    --workflow-name] counts the run and records why it failed.
+    --check --decision-file PATH [--alert-episode ID --cooldown-seconds S --alert-name
+    --alert-labels --workflow-name]: decides and records whether the run trains (one run per
+    alert episode, a cooldown per champion version). --record-exit --status S --failures JSON
+    [--alert-name --alert-labels --workflow-name]: counts the run, records why it failed, and
+    closes what its killed steps left behind. One of the two is required (exit 2 otherwise).
     """
     from bigbertha.training import retrain
 
+    lineage = _lineage(alert_name, alert_labels, workflow_name)
+    if check == record_exit:
+        raise typer.BadParameter(
+            "give --check (the DAG's first step) or --record-exit (its exit handler); the "
+            "pipeline runs as the finetune WorkflowTemplate (locally: bigbertha demo)",
+            param_hint="--check/--record-exit",
+        )
     if check:
         from bigbertha.training import cooldown
 
         settings = ctx.obj.settings(retrain={"cooldown_seconds": cooldown_seconds})
-        lineage = _lineage(alert_name, alert_labels, workflow_name)
         decision = cooldown.check(settings, episode=alert_episode, lineage=lineage)
         if not decision.train:
             from bigbertha.telemetry.recorder import Recorder
@@ -709,34 +686,10 @@ def retrain_command(
             decision_file.write_text(decision.decision, encoding="utf-8")
         typer.echo(json.dumps(decision.to_json()))
         return
-    if record_exit:
-        if not status:
-            raise typer.BadParameter("--record-exit needs --status", param_hint="--status")
-        lineage = _lineage(alert_name, alert_labels, workflow_name)
-        outcome = retrain.record_exit(ctx.obj.settings(), status, failures or "[]", lineage)
-        typer.echo(json.dumps({"result": outcome, "status": status}))
-        return
-    settings = ctx.obj.settings(
-        finetune={"base_model": base_model, "max_steps": max_steps},
-        retrain={"lock_wait_seconds": wait, "cooldown_seconds": cooldown_seconds},
-    )
-    plan = None
-    if alert_payload is not None:
-        payload = retrain.read_alert_payload(alert_payload)
-        plan = retrain.plan_from_alert(payload, model_name=settings.mlflow.model_name)
-        if plan is None:
-            typer.echo(json.dumps({"result": "skipped", "reason": "no firing retrain alert"}))
-            return
-    with interruptible():  # the lock is released, the report and MLflow say it failed
-        result = retrain.run(
-            settings,
-            plan=plan,
-            data=data or None,
-            eval_data=eval_data,
-            workflow_name=workflow_name,
-            report=report,
-        )
-    typer.echo(json.dumps(result.to_json()))
+    if not status:
+        raise typer.BadParameter("--record-exit needs --status", param_hint="--status")
+    outcome = retrain.record_exit(ctx.obj.settings(), status, failures or "[]", lineage)
+    typer.echo(json.dumps({"result": outcome, "status": status}))
 
 
 @app.command("ask")

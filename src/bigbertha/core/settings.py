@@ -403,6 +403,18 @@ class FinetuneSettings(Section):
         le=1,
         description="drop a row this similar (Jaccard, question and answer) to a kept one",
     )
+    served_prompts_only: bool = Field(
+        False,
+        description="leave out rows whose prompt the chatbot never sends (prompt/completion "
+        "and messages rows); off: they are counted per source and warned about",
+    )
+    eval_share: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="share of conversations whose up-rated turns are held out for evaluation "
+        "(split by a hash of the conversation id; never trained on)",
+    )
     output: Location = Field(
         default_factory=lambda: str(home() / "finetune"),
         description="where the adapter goes: a path or an s3:// prefix",
@@ -566,19 +578,8 @@ class EvaluateSettings(Section):
 
 
 class RetrainSettings(Section):
-    """The one-process retraining pipeline (`bigbertha retrain`)."""
+    """The retraining Workflow's check and exit handler (`bigbertha retrain`)."""
 
-    workdir: Location = Field(
-        default_factory=lambda: str(home() / "retrain"),
-        description="scratch space for a run's artifacts",
-    )
-    lock_file: Location = Field(
-        default_factory=lambda: str(home() / "retrain.lock"),
-        description="held while a run trains; one run at a time",
-    )
-    lock_wait_seconds: float = Field(
-        0, ge=0, description="wait this long for a running retrain to finish; 0: refuse at once"
-    )
     cooldown_seconds: float = Field(
         0,
         ge=0,
