@@ -162,6 +162,34 @@ def test_a_storm_of_one_episode_yields_one_workflow_name(
     assert args["spec"]["arguments"]["parameters"][2] == {"name": "alert-episode"}
 
 
+def test_malformed_alerts_are_passed_over_and_labels_stand_in_for_a_fingerprint(
+    retrain: dict[str, Any], shared_dir: Path
+) -> None:
+    """Issue 25 item 4: a string `labels` made the template fail for the whole post; alerts
+    without fingerprint and startsAt all shared the name of sha256("|")."""
+    from bigbertha.training import cooldown
+
+    event = _sample(shared_dir, "argo-webhook-eventdata-firing.json")
+    good = _workflow_name(retrain, event)
+    garbage = copy.deepcopy(event)
+    garbage["body"]["alerts"][:0] = [{"status": "firing", "labels": "oops"}, "not an alert", 7]
+    assert _workflow_name(retrain, garbage) == good
+    assert _passes(retrain, garbage)  # the gjson filters agree: the good alert still fires
+
+    def bare(labels: dict[str, str]) -> dict[str, Any]:
+        stripped = copy.deepcopy(event)
+        stripped["body"]["alerts"] = [{"status": "firing", "labels": labels}]
+        return stripped
+
+    first = {**event["body"]["alerts"][0]["labels"]}
+    second = {**first, "model_version": "v15"}
+    name = _workflow_name(retrain, bare(first))
+    assert name == _workflow_name(retrain, bare(dict(reversed(first.items()))))  # stable
+    assert name != _workflow_name(retrain, bare(second))  # other labels, another episode
+    canonical = json.dumps(first, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert name == f"bigbertha-retrain-{cooldown.episode_id(canonical, '')}"
+
+
 def test_workflow_names_are_valid_under_the_longest_fullname(shared_dir: Path) -> None:
     event = _sample(shared_dir, "argo-webhook-eventdata-firing.json")
     fullname = "b" * 63

@@ -120,6 +120,50 @@ def test_firing_retrain_alert_starts_one_workflow_with_its_name_and_labels(manif
     assert "Succeeded" in runner.calls[-1]
 
 
+def test_a_malformed_alert_is_refused_and_the_good_one_in_the_same_post_proceeds(
+    manifests, shared_dir
+):
+    """Issue 25 item 4: one alert with `labels` a string made the whole post a 500."""
+    runner = Recorder()
+    gw = _gateway(manifests, runner)
+    client = gw.flask_app().test_client()
+    endpoint = _alert_endpoint(gw)
+    body = _sample(shared_dir, "alertmanager-webhook-firing.json")
+    body["alerts"][:0] = [{"status": "firing", "labels": "oops"}, "text", {"labels": {"a": 1}}]
+    reply = client.post(endpoint, json=body, headers=AUTH)
+    assert reply.status_code == 200, reply.get_data()
+    doc = reply.get_json()
+    assert doc["refused"] == [
+        "alerts[0]: labels: must be an object of strings, not str",
+        "alerts[1]: must be an object, not str",
+        "alerts[2]: labels: values must be strings (a)",
+    ]
+    (name,) = doc["workflows"]
+    assert gw.wait(30) and runner.steps[0] == "check"
+    only_bad = {**body, "alerts": body["alerts"][:3]}
+    reply = client.post(endpoint, json=only_bad, headers=AUTH)
+    assert reply.status_code == 400 and "alerts[0]: labels" in reply.get_json()["error"]
+    not_a_list = client.post(endpoint, json={**body, "alerts": "x"}, headers=AUTH)
+    assert not_a_list.status_code == 400
+    assert not_a_list.get_json()["error"].endswith("alerts: must be a list, not str")
+
+
+def test_alerts_without_fingerprint_or_starts_at_get_episodes_from_their_labels(
+    manifests, shared_dir
+):
+    gw = _gateway(manifests, Recorder())
+    body = _sample(shared_dir, "alertmanager-webhook-firing.json")
+    for alert in body["alerts"]:
+        del alert["fingerprint"], alert["startsAt"]
+    other = copy.deepcopy(body)
+    other["alerts"][0]["labels"]["model_version"] = "v15"
+    (first,) = gw.alertmanager(_alert_endpoint(gw), body, AUTH)
+    assert gw.alertmanager(_alert_endpoint(gw), copy.deepcopy(body), AUTH) == []  # a repeat
+    (second,) = gw.alertmanager(_alert_endpoint(gw), other, AUTH)
+    assert first.name != second.name
+    assert gw.wait(30)
+
+
 def test_the_sensor_sees_argo_event_data_shape(manifests, shared_dir):
     # Argo's webhook event data for the same POST is what the Sensor filters see.
     argo_data = _sample(shared_dir, "argo-webhook-eventdata-firing.json")
@@ -420,7 +464,7 @@ def test_malformed_bodies_are_400_with_the_reason(manifests, body, error):
 def test_minio_notifications_without_a_record_are_400(manifests):
     client = _gateway(manifests, Recorder()).flask_app().test_client()
     for body in ({}, {"Records": []}, {"Records": [{"s3": {}}]}, {"Records": [7]}):
-        response = client.post("/minio", json=body)
+        response = client.post("/minio", json=body, headers=AUTH)
         assert response.status_code == 400
         assert response.get_json()["error"].startswith("minio notification: ")
 
@@ -428,8 +472,10 @@ def test_minio_notifications_without_a_record_are_400(manifests):
 def test_unauthenticated_posts_are_refused_before_the_body_is_read(manifests):
     gw = _gateway(manifests, Recorder())
     client = gw.flask_app().test_client()
-    response = client.post(_alert_endpoint(gw), data=b"[" * 100_000)
-    assert response.status_code == 401 and response.get_json() == {"error": "unauthorized"}
+    for path in (_alert_endpoint(gw), "/minio"):  # /minio: issue 25 item 4 (was open)
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            response = client.post(path, data=b"[" * 100_000, headers=headers)
+            assert response.status_code == 401 and response.get_json() == {"error": "unauthorized"}
 
 
 def test_waitress_refuses_an_oversized_body_with_413(manifests):

@@ -589,6 +589,47 @@ class Unauthorized(Exception):
     """The webhook request did not carry the expected bearer token."""
 
 
+def alert_problem(alert: Any) -> str | None:
+    """Why one alert of an Alertmanager webhook body cannot be used, or None.
+
+    Alertmanager's webhook format (its notify/webhook `Message`, template `Alert`): `labels`
+    and `annotations` are string-to-string maps, `status`, `fingerprint`, `startsAt` strings.
+    """
+    if not isinstance(alert, dict):
+        return f"must be an object, not {type(alert).__name__}"
+    labels = alert.get("labels")
+    if not isinstance(labels, dict):
+        return f"labels: must be an object of strings, not {type(labels).__name__}"
+    bad = sorted(str(k) for k, v in labels.items() if not isinstance(v, str))
+    if bad:
+        return f"labels: values must be strings ({', '.join(bad)})"
+    for key in ("status", "fingerprint", "startsAt", "endsAt", "generatorURL"):
+        if key in alert and not isinstance(alert[key], str):
+            return f"{key}: must be a string, not {type(alert[key]).__name__}"
+    if "annotations" in alert and not isinstance(alert["annotations"], dict):
+        return f"annotations: must be an object, not {type(alert['annotations']).__name__}"
+    return None
+
+
+def split_alerts(body: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The body with only its usable alerts, and one "alerts[i]: reason" per refused one.
+
+    InputError when `alerts` is not a list: there is nothing to keep."""
+    alerts = body.get("alerts")
+    if not isinstance(alerts, list):
+        raise InputError(
+            f"alertmanager webhook body: alerts: must be a list, not {type(alerts).__name__}"
+        )
+    kept, refused = [], []
+    for index, alert in enumerate(alerts):
+        problem = alert_problem(alert)
+        if problem is None:
+            kept.append(alert)
+        else:
+            refused.append(f"alerts[{index}]: {problem}")
+    return {**body, "alerts": kept}, refused
+
+
 @dataclass
 class Gateway:
     """EventSources + Sensors + Workflows from the rendered chart, on one machine."""
@@ -618,14 +659,27 @@ class Gateway:
 
     # Alertmanager -> webhook EventSource
     def alertmanager(
-        self, endpoint: str, body: Mapping[str, Any], headers: Mapping[str, str]
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str],
+        refused: list[str] | None = None,
     ) -> list[WorkflowRun]:
+        """Dispatch the usable alerts of `body`; each refused one is appended to `refused`
+        with its reason (one malformed alert never stops the others)."""
         if endpoint not in self.webhooks:
             raise KeyError(f"no webhook EventSource serves {endpoint}")
         if not self.authorized(headers):
             raise Unauthorized(endpoint)
         source, event_name = self.webhooks[endpoint]
-        return self.dispatch(source, event_name, webhook_event(body, headers))
+        usable, bad = split_alerts(body)
+        if refused is not None:
+            refused.extend(bad)
+        for line in bad:
+            log.warning("alertmanager webhook: refused %s", line)
+        if not usable["alerts"]:
+            return []
+        return self.dispatch(source, event_name, webhook_event(usable, headers))
 
     # MinIO -> MinIO EventSource (bucket, event type and key filters as MinIO's listen API)
     def object_store(self, notification: Mapping[str, Any]) -> list[WorkflowRun]:
@@ -710,12 +764,24 @@ class Gateway:
         def too_large(exc: RequestEntityTooLarge) -> Any:
             return jsonify(error=f"body: larger than {MAX_BODY_BYTES} bytes"), 413
 
+        def unauthorized() -> Any:
+            return jsonify(error="unauthorized"), 401
+
         def receive(endpoint: str) -> Any:
             if not self.authorized(dict(request.headers)):  # before reading the body
-                return jsonify(error="unauthorized"), 401
+                return unauthorized()
             event = body("alertmanager webhook body")
-            runs = self.alertmanager(endpoint, event, dict(request.headers))
-            return jsonify(workflows=[r.name for r in runs])
+            refused: list[str] = []
+            try:
+                runs = self.alertmanager(endpoint, event, dict(request.headers), refused)
+            except ValueError as exc:  # a Sensor parameter the event cannot fill
+                raise InputError(f"alertmanager webhook body: {exc}") from None
+            if refused and len(refused) == len(event["alerts"]):  # nothing usable
+                return jsonify(error="; ".join(refused), refused=refused), 400
+            reply: dict[str, Any] = {"workflows": [r.name for r in runs]}
+            if refused:
+                reply["refused"] = refused
+            return jsonify(reply)
 
         for endpoint in self.webhooks:
             app.add_url_rule(
@@ -727,6 +793,10 @@ class Gateway:
 
         @app.post("/minio")
         def minio() -> Any:
+            # The same bearer token as the webhook: an unauthenticated post would start
+            # ingestion of any key (Argo's MinIO EventSource reads with MinIO's credentials).
+            if not self.authorized(dict(request.headers)):
+                return unauthorized()
             runs = self.object_store(body("minio notification"))
             return jsonify(workflows=[r.name for r in runs])
 

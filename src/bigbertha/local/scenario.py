@@ -40,7 +40,10 @@ def upload_documents(platform: LocalPlatform, timeline: Timeline) -> Stage:
             request = urllib.request.Request(
                 f"{platform.urls['gateway']}/minio",
                 data=body,
-                headers={"Content-Type": "application/json"},
+                headers={
+                    "Content-Type": "application/json",
+                    "Authorization": f"Bearer {platform.token}",  # as the webhook's
+                },
             )
             urllib.request.urlopen(request, timeout=10).read()
     return stage
@@ -133,8 +136,11 @@ class Round:
                 champion, challenger = float(sides["champion"]), float(sides["challenger"])
             except (KeyError, TypeError, ValueError):
                 continue
+            if str(sides.get("verdict", "")).startswith("info"):
+                continue  # the report shows every metric; the line shows the decided ones
             gain = improvement(metric, challenger, champion)
-            numbers.append(f"{metric} {champion:.4g} -> {challenger:.4g} ({gain:+.1%})")
+            ci = f", change CI {sides['interval']}" if sides.get("interval") else ""
+            numbers.append(f"{metric} {champion:.4g} -> {challenger:.4g} ({gain:+.1%}{ci})")
         by = f": {', '.join(numbers)}" if numbers else ""
         version = self.outcome.get("version", "?")
         canary = self.outcome.get("canary") or {}
@@ -273,14 +279,21 @@ def last_decision(settings: Any) -> dict[str, Any]:
     metrics: dict[str, dict[str, Any]] = {}
     for key, value in tags.items():
         parts = key.split(".")
-        if len(parts) == 3 and parts[0] == "gate" and parts[2] in ("champion", "challenger"):
+        if len(parts) == 3 and parts[0] == "gate" and parts[2] in _GATE_FIELDS:
             metrics.setdefault(parts[1], {})[parts[2]] = value
     return {
         "version": str(newest.version),
         "decision": tags.get("gate.decision", "none"),
         "reason": tags.get("gate.reason", ""),
+        "evidence": tags.get("gate.evidence", ""),
+        "eval_set": f"{tags.get('gate.eval_set', '?')} (sha256 {tags.get('eval_hash', '?')[:12]}, "
+        f"{tags.get('gate.examples', '?')} examples, {tags.get('gate.confidence', '?')} intervals)",
         "metrics": metrics,
     }
+
+
+# Per gate metric, the tags promote sets: both sides, the interval of the change, the verdict.
+_GATE_FIELDS = ("champion", "challenger", "interval", "verdict")
 
 
 def champion_answers(
