@@ -45,9 +45,7 @@ def test_every_error_belongs_to_one_exit_code_class() -> None:
     classes = all_error_classes()
     assert len(classes) > len(CATEGORIES)  # the walk found the module-specific errors too
     unclassified = sorted(
-        f"{c.__module__}.{c.__qualname__}"
-        for c in classes
-        if not issubclass(c, CATEGORIES) and c.__qualname__ != "RetrainFailed"
+        f"{c.__module__}.{c.__qualname__}" for c in classes if not issubclass(c, CATEGORIES)
     )
     assert not unclassified, "each error must subclass ConfigError, InputError, ..."
 
@@ -105,14 +103,6 @@ def test_anything_else_is_a_bug_with_its_traceback(monkeypatch: pytest.MonkeyPat
     assert result.exit_code == ExitCode.BUG == 70
     assert "Traceback" in result.stderr and "KeyError: 'oops'" in result.stderr
     assert result.stderr.rstrip().endswith("error: unexpected KeyError (a bug: please report it)")
-
-
-def test_a_failed_retrain_step_keeps_its_cause_s_code() -> None:
-    from bigbertha.training.retrain import RetrainFailed
-
-    assert RetrainFailed("x", ServiceUnavailable("MLflow down")).exit_code == 69
-    assert RetrainFailed("x", InputError("too few examples")).exit_code == 3
-    assert RetrainFailed("x", ZeroDivisionError()).exit_code == 70
 
 
 def test_every_exit_code_is_in_the_runbook_and_the_module_table() -> None:

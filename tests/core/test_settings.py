@@ -164,8 +164,6 @@ def test_local_paths_become_absolute_where_settings_are_read(clean_env, monkeypa
     assert s.evaluate.report == str(Path("~/eval.json").expanduser())
     # Defaults under BIGBERTHA_HOME, read when settings load (not at import).
     assert s.finetune.output == f"{here}/state/finetune"
-    assert s.retrain.workdir == f"{here}/state/retrain"
-    assert s.retrain.lock_file == f"{here}/state/retrain.lock"
     assert settings_mod.home() == clean_env / "state"
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from bigbertha.cli import app
 from bigbertha.core.errors import InputError
 from bigbertha.core.settings import Settings
-from bigbertha.training import cooldown, retrain
+from bigbertha.training import cooldown
 from tests.models.helpers import mlflow_settings
 from tests.training.helpers import retrain_counts
 
@@ -44,11 +44,13 @@ def promote_a_champion(settings: Settings) -> str:
 
 def test_episode_id_is_the_sensors(shared_dir: Path) -> None:
     body = json.loads((shared_dir / "samples/alertmanager-webhook-firing.json").read_text())
-    plan = retrain.plan_from_alert(body)
-    assert plan is not None
-    assert plan.episode == cooldown.episode_id("a5626009deddaacb", "2026-08-24T08:47:13.407Z")
-    assert plan.episode == "eaa2de8d1f"  # what the rendered Sensor template yields (test_events)
-    assert retrain.RetrainPlan("manual", {}).episode == ""
+    alert = body["alerts"][0]
+    assert (alert["fingerprint"], alert["startsAt"]) == (
+        "a5626009deddaacb",
+        "2026-08-24T08:47:13.407Z",
+    )
+    episode = cooldown.episode_id(alert["fingerprint"], alert["startsAt"])
+    assert episode == "eaa2de8d1f"  # what the rendered Sensor template yields (test_events)
 
 
 def test_one_run_per_episode_and_a_cooldown_from_the_last_start(
@@ -156,41 +158,3 @@ def test_the_dag_step_writes_its_decision_and_a_skip_is_counted_once(
     after = retrain_counts(redis_server.extra["url"])
     assert after.get("skipped", 0) == before.get("skipped", 0) + 1
     assert after.get("succeeded", 0) == before.get("succeeded", 0) + 1
-
-
-def test_bigbertha_retrain_checks_before_it_trains(
-    mlflow_server: Any,
-    redis_server: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    shared_dir: Path,
-) -> None:
-    """The one-process `retrain` asks the same question under its lock: an episode that already
-    ran is skipped before any data is read or any step runs, with the reason in its report."""
-    from bigbertha.training import finetune
-
-    settings = settings_for(mlflow_server, redis_server)
-    settings = settings.model_copy(
-        update={
-            "retrain": settings.retrain.model_copy(
-                update={"workdir": str(tmp_path / "runs"), "lock_file": str(tmp_path / "lock")}
-            )
-        }
-    )
-    body = json.loads((shared_dir / "samples/alertmanager-webhook-firing.json").read_text())
-    plan = retrain.plan_from_alert(body)
-    assert plan is not None
-    assert cooldown.check(settings, episode=plan.episode, lineage={"workflow_name": "wf-1"}).train
-
-    def must_not_train(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("a skipped run trained")
-
-    monkeypatch.setattr(finetune, "run", must_not_train)
-    before = retrain_counts(redis_server.extra["url"])
-    report = tmp_path / "report.json"
-    result = retrain.run(settings, plan=plan, report=str(report))
-    assert (result.result, result.step) == ("skipped", "check")
-    assert result.reason.startswith(f"alert episode {plan.episode} already started a run")
-    assert json.loads(report.read_text())["result"] == "skipped"
-    after = retrain_counts(redis_server.extra["url"])
-    assert after.get("skipped", 0) == before.get("skipped", 0) + 1

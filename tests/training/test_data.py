@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bigbertha.core import storage
+from bigbertha.core.errors import InputError
 from bigbertha.core.settings import Settings
-from bigbertha.models.prompts import Passage, build_messages
+from bigbertha.models.prompts import Passage, build_messages, question_of
 from bigbertha.telemetry.feedback import KEY as FEEDBACK_KEY
 from bigbertha.training import data as training_data
 
@@ -31,11 +34,15 @@ ROWS = [
 ]
 
 
+# The evaluation row format the gate reads (training/evalset.py).
+EVAL_KEYS = {"id", "question", "reference", "gold", "answerable", "kind", "conversation"}
+
+
 def settings_for(**finetune: Any) -> Settings:
     return Settings(finetune={"min_examples": 1, "feedback_examples": 0, **finetune})
 
 
-def write(path: Path, lines: list[str]) -> str:
+def write(path: Path, lines: Iterable[str]) -> str:
     path.write_text("\n".join(lines) + "\n")
     return str(path)
 
@@ -140,7 +147,7 @@ def test_feedback_log_turns_rated_up_become_examples(redis_server: Any) -> None:
         client.lpush(FEEDBACK_KEY, record)
     settings = Settings(
         redis={"url": redis_server.extra["url"], "timeout_seconds": 2},
-        finetune={"min_examples": 1, "feedback_examples": 10},
+        finetune={"min_examples": 1, "feedback_examples": 10, "eval_share": 0},
     )
     dataset = training_data.build(settings, [])
     # Each prompt is rebuilt exactly as the chatbot sent it: with its passages, or without
@@ -176,10 +183,12 @@ def test_prepare_writes_the_dataset_and_its_manifest_to_object_storage(
     assert summary["examples"] == 3 and summary["rejected"] == 0
     manifest = json.loads(storage.read_bytes(settings, "s3://runs/wf-1/data.manifest.json"))
     assert manifest == summary and manifest["lineage"] == {"workflow_name": "wf-1"}
-    # The written object is the dataset itself: reading it back gives the same hash.
-    again = training_data.build(settings, ["s3://runs/wf-1/data.jsonl"])
-    assert again.hash == summary["dataset_hash"]
-    assert storage.read_bytes(settings, "s3://runs/wf-1/data.jsonl").count(b"\n") == 3
+    # The hash is the written object's: finetune reads it back as is, and its manifest agrees.
+    written = storage.read_bytes(settings, "s3://runs/wf-1/data.jsonl")
+    assert hashlib.sha256(written).hexdigest() == summary["dataset_hash"]
+    loaded = training_data.load(settings, "s3://runs/wf-1/data.jsonl")
+    assert loaded.hash == summary["dataset_hash"] and len(loaded.examples) == 3
+    assert loaded.manifest == manifest and written.count(b"\n") == 3
 
 
 # --- the guards: personal data, token limits, near duplicates ---------------------------------
@@ -275,7 +284,7 @@ def test_planted_personal_data_and_secrets_never_reach_the_training_file(
     settings = Settings(
         redis={"url": redis_server.extra["url"], "timeout_seconds": 2},
         mlflow={"tracking_uri": mlflow_server.url},
-        finetune={"min_examples": 1, "feedback_examples": 100},
+        finetune={"min_examples": 1, "feedback_examples": 100, "eval_share": 0},
     )
     everything = [v for values in PLANTED.values() for v in values]
 
@@ -341,6 +350,7 @@ def test_rows_over_the_token_limit_and_near_duplicates_are_left_out(tmp_path: Pa
         assert card["rows"] == {"read": 10, "kept": 4}
         assert card["dropped"] == {
             "malformed": 0,
+            "foreign_prompt": 0,
             "duplicate": 1,
             "too_long": 2,
             "personal_data": 0,
@@ -355,3 +365,102 @@ def test_rows_over_the_token_limit_and_near_duplicates_are_left_out(tmp_path: Pa
             "why is it blue ?\nAnswer with citations:",
             "is grass blue ?\nAnswer with citations:",
         ]
+
+
+# --- the file of record, prompts the chatbot never sends, held-out conversations -------------
+
+
+def test_finetune_reads_the_file_as_written_and_refuses_one_changed_since(tmp_path: Path) -> None:
+    settings = settings_for(min_examples=2)
+    dataset = training_data.build(settings, [write(tmp_path / "c.jsonl", map(json.dumps, ROWS))])
+    train = tmp_path / "train.jsonl"
+    train.write_bytes(dataset.to_jsonl())
+    manifest = {"dataset_hash": dataset.hash}
+    (tmp_path / "train.manifest.json").write_text(json.dumps(manifest))
+    loaded = training_data.load(settings, str(train))
+    assert (loaded.examples, loaded.hash) == (dataset.examples, dataset.hash)
+    # One row appended after prepare-data (a rebuild, a turn rated since): refused, not trained.
+    with train.open("a") as f:
+        f.write(json.dumps(training_data.to_example(ROWS[0]) | {"x": 1}) + "\n")
+    with pytest.raises(InputError, match=r"is not its manifest's .* run prepare-data again"):
+        training_data.load(settings, str(train))
+    # A file that is not prepare-data's output names its first bad row.
+    bad = write(tmp_path / "bad.jsonl", [json.dumps(ROWS[0]), "{oops"])
+    with pytest.raises(InputError, match=r"1 rows are not training examples .*bad.jsonl:2"):
+        training_data.load(settings, bad)
+    with pytest.raises(training_data.DatasetTooSmall, match="1 examples, need at least 2"):
+        training_data.load(settings, write(tmp_path / "one.jsonl", [json.dumps(ROWS[0])]))
+
+
+def test_rows_with_prompts_the_chatbot_never_sends_are_counted_or_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    served = training_data.to_example(ROWS[1])
+    curated = write(tmp_path / "curated.jsonl", [json.dumps(r) for r in ROWS])
+    # A prepare-data output holds the builder's prompts only: nothing foreign in it.
+    prepared = write(tmp_path / "prepared.jsonl", [json.dumps(served)])
+    dataset = training_data.build(settings_for(), [curated, prepared])
+    assert dataset.card()["foreign_prompts"] == {curated: 2}
+    assert len(dataset.examples) == 3
+    assert f"{curated}: 2 of 3 rows use a prompt the chatbot does not send" in caplog.text
+
+    strict = training_data.build(settings_for(served_prompts_only=True), [curated, prepared])
+    assert strict.examples == [served]
+    card = strict.card()
+    assert card["foreign_prompts"] == {curated: 2} and card["dropped"]["foreign_prompt"] == 2
+    assert card["rows"] == {"read": 4, "kept": 1}  # the served row twice: one exact duplicate
+    # The no-context prompt (retrieval down) is one the chatbot sends too.
+    assert training_data.served_prompt(build_messages("q", None))
+    assert not training_data.served_prompt([{"role": "user", "content": "q"}])
+
+
+def test_up_rated_turns_split_by_conversation_into_training_and_evaluation(
+    redis_server: Any, tmp_path: Path
+) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.extra["url"])
+    client.delete(FEEDBACK_KEY)
+    passage = [{"text": "BigBertha is an LLMOps platform.", "label": "readme.md"}]
+    for n in range(40):  # 20 conversations of 2 up-rated turns; one down-rated turn each
+        for turn, rating in ((f"t{n}-a", "up"), (f"t{n}-b", "up"), (f"t{n}-c", "down")):
+            record = {
+                "ts": n,
+                "question": f"question {turn} ?",
+                "answer": f"answer {turn} [1]",
+                "sources": [],
+                "model_version": "1",
+                "context": passage,
+                "rating": rating,
+                "turn_id": turn,
+                "conversation": f"c{n // 2}",
+            }
+            client.lpush(FEEDBACK_KEY, json.dumps(record))
+    settings = Settings(
+        redis={"url": redis_server.extra["url"], "timeout_seconds": 2},
+        # The turns differ in one token: near-duplicate removal would take most of them away.
+        finetune={
+            "min_examples": 1,
+            "feedback_examples": 100,
+            "eval_share": 0.3,
+            "near_duplicate_threshold": 1.0,
+        },
+    )
+    dataset = training_data.build(settings, [])
+    rows = dataset.evaluation
+    held = {r["conversation"] for r in rows}
+    assert 0 < len(held) < 20
+    trained = {question_of(e["prompt"]) for e in dataset.examples}
+    evaluated = {r["question"] for r in rows}
+    for n in range(40):
+        conversation = f"c{n // 2}"
+        for turn in (f"t{n}-a", f"t{n}-b"):  # both turns on their conversation's side only
+            side = evaluated if training_data.held_out(conversation, 0.3) else trained
+            assert f"question {turn} ?" in side
+    assert not trained & evaluated and len(trained) + len(evaluated) == 80
+    assert all(r.keys() == EVAL_KEYS for r in rows)
+    row = rows[0]
+    assert row["id"].startswith("feedback-t") and row["conversation"] in held
+    assert (row["kind"], row["answerable"], row["gold"]) == ("feedback", True, [])
+    assert row["reference"] == row["question"].replace("question", "answer").replace("?", "[1]")
+    assert dataset.card()["held_out_for_evaluation"] == len(rows)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bigbertha.core.errors import InputError
 from bigbertha.core.settings import Settings
 from bigbertha.models import loading
 from bigbertha.training import data as training_data
@@ -40,15 +42,18 @@ def test_adapter_is_published_with_its_lineage_and_the_run_in_mlflow(
     assert (output / "adapter_config.json").is_file()
     assert (output / "adapter_model.safetensors").is_file()
     lineage = json.loads((output / loading.LINEAGE_FILE).read_text())
-    expected_hash = training_data.build(settings).hash
+    # The hash of the file trained on, as its bytes are: what a manifest beside it would say.
+    expected_hash = hashlib.sha256(task_data.read_bytes()).hexdigest()
     assert lineage["base_model"] == str(tiny_model)
     assert lineage["dataset_hash"] == expected_hash == result.dataset_hash
+    assert lineage["data"] == result.data == str(task_data)
     assert lineage["alert_name"] == "BigBerthaNegativeFeedbackHigh"
     assert lineage["workflow_name"] == "wf-test"
 
     client = MlflowClient(settings.mlflow.tracking_uri)
     run = client.get_run(result.mlflow_run_id)
     assert run.data.tags["dataset_hash"] == expected_hash
+    assert run.data.tags["data"] == str(task_data)
     assert run.data.params["examples"] == "16"
     losses = [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
     assert len(losses) == 4  # the loss curve: one point per 10 steps
@@ -76,8 +81,12 @@ def test_a_too_small_dataset_stops_before_any_model_is_loaded(
     mlflow_server: Any, tmp_path: Path
 ) -> None:
     data = tmp_path / "tiny.jsonl"
-    data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
     settings = train_settings(mlflow_server, tmp_path / "no-such-model", data, tmp_path / "out")
-    with pytest.raises(training_data.DatasetTooSmall, match="1 usable examples, need at least 8"):
+    with pytest.raises(training_data.DatasetTooSmall, match="1 examples, need at least 8"):
+        finetune.run(settings)
+    # A row that is not an example is not skipped: the file is trained on as written, or not.
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n' * 8)
+    with pytest.raises(InputError, match="rows are not training examples"):
         finetune.run(settings)
     assert not (tmp_path / "out").exists()

@@ -2,7 +2,14 @@
 
 Run as a workflow step (the DAG's prepare-data):
 
-    bigbertha prepare-data --data s3://datasets/curated.jsonl --output s3://runs/wf-1/data.jsonl
+    bigbertha prepare-data --data s3://datasets/curated.jsonl --output s3://runs/wf-1/data.jsonl \\
+        --eval-output s3://runs/wf-1/eval-feedback.jsonl
+
+prepare-data writes the training file of record once (`prepare`); finetune trains on that file
+and nothing else (`load`: no rebuild, no second read of the feedback log). The dataset hash is
+the SHA-256 of the file's bytes as written, so the manifest, the finetune run and the
+registered version carry one hash, and `load` refuses a file whose bytes no longer match its
+manifest.
 
 Accepted rows (one JSON object per line; blank lines and ``#`` comments are ignored):
 - ``{"prompt": "...", "completion": "..."}``
@@ -14,8 +21,17 @@ Accepted rows (one JSON object per line; blank lines and ``#`` comments are igno
 Every source becomes the same conversational prompt/completion form that trl's SFTTrainer
 trains on (loss on the completion only). Malformed rows are reported with file and line and
 skipped; fewer than ``finetune.min_examples`` usable examples stop the run with
-`DatasetTooSmall` before any model is loaded. The SHA-256 of the canonical JSONL is the dataset
-hash recorded for lineage.
+`DatasetTooSmall` before any model is loaded.
+
+The chatbot sends one prompt (`build_messages`); question rows and feedback turns are prompted
+by it, but prompt/completion and messages rows bring prompts of their own, which the model
+would learn to answer and never be sent. Such rows are counted per source in the data card
+(``foreign_prompts``) with a warning, and left out as ``foreign_prompt`` when
+``finetune.served_prompts_only`` is on (strict train/serve parity).
+
+Up-rated turns are split by conversation (`held_out`: a hash of the conversation id against
+``finetune.eval_share``): a held-out conversation's turns are evaluation rows (``--eval-output``,
+the gate's held-out feedback), the others training rows, so no conversation is in both.
 
 Anyone can rate a chat turn up, so every row passes the same guards, in this order
 (`Guard.admit`), each counted per reason in the data card:
@@ -42,11 +58,19 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bigbertha.core import storage
 from bigbertha.core.errors import ConfigError, InputError
-from bigbertha.models.prompts import Message, Passage, build_messages
+from bigbertha.models.prompts import (
+    NO_CONTEXT_PROMPT,
+    SYSTEM_PROMPT,
+    Message,
+    Passage,
+    build_messages,
+    question_of,
+)
 
 if TYPE_CHECKING:
     from bigbertha.core.settings import Settings
@@ -61,7 +85,14 @@ class DatasetTooSmall(InputError):
     """Too few usable examples to train on; nothing was trained."""
 
 
-DROP_REASONS = ("malformed", "duplicate", "too_long", "personal_data", "near_duplicate")
+DROP_REASONS = (
+    "malformed",
+    "foreign_prompt",
+    "duplicate",
+    "too_long",
+    "personal_data",
+    "near_duplicate",
+)
 
 
 @dataclass
@@ -76,10 +107,13 @@ class Dataset:
     redactions: Counter[str] = field(default_factory=Counter)  # entity type -> findings
     rows_redacted: int = 0
     limits: dict[str, Any] = field(default_factory=dict)
+    foreign_prompts: dict[str, int] = field(default_factory=dict)  # source -> rows
+    evaluation: list[dict[str, Any]] = field(default_factory=list)  # held-out feedback rows
 
     @property
     def hash(self) -> str:
-        return dataset_hash(self.examples)
+        """SHA-256 of `to_jsonl()`: the bytes prepare-data writes."""
+        return hashlib.sha256(self.to_jsonl()).hexdigest()
 
     def to_jsonl(self) -> bytes:
         return "".join(canonical(e) + "\n" for e in self.examples).encode()
@@ -94,6 +128,8 @@ class Dataset:
             "redactions": dict(sorted(self.redactions.items())),
             "rows_redacted": self.rows_redacted,
             "kept_by_source": self.counts,
+            "foreign_prompts": self.foreign_prompts,
+            "held_out_for_evaluation": len(self.evaluation),
             "limits": self.limits,
             "dataset_hash": self.hash,
         }
@@ -211,6 +247,27 @@ class Guard:
         return example
 
 
+def served_prompt(prompt: Sequence[Mapping[str, str]]) -> bool:
+    """Whether `prompt` has the shape `build_messages` gives every prompt the chatbot sends."""
+    if len(prompt) != 2 or [m.get("role") for m in prompt] != ["system", "user"]:
+        return False
+    system, user = prompt[0]["content"], prompt[1]["content"]
+    if system == NO_CONTEXT_PROMPT:
+        return True
+    return (
+        system == SYSTEM_PROMPT
+        and user.startswith("Context passages:\n\n")
+        and question_of(prompt) != user
+    )
+
+
+def held_out(conversation: str, share: float) -> bool:
+    """Whether a conversation's turns are evaluation rows: deterministic, so a conversation is
+    on the same side in every run (the first 8 bytes of its SHA-256 as a fraction)."""
+    digest = hashlib.sha256(conversation.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
 def canonical(example: Mapping[str, Any]) -> str:
     return json.dumps(example, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
@@ -313,11 +370,34 @@ def turn_example(record: Mapping[str, Any]) -> Example:
     }
 
 
-def feedback_examples(settings: Settings, limit: int) -> tuple[list[Example], int]:
-    """Examples from turns users rated up (latest rating per turn wins), newest first, and how
-    many up-rated turns could not be used."""
+@dataclass
+class Feedback:
+    """Up-rated turns: training examples, held-out evaluation rows, and unusable turns."""
+
+    examples: list[Example] = field(default_factory=list)
+    evaluation: list[dict[str, Any]] = field(default_factory=list)
+    unusable: int = 0
+
+
+def eval_row(turn_id: str, conversation: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """A held-out up-rated turn in the evaluation set's row format (the gate reads it)."""
+    return {
+        "id": f"feedback-{turn_id}",
+        "question": _text(record, "question"),
+        "reference": _text(record, "answer"),
+        "gold": [],
+        "answerable": True,
+        "kind": "feedback",
+        "conversation": conversation,
+    }
+
+
+def feedback_examples(settings: Settings, limit: int) -> Feedback:
+    """Turns users rated up (latest rating per turn wins), newest first, at most `limit` on
+    each side of the conversation split (`held_out`)."""
+    out = Feedback()
     if limit <= 0 or settings.redis.url is None:
-        return [], 0
+        return out
     from bigbertha.telemetry.feedback import FeedbackLog
 
     records = FeedbackLog.from_settings(settings).read()  # newest first
@@ -330,21 +410,27 @@ def feedback_examples(settings: Settings, limit: int) -> tuple[list[Example], in
         if turn_id not in rating or rating[turn_id] is None:  # the newest rating wins
             rating[turn_id] = record.get("rating")
         turns.setdefault(turn_id, record)
-    out: list[Example] = []
-    unusable = 0
+    share = settings.finetune.eval_share
     for turn_id, record in turns.items():
         if rating.get(turn_id) != "up":
             continue
+        # Turns logged before conversations were: each is its own conversation.
+        conversation = str(record.get("conversation") or f"turn-{turn_id}")
+        evaluation = held_out(conversation, share)
+        if len(out.evaluation if evaluation else out.examples) >= limit:
+            continue
         try:
             example = turn_example(record)
+            row = eval_row(turn_id, conversation, record) if evaluation else None
         except ValueError as exc:
             log.warning("feedback log: turn %s skipped: %s", turn_id, exc)
-            unusable += 1
+            out.unusable += 1
             continue
-        out.append(example)
-        if len(out) >= limit:
-            break
-    return out, unusable
+        if row is not None:
+            out.evaluation.append(row)
+        else:
+            out.examples.append(example)
+    return out
 
 
 def build(
@@ -362,10 +448,11 @@ def build(
         for line in rejected:
             log.warning("training data: skipped %s", line)
         dataset.rejected.extend(rejected)
-        read.append((uri, examples))
-    turns, unusable = feedback_examples(settings, limit)
-    dataset.dropped["malformed"] += unusable
-    read.append(("feedback", turns))
+        read.append((uri, _served_only(settings, dataset, uri, examples)))
+    turns = feedback_examples(settings, limit)
+    dataset.dropped["malformed"] += turns.unusable
+    dataset.evaluation = _redacted_rows(settings, turns.evaluation)
+    read.append(("feedback", turns.examples))
     distinct = {canonical(e) for _, examples in read for e in examples}
     _check_size(settings, sources, dataset, len(distinct))  # the guards only take rows away
     # 2. Every row through the guards, curated sources first.
@@ -394,6 +481,55 @@ def build(
     return dataset
 
 
+def _served_only(
+    settings: Settings, dataset: Dataset, source: str, examples: list[Example]
+) -> list[Example]:
+    """Count (and, with ``finetune.served_prompts_only``, leave out) rows whose prompt the
+    chatbot never sends."""
+    served = [e for e in examples if served_prompt(e["prompt"])]
+    foreign = len(examples) - len(served)
+    if not foreign:
+        return examples
+    dataset.foreign_prompts[source] = foreign
+    strict = settings.finetune.served_prompts_only
+    log.warning(
+        "training data: %s: %d of %d rows use a prompt the chatbot does not send "
+        "(prompt/completion or messages rows)%s",
+        source,
+        foreign,
+        len(examples),
+        "; left out (finetune.served_prompts_only)"
+        if strict
+        else "; set finetune.served_prompts_only to leave them out",
+    )
+    if not strict:
+        return examples
+    dataset.read += foreign
+    dataset.dropped["foreign_prompt"] += foreign
+    return served
+
+
+def _redacted_rows(settings: Settings, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Held-out rows pass the personal-data guard too: the gate logs them to MLflow."""
+    if not rows:
+        return rows
+    redactor = _redactor()
+    out = []
+    for row in rows:
+        messages = [
+            {"role": "user", "content": row["question"]},
+            {"role": "assistant", "content": row["reference"]},
+        ]
+        found = redactor.redact(messages)
+        if found.counts:
+            if settings.finetune.pii == "drop":
+                continue
+            row = {**row, "question": found.messages[0]["content"]}
+            row["reference"] = found.messages[1]["content"]
+        out.append(row)
+    return out
+
+
 def _check_size(settings: Settings, sources: Sequence[str], dataset: Dataset, usable: int) -> None:
     needed = settings.finetune.min_examples
     if usable < needed:
@@ -417,11 +553,13 @@ def prepare(
     sources: Sequence[str] | None,
     output: str,
     *,
+    eval_output: str | None = None,
     lineage: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Build the dataset, write it as one canonical JSONL to `output` (path or s3://) with its
-    manifest beside it, and record both in an MLflow run tagged with the run's lineage (the
-    alert that asked for it and the workflow). Returns the manifest."""
+    manifest beside it (and the held-out feedback rows to `eval_output`), and record them in
+    an MLflow run tagged with the run's lineage (the alert that asked for it and the workflow).
+    Returns the manifest."""
     import mlflow
 
     from bigbertha.models import registry, tracking
@@ -429,15 +567,28 @@ def prepare(
     tracking.bound_client_retries(settings)
     lineage = {k: v for k, v in (lineage or {}).items() if v}
     dataset = build(settings, sources)
+    data = dataset.to_jsonl()
     manifest = {"output": output, **dataset.summary(), "lineage": lineage}
-    storage.write_bytes(settings, output, dataset.to_jsonl())
+    manifest["dataset_hash"] = hashlib.sha256(data).hexdigest()  # of the bytes written
+    if eval_output:
+        rows = "".join(canonical(r) + "\n" for r in dataset.evaluation).encode()
+        storage.write_bytes(settings, eval_output, rows)
+        manifest["evaluation"] = {
+            "output": eval_output,
+            "rows": len(dataset.evaluation),
+            "hash": hashlib.sha256(rows).hexdigest(),
+            "eval_share": settings.finetune.eval_share,
+        }
+    storage.write_bytes(settings, output, data)
     storage.write_bytes(settings, manifest_uri(output), json.dumps(manifest, indent=2).encode())
     run_name = f"prepare-data-{lineage.get('workflow_name', 'local')}"
     with registry.mlflow_errors(settings):
         registry.client(settings)
         mlflow.set_experiment(registry.EXPERIMENT)
         with mlflow.start_run(run_name=run_name, tags=tracking.owner_tags()):
-            mlflow.set_tags({"step": "prepare-data", "dataset_hash": dataset.hash, **lineage})
+            mlflow.set_tags(
+                {"step": "prepare-data", "dataset_hash": manifest["dataset_hash"], **lineage}
+            )
             mlflow.log_params(
                 {"examples": len(dataset.examples), "rejected_rows": len(dataset.rejected)}
             )
@@ -446,13 +597,87 @@ def prepare(
     return manifest
 
 
-def log_card(dataset: Dataset) -> None:
+def log_card(dataset: Dataset | Prepared) -> None:
     """The data card on the active MLflow run: as an artifact and as metrics to compare runs."""
     import mlflow
 
     card = dataset.card()
     mlflow.log_dict(card, "data_card.json")
     metrics = {"data.rows_read": card["rows"]["read"], "data.rows_kept": card["rows"]["kept"]}
-    metrics |= {f"data.dropped.{k}": v for k, v in card["dropped"].items()}
-    metrics |= {f"data.redacted.{k}": v for k, v in card["redactions"].items()}
+    metrics |= {f"data.dropped.{k}": v for k, v in card.get("dropped", {}).items()}
+    metrics |= {f"data.redacted.{k}": v for k, v in card.get("redactions", {}).items()}
+    # Per source in the card's artifact: a source URI is not a valid metric name.
+    metrics["data.foreign_prompts"] = sum(card.get("foreign_prompts", {}).values())
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+
+
+@dataclass
+class Prepared:
+    """The training file of record as finetune reads it: its examples, the SHA-256 of its
+    bytes, and the manifest prepare-data wrote beside it (None for a file it did not write)."""
+
+    uri: str
+    examples: list[Example]
+    hash: str
+    manifest: dict[str, Any] | None
+
+    def card(self) -> dict[str, Any]:
+        """The manifest's data card, or what is known without one."""
+        if self.manifest is not None and isinstance(self.manifest.get("data_card"), dict):
+            return dict(self.manifest["data_card"])
+        return {"rows": {"read": len(self.examples), "kept": len(self.examples)}}
+
+
+def _read_manifest(settings: Settings, uri: str) -> dict[str, Any] | None:
+    where = manifest_uri(uri)
+    try:
+        if storage.is_s3(where):
+            raw = storage.read_bytes(settings, where)
+        elif Path(where).is_file():
+            raw = Path(where).read_bytes()
+        else:
+            return None
+    except storage.ObjectMissing:
+        return None
+    try:
+        manifest = json.loads(raw)
+    except ValueError as exc:
+        raise InputError(f"data manifest {where}: not JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("dataset_hash"), str):
+        raise InputError(f"data manifest {where}: no dataset_hash")
+    return manifest
+
+
+def load(settings: Settings, uri: str) -> Prepared:
+    """The training file at `uri`, read once and trained on as written: every row must be an
+    example, its hash must match its manifest (when prepare-data wrote one), and there must be
+    ``finetune.min_examples`` rows. Nothing is added, guarded again or rebuilt."""
+    raw = storage.read_bytes(settings, uri)
+    digest = hashlib.sha256(raw).hexdigest()
+    manifest = _read_manifest(settings, uri)
+    if manifest is not None and manifest["dataset_hash"] != digest:
+        raise InputError(
+            f"training file {uri}: SHA-256 {digest[:12]} is not its manifest's "
+            f"{manifest['dataset_hash'][:12]} ({manifest_uri(uri)}): the file changed after "
+            "prepare-data wrote it; run prepare-data again"
+        )
+    examples, rejected = parse_jsonl(raw, uri)
+    if rejected:
+        raise InputError(
+            f"training file {uri}: {len(rejected)} rows are not training examples "
+            f"(first: {rejected[0]}); train on what prepare-data writes"
+        )
+    needed = settings.finetune.min_examples
+    if len(examples) < needed:
+        raise DatasetTooSmall(
+            f"training file {uri}: {len(examples)} examples, need at least {needed} "
+            "(finetune.min_examples)"
+        )
+    if manifest is None:
+        log.warning(
+            "training file %s has no manifest beside it (%s): trained on as given, without "
+            "prepare-data's guards",
+            uri,
+            manifest_uri(uri),
+        )
+    return Prepared(uri, examples, digest, manifest)

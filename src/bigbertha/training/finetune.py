@@ -3,11 +3,13 @@
     bigbertha finetune --data s3://runs/wf-1/data.jsonl --output s3://runs/wf-1/adapter \\
         --alert-name BigBerthaNegativeFeedbackHigh --workflow-name wf-1
 
-`run(settings)` reads top to bottom like trl's ``sft.py``: load the data (and stop early when it
-is too small), load the base model (4-bit NF4 with double quantisation and
-`prepare_model_for_kbit_training` when quantising), train with trl's SFTTrainer and a peft
-LoRA adapter, save the adapter with its lineage (``bigbertha.json``), optionally merged
-weights, and publish it to ``finetune.output`` (a path or an s3:// prefix). Parameters, the loss
+`run(settings)` reads top to bottom like trl's ``sft.py``: load the training file prepare-data
+wrote, as written (`training.data.load`: its hash checked against its manifest, nothing rebuilt
+and no feedback read again; a file too small stops the run early), load the base model (4-bit
+NF4 with double quantisation and `prepare_model_for_kbit_training` when quantising), train
+with trl's SFTTrainer and a peft LoRA adapter, save the adapter with its lineage
+(``bigbertha.json``), optionally merged weights, and publish it to ``finetune.output`` (a path
+or an s3:// prefix). Parameters, the loss
 curve and system metrics go to an MLflow run in the ``bigbertha-retrain`` experiment.
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bigbertha.core import storage
+from bigbertha.core.errors import ConfigError
 from bigbertha.models import loading, registry, tracking
 from bigbertha.training import data as training_data
 
@@ -40,9 +43,9 @@ class FinetuneResult:
     output: str  # where the adapter was published
     base_model: str  # portable reference of the base (a registry alias is pinned to a version)
     base_version: str
-    dataset_hash: str
+    dataset_hash: str  # SHA-256 of the training file's bytes: the manifest's hash
     examples: int
-    rejected: int
+    data: str  # the training file
     quantized: bool
     steps: int
     train_loss: float
@@ -143,10 +146,22 @@ def _portable_base(ref: str, version: str, settings: Settings) -> str:
     return ref
 
 
+def training_file(settings: Settings, data: str | None) -> str:
+    """The one file to train on: `data`, else the single ``finetune.data`` entry."""
+    if data:
+        return data
+    if len(settings.finetune.data) != 1:
+        raise ConfigError(
+            f"finetune trains on one file, prepare-data's output; got {len(settings.finetune.data)}"
+            " in finetune.data: pass --data <prepare-data --output>"
+        )
+    return settings.finetune.data[0]
+
+
 def run(
     settings: Settings,
     *,
-    data: Sequence[str] | None = None,
+    data: str | None = None,
     lineage: Mapping[str, str] | None = None,
     report: str | None = None,
 ) -> FinetuneResult:
@@ -157,8 +172,8 @@ def run(
     s = settings.finetune
     started = time.monotonic()
     tracking.bound_client_retries(settings)
-    # 1. Data first: a bad or tiny dataset must stop the run before a model is loaded.
-    dataset = training_data.build(settings, data)
+    # 1. Data first: a bad or tiny file must stop the run before a model is loaded.
+    dataset = training_data.load(settings, training_file(settings, data))
 
     # 2. Base model (an adapter base is merged in: LoRA trains on a plain model).
     quantized = use_quantization(s.quantize)
@@ -184,13 +199,13 @@ def run(
                     "step": "finetune",
                     "base_model": base_ref,
                     "dataset_hash": dataset.hash,
+                    "data": dataset.uri,
                     **{k: v for k, v in (lineage or {}).items() if v},
                 }
             )
             mlflow.log_params(
                 {
                     "examples": len(dataset.examples),
-                    "rejected_rows": len(dataset.rejected),
                     "quantized": quantized,
                     "lora_target_modules": ",".join(s.target_modules),
                 }
@@ -208,7 +223,7 @@ def run(
                 base_version=base_version,
                 dataset_hash=dataset.hash,
                 examples=len(dataset.examples),
-                rejected=len(dataset.rejected),
+                data=dataset.uri,
                 quantized=quantized,
                 steps=steps,
                 train_loss=float(output.training_loss),
