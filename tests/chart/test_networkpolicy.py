@@ -35,7 +35,7 @@ def _wires(
 
 
 # What a process reads of the shared settings ConfigMap when it reads only part of it: the
-# exporter serves Redis aggregates and nothing else (src/bigbertha/exporter.py reads
+# exporter serves Redis aggregates and nothing else (telemetry/exporter.py reads
 # settings.redis and settings.exporter), so its Milvus, S3 and MLflow settings are no wires.
 SECTIONS_READ = {
     "Deployment/bigbertha-exporter": ("REDIS", "EXPORTER"),

@@ -504,7 +504,7 @@ def _env_names(docs: list[dict[str, Any]]) -> set[str]:
 
 
 def test_settings_env_names_are_real_settings(docs: list[dict[str, Any]]) -> None:
-    """The chart's env names match src/bigbertha/settings.py exactly (a typo would be ignored)."""
+    """The chart's env names match core/settings.py exactly (a typo would be ignored)."""
     sections = Settings.model_fields
     for name in _env_names(docs):
         match = re.fullmatch(r"BIGBERTHA_([A-Z0-9_]+?)__([A-Z0-9_]+)", name)
