@@ -77,6 +77,8 @@ def run(clients: int, answer_seconds: float, slots: int, queue: int) -> dict[str
             "champion_alias": "",
             "max_concurrent_answers": slots,
             "max_queued_answers": queue,
+            # One load generator, one address: measure the queue's bound, not per-client fairness.
+            "max_answers_per_client": slots + queue,
         },
     )
 
