@@ -54,3 +54,20 @@ def test_a_challenger_retired_by_the_canary_says_so_not_the_gate_numbers_it_won(
         "round 1 (quality): kept champion smollm2 (challenger version 1 retired by the live "
         f"canary: {CANARY}: worse by more than 0.10)"
     )
+
+
+def test_the_line_gives_each_decided_metrics_interval_and_leaves_the_others_to_the_report():
+    rnd = _round(champion_after="1")
+    rnd.outcome["metrics"] = {
+        "token_f1": {
+            "champion": "0.2",
+            "challenger": "0.3",
+            "interval": "0.05..0.15",
+            "verdict": "target pass",
+        },
+        "mrr": {"champion": "0.8", "challenger": "0.8", "interval": "0..0", "verdict": "info info"},
+    }
+    assert rnd.summary() == (
+        "round 1 (quality): promoted version 1 over smollm2: "
+        "token_f1 0.2 -> 0.3 (+50.0%, change CI 0.05..0.15); margin 0%"
+    )

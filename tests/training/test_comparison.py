@@ -66,6 +66,10 @@ def test_a_guard_regression_rejects_a_target_win() -> None:
     assert not outcome.passed and outcome.evidence == "sufficient"
     assert outcome.reason.startswith("rejected: groundedness")
     assert outcome.metrics["groundedness"].verdict == "fail"
+    # Reported for information only, the same regression has no say.
+    shown = decide(challenger, champion, informational=["groundedness"])
+    assert shown.passed and shown.metrics["groundedness"].role == "info"
+    assert shown.metrics["groundedness"].high == pytest.approx(-0.3)
     # Within its tolerance, the same guard lets the win through.
     assert decide(challenger, champion, guards={"groundedness": 0.5}).passed
 

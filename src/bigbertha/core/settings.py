@@ -566,7 +566,9 @@ class EvaluateSettings(Section):
         description="more held-out JSONL after the golden set (prepare-data's held-out turns); "
         "path or s3://",
     )
-    max_examples: int = Field(64, ge=1, description="evaluate at most this many examples")
+    max_examples: int = Field(
+        256, ge=1, description="evaluate at most this many examples (golden rows first)"
+    )
     nli_model: str | None = Field(
         None,
         description="local NLI cross-encoder judging groundedness; unset: the word-support measure",

@@ -223,18 +223,22 @@ class LocalPlatform:
             client.ensure_bucket(bucket)
 
     def _datasets(self) -> dict[str, str]:
-        """Put the curated training and held-out sets where the settings say they live."""
+        """Put the curated training set and the shipped golden set (questions on the seed
+        documents, the gate's evaluation set of record) where the settings say they live."""
         from bigbertha.core import storage
+        from bigbertha.training import evalset
 
         settings = self.settings()
         client = storage.open_client(settings)
-        wanted = {"train": settings.finetune.data[0], "eval": settings.evaluate.data}
-        for name, uri in wanted.items():
+        wanted = {
+            "train": (settings.finetune.data[0], (DEMO_DATA / "train.jsonl").read_bytes()),
+            "golden": (settings.evaluate.golden, evalset.shipped_golden()),
+        }
+        for name, (uri, data) in wanted.items():
             if not uri or not uri.startswith("s3://"):
                 raise DemoFailed(f"settings name no s3:// {name} dataset (got {uri!r})")
             bucket, _, key = uri[len("s3://") :].partition("/")
             client.ensure_bucket(bucket)
-            data = (DEMO_DATA / f"{name}.jsonl").read_bytes()
             client.put(bucket, key, data, "application/x-ndjson")
         return {}
 

@@ -38,8 +38,9 @@ def write_report(platform: LocalPlatform | None, timeline: Timeline, path: Path)
     for rnd in timeline.data.get("rounds", []):
         outcome = rnd.outcome
         metric_rows = "".join(
-            f"<tr><td>{esc(str(name))}</td><td>{esc(str(v.get('champion')))}</td>"
-            f"<td>{esc(str(v.get('challenger')))}</td></tr>"
+            f"<tr><td>{esc(str(name))}</td><td>{esc(str(v.get('verdict', '')))}</td>"
+            f"<td>{esc(str(v.get('champion')))}</td><td>{esc(str(v.get('challenger')))}</td>"
+            f"<td>{esc(str(v.get('interval', '')).replace('..', ' .. '))}</td></tr>"
             for name, v in (outcome.get("metrics") or {}).items()
         )
         decisions += (
@@ -49,7 +50,10 @@ def write_report(platform: LocalPlatform | None, timeline: Timeline, path: Path)
             f"<p>Workflow {esc(rnd.workflow)}; version {esc(str(outcome.get('version')))}; "
             f"champion {esc(rnd.served_before)} &rarr; {esc(str(rnd.champion_after))}. "
             f"Why: {esc(str(outcome.get('reason', '')))}</p>"
-            "<table><tr><th>gate metric</th><th>champion (or base)</th><th>challenger</th></tr>"
+            f"<p>Evaluation set: {esc(str(outcome.get('eval_set', '')))}; evidence: "
+            f"{esc(str(outcome.get('evidence', '')))}.</p>"
+            "<table><tr><th>metric</th><th>role, verdict</th><th>champion (or base)</th>"
+            "<th>challenger</th><th>paired bootstrap interval of the change</th></tr>"
             f"{metric_rows}</table>{_side_by_side(rnd)}"
         )
     canary = canary_section(platform, timeline.data.get("rounds", []))

@@ -27,7 +27,8 @@ from typing import Any, Literal
 LOWER_IS_BETTER = frozenset({"perplexity"})
 SEED = 0  # fixed: the same reports give the same decision
 
-Verdict = Literal["pass", "fail", "undecided"]
+Verdict = Literal["pass", "fail", "undecided", "info"]
+Role = Literal["target", "guard", "info"]  # info: reported with its interval, not decided on
 
 
 @dataclass
@@ -35,7 +36,7 @@ class MetricComparison:
     """One metric, challenger against champion on the paired examples."""
 
     metric: str
-    role: Literal["target", "guard"]
+    role: Role
     examples: int
     champion: float
     challenger: float
@@ -109,7 +110,7 @@ def _relative(metric: str, challenger: Any, champion: Any) -> Any:
 
 def compare(
     metric: str,
-    role: Literal["target", "guard"],
+    role: Role,
     challenger: Sequence[Mapping[str, Any]],
     champion: Sequence[Mapping[str, Any]],
     *,
@@ -168,7 +169,9 @@ def compare(
             f"{lo:+.3g}..{hi:+.3g})"
         )
     verdict: Verdict
-    if n < min_examples:
+    if role == "info":
+        verdict, why = "info", shown
+    elif n < min_examples:
         verdict, why = "undecided", f"{shown}: only {n} paired examples (need {min_examples})"
     elif role == "target" and lo > threshold:
         verdict, why = "pass", f"{shown} > {threshold:.1%}"
@@ -209,8 +212,10 @@ def decide(
     confidence: float,
     min_examples: int,
     resamples: int,
+    informational: Sequence[str] = (),
 ) -> Outcome:
-    """The rule over every target and guard metric (see the module docstring)."""
+    """The rule over every target and guard metric (see the module docstring); the
+    `informational` metrics get their intervals too, for the report, but no say."""
     table: dict[str, MetricComparison] = {}
     for metric in targets:
         table[metric] = compare(
@@ -235,10 +240,23 @@ def decide(
                 min_examples=min_examples,
                 resamples=resamples,
             )
-    failed = [c.why for c in table.values() if c.verdict == "fail"]
-    undecided = [c.why for c in table.values() if c.verdict == "undecided"]
+    for metric in informational:
+        if metric not in table:
+            table[metric] = compare(
+                metric,
+                "info",
+                challenger,
+                champion,
+                threshold=0.0,
+                confidence=confidence,
+                min_examples=min_examples,
+                resamples=resamples,
+            )
+    decided = [c for c in table.values() if c.role != "info"]
+    failed = [c.why for c in decided if c.verdict == "fail"]
+    undecided = [c.why for c in decided if c.verdict == "undecided"]
     if failed:
         return Outcome(False, "sufficient", "rejected: " + "; ".join(failed), table)
     if undecided:
         return Outcome(False, "insufficient", "not enough evidence: " + "; ".join(undecided), table)
-    return Outcome(True, "sufficient", "better: " + "; ".join(c.why for c in table.values()), table)
+    return Outcome(True, "sufficient", "better: " + "; ".join(c.why for c in decided), table)

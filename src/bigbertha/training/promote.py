@@ -235,6 +235,7 @@ def run(
         confidence=rule.confidence,
         min_examples=rule.min_examples,
         resamples=rule.bootstrap_resamples,
+        informational=["perplexity", *evaluate.PER_EXAMPLE],  # the report shows every metric
     )
     passed, reason = outcome.passed, outcome.reason
     if not champion:
