@@ -281,9 +281,11 @@ class Recorder:
         *,
         backoff_seconds: float = BACKOFF_SECONDS,
         clock: Any = time.monotonic,
+        serving_versions_kept: int = SERVING_VERSIONS_KEPT,
     ) -> None:
         self._client = client
         self._model = model
+        self._kept = serving_versions_kept
         self._backoff = backoff_seconds
         self._clock = clock
         self._lock = threading.Lock()
@@ -294,11 +296,9 @@ class Recorder:
         self.dropped = 0
         self._warn = RateLimitedLogger(log, interval=30.0)
 
-        serving_versions_kept: int = SERVING_VERSIONS_KEPT,
     @classmethod
     def from_settings(cls, settings: Settings) -> Recorder:
         """A recorder for `settings.redis.url` labelled with `settings.mlflow.model_name`.
-        self._kept = serving_versions_kept
 
         Raises ConfigError for a malformed URL; an empty one means telemetry off.
         """
