@@ -464,3 +464,37 @@ def test_up_rated_turns_split_by_conversation_into_training_and_evaluation(
     assert (row["kind"], row["answerable"], row["gold"]) == ("feedback", True, [])
     assert row["reference"] == row["question"].replace("question", "answer").replace("?", "[1]")
     assert dataset.card()["held_out_for_evaluation"] == len(rows)
+
+
+def test_the_demo_training_set_is_prompted_as_the_chatbot_prompts() -> None:
+    """The demo's curated rows teach what the chatbot is asked: labelled passages in, a short
+    complete answer citing one of them out (not a copy of a passage header), and enough rows
+    survive the demo's own limits for its 8 steps of 4."""
+    import re
+
+    import yaml
+
+    from bigbertha.local.platform import DEMO_DATA
+
+    root = Path(__file__).resolve().parents[2]
+    demo = yaml.safe_load((root / "values/demo.yaml").read_text())["settings"]["finetune"]
+    settings = settings_for(
+        **{k: demo[k] for k in ("max_seq_length", "min_examples")}, base_model="smollm2"
+    )
+    uri = str(DEMO_DATA / "train.jsonl")
+    dataset = training_data.build(settings, [uri])
+    assert len(dataset.examples) >= demo["max_steps"] * demo["batch_size"]
+    assert dataset.card()["dropped"]["too_long"] == 0 and not dataset.foreign_prompts
+    rows = [json.loads(line) for line in Path(uri).read_text().splitlines() if line[:1] == "{"]
+    abstentions = 0
+    for row, example in zip(rows, dataset.examples, strict=True):
+        answer = row["answer"]
+        assert training_data.served_prompt(example["prompt"]), row["question"]
+        assert all(p["label"] for p in row["context"]), row["question"]  # cited as served
+        assert answer.endswith("."), answer  # a complete sentence
+        cited = [int(n) for n in re.findall(r"\[(\d+)\]", answer)]
+        assert all(1 <= n <= len(row["context"]) for n in cited), answer
+        assert not any(p["label"] in answer for p in row["context"]), answer
+        abstentions += not cited and answer == "The documents do not say."
+        assert cited or answer == "The documents do not say.", answer
+    assert abstentions >= 4
