@@ -8,3 +8,9 @@
 {{- end -}}
 {{- $total -}}
 {{- end -}}
+{{/* bigbertha.monitoring.votes: votes standing over a window by namespace, model and version; params: sel (label matchers, a rating among them or not), window. Cast minus those a later vote on the same answer replaced (`or ... * 0`: no replaced series yet); each replica's copy collapsed with max before the sum. */}}
+{{- define "bigbertha.monitoring.votes" -}}
+{{- $cast := printf "sum by (namespace, model, model_version) (max without (instance, pod) (increase(bigbertha_feedback_total{%s}[%s])))" .sel .window -}}
+{{- $replaced := printf "sum by (namespace, model, model_version) (max without (instance, pod) (increase(bigbertha_feedback_replaced_total{%s}[%s])))" .sel .window -}}
+({{ $cast }} - ({{ $replaced }} or {{ $cast }} * 0))
+{{- end -}}

@@ -471,20 +471,22 @@ def test_every_vote_counts_once_whatever_the_exporter_replicas(
 ):
     """Prod runs two exporters over one Redis: each exports the same totals. 12 real votes at
     50% down stay under minVotes 20 with 1 or 2 replicas (summed, 2 replicas made it 24 and
-    fired); 24 real votes fire with either."""
+    fired); 24 real votes fire with either; a changed vote counts once."""
     rule, _ = default_objects
     cfg = DEFAULTS["monitoring"]["rules"]["negativeFeedback"]
     assert cfg["minVotes"] == 20 and cfg["threshold"] < 0.5
 
-    def inputs(votes_per_rating: int) -> list[dict[str, str]]:
+    def inputs(votes_per_rating: int, replaced_up: int = 0) -> list[dict[str, str]]:
         out = []
         for n in range(replicas):
             target = {**CHAT, "instance": f"10.0.0.{n + 7}:8080", "pod": f"exporter-{n}"}
-            for rating in ("up", "down"):
-                # One vote a minute until the total, then flat: the same on every replica.
-                ramp = f"0+1x{votes_per_rating} {votes_per_rating}+0x60"
+            counters = [("bigbertha_feedback_total", r, votes_per_rating) for r in ("up", "down")]
+            counters.append(("bigbertha_feedback_replaced_total", "up", replaced_up))
+            for name, rating, total in counters:
+                # One a minute until the total, then flat: the same on every replica.
+                ramp = f"0+1x{total} {total}+0x60" if total else "0+0x80"
                 labels = {**target, "rating": rating}
-                out.append(series("bigbertha_feedback_total", labels, 1, 0) | {"values": ramp})
+                out.append(series(name, labels, 1, 0) | {"values": ramp})
             out.append(series("bigbertha_model_info", target, 0, 0) | {"values": "1+0x80"})
         return out
 
@@ -496,13 +498,16 @@ def test_every_vote_counts_once_whatever_the_exporter_replicas(
             )
         }
     ]
+    # (votes cast a rating, up votes a later down vote replaced, expected): 12 answers each
+    # rated up then down are 12 votes standing, all down, but under minVotes.
+    cases = ((6, 0, []), (12, 0, firing), (12, 12, []))
     tests = [
         {
-            "name": f"{votes * 2} real votes, {replicas} replica(s)",
+            "name": f"{votes * 2} votes cast, {replaced} replaced, {replicas} replica(s)",
             "interval": "1m",
-            "input_series": inputs(votes),
+            "input_series": inputs(votes, replaced),
             "alert_rule_test": [{"eval_time": "45m", "alertname": alert, "exp_alerts": expected}],
         }
-        for votes, expected in ((6, []), (12, firing))
+        for votes, replaced, expected in cases
     ]
     run_promtool(tmp_path, rules_yaml(rule, annotations=False), tests)

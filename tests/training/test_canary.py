@@ -536,3 +536,50 @@ def test_the_cli_exits_69_within_seconds_when_mlflow_refuses(clean_env: Path) ->
     assert result.exit_code == 69, result.output
     assert time.monotonic() - began < 15
     assert "MLflow" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_prometheus_restarted_mid_canary_still_counts_since_the_start(
+    stack: dict[str, Any], services: ServiceManager
+) -> None:
+    """The canary's own Prometheus (same scrape config, same data directory) stops and starts
+    again while the canary polls: it decides on exactly the votes cast since its start, not on
+    the champion's history, with the baseline `start` recorded on the version."""
+    import subprocess
+
+    from tests.services import require_binary
+
+    config = yaml.safe_load((Path(stack["prometheus"].workdir) / "prometheus.yml").read_text())
+    own = services.prometheus(yaml.safe_dump(config))
+    settings = canary_settings(stack, prometheus_url=own.url, poll_seconds=0.5)
+    champion, challenger = register(settings, 2)
+    registry.promote(settings, champion)
+    rate(settings, champion, up=2, down=18)  # the history that started the retraining
+    canary.start(settings, challenger)
+    assert canary.BASELINE_TAG in registry.version_tags(settings, challenger)
+    rate(settings, challenger, up=4, down=1)
+    rate(settings, champion, up=2, down=2)  # not enough to decide yet
+    watcher, result = watch(settings, challenger)
+    time.sleep(1.5)
+    assert watcher.is_alive()
+
+    own.stop()
+    require_binary("prometheus")
+    again = subprocess.Popen(
+        own.process.args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        own.process = again
+        own.wait_ready()
+        rate(settings, challenger, up=4, down=1)
+        rate(settings, champion, up=2, down=4)
+        watcher.join(30)
+        decision = result["decision"]
+        assert decision.decision == "promoted", decision.reason
+        assert decision.challenger == {"up": 8, "down": 2, "total": 10, "ratio": 0.2}
+        assert decision.champion == {"up": 4, "down": 6, "total": 10, "ratio": 0.6}
+    finally:
+        own.stop()

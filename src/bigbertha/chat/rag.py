@@ -297,7 +297,8 @@ class RagEngine:
         Returns False when it could not be stored (Redis down: the UI says so).
         """
         dropped = self.recorder.dropped
-        self.recorder.record_feedback(answer.model_version, rating)
+        # One vote per answer: rating it again replaces the vote (the log's newest record wins).
+        self.recorder.record_feedback(answer.model_version, rating, answer.turn.turn_id)
         logged = self.feedback.rate(answer.turn, rating)
         return logged and self.recorder.dropped == dropped
 

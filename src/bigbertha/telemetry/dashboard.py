@@ -38,10 +38,13 @@ WINDOW_VARIABLE = "negative_feedback_window"
 DEFAULT_NEGATIVE_FEEDBACK_WINDOW = "1h"
 
 # Label selectors shared by the queries: chat series carry model and model_version, pipeline
-# series only the scrape's namespace.
+# series only the scrape's namespace. Every exporter replica exports the same Redis totals, so
+# each bigbertha_* rate is first collapsed across replicas (`max without (instance, pod)`), as
+# the alert rules do, and only then summed: N replicas must not show N times the traffic.
 CHAT = '{namespace=~"$namespace", model=~"$model"}'
 JOB = '{namespace=~"$namespace"}'
 RATE = "[$__rate_interval]"
+ONCE = "max without (instance, pod)"  # one series per event, whatever the replicas
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class Query:
 
 
 def _quantile(q: float, histogram: str) -> Query:
-    expr = f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket{CHAT}{RATE})))"
+    expr = f"histogram_quantile({q}, sum by (le) ({ONCE} (rate({histogram}_bucket{CHAT}{RATE}))))"
     return Query(expr, f"p{int(q * 100)}")
 
 
@@ -67,10 +70,13 @@ def _ratio(numerator: str, denominator: str) -> str:
 
 REQUESTS = (
     Query(
-        f"sum by (model_version) (rate(bigbertha_chat_requests_total{CHAT}{RATE}))",
+        f"sum by (model_version) ({ONCE} (rate(bigbertha_chat_requests_total{CHAT}{RATE})))",
         "{{model_version}}",
     ),
-    Query(f"sum(rate(bigbertha_chat_errors_total{CHAT}{RATE}))", "errors"),
+    Query(
+        f"sum({ONCE} (rate(bigbertha_chat_errors_total{CHAT}{RATE})))",
+        "errors",
+    ),
 )
 LATENCY = (
     _quantile(0.5, "bigbertha_chat_latency_seconds"),
@@ -81,33 +87,56 @@ TTFT = (
     _quantile(0.95, "bigbertha_chat_ttft_seconds"),
 )
 TOKENS = (
-    Query(f"sum by (kind) (rate(bigbertha_chat_tokens_total{CHAT}{RATE}))", "{{kind}} tokens/s"),
+    Query(
+        f"sum by (kind) ({ONCE} (rate(bigbertha_chat_tokens_total{CHAT}{RATE})))",
+        "{{kind}} tokens/s",
+    ),
     # Generation speed: completion tokens per second spent answering.
     Query(
         _ratio(
-            f'rate(bigbertha_chat_tokens_total{{namespace=~"$namespace", model=~"$model", '
-            f'kind="completion"}}{RATE})',
-            f"rate(bigbertha_chat_latency_seconds_sum{CHAT}{RATE})",
+            f'{ONCE} (rate(bigbertha_chat_tokens_total{{namespace=~"$namespace", model=~"$model", '
+            f'kind="completion"}}{RATE}))',
+            f"{ONCE} (rate(bigbertha_chat_latency_seconds_sum{CHAT}{RATE}))",
         ),
         "completion tokens per answer-second",
     ),
 )
+DOWN = '{namespace=~"$namespace", model=~"$model", rating="down"}'
+
+
+def _standing(selector: str, window: str) -> str:
+    """The rate of votes standing: cast minus replaced by a later vote on the same answer (the
+    alert rules' count; `or ... * 0` where an older exporter has no replaced series)."""
+    cast = f"{ONCE} (rate(bigbertha_feedback_total{selector}{window}))"
+    replaced = f"{ONCE} (rate(bigbertha_feedback_replaced_total{selector}{window}))"
+    return f"({cast} - ({replaced} or {cast} * 0))"
+
+
 NEGATIVE_FEEDBACK = (
     Query(
         _ratio(
-            f'rate(bigbertha_feedback_total{{namespace=~"$namespace", model=~"$model", '
-            f'rating="down"}}[${WINDOW_VARIABLE}])',
-            f"rate(bigbertha_feedback_total{CHAT}[${WINDOW_VARIABLE}])",
+            _standing(DOWN, f"[${WINDOW_VARIABLE}]"),
+            _standing(CHAT, f"[${WINDOW_VARIABLE}]"),
         ),
         "thumbs-down ratio",
     ),
     Query(f"vector(${THRESHOLD_VARIABLE})", "alert threshold"),
 )
-REFUSED = (Query(f"sum by (reason) (rate(bigbertha_chat_refused_total{JOB}{RATE}))", "{{reason}}"),)
-FEEDBACK = (Query(f"sum by (rating) (rate(bigbertha_feedback_total{CHAT}{RATE}))", "{{rating}}"),)
+REFUSED = (
+    Query(
+        f"sum by (reason) ({ONCE} (rate(bigbertha_chat_refused_total{JOB}{RATE})))",
+        "{{reason}}",
+    ),
+)
+FEEDBACK = (
+    Query(
+        f"sum by (rating) {_standing(CHAT, RATE)}",
+        "{{rating}}",
+    ),
+)
 RETRIEVAL_SCORES = (
     Query(
-        f"sum by (le) (increase(bigbertha_retrieval_score_bucket{CHAT}{RATE}))",
+        f"sum by (le) ({ONCE} (increase(bigbertha_retrieval_score_bucket{CHAT}{RATE})))",
         "{{le}}",
         heatmap=True,
     ),
@@ -115,8 +144,8 @@ RETRIEVAL_SCORES = (
 EMPTY_RETRIEVAL = (
     Query(
         _ratio(
-            f"rate(bigbertha_retrieval_empty_total{CHAT}{RATE})",
-            f"rate(bigbertha_chat_requests_total{CHAT}{RATE})",
+            f"{ONCE} (rate(bigbertha_retrieval_empty_total{CHAT}{RATE}))",
+            f"{ONCE} (rate(bigbertha_chat_requests_total{CHAT}{RATE}))",
         ),
         "questions without context",
     ),
@@ -132,14 +161,14 @@ SERVING_MODEL = (
 )
 RETRAIN_RUNS = (
     Query(
-        f"sum by (result) (increase(bigbertha_retrain_runs_total{JOB}[1h]))",
+        f"sum by (result) ({ONCE} (increase(bigbertha_retrain_runs_total{JOB}[1h])))",
         "{{result}}",
         interval="1h",
     ),
 )
 PROMOTIONS = (
     Query(
-        f"sum by (decision) (increase(bigbertha_promotions_total{JOB}[1h]))",
+        f"sum by (decision) ({ONCE} (increase(bigbertha_promotions_total{JOB}[1h])))",
         "{{decision}}",
         interval="1h",
     ),

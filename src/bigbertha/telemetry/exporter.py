@@ -323,6 +323,7 @@ def _zero_series(
             yield recorder.TOKENS, (*labels, kind)
         for rating in recorder.RATINGS:
             yield recorder.FEEDBACK, (*labels, rating)
+            yield recorder.FEEDBACK_REPLACED, (*labels, rating)
 
 
 def _family(spec: recorder.MetricSpec) -> Metric:

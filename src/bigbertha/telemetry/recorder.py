@@ -150,6 +150,18 @@ TOKENS = MetricSpec(
 FEEDBACK = MetricSpec(
     "bigbertha_feedback_total", "counter", "User ratings of answers.", (*CHAT_LABELS, "rating")
 )
+# A vote changed on the same answer (up, then down) is one vote: the first is counted here as
+# replaced (counters never go down), so the votes standing are feedback - replaced.
+FEEDBACK_REPLACED = MetricSpec(
+    "bigbertha_feedback_replaced_total",
+    "counter",
+    "User ratings replaced by a later rating of the same answer (standing = feedback - this).",
+    (*CHAT_LABELS, "rating"),
+)
+#: Redis string per rated answer: its standing rating, so a new one replaces it (SET ... GET).
+RATING_KEY = "bigbertha:telemetry:v1:rating:{}"
+#: How long an answer's rating is remembered for replacing: longer than anyone re-rates.
+RATING_TTL_SECONDS = 7 * 86400
 RETRIEVAL_SCORE = MetricSpec(
     "bigbertha_retrieval_score",
     "histogram",
@@ -212,6 +224,7 @@ STORED = (
     TTFT,
     TOKENS,
     FEEDBACK,
+    FEEDBACK_REPLACED,
     RETRIEVAL_SCORE,
     RETRIEVAL_EMPTY,
     RETRAIN_RUNS,
@@ -351,12 +364,51 @@ class Recorder:
             )
         self._write(incr, serving=labels)
 
-    def record_feedback(self, model_version: str, rating: Literal["up", "down"]) -> None:
-        """One user rating of an answer produced by `model_version`."""
+    def record_feedback(
+        self, model_version: str, rating: Literal["up", "down"], answer: str | None = None
+    ) -> None:
+        """One user rating of an answer produced by `model_version`.
+
+        With the answer's id, one vote per answer: the same rating again counts nothing, the
+        other rating replaces it (the old one counted as replaced), atomically in one script.
+        """
         if rating not in RATINGS:
             return self._reject(f"rating {rating!r} is not one of {RATINGS}")
         labels = (self._model, str(model_version), rating)
-        self._write({_field(FEEDBACK.name, labels): 1})
+        if answer is None:
+            return self._write({_field(FEEDBACK.name, labels): 1})
+        other = "down" if rating == "up" else "up"
+        self._write(
+            {},
+            vote=(
+                RATING_KEY.format(answer),
+                rating,
+                _field(FEEDBACK.name, labels),
+                _field(FEEDBACK_REPLACED.name, (self._model, str(model_version), other)),
+            ),
+        )
+        return None
+
+    def feedback_totals(self) -> dict[tuple[str, str, str], int] | None:
+        """(sample, model_version, rating) -> count of this model's vote counters in Redis
+        (sample: FEEDBACK's or FEEDBACK_REPLACED's name); None when Redis cannot be read."""
+        if self._client is None:
+            return None
+        try:
+            stored = self._client.hgetall(METRICS_KEY)
+        except Exception as exc:  # whatever the client raises: the caller falls back
+            self._warn.warning("telemetry: cannot read the vote counters (%s)", exc)
+            return None
+        out: dict[tuple[str, str, str], int] = {}
+        for name, value in stored.items():
+            try:
+                sample, model, version, rating = json.loads(name)
+                count = int(float(value))
+            except (ValueError, TypeError):
+                continue
+            if model == self._model and sample in (FEEDBACK.name, FEEDBACK_REPLACED.name):
+                out[(sample, version, rating)] = count
+        return out
 
     def record_retrain_run(self, result: str) -> None:
         """One retraining pipeline run: succeeded, failed or skipped."""
@@ -438,6 +490,7 @@ class Recorder:
         incr: dict[str, float],
         serving: tuple[str, ...] | None = None,
         canary: tuple[tuple[str, ...], float | None] | None = None,
+        vote: tuple[str, str, str, str] | None = None,
     ) -> None:
         client = self._client
         if client is None:
@@ -469,6 +522,9 @@ class Recorder:
                 pipe.hdel(CANARY_KEY, _field(model, tuple(version)))
             else:
                 pipe.hset(CANARY_KEY, _field(model, tuple(version)), repr(float(started)))
+        if vote is not None:
+            key, rating, cast, replaced = vote
+            pipe.eval(_VOTE_SCRIPT, 2, key, METRICS_KEY, rating, cast, replaced, RATING_TTL_SECONDS)
         try:
             pipe.execute()
         except Exception as exc:  # whatever the client raises, the chat goes on
@@ -484,6 +540,19 @@ class Recorder:
             return
         finally:
             pipe.reset()
+
+
+# KEYS: the answer's rating, the metrics hash; ARGV: the rating, its field, the other rating's
+# replaced field, the TTL. A rating equal to the standing one counts nothing; a different one
+# counts and marks the standing one replaced; one script, so two clicks never both count.
+_VOTE_SCRIPT = """
+local old = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
+if old == ARGV[1] then return 0 end
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+if old then redis.call('HINCRBY', KEYS[2], ARGV[3], 1) end
+return 1
+"""
 
 
 def redis_client(url: str, timeout: float, *, decode: bool = True) -> redis.Redis:

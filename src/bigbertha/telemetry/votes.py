@@ -1,17 +1,22 @@
 """Users' votes per model version, read back from Prometheus: the live canary's evidence.
 
-The exporter exposes ``bigbertha_feedback_total{model, model_version, rating}``, counted in
-Redis since the version first answered. A canary compares the votes each version got *since the
-canary started*, so that the champion's history (often the very down votes that started the
-retraining) does not weigh on the comparison. `since` therefore reads every version's counters
-twice through Prometheus' instant-query API, at the start and now, and subtracts:
+The exporter exposes ``bigbertha_feedback_total{model, model_version, rating}`` (votes cast) and
+``bigbertha_feedback_replaced_total`` (votes a later vote on the same answer replaced), counted
+in Redis since the version first answered; the votes standing are the difference. A canary
+compares the votes each version got *since the canary started*, so that the champion's history
+(often the very down votes that started the retraining) does not weigh on the comparison:
 
+- the counters at the start are a *baseline recorded durably* on the challenger's version (tag
+  ``canary.baseline``), read from Redis by `canary.start` at the very moment the alias moves,
+  and each poll subtracts it from the counters Prometheus shows now (`gained`). A Prometheus
+  restarted since (or a replica that never saw the start) needs only its current samples: a
+  snapshot Prometheus would be asked for later may be lost with its storage, and then the
+  champion's whole history would count;
 - ``max by (model_version, rating)``: every exporter replica reads the same Redis and exports
   the same totals, so summing replicas would count each vote once per replica;
-- ``last_over_time(...[LOOKBACK])``: the latest sample at each moment, even when a scrape or two
-  were missed around it;
-- a counter that went down (Redis lost its data) restarted from zero: its current value is the
-  count since then.
+- ``last_over_time(...[LOOKBACK])``: the latest sample, even when a scrape or two were missed;
+- a counter below its baseline (Redis lost its data) restarted from zero: its current value is
+  the count since then.
 
 Prometheus unreachable or failing is `ServiceUnavailable` (transient: the canary polls again,
 and the workflow retries it); a query Prometheus rejects is a `ConfigError` naming the selector.
@@ -29,6 +34,9 @@ from typing import Any
 from bigbertha.core.errors import ConfigError, ServiceUnavailable
 
 FEEDBACK = "bigbertha_feedback_total"
+REPLACED = "bigbertha_feedback_replaced_total"
+#: (counter name, model_version, rating) -> its value: what a baseline holds.
+Counts = dict[tuple[str, str, str], int]
 #: How far back the last sample before a moment may lie (a few missed scrapes, not a day).
 LOOKBACK = "15m"
 TIMEOUT_SECONDS = 10.0
@@ -65,9 +73,11 @@ def _label(value: str) -> str:
 
 
 def feedback_query(model: str, selector: str = "") -> str:
-    """Every version's vote totals of `model` at the query's moment, by version and rating."""
-    matchers = f"model={_label(model)}" + (f",{selector}" if selector else "")
-    return f"max by (model_version, rating) (last_over_time({FEEDBACK}{{{matchers}}}[{LOOKBACK}]))"
+    """Both vote counters of `model` at the query's moment, by counter, version and rating."""
+    matchers = f'__name__=~"{FEEDBACK}|{REPLACED}",model={_label(model)}' + (
+        f",{selector}" if selector else ""
+    )
+    return f"max by (__name__, model_version, rating) (last_over_time({{{matchers}}}[{LOOKBACK}]))"
 
 
 def instant_query(
@@ -108,31 +118,54 @@ def _error_of(exc: urllib.error.HTTPError) -> str:
         return exc.reason or f"HTTP {exc.code}"
 
 
-def totals(
-    url: str, model: str, selector: str = "", at: float | None = None
-) -> dict[tuple[str, str], int]:
-    """(model_version, rating) -> votes counted up to `at` (now by default)."""
-    counts: dict[tuple[str, str], int] = {}
+def counters(url: str, model: str, selector: str = "", at: float | None = None) -> Counts:
+    """(counter, model_version, rating) -> its value at `at` (now by default)."""
+    counts: Counts = {}
     for sample in instant_query(url, feedback_query(model, selector), at):
         labels = sample.get("metric", {})
-        version, rating = labels.get("model_version"), labels.get("rating")
-        if version is None or rating not in ("up", "down"):
+        name, version, rating = (labels.get(k) for k in ("__name__", "model_version", "rating"))
+        if name not in (FEEDBACK, REPLACED) or version is None or rating not in ("up", "down"):
             continue
-        counts[(str(version), str(rating))] = round(float(sample["value"][1]))
+        counts[(str(name), str(version), str(rating))] = round(float(sample["value"][1]))
     return counts
 
 
-def since(
-    url: str, model: str, started: float, *, selector: str = "", now: float | None = None
-) -> dict[str, Votes]:
-    """model_version -> the votes it got between `started` and `now` (unix times)."""
-    before = totals(url, model, selector, started)
-    after = totals(url, model, selector, now)
+def standing(counts: Counts) -> dict[str, Votes]:
+    """model_version -> the votes standing in `counts` (cast minus replaced)."""
     votes: dict[str, Votes] = {}
-    for (version, rating), count in after.items():
-        gained = count - before.get((version, rating), 0)
-        if gained < 0:  # the counter restarted from zero after `started`
-            gained = count
-        current = votes.get(version, Votes())
-        votes[version] = current + (Votes(up=gained) if rating == "up" else Votes(down=gained))
+    for (name, version, rating), count in counts.items():
+        signed = count if name == FEEDBACK else -count
+        change = Votes(up=signed) if rating == "up" else Votes(down=signed)
+        votes[version] = votes.get(version, Votes()) + change
     return votes
+
+
+def totals(
+    url: str, model: str, selector: str = "", at: float | None = None
+) -> dict[tuple[str, str], int]:
+    """(model_version, rating) -> votes standing up to `at` (now by default)."""
+    out: dict[tuple[str, str], int] = {}
+    for version, counted in standing(counters(url, model, selector, at)).items():
+        out[(version, "up")], out[(version, "down")] = counted.up, counted.down
+    return out
+
+
+def gained(
+    url: str, model: str, baseline: Counts, *, selector: str = "", now: float | None = None
+) -> dict[str, Votes]:
+    """model_version -> the votes it got since `baseline` was taken, up to `now`."""
+    since: Counts = {}
+    for key, count in counters(url, model, selector, now).items():
+        before = baseline.get(key, 0)
+        since[key] = count if count < before else count - before  # below: Redis restarted
+    return standing(since)
+
+
+def encode(counts: Counts) -> str:
+    """A baseline as the version's tag holds it (JSON)."""
+    return json.dumps([[*key, n] for key, n in sorted(counts.items())], separators=(",", ":"))
+
+
+def decode(text: str) -> Counts:
+    """The baseline of a tag; ValueError if it is not one."""
+    return {(str(a), str(b), str(c)): int(n) for a, b, c, n in json.loads(text)}

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 STARTED_TAG = "canary.started_at"
 DECISION_TAG = "canary.decision"
 RECORDED_TAG = "canary.recorded"  # the run and the counter are done too
+BASELINE_TAG = "canary.baseline"  # the vote counters at the start (telemetry/votes.py)
 NOT_ENOUGH_VOTES = "not enough votes"
 
 
@@ -109,12 +110,17 @@ def start(settings: Settings, version: str, *, now: float | None = None) -> floa
         if known is not None:  # already running (a gate run again): its clock keeps running
             return known
     started = time.time() if now is None else now
-    registry.set_tags(
-        settings, version, {STARTED_TAG: repr(started), "canary.share": settings.canary.share}
-    )
+    recorder = _recorder(settings)
+    tags = {STARTED_TAG: repr(started), "canary.share": str(settings.canary.share)}
+    # The votes so far, read from Redis as the alias moves and kept on the version: the
+    # canary counts from them, whatever Prometheus forgets meanwhile (telemetry/votes.py).
+    baseline = recorder.feedback_totals()
+    if baseline is not None:
+        tags[BASELINE_TAG] = votes_api.encode({k: n for k, n in baseline.items() if n})
+    registry.set_tags(settings, version, tags)
     # The alias moves in one step: no moment without a challenger, then the old one's books.
     replaced = registry.set_challenger(settings, version)
-    _recorder(settings).set_canary(version, started)
+    recorder.set_canary(version, started)
     if replaced is not None:
         _retire(settings, replaced, f"superseded by version {version}", {}, None)
     log.info(
@@ -430,6 +436,7 @@ def run(
     started = _started(tags)
     if started is None:  # the alias was set by hand: the canary starts now
         started = start(settings, version)
+        tags = registry.version_tags(settings, version)  # with the baseline start recorded
     c = settings.canary
     deadline = started + c.deadline_seconds
     recorder = _recorder(settings)
@@ -437,6 +444,7 @@ def run(
 
     design = Design.from_settings(settings)
     log.info("canary of version %s: %s", version, design.describe())
+    baseline = _baseline(settings, version, tags, started)
 
     # 2. Poll until the sequential test decides, or the deadline.
     polls, verdict, reason = 0, None, ""
@@ -450,8 +458,11 @@ def run(
             if current != version:
                 return _withdrawn(settings, version, current, started, polls, report)
             recorder.set_canary(version, started)  # re-asserted: Redis may have lost it
-            counted = votes_api.since(
-                url, name, started, selector=c.prometheus_selector, now=min(now, deadline)
+            if baseline is None:
+                baseline = _baseline(settings, version, tags, started)
+            assert baseline is not None
+            counted = votes_api.gained(
+                url, name, baseline, selector=c.prometheus_selector, now=min(now, deadline)
             )
         except ServiceUnavailable as exc:
             if now >= deadline:
@@ -500,6 +511,34 @@ def run(
         polls=polls,
     )
     return _finish(settings, decision, lineage, report)
+
+
+def _baseline(
+    settings: Settings, version: str, tags: Mapping[str, str], started: float
+) -> votes_api.Counts | None:
+    """The vote counters at the canary's start: as `start` recorded them from Redis, or (Redis
+    was unreachable then) as Prometheus kept them, recorded now so no later poll asks again.
+    None while Prometheus cannot say (the caller polls on)."""
+    try:
+        return votes_api.decode(tags[BASELINE_TAG])
+    except (KeyError, ValueError, TypeError):
+        pass
+    c = settings.canary
+    assert c.prometheus_url
+    try:
+        counts = votes_api.counters(
+            c.prometheus_url, settings.mlflow.model_name, c.prometheus_selector, started
+        )
+    except ServiceUnavailable as exc:
+        log.warning("canary of version %s: no baseline yet (%s)", version, exc)
+        return None
+    log.warning(
+        "canary of version %s: its start recorded no vote baseline (Redis was unreachable); "
+        "taken from Prometheus at the start instead",
+        version,
+    )
+    registry.set_tags(settings, version, {BASELINE_TAG: votes_api.encode(counts)})
+    return counts
 
 
 def _deadline_outcome(settings: Settings, challenger: Votes, champion: Votes) -> tuple[str, str]:
