@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from bigbertha.local.canary import TASTE
-from bigbertha.local.report import down_ratios_since
+from bigbertha.local.report import down_ratios_since, statistic_table
 from bigbertha.telemetry.votes import Votes
 from bigbertha.training.canary import Design, judge
 
@@ -60,3 +60,32 @@ def test_the_plotted_ratio_counts_only_votes_since_the_start() -> None:
     up = [(90.0, 1.0), (101.0, 2.0), (102.0, 2.0), (103.0, 4.0)]
     # Since 100: one up at 101, one down at 102, two up at 103.
     assert down_ratios_since(down, up, start) == [(1.0, 0.0), (2.0, 0.5), (3.0, 0.25)]
+
+
+def test_the_report_shows_the_statistic_over_time_with_its_thresholds() -> None:
+    """The polls the canary recorded, as the demo's report tabulates them: the last row is the
+    one that crossed the promotion threshold."""
+    import dataclasses
+
+    c = DEMO["settings"]["canary"]
+    design = Design.plan(
+        margin=c["margin"],
+        false_promotion_rate=c["false_promotion_rate"],
+        power=0.8,
+        baseline=c["baseline_down_ratio"],
+        min_votes=c["min_votes"],
+    )
+    points, verdict = [], None
+    for n in range(c["min_votes"], 30):
+        verdict, _, point = judge(votes("liked", n), votes("disliked", n), design)
+        points.append({"t": 2.0 * n, **point})
+        if verdict:
+            break
+    assert verdict == "promoted"
+    canary = {"design": dataclasses.asdict(design), "statistic": points}
+    table = statistic_table(canary)
+    assert "log LR promote (at 2.30)" in table  # log(1 / 0.1)
+    assert f"within {design.planned_votes} votes a side" in table
+    assert table.count("<tr>") == len(points) + 1
+    assert f"<td>{points[-1]['log_lr_promote']:.2f}</td>" in table
+    assert points[-1]["log_lr_promote"] >= 2.30 > points[-2]["log_lr_promote"]

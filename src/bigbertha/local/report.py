@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import time
 import urllib.error
 import urllib.parse
@@ -179,14 +180,72 @@ def canary_section(platform: LocalPlatform | None, rounds: list[Any]) -> str:
         plot = ""
         if platform is not None and getattr(platform, "prometheus", None) is not None:
             plot = _canary_plot(platform, canary)
+        if canary.get("statistic") and canary.get("design"):
+            plot += _statistic_plot(canary)
         parts.append(
             f"<h3>Round {rnd.number}: version {esc(canary['version'])} "
             f"<b>{esc(canary['decision'])}</b> after {canary['seconds']:.0f}s</h3>"
             f"<p>Raters preferred the {esc(canary['prefer'])}. Why: {esc(canary['reason'])}</p>"
             "<table><tr><th>votes since the canary started</th><th>up</th><th>down</th>"
-            f"<th>down-vote ratio</th></tr>{rows}</table>{plot}"
+            f"<th>down-vote ratio</th></tr>{rows}</table>"
+            f"{statistic_table(canary)}{plot}"
         )
     return "".join(parts)
+
+
+def _thresholds(design: dict[str, Any]) -> tuple[float, float]:
+    """The log likelihood ratios at which the canary promotes and retires (canary.Design)."""
+    return (
+        math.log(1 / float(design["false_promotion_rate"])),
+        math.log(2 / (1 - float(design["power"]))),
+    )
+
+
+def statistic_table(canary: dict[str, Any]) -> str:
+    """The sequential test over time: each recorded poll's votes and both log likelihood
+    ratios against the thresholds they decide at, with the design's error rates and plan."""
+    design, points = canary.get("design") or {}, canary.get("statistic") or []
+    if not design or not points:
+        return ""
+    promote_at, retire_at = _thresholds(design)
+    rows = "".join(
+        f"<tr><td>{float(p['t']):.0f}</td><td>{int(p['challenger_votes'])}</td>"
+        f"<td>{int(p['champion_votes'])}</td><td>{float(p['log_lr_promote']):.2f}</td>"
+        f"<td>{float(p['log_lr_retire']):.2f}</td></tr>"
+        for p in points
+    )
+    return (
+        f"<p>Sequential test (mixture SPRT): false promotion at most "
+        f"{float(design['false_promotion_rate']):g} for a challenger worse by "
+        f"{float(design['margin']):g}, power {float(design['power']):g} for one better by it "
+        f"within {int(design['planned_votes'])} votes a side. It promotes when the first log "
+        f"likelihood ratio reaches {promote_at:.2f}, retires when the second reaches "
+        f"{retire_at:.2f} or the plan is spent.</p>"
+        "<table><tr><th>seconds</th><th>challenger votes</th><th>champion votes</th>"
+        f"<th>log LR promote (at {promote_at:.2f})</th><th>log LR retire (at {retire_at:.2f})"
+        f"</th></tr>{rows}</table>"
+    )
+
+
+def _statistic_plot(canary: dict[str, Any]) -> str:
+    """Both log likelihood ratios over the polls, their thresholds and the decision."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    promote_at, retire_at = _thresholds(canary["design"])
+    points = canary["statistic"]
+    t = [float(p["t"]) for p in points]
+    fig, ax = plt.subplots(figsize=(9, 3.0))
+    ax.plot(t, [p["log_lr_promote"] for p in points], marker=".", label="log LR: promote")
+    ax.plot(t, [p["log_lr_retire"] for p in points], marker=".", label="log LR: retire")
+    ax.axhline(promote_at, color="C0", linestyle="--", label="promotes at")
+    ax.axhline(retire_at, color="C1", linestyle=":", label="retires at")
+    ax.set_xlabel("seconds since the challenger started")
+    ax.set_title(f"sequential test: {canary['decision']}", fontsize="small")
+    ax.legend(loc="upper left", fontsize="small")
+    return _img(fig, "canary statistic")
 
 
 def _ratio(value: Any) -> str:
