@@ -10,7 +10,7 @@ When the offline gate made the new version the challenger (values/demo.yaml runs
    conversation was routed to), and rates the next answers of the same conversation, checking
    every turn came from the same model (sticky routing). The raters' taste (`prefer`) decides
    how: the preferred side's answers are mostly rated up, the other side's mostly down. Once a
-   side has the canary's minimum of votes, users routed to it leave unrated;
+   side has the sequential test's planned votes, users routed to it leave unrated;
 3. goes on until the workflow's canary step has decided, and records the decision, the votes
    it counted, and the time from the challenger's start to the decision.
 
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 Side = Literal["challenger", "champion"]
 #: Ratings by taste, in turn: the liked side gets 3 of 4 answers up, the other half of them.
-#: With 4 votes each and margin 0.1 the canary tells them apart at any vote count; and neither
+#: 0.25 apart, values/demo.yaml's margin: the canary's sequential test tells them apart in 10
+#: votes a side and never the wrong way within its plan (tests/local/test_canary.py); neither
 #: side ever has more than half its votes down, the demo's retrain-alert threshold, so the
 #: canary's own votes never start another retraining.
 TASTE = {"liked": ("up", "up", "down", "up"), "disliked": ("up", "down")}

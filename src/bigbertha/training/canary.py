@@ -12,10 +12,14 @@ that answered. `run`, the retraining workflow's step after the gate:
 1. finds the challenger (from the gate's report, or the alias) and when its canary started;
 2. every ``canary.poll_seconds`` reads from Prometheus the votes the challenger and the rest of
    the traffic (the champion, or before there is one, the base model) got since that moment
-   (`bigbertha.telemetry.votes`), until both sides have ``canary.min_votes`` or the deadline
-   (start + ``canary.deadline_seconds``, so a retried step never extends it) passes;
-3. decides: promote when the challenger's down-vote ratio is at most the champion's plus
-   ``canary.margin``, else retire; at the deadline without enough votes, ``canary.on_deadline``;
+   (`bigbertha.telemetry.votes`: the counters now minus the baseline `start` recorded on the
+   version), until the sequential test decides or the deadline (start +
+   ``canary.deadline_seconds``, so a retried step never extends it) passes;
+3. decides by a sequential test with stated error rates (see "deciding" below): promote when
+   the challenger is shown not worse by ``canary.margin`` at level
+   ``canary.false_promotion_rate``; retire when it is shown not better by the margin, or its
+   planned votes are spent; at the deadline undecided, ``canary.on_deadline``. Every poll's
+   statistic is kept on the decision;
 4. records the decision and its numbers as ``canary.*`` tags on the version, then moves the
    aliases: promote makes it champion (the old champion becomes ``previous``) and removes
    ``challenger``; retire removes ``challenger`` (share back to 0); then logs an MLflow run with
