@@ -581,11 +581,12 @@ def canary_command(
     ] = False,
     reason: Annotated[str | None, typer.Option(help="With --retire: why (recorded).")] = None,
     min_votes: Annotated[
-        int | None, typer.Option(help="Votes each side needs (canary.min_votes).")
+        int | None,
+        typer.Option(help="Votes each side needs before the test is looked at (canary.min_votes)."),
     ] = None,
     margin: Annotated[
         float | None,
-        typer.Option(help="Down-vote ratio the challenger may exceed by (canary.margin)."),
+        typer.Option(help="Down-vote ratio difference that matters (canary.margin)."),
     ] = None,
     report: ReportOption = None,
     alert_name: AlertNameOption = None,
