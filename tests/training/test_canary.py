@@ -284,8 +284,13 @@ def test_a_challenger_users_like_better_becomes_champion(
         time.sleep(0.25)
     assert float(canary_gauge(settings, challenger)[0]["value"][1]) == pytest.approx(started)
 
-    rate(settings, challenger, up=8, down=2)  # 0.2 down
+    rate(settings, challenger, up=7, down=2)
+    # A user who clicked down, then up on the same answer: one up vote.
+    recorder = Recorder.from_settings(settings)
+    recorder.record_feedback(challenger, "down", "answer-1")
+    recorder.record_feedback(challenger, "up", "answer-1")
     rate(settings, champion, up=4, down=6)  # 0.6 down since the canary started
+    wait_scraped(settings, {(challenger, "up"): 8, (champion, "down"): 24})
     report = tmp_path / "canary.json"
     decision = canary.run(settings, version=challenger, lineage=LINEAGE, report=str(report))
 
