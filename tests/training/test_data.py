@@ -133,14 +133,14 @@ def test_feedback_log_turns_rated_up_become_examples(redis_server: Any) -> None:
 
     # Oldest first; LPUSH makes the list newest first, as the chatbot writes it.
     for record in [
-        turn("t1", "what is bigbertha ?", "an llmops platform", None, 1),
+        turn("t1", "what is bigbertha ?", "an llmops platform.", None, 1),
         turn("t2", "is it slow ?", "no", None, 2),
-        turn("t1", "what is bigbertha ?", "an llmops platform", "up", 3),
+        turn("t1", "what is bigbertha ?", "an llmops platform.", "up", 3),
         turn("t2", "is it slow ?", "no", "down", 4),
-        turn("t3", "what is bigbertha ?", "an llmops platform", "up", 5),  # duplicate answer
+        turn("t3", "what is bigbertha ?", "an llmops platform.", "up", 5),  # duplicate answer
         turn("t4", "changed my mind ?", "yes", "up", 6),
         turn("t4", "changed my mind ?", "yes", "down", 7),  # the newest rating wins
-        turn("t5", "where are the docs ?", "in minio", "up", 8, context=None),
+        turn("t5", "where are the docs ?", "in minio.", "up", 8, context=None),
         turn("t6", "anything there ?", "I found nothing", "up", 9, context=[]),  # no model call
         "not json",
     ]:
@@ -232,10 +232,10 @@ def planted_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         {"prompt": "what color is the sky ?", "completion": "the sky is blue"},
     ]
     turns = [
-        (f"call me on {p['PHONE_NUMBER'][0]} or {p['PHONE_NUMBER'][2]}", "I cannot call", None),
-        ("which host is down?", f"the server at {p['IP_ADDRESS'][0]}", None),
-        ("my token does not work", f"{p['GITHUB_TOKEN'][0]} was revoked", None),
-        (f"is {p['OPENAI_API_KEY'][0]} valid?", "I cannot check keys", None),
+        (f"call me on {p['PHONE_NUMBER'][0]} or {p['PHONE_NUMBER'][2]}", "I cannot call.", None),
+        ("which host is down?", f"the server at {p['IP_ADDRESS'][0]} is.", None),
+        ("my token does not work", f"{p['GITHUB_TOKEN'][0]} was revoked.", None),
+        (f"is {p['OPENAI_API_KEY'][0]} valid?", "I cannot check keys.", None),
         (
             "how do I reach support?",
             "see the passage [1]",
@@ -246,10 +246,10 @@ def planted_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                 }
             ],
         ),
-        (f"my password: {p['SECRET_VALUE'][0]} is rejected", "reset it", None),
+        (f"my password: {p['SECRET_VALUE'][0]} is rejected", "reset it.", None),
         (
             "what is bigbertha ?",
-            "an llmops platform",
+            "an llmops platform.",
             [{"text": "BigBertha is an LLMOps platform."}],
         ),
     ]
@@ -498,3 +498,17 @@ def test_the_demo_training_set_is_prompted_as_the_chatbot_prompts() -> None:
         abstentions += not cited and answer == "The documents do not say."
         assert cited or answer == "The documents do not say.", answer
     assert abstentions >= 4
+
+
+def test_up_rated_answers_cut_at_the_token_limit_train_on_their_complete_sentences() -> None:
+    def turn(answer: str) -> dict[str, Any]:
+        return {"question": "how do I roll back?", "answer": answer, "context": None}
+
+    cut = turn("Run bigbertha promote --rollback [1]. It moves the champion alias back to")
+    assert training_data.turn_example(cut)["completion"][0]["content"] == (
+        "Run bigbertha promote --rollback [1]."
+    )
+    whole = "It moves the alias back [1]"  # ends with its citation: complete
+    assert training_data.turn_example(turn(whole))["completion"][0]["content"] == whole
+    with pytest.raises(ValueError, match="cut off before its first sentence ended"):
+        training_data.turn_example(turn("The champion alias is moved back by"))

@@ -55,6 +55,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -358,15 +359,34 @@ def parse_jsonl(data: bytes, source: str) -> tuple[list[Example], list[str]]:
     return examples, rejected
 
 
+# An answer ends a sentence: a full stop, ! or ?, then citations, quotes or brackets; or a
+# citation or a code fence. The chatbot stops at llm.max_new_tokens, often mid-sentence.
+_COMPLETE = re.compile(r"""(?:[.!?](?:\s*\[\d+\])*|\[\d+\]|```)["')\]]*\Z""")
+_SENTENCE_END = re.compile(r"""[.!?](?:\s*\[\d+\])*["')\]]*(?=\s)""")
+
+
+def complete_sentences(answer: str) -> str:
+    """`answer` up to its last complete sentence (a served answer stops at the token limit:
+    trained on as is, it would teach answers cut mid-sentence); ValueError when none ended."""
+    text = answer.strip()
+    if _COMPLETE.search(text):
+        return text
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if not ends:
+        raise ValueError("the answer was cut off before its first sentence ended")
+    return text[: ends[-1]].strip()
+
+
 def turn_example(record: Mapping[str, Any]) -> Example:
-    """A logged chat turn as a training example whose prompt is the one the chatbot sent."""
+    """A logged chat turn as a training example whose prompt is the one the chatbot sent, and
+    whose target is its answer's complete sentences."""
     context = record.get("context", [])
     if context == []:  # not logged, or the answer did not come from the model
         raise ValueError("no prompt was logged for it (the model was not asked)")
     passages = None if context is None else _passages(context)
     return {
         "prompt": build_messages(_text(record, "question"), passages),
-        "completion": [_assistant(_text(record, "answer"))],
+        "completion": [_assistant(complete_sentences(_text(record, "answer")))],
     }
 
 
@@ -384,7 +404,7 @@ def eval_row(turn_id: str, conversation: str, record: Mapping[str, Any]) -> dict
     return {
         "id": f"feedback-{turn_id}",
         "question": _text(record, "question"),
-        "reference": _text(record, "answer"),
+        "reference": complete_sentences(_text(record, "answer")),
         "gold": [],
         "answerable": True,
         "kind": "feedback",
