@@ -147,6 +147,11 @@ def test_gate_reuses_the_evaluate_steps_report_only_when_it_matches(
     assert float(tags["gate.perplexity.challenger"]) == pytest.approx(
         json.loads(report.read_text())["metrics"]["perplexity"], rel=1e-5
     )
+    # Filed under its version too: as the next gate's champion its scores are read back.
+    ref = f"models:/{settings.mlflow.model_name}/{first.version}"
+    prepared = evaluate.prepare(settings, evaluate.load_eval_set(settings, None)[1].items)
+    kept = evaluate.cached_report(settings, evaluate.score_key(settings, ref, prepared))
+    assert kept is not None and kept.model == ref and kept.scores
 
     # A report made on another evaluation set is not trusted: the gate benchmarks again.
     stale = json.loads(report.read_text())

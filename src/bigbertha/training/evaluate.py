@@ -378,7 +378,6 @@ def run(
     `eval_set` and `prepared`: for a caller that benchmarks several models on one set (the
     gate), read and retrieved once.
     """
-    import mlflow
 
     tracking.bound_client_retries(settings)
     # 1. The evaluation set, and each question's retrieved prompt.
@@ -414,33 +413,8 @@ def run(
             key=key,
         )
     # 3. Log the set, the metrics and the report to MLflow.
-    with registry.mlflow_errors(settings):
-        registry.client(settings)
-        mlflow.set_experiment(registry.EXPERIMENT)
-    with mlflow.start_run(run_name=f"evaluate-{result.version}", tags=tracking.owner_tags()) as run:
-        mlflow.set_tags(
-            {
-                "step": "evaluate",
-                "model": model_ref,
-                "model_version": result.version,
-                "score_key": key,
-                "eval_hash": the_set.hash,
-                "reused_from": cached.mlflow_run_id or "" if cached is result else "",
-            }
-        )
-        mlflow.set_tags({k: v for k, v in (tags or {}).items() if v})
-        mlflow.log_params(
-            {
-                "eval_data": the_set.name,
-                "eval_hash": the_set.hash,
-                "examples": len(prepared),
-                "eval_kinds": json.dumps(the_set.counts(), sort_keys=True),
-            }
-        )
-        evalset.log_to_mlflow(the_set)
-        mlflow.log_metrics({k: v for k, v in result.metrics.items() if math.isfinite(v)})
-        result.mlflow_run_id = run.info.run_id
-        mlflow.log_dict(result.to_json(), "eval_report.json")
+    reused_from = (cached.mlflow_run_id or "") if cached is result else ""
+    log_run(settings, result, the_set, key, tags=tags, reused_from=reused_from)
     log.info(
         "evaluated %s (version %s) on %s (%s): %s",
         model_ref,
@@ -453,6 +427,65 @@ def run(
     if target:
         storage.write_bytes(settings, target, json.dumps(result.to_json(), indent=2).encode())
     return result
+
+
+def log_run(
+    settings: Settings,
+    result: EvalReport,
+    the_set: evalset.EvalSet,
+    key: str,
+    *,
+    tags: Mapping[str, str] | None = None,
+    reused_from: str = "",
+) -> None:
+    """One MLflow run for `result`: the set as its input, the metrics, the report as an
+    artifact, and the `score_key` tag `cached_report` finds it by. Sets its run id."""
+    import mlflow
+
+    with registry.mlflow_errors(settings):
+        registry.client(settings)
+        mlflow.set_experiment(registry.EXPERIMENT)
+    with mlflow.start_run(run_name=f"evaluate-{result.version}", tags=tracking.owner_tags()) as run:
+        mlflow.set_tags(
+            {
+                "step": "evaluate",
+                "model": result.model,
+                "model_version": result.version,
+                "score_key": key,
+                "eval_hash": the_set.hash,
+                "reused_from": reused_from,
+            }
+        )
+        mlflow.set_tags({k: v for k, v in (tags or {}).items() if v})
+        mlflow.log_params(
+            {
+                "eval_data": the_set.name,
+                "eval_hash": the_set.hash,
+                "examples": result.examples,
+                "eval_kinds": json.dumps(the_set.counts(), sort_keys=True),
+            }
+        )
+        evalset.log_to_mlflow(the_set)
+        mlflow.log_metrics({k: v for k, v in result.metrics.items() if math.isfinite(v)})
+        result.mlflow_run_id = run.info.run_id
+        mlflow.log_dict(result.to_json(), "eval_report.json")
+
+
+def remember_as(
+    settings: Settings,
+    report: EvalReport,
+    model_ref: str,
+    the_set: evalset.EvalSet,
+    prepared: Sequence[Prepared],
+) -> None:
+    """File `report` (scored on a path) under the registered version `model_ref` it became,
+    so the next gate, where that version is the champion, reads its scores back."""
+    import dataclasses
+
+    copy = dataclasses.replace(
+        report, model=model_ref, key=score_key(settings, model_ref, prepared)
+    )
+    log_run(settings, copy, the_set, copy.key, reused_from=report.mlflow_run_id or "")
 
 
 def _fmt(metrics: Mapping[str, float]) -> str:

@@ -219,6 +219,8 @@ def run(
     if evaluation:
         key = evaluate.score_key(settings, challenger, prepared)
         reused = reusable_evaluation(settings, evaluation, challenger, eval_set.hash, key)
+    if reused:  # filed under the version too: as the next gate's champion it costs nothing
+        evaluate.remember_as(settings, reused, challenger_ref, eval_set, prepared)
     theirs = reused or evaluate.run(
         settings, challenger_ref, eval_set=eval_set, prepared=prepared, tags=tags
     )
