@@ -102,8 +102,11 @@ def test_a_rated_turn_trains_on_exactly_the_prompt_the_chatbot_sent(kb: Settings
     answer = engine.ask(MASCOT, "up")
     assert answer.sources and not answer.error  # retrieved from Milvus, then generated
 
-    [example], unusable = training_data.feedback_examples(kb, limit=10)
-    assert unusable == 0
+    # Every conversation on the training side (none held out for evaluation).
+    training = kb.model_copy(update={"finetune": kb.finetune.model_copy(update={"eval_share": 0})})
+    turns = training_data.feedback_examples(training, limit=10)
+    [example] = turns.examples
+    assert turns.unusable == 0 and turns.evaluation == []
     assert example["prompt"] == model.sent[0]
     assert example["completion"] == [{"role": "assistant", "content": answer.text}]
 

@@ -18,7 +18,6 @@ def finetune_section(base: Path, data: Path, output: Path, **extra: Any) -> dict
         "data": [str(data)],
         "output": str(output),
         "min_examples": 8,
-        "feedback_examples": 0,
         "quantize": "none",
         "target_modules": ["all-linear"],
         "lora_r": 8,

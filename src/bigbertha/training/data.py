@@ -31,7 +31,9 @@ would learn to answer and never be sent. Such rows are counted per source in the
 
 Up-rated turns are split by conversation (`held_out`: a hash of the conversation id against
 ``finetune.eval_share``): a held-out conversation's turns are evaluation rows (``--eval-output``,
-the gate's held-out feedback), the others training rows, so no conversation is in both.
+the gate's held-out feedback), the others training rows, so no conversation is in both. An
+up-rated answer is kept up to its last complete sentence (`complete_sentences`): the chatbot
+stops at its token limit, and a target cut mid-sentence teaches cutting.
 
 Anyone can rate a chat turn up, so every row passes the same guards, in this order
 (`Guard.admit`), each counted per reason in the data card:
