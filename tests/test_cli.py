@@ -74,17 +74,21 @@ def test_path_flags_reach_the_commands_absolute(clean_env, monkeypatch):
     assert result.exit_code == 0, result.output
     assert seen["workdir"] == clean_env / ".bigbertha" / "demo"
 
-    def prepare(settings, data, output, lineage):
-        seen.update(data=data, output=output)
+    def prepare(settings, data, output, eval_output, lineage):
+        seen.update(data=data, output=output, eval_output=eval_output)
         return {}
 
     monkeypatch.setattr(training_data, "prepare", prepare)
     result = runner.invoke(
         app,
-        ["prepare-data", "--output", "out/train.jsonl", "--data", "a.jsonl", "--data", "s3://b/k"],
+        [
+            *("prepare-data", "--output", "out/train.jsonl", "--eval-output", "out/eval.jsonl"),
+            *("--data", "a.jsonl", "--data", "s3://b/k"),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert seen["output"] == f"{clean_env}/out/train.jsonl"
+    assert seen["eval_output"] == f"{clean_env}/out/eval.jsonl"
     assert seen["data"] == [f"{clean_env}/a.jsonl", "s3://b/k"]
 
 
