@@ -336,6 +336,12 @@ ReportOption = Annotated[
         help="Also write the JSON result here (path or s3://bucket/key).", callback=_abs_location
     ),
 ]
+GoldenOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Golden evaluation set, path or s3:// (evaluate.golden).", callback=_abs_location
+    ),
+]
 
 
 def _lineage(
@@ -477,9 +483,13 @@ def evaluate_command(
             callback=_abs_model,
         ),
     ],
+    golden: GoldenOption = None,
     data: Annotated[
         str | None,
-        typer.Option(help="Held-out JSONL, path or s3:// (evaluate.data).", callback=_abs_location),
+        typer.Option(
+            help="More held-out JSONL after the golden set, path or s3:// (evaluate.data).",
+            callback=_abs_location,
+        ),
     ] = None,
     max_examples: Annotated[int | None, typer.Option(help="evaluate.max_examples")] = None,
     report: ReportOption = None,
@@ -487,15 +497,17 @@ def evaluate_command(
     alert_labels: AlertLabelsOption = None,
     workflow_name: WorkflowNameOption = None,
 ) -> None:
-    """Benchmark a model: perplexity, token F1 / ROUGE-L vs references, tokens per second.
+    """Benchmark a model on the evaluation set with retrieval in the loop: perplexity, token
+    F1, ROUGE-L, hit@k, MRR, groundedness, citations, relevancy, abstention, completeness.
 
-    Flags: --model REF (required), --data URI, --max-examples N, --report URI, --alert-name,
+    Flags: --model REF (required), --golden URI, --data URI, --max-examples N, --report URI,
+    --alert-name,
     --alert-labels JSON, --workflow-name. Logs to MLflow; prints the report as JSON.
     """
     from bigbertha.training import evaluate
 
     lineage = _lineage(alert_name, alert_labels, workflow_name)
-    settings = ctx.obj.settings(evaluate={"max_examples": max_examples})
+    settings = ctx.obj.settings(evaluate={"max_examples": max_examples, "golden": golden})
     with interruptible():
         result = evaluate.run(settings, model, data=data, report=report, tags=lineage)
     typer.echo(json.dumps(result.to_json()))
@@ -511,15 +523,19 @@ def promote_command(
             callback=_abs_model,
         ),
     ] = None,
+    golden: GoldenOption = None,
     data: Annotated[
         str | None,
         typer.Option(
-            help="Evaluation JSONL both sides run on (evaluate.data).", callback=_abs_location
+            help="More held-out JSONL both sides run on after the golden set (evaluate.data).",
+            callback=_abs_location,
         ),
     ] = None,
     margin: Annotated[
         float | None,
-        typer.Option(help="Relative gain needed on every gate metric (promote.margin)."),
+        typer.Option(
+            help="Relative gain every gate metric needs across its interval (promote.margin)."
+        ),
     ] = None,
     rollback: Annotated[
         bool, typer.Option("--rollback", help="Move champion back to the previous version.")
@@ -538,7 +554,8 @@ def promote_command(
 ) -> None:
     """Register the challenger, gate it against the champion, move `champion` if it wins.
 
-    Flags: --challenger REF (required unless --rollback), --data URI, --margin X, --rollback,
+    Flags: --challenger REF (required unless --rollback), --golden URI, --data URI, --margin X,
+    --rollback,
     --evaluation URI, --report URI, --alert-name, --alert-labels JSON, --workflow-name. Exit 0
     whether promoted or rejected (the decision is in the printed JSON and on the MLflow version).
     """
@@ -547,7 +564,7 @@ def promote_command(
     lineage = _lineage(alert_name, alert_labels, workflow_name)
     if not rollback and not challenger:
         raise typer.BadParameter("required unless --rollback", param_hint="--challenger")
-    settings = ctx.obj.settings(promote={"margin": margin})
+    settings = ctx.obj.settings(promote={"margin": margin}, evaluate={"golden": golden})
     with interruptible():
         if rollback:
             decision = promote.rollback(settings, report=report)
