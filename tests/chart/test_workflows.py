@@ -208,3 +208,21 @@ def test_the_cooldown_comes_from_events_retrain_cooldown_seconds() -> None:
         "bigbertha-settings",
     )
     assert settings["data"]["BIGBERTHA_RETRAIN__COOLDOWN_SECONDS"] == "5400"
+
+
+def test_the_gate_steps_judge_on_the_golden_set_and_the_held_out_turns_with_milvus(
+    docs: list[dict[str, Any]],
+) -> None:
+    """evaluate and promote read the turns prepare-data held out, and reach the golden set and
+    Milvus (they retrieve as the chatbot does) through the settings ConfigMap."""
+    wt = one(docs, "WorkflowTemplate", "bigbertha-finetune")["spec"]
+    steps = {t["name"]: t["container"] for t in wt["templates"] if "container" in t}
+    prepare = steps["prepare-data"]["args"]
+    held_out = prepare[prepare.index("--eval-output") + 1]
+    for name in ("evaluate", "promote"):
+        args = steps[name]["args"]
+        assert args[args.index("--data") + 1] == held_out, name
+        (source,) = steps[name]["envFrom"]
+        settings = one(docs, "ConfigMap", source["configMapRef"]["name"])["data"]
+        assert settings["BIGBERTHA_EVALUATE__GOLDEN"].startswith("s3://"), name
+        assert settings["BIGBERTHA_MILVUS__URI"].startswith("http://"), name
