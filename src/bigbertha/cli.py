@@ -312,6 +312,21 @@ def ingest_command(
     raise typer.Exit(result.exit_code)
 
 
+@app.command("reindex")
+def reindex_command(ctx: typer.Context) -> None:
+    """Give a collection from before hybrid retrieval its BM25 full-text index, from its own
+    stored chunks (nothing re-embedded, nothing lost; rerun to finish an interrupted one).
+
+    Run it while no ingestion runs. Exit 0 done (or nothing to do), 2 no such collection or a
+    mismatched embedding model, 69 Milvus unreachable. Prints {"collection", "rows"}.
+    """
+    from bigbertha.documents import vectorstore
+
+    settings = ctx.obj.settings()
+    rows = vectorstore.reindex(settings)
+    typer.echo(json.dumps({"collection": settings.milvus.collection, "rows": rows}))
+
+
 # --- TRAIN: prepare-data, finetune, evaluate, promote, retrain -------------------------------
 AlertNameOption = Annotated[
     str | None, typer.Option(help="Name of the alert that triggered the run (lineage tag).")

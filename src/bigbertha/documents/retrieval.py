@@ -4,12 +4,12 @@
 bench/retrieval.py get the same chunks. Steps (docs/retrieval.md):
 
 1. search the LlamaIndex Milvus store (`vectorstore.open_store`) with the query embedding of the
-   model ingestion used: dense (`chat.retrieval.mode: dense`) or hybrid, the dense request and
+   model ingestion used: dense (`chat.retrieval_mode: dense`) or hybrid, the dense request and
    Milvus' built-in BM25 full-text request fused in Milvus by RRF or weighted scores
    (`MilvusVectorStore._hybrid_search`, VectorStoreQueryMode.HYBRID);
 2. give every candidate its dense cosine similarity to the question (in hybrid mode read from its
    stored unit vector), and drop those below `chat.similarity_cutoff`;
-3. optionally reorder them with a cross-encoder (`chat.retrieval.rerank_model`);
+3. optionally reorder them with a cross-encoder (`chat.rerank_model`);
 4. keep `chat.top_k`, in that order.
 
 `Chunk.score` is always the dense cosine similarity, whatever ordered the chunks: fused ranks and
@@ -84,19 +84,19 @@ def to_chunk(text: str, score: float | None, metadata: dict[str, Any]) -> Chunk:
 
 
 class RerankerMissing(ConfigError):
-    """`chat.retrieval.rerank_model` is set but no cross-encoder can be loaded from it."""
+    """`chat.rerank_model` is set but no cross-encoder can be loaded from it."""
 
 
 def load_reranker(settings: Settings) -> Any | None:
-    """The cross-encoder named by `chat.retrieval.rerank_model`, or None when it is unset.
+    """The cross-encoder named by `chat.rerank_model`, or None when it is unset.
 
     Only a local directory or an s3:// prefix (downloaded to `rerank_dir`): an air-gapped
     install never reaches a model hub at run time, so a name that is neither is an error too.
     """
-    r = settings.chat.retrieval
+    r = settings.chat
     if not r.rerank_model:
         return None
-    where = f"chat.retrieval.rerank_model {r.rerank_model!r}"
+    where = f"chat.rerank_model {r.rerank_model!r}"
     if r.rerank_model.startswith("s3://"):
         from bigbertha.core.storage import download_prefix
 
@@ -143,8 +143,8 @@ class Retriever:
         )
         self.top_k = top_k or settings.chat.top_k
         self.cutoff = settings.chat.similarity_cutoff
-        self.options = settings.chat.retrieval
-        self.mode = mode or self.options.mode
+        self.options = settings.chat
+        self.mode = mode or self.options.retrieval_mode
         self.reranker = reranker if reranker is not None else load_reranker(settings)
         self._store: Any = None
         self._embed: Any = None
@@ -164,7 +164,7 @@ class Retriever:
 
     def _configure(self, store: Any) -> None:
         """Point the store's hybrid search at our fusion settings."""
-        if self.options.ranker == "rrf":
+        if self.options.retrieval_ranker == "rrf":
             store.hybrid_ranker, store.hybrid_ranker_params = "RRFRanker", {"k": self.options.rrf_k}
         else:
             w = self.options.dense_weight
@@ -172,8 +172,9 @@ class Retriever:
             # The store sends [dense, sparse] requests in that order (_hybrid_search).
             store.hybrid_ranker_params = {"weights": [w, 1.0 - w]}
 
-    def _search(self, question: str) -> list[Chunk]:
-        """Candidates best first by the mode's own order, each scored by dense cosine."""
+    def _search(self, question: str) -> tuple[list[Chunk], bool]:
+        """Candidates best first by the mode's own order, each scored by dense cosine, and
+        whether they were fused (hybrid) or dense only."""
         from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryMode
 
         from bigbertha.documents.vectorstore import EMBEDDING_FIELD
@@ -183,11 +184,11 @@ class Retriever:
         if self.mode == "hybrid" and not hybrid and not self._warned:
             self._warned = True  # open_store logged the reindex hint; say what we do instead
             log.warning(
-                "chat.retrieval.mode is hybrid but the collection has no full-text "
+                "chat.retrieval_mode is hybrid but the collection has no full-text "
                 "index: retrieving dense only until `bigbertha reindex` runs"
             )
         wide = hybrid or self.reranker is not None
-        n = max(self.top_k, self.options.candidates) if wide else self.top_k
+        n = max(self.top_k, self.options.retrieval_candidates) if wide else self.top_k
         vector = embed.get_query_embedding(question)
         query = VectorStoreQuery(
             query_embedding=vector,
@@ -208,16 +209,18 @@ class Retriever:
             scores = [sum(a * b for a, b in zip(vector, stored[i], strict=True)) for _, i in pairs]
         else:
             scores = list(result.similarities or [])
-        return [
+        chunks = [
             to_chunk(node.get_content(), score, dict(node.metadata))
             for node, score in zip(nodes, scores, strict=True)
         ]
+        return chunks, hybrid
 
     def retrieve(self, question: str) -> list[Chunk]:
-        """Up to top_k chunks at or above the cutoff, best first; raises RetrievalUnavailable."""
+        """Up to top_k chunks, best first; [] when none is close enough to the question (the
+        cutoff); raises RetrievalUnavailable."""
         where = f"{self.settings.milvus.uri} collection {self.settings.milvus.collection}"
         try:
-            found = self._search(question)
+            found, fused = self._search(question)
         except ServiceUnavailable as exc:
             self._reset()
             raise RetrievalUnavailable(f"vector store {where}: {exc}") from exc
@@ -225,9 +228,17 @@ class Retriever:
             self._reset()
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise RetrievalUnavailable(f"vector store {where}: {first_line}") from exc
-        kept = [c for c in found if c.score >= self.cutoff]
-        if self.mode == "dense" and self.reranker is None:
-            kept.sort(key=lambda c: c.score, reverse=True)
+        if fused:
+            # The cutoff judges the question, not each passage: a BM25 hit on the exact name
+            # asked for may sit below it (bench: the demo's MinIO question, its README answer at
+            # 0.19). The candidates hold the dense top ones, so their best cosine is the
+            # collection's best and the question goes empty exactly when dense would.
+            best = max((c.score for c in found), default=self.cutoff - 1)
+            kept = found if best >= self.cutoff else []
+        else:
+            kept = sorted(
+                (c for c in found if c.score >= self.cutoff), key=lambda c: c.score, reverse=True
+            )
         if self.reranker is not None and kept:
             logits = self.reranker.predict(
                 [(question, c.text) for c in kept], show_progress_bar=False
