@@ -185,7 +185,7 @@ def score(
 
     Examples go through the model `batch_size` at a time: one step of greedy decoding reads
     every weight once however many sequences it extends, so on a CPU a batch of 8 answers costs
-    little more than one. Padding is masked out (answers left-padded, as generate() needs), so
+    little more than one. Padding is masked out (prompts left-padded, as generate() needs), so
     each example scores as it would alone.
     """
     import torch
@@ -199,38 +199,47 @@ def score(
         for first in range(0, len(examples), batch_size):
             batch = examples[first : first + batch_size]
             encoded = [_encode(tokenizer, example) for example in batch]
-            # Likelihood of each reference answer given its prompt (right-padded, masked).
-            width = max(len(full) for _, full in encoded)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            # One pass over prompt + reference: prompts left-padded to a common end, answers
+            # right-padded after it. It scores the reference (teacher forcing) and leaves the
+            # prompts' key/value cache, which greedy decoding then continues from: the long
+            # retrieved prompts are read once, not once for the likelihood and again to answer.
+            width = max(len(prompt_ids) for prompt_ids, _ in encoded)
+            tail = max(len(full) - len(prompt_ids) for prompt_ids, full in encoded)
+            ids = torch.full((len(batch), width + tail), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
             labels = torch.full_like(ids, -100)
             for row, (prompt_ids, full_ids) in enumerate(encoded):
-                ids[row, : len(full_ids)] = torch.tensor(full_ids)
-                mask[row, : len(full_ids)] = 1
-                labels[row, len(prompt_ids) : len(full_ids)] = torch.tensor(
-                    full_ids[len(prompt_ids) :]
-                )
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+                start = width - len(prompt_ids)
+                ids[row, start : start + len(full_ids)] = torch.tensor(full_ids)
+                mask[row, start : start + len(full_ids)] = 1
+                answer = full_ids[len(prompt_ids) :]
+                labels[row, width : width + len(answer)] = torch.tensor(answer)
+            # Positions count real tokens only, as generate() derives them for left padding.
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            result = model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                use_cache=True,
+            )
             # Token t is predicted from position t-1 (what the model's own loss does).
             losses = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().transpose(1, 2),
+                result.logits[:, :-1].float().transpose(1, 2),
                 labels[:, 1:].to(device),
                 ignore_index=-100,
                 reduction="none",
             )
             out_.nll.extend(float(x) for x in losses.sum(dim=1))
             out_.tokens.extend(int(x) for x in (labels[:, 1:] != -100).sum(dim=1))
-            # Greedy answers, timed (left-padded prompts).
-            width = max(len(prompt_ids) for prompt_ids, _ in encoded)
-            prompts = torch.full((len(batch), width), pad, dtype=torch.long)
-            prompt_mask = torch.zeros_like(prompts)
-            for row, (prompt_ids, _) in enumerate(encoded):
-                prompts[row, width - len(prompt_ids) :] = torch.tensor(prompt_ids)
-                prompt_mask[row, width - len(prompt_ids) :] = 1
+            # Greedy answers from the prompts' cache (all but the last prompt column, which
+            # generate() feeds itself to get the first answer token's logits), timed.
+            cache = result.cache
+            cache.crop(-(tail + 1))  # transformers 5: a negative count of columns to drop
             t0 = time.perf_counter()
             out = model.generate(
-                input_ids=prompts.to(device),
-                attention_mask=prompt_mask.to(device),
+                input_ids=ids[:, :width].to(device),
+                attention_mask=mask[:, :width].to(device),
+                cache=cache,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=pad,
