@@ -90,3 +90,19 @@ def chunks(settings: settings_mod.Settings, source: str) -> dict[str, dict[str, 
         settings.milvus.collection, filter=expr, output_fields=[*fields, "chunk_index", "file_name"]
     )
     return {row["id"]: row for row in rows}
+
+
+def full_text_hits(settings: settings_mod.Settings, words: str) -> list[str]:
+    """Texts Milvus' BM25 index alone finds for `words` (no dense vectors involved)."""
+    from bigbertha.documents import vectorstore
+
+    store = vectorstore.open_store(settings, create=False)
+    hits = store.client.search(
+        settings.milvus.collection,
+        data=[words],
+        anns_field=vectorstore.SPARSE_FIELD,
+        limit=5,
+        output_fields=[vectorstore.TEXT_FIELD],
+        search_params={"params": {"drop_ratio_search": 0}},  # milvus-lite accepts only 0
+    )
+    return [h["entity"][vectorstore.TEXT_FIELD] for h in hits[0]]

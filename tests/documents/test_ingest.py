@@ -24,7 +24,7 @@ from bigbertha.core.errors import ExitCode
 from bigbertha.core.storage import Storage
 from bigbertha.documents.chunking import chunk_id
 from bigbertha.documents.report import Outcome, Progress
-from tests.documents.helpers import Env, chunks, ingest, make_docx, make_pdf
+from tests.documents.helpers import Env, chunks, full_text_hits, ingest, make_docx, make_pdf
 from tests.services import Service, free_port
 
 pytestmark = pytest.mark.slow  # loads the embedding model
@@ -96,6 +96,9 @@ def test_upload_ingest_ask_reingest_change_delete(
     assert not any("timothy" in r["text"] for r in second.values())
     assert {r["etag"] for r in second.values()} == {storage.stat(bucket, key).etag}
     assert "alfalfa pellets" in ask(settings, "What do the llamas eat?")[0].node.text
+    # The BM25 side (hybrid retrieval) follows: Milvus derives it from the stored text.
+    assert full_text_hits(settings, "timothy") == []
+    assert [t for t in full_text_hits(settings, "alfalfa") if "alfalfa pellets" in t]
 
     # A delete event removes every chunk of that object and nothing else.
     other = f"s3://{bucket}/handbook/office.md"
@@ -116,6 +119,7 @@ def test_upload_ingest_ask_reingest_change_delete(
     ]
     assert chunks(settings, uri) == {}
     assert len(chunks(settings, other)) == 1
+    assert full_text_hits(settings, "alfalfa llama shear") == []  # the office note shares none
 
 
 GOOD_TEXT = "Llamas hum to each other when they are curious."

@@ -16,7 +16,7 @@ from bigbertha.cli import app
 from bigbertha.core import settings as settings_mod
 from bigbertha.documents import ingest, vectorstore
 from bigbertha.documents.retrieval import Retriever
-from tests.documents.helpers import Env
+from tests.documents.helpers import Env, full_text_hits
 
 pytestmark = pytest.mark.slow  # loads the embedding model
 
@@ -54,20 +54,6 @@ def rows(settings: settings_mod.Settings) -> dict[str, dict[str, Any]]:
     return {r["id"]: {k: v for k, v in r.items() if k != vectorstore.SPARSE_FIELD} for r in found}
 
 
-def full_text_hits(settings: settings_mod.Settings, words: str) -> list[str]:
-    """Texts Milvus' BM25 index alone finds for `words` (no dense vectors involved)."""
-    store = vectorstore.open_store(settings, create=False)
-    hits = store.client.search(
-        settings.milvus.collection,
-        data=[words],
-        anns_field=vectorstore.SPARSE_FIELD,
-        limit=5,
-        output_fields=[vectorstore.TEXT_FIELD],
-        search_params={"params": {"drop_ratio_search": 0}},  # milvus-lite accepts only 0
-    )
-    return [h["entity"][vectorstore.TEXT_FIELD] for h in hits[0]]
-
-
 def test_a_dense_only_collection_is_detected_and_reindexed_losing_nothing(
     env: Env, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -85,7 +71,7 @@ def test_a_dense_only_collection_is_detected_and_reindexed_losing_nothing(
     question = "What is the gate code of the barn?"
     assert "ZX81" in Retriever(settings).retrieve(question)[0].text  # hybrid asked: dense served
     before = rows(settings)
-    assert len(before) == 2
+    assert len(before) == 3  # the title, Feeding, Gate code
 
     # A partial copy left by an interrupted reindex is discarded, the original being intact.
     stray = settings.milvus.collection + vectorstore.REINDEX_SUFFIX
@@ -97,7 +83,7 @@ def test_a_dense_only_collection_is_detected_and_reindexed_losing_nothing(
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {
         "collection": settings.milvus.collection,
-        "rows": 2,
+        "rows": 3,
     }
     after = rows(settings)
     assert after.keys() == before.keys()  # the stray row did not come along
