@@ -2,8 +2,9 @@
 
 Each turn is LPUSHed to the list `bigbertha:feedback:log` as one JSON object
 `{"ts", "question", "answer", "sources": [{"source", "page", "score"}], "model_version",
-"context": [{"text", "label"}] | null, "rating", "turn_id"}` with `rating` null (`context` holds
-the passages the model was prompted with, so training rebuilds that exact prompt); a thumbs up
+"context": [{"text", "label"}] | null, "rating", "turn_id", "conversation"}` with `rating` null
+(`context` holds the passages the model was prompted with, so training rebuilds that exact
+prompt; `conversation` lets training hold whole conversations out for evaluation); a thumbs up
 or down appends a second, complete record with the same `turn_id` and the rating, so a reader
 never needs to join records. The list is
 trimmed to `chat.feedback_log_size` items on every write (LTRIM), so it stays bounded.
@@ -54,6 +55,8 @@ class Turn:
     turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     ts: float = field(default_factory=time.time)
     rating: Rating | None = None
+    # The conversation it belongs to: training holds a share of conversations out, whole.
+    conversation: str = ""
 
     def record(self) -> dict[str, Any]:
         data = asdict(self)
