@@ -157,7 +157,7 @@ def main() -> None:
                     t0 = time.perf_counter()
                     got = modes[name].retrieve(row["question"])
                     latency[name].append(time.perf_counter() - t0)
-                recorded[name][row["answerable"]] += [c.score for c in got]
+                recorded[name][row["answerable"]] += got.relevance
                 empty[name][row["answerable"]] += not got
                 if not row["answerable"]:
                     continue

@@ -31,7 +31,7 @@ from bigbertha.chat.model_server import ModelServer
 from bigbertha.chat.routing import ModelRouter, new_conversation
 from bigbertha.core.errors import InputError
 from bigbertha.core.settings import Settings
-from bigbertha.documents.retrieval import Chunk, RetrievalUnavailable, Retriever
+from bigbertha.documents.retrieval import Chunk, RetrievalUnavailable, Retrieved, Retriever
 from bigbertha.models import registry
 from bigbertha.models.prompts import build_messages, passages_of
 from bigbertha.telemetry.feedback import FeedbackLog, FeedbackSource, Turn
@@ -411,7 +411,10 @@ class RagEngine:
             ttft_s=timings.ttft,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            scores=[c.score for c in chunks or []],
+            # Dense cosines in every retrieval mode (Retrieved.relevance), never fused ranks.
+            scores=chunks.relevance
+            if isinstance(chunks, Retrieved)
+            else [c.score for c in chunks or []],
             context_chunks=len(chunks or []),
             error=draft.error is not None,
         )

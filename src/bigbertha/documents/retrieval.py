@@ -83,6 +83,21 @@ def to_chunk(text: str, score: float | None, metadata: dict[str, Any]) -> Chunk:
     )
 
 
+class Retrieved(list[Chunk]):
+    """The chunks for the prompt, best first (a plain list of them), and `relevance`: the best
+    `top_k` dense cosines among the candidates, best first, which telemetry records.
+
+    In dense mode without a reranker the two hold the same scores. In hybrid mode a keyword hit
+    further from the question may replace a closer chunk in the prompt, but `relevance` stays
+    what dense retrieval would have scored, so the low-relevance alert's threshold, calibrated
+    on dense scores, keeps its meaning (bench/retrieval.py measures both).
+    """
+
+    def __init__(self, chunks: list[Chunk], relevance: list[float]) -> None:
+        super().__init__(chunks)
+        self.relevance = relevance
+
+
 class RerankerMissing(ConfigError):
     """`chat.rerank_model` is set but no cross-encoder can be loaded from it."""
 
@@ -215,7 +230,7 @@ class Retriever:
         ]
         return chunks, hybrid
 
-    def retrieve(self, question: str) -> list[Chunk]:
+    def retrieve(self, question: str) -> Retrieved:
         """Up to top_k chunks, best first; [] when none is close enough to the question (the
         cutoff); raises RetrievalUnavailable."""
         where = f"{self.settings.milvus.uri} collection {self.settings.milvus.collection}"
@@ -245,7 +260,8 @@ class Retriever:
             )
             order = sorted(range(len(kept)), key=lambda i: float(logits[i]), reverse=True)
             kept = [kept[i] for i in order]
-        return kept[: self.top_k]
+        closest = sorted((c.score for c in found if c.score >= self.cutoff), reverse=True)
+        return Retrieved(kept[: self.top_k], closest[: self.top_k] if kept else [])
 
     def _reset(self) -> None:
         with self._lock:
