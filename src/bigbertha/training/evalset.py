@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -230,11 +231,14 @@ def log_to_mlflow(evalset: EvalSet) -> None:
         ]
     )
     frame = frame.drop(columns=[c for c in ("prompt",) if c in frame.columns])
-    dataset = from_pandas(
-        frame,
-        source=evalset.sources[0],
-        targets="reference",
-        name=f"eval-{evalset.hash[:12]}",
-        digest=evalset.hash[:36],
-    )
+    with warnings.catch_warnings():
+        # A local path matches two equivalent source types; MLflow picks one and says so.
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+        dataset = from_pandas(
+            frame,
+            source=evalset.sources[0],
+            targets="reference",
+            name=f"eval-{evalset.hash[:12]}",
+            digest=evalset.hash[:36],
+        )
     mlflow.log_input(dataset, context="evaluation")
