@@ -7,11 +7,14 @@ dashboard, MLflow accepts the Host its clients send, and no two objects share a 
 from __future__ import annotations
 
 import collections
+import os
 import re
 import warnings
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
+
+import pytest
 
 from bigbertha.core.settings import Settings
 from bigbertha.local import chart as chart_module
@@ -539,3 +542,17 @@ def test_config_changes_roll_the_pods() -> None:
         return str(deploy["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
 
     assert checksum({}) != checksum({"settings": {"chat": {"top_k": 8}}})
+
+
+def test_the_settings_configmap_loads_as_the_pods_load_it(
+    docs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every value the chart renders parses as the processes parse it: a map printed as Go's
+    `map[...]` (promote.guard_metrics) would stop every pod at start."""
+    data = one(docs, "ConfigMap", "bigbertha-settings")["data"]
+    for name in [n for n in os.environ if n.startswith("BIGBERTHA_")]:
+        monkeypatch.delenv(name)
+    for name, value in data.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.promote.guard_metrics and settings.promote.gate_metrics
