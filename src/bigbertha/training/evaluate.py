@@ -399,6 +399,8 @@ def run(
     else:
         # 2. Answer every question; score the answers.
         model, tokenizer, version = loading.load_causal_lm(model_ref, settings)
+        if hasattr(model, "merge_and_unload"):  # an adapter: fold it in, answers cost the base's
+            model = model.merge_and_unload()
         generated = score(
             model, tokenizer, [p.example for p in prepared], settings.evaluate.max_new_tokens
         )
