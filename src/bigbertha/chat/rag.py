@@ -347,9 +347,9 @@ class RagEngine:
             yield NOTHING_RETRIEVED
             return
         with self._slots:
-            finished = False
             if out.gone.is_set():  # hung up while waiting for a generation slot
                 return
+            finished = False
             try:
                 draft.tokens = model.stream(
                     messages,
