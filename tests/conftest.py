@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # Before any Hugging Face import: a missing model must fail at once, not hang on retries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -80,3 +81,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def task_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny task's rows as a prompt/completion JSONL file."""
     return write_jsonl(tmp_path_factory.mktemp("data") / "task.jsonl", task_rows())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the milvus-lite servers that embedded `.db` URIs started while output is still
+    captured: their own exit hook logs to a stream pytest has closed by then (a page of
+    "Logging error" tracebacks after every run)."""
+    manager = sys.modules.get("milvus_lite.server_manager")
+    if manager is not None:
+        manager.server_manager_instance.release_all()

@@ -229,7 +229,7 @@ def test_a_challenger_users_like_less_is_retired_by_the_canary(tmp_path):
     assert code == 4, out  # the champion was kept
     done = [line for line in out.splitlines() if " ok " in line]
     (canary,) = [line for line in done if "canary decision" in line]
-    assert "retired after" in canary and "worse by more than" in canary, out
+    assert "retired after" in canary and "not better by 0.25" in canary, out
     assert not [line for line in done if "chatbot serves the champion" in line]
     last = out.splitlines()[-1]
     assert last.startswith("round 1 (quality): kept champion tiny-base (challenger version 1 "), out

@@ -18,6 +18,7 @@ def _turn(question: str = "How long do refunds take?") -> Turn:
         sources=[FeedbackSource("s3://docs/handbook.pdf", 3, 0.71)],
         model_version="2",
         context=[{"text": "Refunds are paid within 5 business days.", "label": "handbook.pdf"}],
+        conversation="session-1",
     )
 
 
@@ -45,9 +46,12 @@ def test_turn_and_rating_are_complete_records_sharing_the_turn_id(log: FeedbackL
     assert rating["context"] == [
         {"text": "Refunds are paid within 5 business days.", "label": "handbook.pdf"}
     ]
+    # ... and with its conversation, so training holds whole conversations out for evaluation.
+    assert rating["conversation"] == served["conversation"] == "session-1"
     raw = log.client.lindex(KEY, 0)
     assert set(json.loads(raw)) == {
-        "ts", "question", "answer", "sources", "model_version", "context", "rating", "turn_id"
+        "ts", "question", "answer", "sources", "model_version", "context", "rating", "turn_id",
+        "conversation",
     }  # fmt: skip
 
 

@@ -204,8 +204,8 @@ class ChatSettings(Section):
         ge=-1,
         le=1,
         description="dense cosine similarity to the question below which a chunk is dropped "
-        "(dense mode), or all are when even the best is below it (hybrid: a keyword hit may be "
-        "further); fused and reranker scores are not similarities",
+        "(dense mode; hybrid keeps one below it that shares a content word with the question, "
+        "and none when even the best is below); fused and reranker scores are not similarities",
     )
     # Retrieval (bigbertha.documents.retrieval, docs/retrieval.md). Every collection ingestion
     # creates holds Milvus' built-in BM25 full-text index beside the vectors, so the mode is a

@@ -8,7 +8,8 @@ bench/retrieval.py get the same chunks. Steps (docs/retrieval.md):
    Milvus' built-in BM25 full-text request fused in Milvus by RRF or weighted scores
    (`MilvusVectorStore._hybrid_search`, VectorStoreQueryMode.HYBRID);
 2. give every candidate its dense cosine similarity to the question (in hybrid mode read from its
-   stored unit vector), and drop those below `chat.similarity_cutoff`;
+   stored unit vector), and drop those below `chat.similarity_cutoff` (hybrid: unless the
+   passage shares a content word with the question; none at all when even the best is below);
 3. optionally reorder them with a cross-encoder (`chat.rerank_model`);
 4. keep `chat.top_k`, in that order.
 
@@ -29,6 +30,7 @@ from typing import Any, Literal
 
 from bigbertha.core.errors import ConfigError, ServiceUnavailable
 from bigbertha.core.settings import Settings
+from bigbertha.core.words import content_words
 
 log = logging.getLogger(__name__)
 
@@ -244,12 +246,19 @@ class Retriever:
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise RetrievalUnavailable(f"vector store {where}: {first_line}") from exc
         if fused:
-            # The cutoff judges the question, not each passage: a BM25 hit on the exact name
-            # asked for may sit below it (bench: the demo's MinIO question, its README answer at
-            # 0.19). The candidates hold the dense top ones, so their best cosine is the
-            # collection's best and the question goes empty exactly when dense would.
+            # The cutoff judges the question first: the candidates hold the dense top ones, so
+            # their best cosine is the collection's best and the question goes empty exactly
+            # when dense would. A passage below it stays only as a keyword hit, sharing a content
+            # word with the question: the exact name asked for may sit below the cutoff (bench:
+            # the demo's MinIO question, its README answer at 0.19), while a passage that RRF
+            # ranked on a far dense rank alone is noise under the answer.
             best = max((c.score for c in found), default=self.cutoff - 1)
-            kept = found if best >= self.cutoff else []
+            asked = content_words(question)
+            kept = [
+                c
+                for c in found
+                if best >= self.cutoff and (c.score >= self.cutoff or asked & content_words(c.text))
+            ]
         else:
             kept = sorted(
                 (c for c in found if c.score >= self.cutoff), key=lambda c: c.score, reverse=True

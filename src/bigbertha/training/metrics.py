@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import math
 import re
-import string
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from bigbertha.core.words import content_words, normalize
+
 NAN = math.nan
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
 _CITATION = re.compile(r"\[(\d+)\]")
 # Sentence ends: . ! ? followed by space (citations after the full stop stay with the sentence).
 _SENTENCE_END = re.compile(r"(?<=[.!?])(?:\s*(?:\[\d+\])+)?\s+")
@@ -47,23 +46,8 @@ _ABSTAINS = re.compile(
     r"(documents|passages|context)\s+(do|does)\s+not)",
     re.IGNORECASE,
 )
-# Words that carry no claim: a sentence is judged on the rest (SMART-style short list).
-_STOPWORDS = (
-    "i me my we our you your he she it its they them their what which who whom this that these "
-    "those am is are was were be been being have has had having do does did doing but if or "
-    "because as until while of at by for with about against between into through during before "
-    "after above below to from up down in out on off over under again further then once here "
-    "there when where why how all any both each few more most other some such no nor not only "
-    "own same so than too very s t can will just don should now and also use used using"
-)
-STOPWORDS = frozenset(_STOPWORDS.split())
 #: A sentence is supported by a passage holding at least this share of its content words.
 SUPPORT_THRESHOLD = 0.6
-
-
-def normalize(text: str) -> list[str]:
-    """SQuAD normalisation: lower case, no punctuation, no articles, split on whitespace."""
-    return _ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split()
 
 
 def token_f1(prediction: str, reference: str) -> float:
@@ -126,10 +110,6 @@ def sentences(answer: str) -> list[str]:
 def abstains(answer: str) -> bool:
     """Whether the answer says the documents do not answer (the system prompt's wording)."""
     return bool(_ABSTAINS.search(answer))
-
-
-def content_words(text: str) -> set[str]:
-    return {w for w in normalize(_CITATION.sub(" ", text)) if w not in STOPWORDS}
 
 
 def supports(passage: str, sentence: str) -> bool:
