@@ -97,3 +97,11 @@ def test_a_too_small_dataset_stops_before_any_model_is_loaded(
     with pytest.raises(InputError, match="rows are not training examples"):
         finetune.run(settings)
     assert not (tmp_path / "out").exists()
+
+
+def test_activation_checkpointing_is_off_on_cpu_unless_asked_for(tmp_path: Path) -> None:
+    # trl's default (on) costs the demo's CPU fine-tune a third of every step for memory it has.
+    auto = finetune.sft_config(Settings().finetune, tmp_path, report_to=[])
+    asked = Settings(finetune={"gradient_checkpointing": "on"}).finetune
+    assert auto.gradient_checkpointing is False
+    assert finetune.sft_config(asked, tmp_path, report_to=[]).gradient_checkpointing is True

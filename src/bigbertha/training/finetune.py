@@ -85,13 +85,24 @@ def lora_config(s: FinetuneSettings) -> Any:
     )
 
 
+def checkpointing(s: FinetuneSettings) -> bool:
+    """Whether to recompute activations in the backward pass (auto: only on a GPU)."""
+    import torch
+
+    return s.gradient_checkpointing == "on" or (
+        s.gradient_checkpointing == "auto" and torch.cuda.is_available()
+    )
+
+
 def sft_config(s: FinetuneSettings, output_dir: Path, *, report_to: Sequence[str]) -> Any:
-    """trl's SFTConfig from settings: bf16 only on a GPU that has it, fp32 on CPU."""
+    """trl's SFTConfig from settings: bf16 only on a GPU that has it, fp32 on CPU; activation
+    checkpointing as `gradient_checkpointing` says (auto: only on a GPU)."""
     import torch
     from trl import SFTConfig
 
     gpu = torch.cuda.is_available()
     return SFTConfig(
+        gradient_checkpointing=checkpointing(s),
         output_dir=str(output_dir),
         learning_rate=s.learning_rate,
         num_train_epochs=s.epochs,
@@ -129,7 +140,7 @@ def build_trainer(
     from trl import SFTTrainer
 
     if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing(s))
     return SFTTrainer(
         model=model,
         args=sft_config(s, output_dir, report_to=report_to),
