@@ -49,8 +49,11 @@ lint: $(STAMP) ## ruff (lint and format check)
 typecheck: $(STAMP) ## mypy on src
 	$(BIN)/mypy src
 
-pytest: $(STAMP) ## The whole pytest suite (PYTEST_ARGS to narrow it)
-	HF_HUB_OFFLINE=1 $(BIN)/pytest $(PYTEST_ARGS)
+# Two workers (pytest-xdist): most slow tests wait on services, subprocesses and the demo's
+# steps rather than compute, so the suite takes about 15 minutes on two cores instead of 23.
+PYTEST_WORKERS ?= 2
+pytest: $(STAMP) ## The whole pytest suite (PYTEST_ARGS to narrow it, PYTEST_WORKERS=0: one process)
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test: setup lint typecheck pytest ## Setup, lint, typecheck and every test
 
