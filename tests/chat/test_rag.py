@@ -31,8 +31,8 @@ def test_prompt_numbers_the_passages_and_asks_for_citations() -> None:
     chunks = [chunk("Refunds take 5 days.", 0.8, page=3), chunk("Gloria.", 0.5, section="Office")]
     system, user = build_messages("How long do refunds take?", passages_of(chunks))
     assert "[1]" in system["content"] and "only from the numbered context" in system["content"]
-    assert "[1] (a.pdf, page 3)\nRefunds take 5 days." in user["content"]
-    assert "[2] (a.pdf, section Office)\nGloria." in user["content"]
+    assert "Passage 1: a.pdf, page 3\nRefunds take 5 days." in user["content"]
+    assert "Passage 2: a.pdf, section Office\nGloria." in user["content"]
     assert user["content"].rstrip().endswith("Answer with citations:")
     sources = sources_from(chunks)
     assert [(s.n, s.label, s.score) for s in sources] == [

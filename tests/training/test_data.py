@@ -55,7 +55,8 @@ def test_every_format_becomes_a_conversational_prompt_completion() -> None:
     }
     rag_user = examples[1]["prompt"][1]["content"]
     assert examples[1]["prompt"][0]["role"] == "system"
-    assert "[1]\nthe runbook was written by ada ." in rag_user and "[2]\nit is long ." in rag_user
+    assert "Passage 1\nthe runbook was written by ada ." in rag_user
+    assert "Passage 2\nit is long ." in rag_user
     assert rag_user.endswith("Question: who wrote the runbook ?\nAnswer with citations:")
     assert examples[2]["prompt"][-1] == {"role": "user", "content": "hi"}
     assert examples[2]["completion"] == [{"role": "assistant", "content": "hello"}]

@@ -69,7 +69,7 @@ def test_the_gate_retrieves_as_the_chatbot_and_reports_every_metric(
     prepared = evaluate.prepare(docs_kb, the_set.items)
     # The prompt is the chatbot's, over passages retrieved from Milvus (not handed in).
     first_prompt = prepared[0].example["prompt"][-1]["content"]
-    assert first_prompt.startswith("Context passages:\n\n[1] (rollback.md, section ")
+    assert first_prompt.startswith("Context passages:\n\nPassage 1: rollback.md, section ")
     assert prepared[0].passages and all(p.hits is not None for p in prepared[:5])
 
     report_uri = "s3://gate-test/evaluation.json"

@@ -70,6 +70,9 @@ def test_completeness_catches_cut_answers_and_copied_passage_headers() -> None:
         "environ['BIGBERTHA_MLFLOW__MODEL_NAME'], 'champion', '"
     )
     assert metrics.completeness(copied) == 0.0
+    # The headers prompts carry now, copied with or without their "Passage n:".
+    assert metrics.completeness("Passage 1: rollback.md, section Rollback. It moves.") == 0.0
+    assert metrics.completeness("1. README.md, section BigBertha > Try it. 2. x.") == 0.0
     assert metrics.completeness("Rollback moves the alias back to") == 0.0
     assert metrics.completeness("Question: what is rollback? It moves the alias.") == 0.0
     assert metrics.completeness("Rollback moves the alias back [1].") == 1.0

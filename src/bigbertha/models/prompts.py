@@ -5,8 +5,11 @@ The chatbot (`chat.rag`), training-data preparation (`training.data`) and evalua
 benchmarked on exactly the prompt it will see in production:
 
 - passages: a system prompt that asks for answers from numbered passages with [n] citations,
-  and a user message with the passages, each as ``[n] (label)`` (or ``[n]`` when the passage
-  has no label, as in curated data without one), then the question;
+  and a user message with the passages, each as ``Passage n: label`` (``Passage n`` when the
+  passage has no label, as in curated data without one) over its text without the headings it
+  opens with, then the question. The header never reads like a citation: with ``[n] (label)``
+  headers SmolLM2 began its answers with ``[1]`` and then copied the header line after it
+  (measured on the golden set: docs/evaluation.md);
 - retrieval unavailable (``passages=None``): a system prompt that says the answer is not from
   the documents, and the bare question.
 
@@ -87,11 +90,23 @@ def build_messages(question: str, passages: Sequence[Passage] | None) -> list[Me
             {"role": "user", "content": question},
         ]
     blocks = "\n\n".join(
-        (f"[{n}] ({p.label})" if p.label else f"[{n}]") + f"\n{p.text.strip()}"
+        (f"Passage {n}: {p.label}" if p.label else f"Passage {n}") + f"\n{body(p.text)}"
         for n, p in enumerate(passages, start=1)
     )
     user = f"Context passages:\n\n{blocks}\n\nQuestion: {question}\nAnswer with citations:"
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+# Markdown headings that open a chunk: its label already names the section.
+_LEADING_HEADINGS = re.compile(r"\A(?:[ \t]*#{1,6}[ \t][^\n]*(?:\n[ \t]*)+)+")
+
+
+def body(text: str) -> str:
+    """A passage's text as the prompt shows it: without the headings it opens with, which its
+    label already names. A small model copies a heading line into the answer instead of
+    answering (the demo's base and fine-tuned SmolLM2 did); a heading-only passage stays."""
+    text = text.strip()
+    return _LEADING_HEADINGS.sub("", text) or text
 
 
 _QUESTION = re.compile(r"\n\nQuestion: (?P<question>.*)\nAnswer with citations:\Z", re.DOTALL)

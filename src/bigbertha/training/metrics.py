@@ -15,7 +15,7 @@ keeps the per-example values so the gate can pair them (`bigbertha.training.gate
   retrieval uses), computed in `evaluate`;
 - ``abstention``: 1 when the answer abstains exactly when it should (unanswerable questions);
 - ``completeness``: 1 when the answer ends a sentence and copies no prompt scaffolding (passage
-  headers like ``[1] (rollback.md, section ...)``, "Question:").
+  headers like ``Passage 1: rollback.md, section ...``, "Question:").
 
 Support (groundedness, citations) is the deterministic measure `supports` unless an NLI
 cross-encoder is configured (``evaluate.nli_model``), in which case `NliSupport` decides.
@@ -37,7 +37,8 @@ _CITATION = re.compile(r"\[(\d+)\]")
 _SENTENCE_END = re.compile(r"(?<=[.!?])(?:\s*(?:\[\d+\])+)?\s+")
 # What the prompt builder puts around passages (bigbertha.models.prompts.build_messages).
 _SCAFFOLDING = re.compile(
-    r"\[\d+\]\s*\([^)]*(section|page)[^)]*\)?|Context passages:|\bQuestion:|Answer with citations:",
+    r"\[\d+\]\s*\([^)]*(section|page)[^)]*\)?|\bPassage \d+:|\b[\w.-]+\.[a-z]{2,4}, (section|page) "
+    r"|Context passages:|\bQuestion:|Answer with citations:",
     re.IGNORECASE,
 )
 _ABSTAINS = re.compile(
