@@ -109,3 +109,42 @@ def test_reindex_of_a_collection_that_does_not_exist_is_a_config_error(
     result = CliRunner().invoke(app, ["reindex"])
     assert result.exit_code == 2
     assert "nothing to reindex" in result.output
+
+
+def test_writers_that_start_together_on_an_empty_milvus_all_open_one_collection(
+    env: Env, milvus_server: Any
+) -> None:
+    # Ingest workflows started by one upload burst (the demo's, a backfill's) find no collection
+    # and create it at once: the losers' create_index met the winner's index and failed.
+    import threading
+
+    from pymilvus import MilvusClient
+
+    settings = env(milvus_server.extra["uri"])
+    writers = 4
+    start = threading.Barrier(writers)
+    failed: list[BaseException] = []
+
+    def writer() -> None:
+        start.wait()
+        try:
+            vectorstore.open_store(settings, create=True)
+        except BaseException as exc:  # collected: the assertion shows every writer's error
+            failed.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failed, [f"{type(e).__name__}: {e}" for e in failed]
+    client = MilvusClient(uri=settings.milvus.uri)
+    try:
+        info = client.describe_collection(settings.milvus.collection)
+        assert vectorstore.full_text(info)  # the winner's collection, BM25 side included
+        assert sorted(client.list_indexes(settings.milvus.collection)) == [
+            vectorstore.EMBEDDING_FIELD,
+            vectorstore.SPARSE_FIELD,
+        ]
+    finally:
+        client.close()

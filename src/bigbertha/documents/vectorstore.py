@@ -23,6 +23,7 @@ stored rows, losing nothing.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -97,6 +98,20 @@ def milvus_transient(exc: BaseException) -> bool:
             word in message for word in ("unavailable", "connect", "deadline", "timeout")
         )
     return isinstance(exc, ConnectionError | TimeoutError)
+
+
+CREATE_RACE_TRIES = 5
+
+
+def _created_meanwhile(exc: BaseException) -> bool:
+    """Milvus refusing to create what another writer just created: a collection or an index
+    (Milvus: "already exists"; milvus-lite: its collection directory, errno 17)."""
+    from pymilvus.exceptions import MilvusException
+
+    message = str(getattr(exc, "message", "")).lower()
+    return isinstance(exc, MilvusException) and (
+        "already exist" in message or "errno 17" in message
+    )
 
 
 def call(settings: Settings, what: str, fn: Callable[[], T]) -> T:
@@ -191,10 +206,9 @@ def open_store(settings: Settings, *, create: bool, name: str | None = None) -> 
     properties = None if exists else {MODEL_PROPERTY: model_id(settings.embeddings.model)}
     if properties is not None:
         properties[DIM_PROPERTY] = str(dim)
-    store = call(
-        settings,
-        f"open {name}",
-        lambda: MilvusVectorStore(
+
+    def build(properties: dict[str, str] | None, sparse: bool) -> MilvusVectorStore:
+        return MilvusVectorStore(
             **_connect_args(settings),
             collection_name=name,
             dim=dim,
@@ -216,8 +230,29 @@ def open_store(settings: Settings, *, create: bool, name: str | None = None) -> 
             # Milvus' BM25 index: a sparse inverted index with the BM25 metric (the store's
             # default for a built-in function, _add_sparse_index_params, named here).
             sparse_index_config={"index_type": "SPARSE_INVERTED_INDEX", "metric_type": "BM25"},
-        ),
-    )
+        )
+
+    # Another writer may create the collection between our look and our create (ingest
+    # workflows that start together on an empty Milvus): the loser's create meets the winner's
+    # collection or index. It then opens the winner's, checked as any existing one, once the
+    # winner has finished creating it (a few tries, a moment apart).
+    for attempt in range(CREATE_RACE_TRIES):
+        try:
+            store = call(settings, f"open {name}", partial(build, properties, sparse))
+            break
+        except Exception as exc:
+            if exists or not _created_meanwhile(exc) or attempt == CREATE_RACE_TRIES - 1:
+                raise
+            log.info("collection %r was created by another writer meanwhile: opening it", name)
+            time.sleep(0.2 * (attempt + 1))
+            client = call(settings, "connect", lambda: MilvusClient(**_connect_args(settings)))
+            try:
+                info = check_collection(client, settings, dim, name)
+            finally:
+                if is_server(uri):
+                    client.close()
+            if info is not None:
+                properties, sparse = None, full_text(info)
     # A reopened milvus-lite file starts released, and so does a collection just created with
     # the sparse index; search needs it loaded.
     call(settings, f"load {name}", lambda: store.client.load_collection(name))
