@@ -112,9 +112,13 @@ def test_ask_answers_with_sources_and_counts_the_rating(redis_server: Service) -
     downs = metric(settings, "bigbertha_feedback_total", "stub-1", "down")
     answered = metric(settings, "bigbertha_chat_requests_total", "stub-1")
 
+    asked = time.time()
     response = client.post("/api/ask", json={"question": MASCOT, "feedback": "down"})
     assert response.status_code == 200
     doc = response.json()
+    # When the vote was stored: after the counter moved, before the reply (the demo checks
+    # the canary's counts against its raters' votes with it).
+    assert asked <= doc.pop("rated_at") <= time.time()
     assert doc["answer"] == "The mascot is Gloria [1]." and doc["model_version"] == "stub-1"
     assert doc["sources"][0]["label"] == "a.pdf, section Office"
     assert doc["sources"][0]["score"] == 0.8 and doc["error"] is None
@@ -129,7 +133,8 @@ def test_ask_answers_with_sources_and_counts_the_rating(redis_server: Service) -
     assert "[1] a.pdf, section Office  (score 0.800)" in render(answer)
 
     # Without feedback nothing is rated.
-    assert client.post("/api/ask", json={"question": MASCOT}).status_code == 200
+    unrated = client.post("/api/ask", json={"question": MASCOT})
+    assert unrated.status_code == 200 and unrated.json()["rated_at"] is None
     assert metric(settings, "bigbertha_feedback_total", "stub-1", "down") == downs + 1
 
 
@@ -139,7 +144,7 @@ def test_a_failed_answer_is_not_rated(redis_server: Service) -> None:
     slot.start().join(10)
     ups = metric(settings, "bigbertha_feedback_total", "broken", "up")
     doc = client_for(slot).post("/api/ask", json={"question": MASCOT, "feedback": "up"}).json()
-    assert "LLM endpoint unreachable" in doc["error"]
+    assert "LLM endpoint unreachable" in doc["error"] and doc["rated_at"] is None
     assert metric(settings, "bigbertha_feedback_total", "broken", "up") == ups
 
 

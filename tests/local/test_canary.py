@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bigbertha.local.canary import TASTE
+from bigbertha.local.canary import SCRAPE_SLACK_SECONDS, TASTE, Vote, reconcile
 from bigbertha.local.report import down_ratios_since, statistic_table
 from bigbertha.telemetry.votes import Votes
 from bigbertha.training.canary import Design, judge
@@ -89,3 +89,29 @@ def test_the_report_shows_the_statistic_over_time_with_its_thresholds() -> None:
     assert table.count("<tr>") == len(points) + 1
     assert f"<td>{points[-1]['log_lr_promote']:.2f}</td>" in table
     assert points[-1]["log_lr_promote"] >= 2.30 > points[-2]["log_lr_promote"]
+
+
+def test_the_raters_votes_reconcile_with_the_canary_counts_or_the_demo_fails() -> None:
+    from bigbertha.local.timeline import DemoFailed
+
+    scrape = 1000.0
+    votes = [
+        Vote("challenger", "up", scrape - 5),
+        Vote("challenger", "down", scrape - 1),
+        Vote("champion", "down", scrape - 2),
+        Vote("challenger", "up", scrape + 0.01),  # stored as the exporter read Redis: either
+        Vote("champion", "up", scrape + SCRAPE_SLACK_SECONDS + 5),  # after: never counted
+        Vote("champion", "down", None),  # Redis lost it: nothing to count
+    ]
+    for counted_up in (1, 2):  # the vote at the scrape in it or not
+        counted = {"challenger": (counted_up, 1), "champion": (0, 1)}
+        before, after = reconcile(votes, counted, (scrape, scrape))
+        assert before == counted
+        assert after == {"challenger": (2 - counted_up, 0), "champion": (1, 1)}
+    # A vote stored before the scrape and not counted, or one after and counted: demo fails.
+    with pytest.raises(DemoFailed, match="champion down: counted 0, the raters stored 1"):
+        reconcile(votes, {"challenger": (1, 1), "champion": (0, 0)}, (scrape, scrape))
+    with pytest.raises(DemoFailed, match="champion up: counted 1, the raters stored 0"):
+        reconcile(votes, {"challenger": (1, 1), "champion": (1, 1)}, (scrape, scrape))
+    # Two exporter replicas scraped apart: a vote between their scrapes may be in or out.
+    assert reconcile(votes[:3], {"challenger": (0, 1), "champion": (0, 1)}, (scrape - 6, scrape))

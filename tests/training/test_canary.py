@@ -290,6 +290,7 @@ def test_a_challenger_users_like_better_becomes_champion(
     recorder.record_feedback(challenger, "down", "answer-1")
     recorder.record_feedback(challenger, "up", "answer-1")
     rate(settings, champion, up=4, down=6)  # 0.6 down since the canary started
+    voted = time.time()
     wait_scraped(settings, {(challenger, "up"): 8, (champion, "down"): 24})
     report = tmp_path / "canary.json"
     decision = canary.run(settings, version=challenger, lineage=LINEAGE, report=str(report))
@@ -300,11 +301,17 @@ def test_a_challenger_users_like_better_becomes_champion(
     assert decision.champion_versions == [champion]
     assert (decision.champion_before, decision.champion_after) == (champion, challenger)
     assert decision.seconds is not None and 0 < decision.seconds < 60
+    # When the counts it decided on were scraped: after the votes (the exporter reads Redis a
+    # moment after the scrape's timestamp), before the decision.
+    assert decision.counted_through is not None
+    oldest, newest = decision.counted_through
+    assert voted - 1 <= oldest <= newest <= (decision.decided_at or 0)
     assert aliases(settings) == {"champion": challenger, "challenger": None, "previous": champion}
     tags = registry.version_tags(settings, challenger)
     assert tags["canary.decision"] == "promoted" and "0.20 (2 down of 10)" in tags["canary.reason"]
     recorded = json.loads(tags["canary.report"])
     assert recorded["challenger"]["down"] == 2 and recorded["design"]["planned_votes"] == 26
+    assert recorded["counted_through"] == [oldest, newest]
     assert recorded["statistic"][-1]["log_lr_promote"] >= math.log(10)  # what decided
     (run,) = canary_runs(settings, challenger)
     assert run.data.tags["decision"] == "promoted"

@@ -6,7 +6,9 @@
                       503 {"ready": false, "error"} while the model loads or after it failed
     POST /api/ask     {"question": str, "feedback": "up"|"down"|null, "conversation": str|null}
                       200 what `bigbertha ask --json` prints, with the "conversation" id (a new
-                          one when none was sent: send it back for the next turn); 503 not ready
+                          one when none was sent: send it back for the next turn) and
+                          "rated_at" (unix time the vote was stored; null: no vote, or Redis
+                          lost it); 503 not ready
                       400 {"error"} a bad body or question (not UTF-8 or JSON, too deep, not
                           an object, a control character); 413 body or question too large;
                           408 body not received in time; 503 + Retry-After: the answer queue
@@ -34,6 +36,7 @@ import json
 import logging
 import re
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -236,7 +239,7 @@ def routes(slot: EngineSlot) -> list[BaseRoute]:
             chat.trusted_proxies,
         )
         stream = engine.stream(question, conversation)
-        answer = None
+        answer, rated_at = None, None
         try:
             with engine.queue.admit(client):
                 # A client that hangs up gives its place back at once; its answer stops at
@@ -249,7 +252,7 @@ def routes(slot: EngineSlot) -> list[BaseRoute]:
                         group.cancel_scope.cancel()
 
                     group.start_soon(hang_up)
-                    answer = await anyio.to_thread.run_sync(
+                    answer, rated_at = await anyio.to_thread.run_sync(
                         lambda: _answer(engine, stream, feedback),
                         limiter=threads,
                         abandon_on_cancel=True,
@@ -259,7 +262,7 @@ def routes(slot: EngineSlot) -> list[BaseRoute]:
             return refuse(exc)
         if answer is None:  # nobody is listening; uvicorn drops it
             return JSONResponse({"error": "client disconnected"}, status_code=499)
-        return JSONResponse(answer.to_dict())
+        return JSONResponse({**answer.to_dict(), "rated_at": rated_at})
 
     return [Route("/api/status", status, methods=["GET"]), Route("/api/ask", ask, methods=["POST"])]
 
@@ -271,14 +274,23 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def _answer(engine: RagEngine, stream: AnswerStream, rating: str | None) -> Answer | None:
-    """`engine.ask` on a stream the event loop may abandon: None when it was."""
+def _answer(
+    engine: RagEngine, stream: AnswerStream, rating: str | None
+) -> tuple[Answer | None, float | None]:
+    """`engine.ask` on a stream the event loop may abandon (None when it was), and when its
+    vote was stored: a moment after the counter moved, so a scrape timestamped later counted
+    it (the demo reconciles its raters' votes with the canary's counts this way)."""
     for _ in stream:
         pass
     answer = stream.answer
-    if answer is not None and rating in ("up", "down") and not answer.error:
-        engine.rate(answer, "up" if rating == "up" else "down")
-    return answer
+    if (
+        answer is not None
+        and rating in ("up", "down")
+        and not answer.error
+        and engine.rate(answer, "up" if rating == "up" else "down")
+    ):
+        return answer, time.time()
+    return answer, None
 
 
 # --- the client half: `bigbertha ask --server URL` --------------------------------------------
@@ -376,6 +388,7 @@ class _AnswerReply(TypedDict):
     error: str | None
     warnings: dict[str, str]
     conversation: NotRequired[str | None]
+    rated_at: NotRequired[float | None]
 
 
 def checked_answer(raw: bytes, url: str) -> dict[str, Any]:

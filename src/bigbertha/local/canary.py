@@ -23,8 +23,9 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from bigbertha.chat.api import ask_server
@@ -79,6 +80,7 @@ def canary_round(
             f"{status['canary']['share']:.0%} of new conversations"
         )
     votes: dict[str, dict[str, int]] = {}
+    stored: list[Vote] = []  # every vote cast, with when the chatbot stored it
     with timeline.stage(tag + f"raters prefer the {prefer}") as st:
         taste = {
             side: _Shared(itertools.cycle(TASTE["liked" if side == prefer else "disliked"]))
@@ -110,12 +112,11 @@ def canary_round(
             try:
                 while not decided():
                     conversations += 1
-                    for side, rating in _conversation(
-                        url, questions, taste, challenger, decided, wanted
-                    ):
+                    for vote in _conversation(url, questions, taste, challenger, decided, wanted):
                         with counting:
-                            counted = votes.setdefault(side, {"up": 0, "down": 0})
-                            counted[rating] += 1
+                            counted = votes.setdefault(vote.side, {"up": 0, "down": 0})
+                            counted[vote.rating] += 1
+                            stored.append(vote)
             except BaseException:
                 failed.set()  # the other users stop too; the error surfaces below
                 raise
@@ -149,13 +150,18 @@ def canary_round(
             "design": report.get("design", {}),
             "statistic": report.get("statistic", []),
         }
-        # The raters' votes are what the canary decided on: every vote counted once. (Votes
-        # cast after the decision, by users mid-conversation, are the raters' only extra.)
+        # The raters' votes are what the canary decided on, every vote counted once: those the
+        # chatbot stored before the scrape it counted, not those after (users mid-conversation
+        # vote on while the step decides).
         counted = {
-            side: (decision[side].get("up"), decision[side].get("down"))
+            side: (int(decision[side].get("up", 0)), int(decision[side].get("down", 0)))
             for side in ("challenger", "champion")
         }
-        cast = {side: (v.get("up", 0), v.get("down", 0)) for side, v in votes.items()}
+        through = report.get("counted_through")
+        if not through:
+            raise DemoFailed("the canary's decision does not say when its counts were scraped")
+        before, after = reconcile(stored, counted, (float(through[0]), float(through[1])))
+        decision["rated_before_counts"] = before
         # Share back to 0: the chatbot lets the challenger go (promoted, it returns as champion).
         wait_for(
             "the chatbot to end the canary",
@@ -166,9 +172,70 @@ def canary_round(
         st.result = (
             f"{decision['decision']} after {decision['seconds']:.0f}s from the challenger's "
             f"start ({decision['reason']}); votes (up, down) the canary counted {counted}, the "
-            f"raters cast {cast}; the chatbot ended the canary"
+            f"raters cast {before} before its counts were scraped and {after} after; the "
+            "chatbot ended the canary"
         )
     return decision
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One rater's vote: on which side, which way, and when the chatbot stored it (its
+    /api/ask `rated_at`; None: not stored)."""
+
+    side: Side
+    rating: str
+    stored_at: float | None
+
+
+#: A vote stored this close after a scrape's timestamp may be in it: the exporter reads Redis
+#: while it is scraped, and `rated_at` is taken just after the write (load can delay it).
+SCRAPE_SLACK_SECONDS = 2.0
+
+
+def reconcile(
+    stored: Sequence[Vote],
+    counted: Mapping[str, tuple[int, int]],
+    through: tuple[float, float],
+) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+    """Check the canary's `counted` (side -> (up, down)) against the votes the raters cast:
+    every vote stored before the oldest sample it counted (`through`) must be in it, none
+    stored after the newest scrape (plus the slack); DemoFailed says which side and rating do
+    not add up. Returns the votes (up, down) a side got before and after those scrapes."""
+    oldest, newest = through
+    sure: dict[tuple[str, str], int] = {}
+    maybe: dict[tuple[str, str], int] = {}
+    for vote in stored:
+        key = (vote.side, vote.rating)
+        if vote.stored_at is None or vote.stored_at > newest + SCRAPE_SLACK_SECONDS:
+            continue  # not stored, or after the scrapes: must not be counted
+        if vote.stored_at <= oldest:
+            sure[key] = sure.get(key, 0) + 1
+        else:
+            maybe[key] = maybe.get(key, 0) + 1
+    wrong = []
+    for side in ("challenger", "champion"):
+        for i, rating in enumerate(("up", "down")):
+            key, got = (side, rating), counted.get(side, (0, 0))[i]
+            low, high = sure.get(key, 0), sure.get(key, 0) + maybe.get(key, 0)
+            if not low <= got <= high:
+                wrong.append(
+                    f"{side} {rating}: counted {got}, the raters stored {low} before the scrape"
+                    + (f" and {high - low} during it" if high > low else "")
+                )
+    if wrong:
+        raise DemoFailed("the canary did not count each vote once: " + "; ".join(wrong))
+
+    # Checked: what the canary counted is what was stored before its scrapes; the rest came
+    # after (a vote in the slack was one or the other, and the counts say which).
+    cast: dict[str, list[int]] = {side: [0, 0] for side in ("challenger", "champion")}
+    for vote in stored:
+        cast.setdefault(vote.side, [0, 0])[0 if vote.rating == "up" else 1] += 1
+    before = {side: counted.get(side, (0, 0)) for side in cast}
+    after = {
+        side: (cast[side][0] - before[side][0], cast[side][1] - before[side][1]) for side in cast
+    }
+    return before, after
 
 
 class _Shared:
@@ -193,9 +260,9 @@ def _conversation(
     challenger: str,
     decided: Callable[[], bool],
     wanted: Callable[[Side], bool],
-) -> Iterator[tuple[Side, str]]:
+) -> Iterator[Vote]:
     """One user's conversation: a first turn, then, if the side it landed on still `wanted`
-    votes, rated turns; yields (side, rating).
+    votes, rated turns; yields their votes.
 
     Every turn must come from the model of the first while the canary runs (sticky routing);
     once it has decided, the aliases move and the conversation simply ends."""
@@ -217,4 +284,4 @@ def _conversation(
                 f"{answer['model_version']}: routing is not sticky"
             )
         if not answer.get("error"):  # a failed answer is never rated
-            yield side, rating
+            yield Vote(side, rating, answer.get("rated_at"))

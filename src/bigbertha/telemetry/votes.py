@@ -140,6 +140,21 @@ def standing(counts: Counts) -> dict[str, Votes]:
     return votes
 
 
+def scraped(
+    url: str, model: str, selector: str = "", at: float | None = None
+) -> tuple[float, float] | None:
+    """When the vote counters that `counters` reads at `at` were scraped: the oldest and the
+    newest sample's timestamp (one exporter: one scrape, both equal). A vote stored before the
+    oldest is in the counts, one stored after the newest scrape is not. None: no sample."""
+    rest = f",model={_label(model)}" + (f",{selector}" if selector else "")
+    # timestamp() of a plain selector is the sample's own time (the latest within Prometheus'
+    # 5-minute lookback), not the query's; it drops the name, so one selector per counter (a
+    # series `or` drops has its twin's labels: the same target, the same scrape).
+    promql = " or ".join(f'timestamp({{__name__="{name}"{rest}}})' for name in (FEEDBACK, REPLACED))
+    stamps = [float(s["value"][1]) for s in instant_query(url, promql, at)]
+    return (min(stamps), max(stamps)) if stamps else None
+
+
 def totals(
     url: str, model: str, selector: str = "", at: float | None = None
 ) -> dict[tuple[str, str], int]:

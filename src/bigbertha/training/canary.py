@@ -86,6 +86,10 @@ class CanaryDecision:
     decided_at: float | None = None
     seconds: float | None = None  # from the challenger's start to the decision
     polls: int = 0
+    # When the counts decided on were scraped (oldest, newest sample): votes stored before the
+    # oldest are in them, votes after the newest are not (what the demo reconciles its raters'
+    # votes with). None: Prometheus had no sample.
+    counted_through: list[float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -454,6 +458,7 @@ def run(
     polls, verdict, reason = 0, None, ""
     statistic: list[dict[str, float]] = []  # every poll's point, for the report
     challenger_votes, champion_votes, others = Votes(), Votes(), list[str]()
+    through: tuple[float, float] | None = None
     while True:
         now = time.time()
         polls += 1
@@ -468,6 +473,7 @@ def run(
             counted = votes_api.gained(
                 url, name, baseline, selector=c.prometheus_selector, now=min(now, deadline)
             )
+            through = votes_api.scraped(url, name, c.prometheus_selector, min(now, deadline))
         except ServiceUnavailable as exc:
             if now >= deadline:
                 raise  # no evidence at the deadline: the workflow retries the step
@@ -513,6 +519,7 @@ def run(
         decided_at=decided,
         seconds=decided - started,
         polls=polls,
+        counted_through=list(through) if through else None,
     )
     return _finish(settings, decision, lineage, report)
 
