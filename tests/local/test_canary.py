@@ -115,3 +115,31 @@ def test_the_raters_votes_reconcile_with_the_canary_counts_or_the_demo_fails() -
         reconcile(votes, {"challenger": (1, 1), "champion": (1, 1)}, (scrape, scrape))
     # Two exporter replicas scraped apart: a vote between their scrapes may be in or out.
     assert reconcile(votes[:3], {"challenger": (0, 1), "champion": (0, 1)}, (scrape - 6, scrape))
+
+
+def test_ctrl_c_while_the_raters_vote_stops_them_at_once() -> None:
+    # The raters vote until the canary decides: a Ctrl-C that waited for them waited for that.
+    import os
+    import signal
+    import threading
+    import time
+
+    from bigbertha.local.canary import run_users
+
+    stop, ended = threading.Event(), []
+
+    def user() -> int:
+        while not stop.is_set():
+            time.sleep(0.02)
+        ended.append(time.monotonic())
+        return 1
+
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_users(2, user, stop)
+    assert stop.is_set() and time.monotonic() - started < 2
+    time.sleep(0.2)
+    assert len(ended) == 2  # both users left after their current turn
+    # Without an interruption the users' counts add up.
+    assert run_users(3, lambda: 2, threading.Event()) == 6

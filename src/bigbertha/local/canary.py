@@ -113,6 +113,8 @@ def canary_round(
                 while not decided():
                     conversations += 1
                     for vote in _conversation(url, questions, taste, challenger, decided, wanted):
+                        if failed.is_set():
+                            break  # Ctrl-C or another user's error: leave mid-conversation
                         with counting:
                             counted = votes.setdefault(vote.side, {"up": 0, "down": 0})
                             counted[vote.rating] += 1
@@ -123,9 +125,7 @@ def canary_round(
             return conversations
 
         # As many users at once as the chatbot answers at once (chat.max_concurrent_answers).
-        at_once = int(settings.chat.max_concurrent_answers)
-        with ThreadPoolExecutor(max_workers=at_once) as pool:
-            conversations = sum(pool.map(lambda _: user(), range(at_once)))
+        conversations = run_users(int(settings.chat.max_concurrent_answers), user, failed)
         st.result = f"{conversations} conversations, votes " + ", ".join(
             f"{side} {v['up']} up {v['down']} down" for side, v in sorted(votes.items())
         )
@@ -176,6 +176,20 @@ def canary_round(
             "chatbot ended the canary"
         )
     return decision
+
+
+def run_users(at_once: int, user: Callable[[], int], stop: threading.Event) -> int:
+    """`at_once` users in threads until each returns (a count); their total. Anything that ends
+    the wait early (Ctrl-C, an error) sets `stop` and leaves the threads to finish their current
+    answer: waiting for them instead kept a Ctrl-C'd demo rating until the canary decided."""
+    pool = ThreadPoolExecutor(max_workers=at_once)
+    try:
+        return sum(pool.map(lambda _: user(), range(at_once)))
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=not stop.is_set(), cancel_futures=True)
 
 
 @dataclass(frozen=True)
