@@ -122,12 +122,15 @@ def main() -> None:
         chunks = sum(o.chunks for o in report.outcomes)
 
         def variant(ranker: str, rerank: bool) -> Retriever:
-            chat: dict[str, Any] = {"retrieval_mode": "dense" if ranker == "dense" else "hybrid"}
+            options: dict[str, Any] = {"mode": "dense" if ranker == "dense" else "hybrid"}
             if ranker != "dense":
-                chat["retrieval_ranker"] = ranker
+                options["ranker"] = ranker
             if rerank:
-                chat["rerank_model"] = args.rerank_model
-            s = base.model_copy(update={"chat": base.chat.model_copy(update=chat)})
+                options["rerank_model"] = args.rerank_model
+            retrieval = base.chat.retrieval.model_copy(update=options)
+            s = base.model_copy(
+                update={"chat": base.chat.model_copy(update={"retrieval": retrieval})}
+            )
             return Retriever(s, reranker=load_reranker(s) if rerank else None)
 
         modes = {"dense": variant("dense", False)}

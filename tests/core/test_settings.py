@@ -181,3 +181,63 @@ def test_model_names_are_not_paths_unless_they_exist_here(clean_env, value):
     if value and "://" not in value and not value.startswith("models:/"):
         (clean_env / value).mkdir(parents=True)  # a local directory of that name wins
         assert settings_mod.absolute_model_ref(value) == str(clean_env / value)
+
+
+def test_the_flat_retrieval_names_of_an_earlier_release_still_work(clean_env, monkeypatch):
+    # Values files and env vars written for chat.retrieval_mode & co. keep their meaning.
+    monkeypatch.setenv("BIGBERTHA_CHAT__RETRIEVAL_MODE", "dense")
+    monkeypatch.setenv("BIGBERTHA_CHAT__RETRIEVAL", json.dumps({"mode": "hybrid", "rrf_k": 30}))
+    with pytest.warns(FutureWarning, match="chat.retrieval_mode is now chat.retrieval.mode"):
+        s = settings_mod.load()
+    assert s.chat.retrieval.mode == "dense"  # the old name, set by the user, wins
+    assert s.chat.retrieval.rrf_k == 30  # the nested block's other keys stay
+    monkeypatch.delenv("BIGBERTHA_CHAT__RETRIEVAL_MODE")
+    monkeypatch.setenv("BIGBERTHA_CHAT__RETRIEVAL__CANDIDATES", "12")
+    s = settings_mod.load()
+    assert (s.chat.retrieval.mode, s.chat.retrieval.candidates) == ("hybrid", 12)
+    with pytest.raises(ConfigError, match="retrieval.mode"):
+        settings_mod.load(overrides={"chat": {"retrieval": {"mode": "sparse"}}})
+    # The chart accepts both spellings; the old one is marked deprecated.
+    chat = settings_mod.values_schema()["properties"]["chat"]["properties"]
+    assert chat["retrieval"]["properties"]["mode"]["enum"] == ["dense", "hybrid"]
+    assert chat["retrieval_mode"]["deprecated"] is True
+
+
+def test_config_show_names_each_nested_setting_and_where_it_came_from(clean_env, monkeypatch):
+    monkeypatch.setenv("BIGBERTHA_CHAT__RETRIEVAL__MODE", "dense")
+    monkeypatch.setenv("BIGBERTHA_CHAT__RERANK_DIR", "/srv/reranker")  # the earlier name
+    with pytest.warns(FutureWarning, match="chat.rerank_dir is now chat.retrieval.rerank_dir"):
+        result = runner.invoke(app, ["config", "show", "--json"])
+    assert result.exit_code == 0, result.output
+    chat = json.loads(result.stdout[result.stdout.index("{") :])["chat"]
+    assert chat["retrieval.mode"] == {
+        "value": "dense",
+        "source": "env:BIGBERTHA_CHAT__RETRIEVAL__MODE",
+    }
+    assert chat["retrieval.rerank_dir"] == {
+        "value": "/srv/reranker",
+        "source": "env:BIGBERTHA_CHAT__RERANK_DIR",
+    }
+    assert chat["retrieval.rrf_k"] == {"value": 60, "source": "default"}
+
+
+def test_an_old_values_file_keeps_its_retrieval_through_the_chart(clean_env, monkeypatch):
+    # `helm upgrade` with a values file of the last release: the flat name passes the chart's
+    # schema and overrides the chart's nested default in the process that reads the ConfigMap.
+    from bigbertha.local import chart
+
+    old = {"settings": {"chat": {"retrieval_mode": "dense", "retrieval": {"rrf_k": 30}}}}
+    objects = chart.render([], old)
+    (configmap,) = [
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-settings")
+    ]
+    assert configmap["data"]["BIGBERTHA_CHAT__RETRIEVAL_MODE"] == "dense"
+    for name, value in configmap["data"].items():
+        monkeypatch.setenv(name, value)
+    with pytest.warns(FutureWarning, match="chat.retrieval_mode"):
+        loaded = settings_mod.load().chat.retrieval
+    assert (loaded.mode, loaded.rrf_k, loaded.candidates) == ("dense", 30, 10)
+    with pytest.raises(ConfigError, match="/settings/chat/retrieval_mode.*one of"):
+        chart.render([], {"settings": {"chat": {"retrieval_mode": "sparse"}}})

@@ -146,14 +146,15 @@ def test_reranker_reorders_by_the_cross_encoder_and_keeps_cosine_scores(
     seeded: Settings, tmp_path: Path
 ) -> None:
     model_dir = tiny_cross_encoder(tmp_path / "reranker")
-    chat = seeded.chat.model_copy(update={"rerank_model": str(model_dir), "top_k": 3})
+    retrieval = seeded.chat.retrieval.model_copy(update={"rerank_model": str(model_dir)})
+    chat = seeded.chat.model_copy(update={"retrieval": retrieval, "top_k": 3})
     settings = seeded.model_copy(update={"chat": chat})
     reranking = Retriever(settings)
     assert reranking.reranker is not None
     question = "How do I roll back the champion model?"
     got = reranking.retrieve(question)
     # The candidates the cross-encoder saw (hybrid, cutoff applied), in its order, top 3.
-    wide = Retriever(seeded, top_k=settings.chat.retrieval_candidates).retrieve(question)
+    wide = Retriever(seeded, top_k=settings.chat.retrieval.candidates).retrieve(question)
     logits = reranking.reranker.predict([(question, c.text) for c in wide])
     expected = [c for _, c in sorted(zip(logits, wide, strict=True), key=lambda p: -p[0])][:3]
     assert [c.text for c in got] == [c.text for c in expected]
@@ -167,9 +168,9 @@ def test_a_configured_reranker_that_is_missing_is_a_config_error(tmp_path: Path)
     empty = tmp_path / "empty"
     empty.mkdir()
     for where, reason in ((tmp_path / "nowhere", "is not a directory"), (empty, "no cross")):
-        settings = Settings(chat={"rerank_model": str(where)})
+        settings = Settings(chat={"retrieval": {"rerank_model": str(where)}})
         with pytest.raises(RerankerMissing, match=reason) as caught:
             Retriever(settings)
         assert caught.value.exit_code == ExitCode.CONFIG
-        assert "chat.rerank_model" in str(caught.value)
+        assert "chat.retrieval.rerank_model" in str(caught.value)
     assert Retriever(Settings()).reranker is None  # unset: off, nothing loaded

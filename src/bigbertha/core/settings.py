@@ -14,6 +14,7 @@ elsewhere (its own working directory) still names the same file.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,6 +28,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -194,27 +196,17 @@ class ExporterSettings(Section):
     )
 
 
-class ChatSettings(Section):
-    """The Streamlit chatbot."""
+class RetrievalSettings(Section):
+    """Retrieval (bigbertha.documents.retrieval, docs/retrieval.md)."""
 
-    port: int = Field(8501, ge=1, le=65535, description="listen port")
-    top_k: int = Field(4, ge=1, le=100, description="chunks retrieved per question")
-    similarity_cutoff: float = Field(
-        0.2,
-        ge=-1,
-        le=1,
-        description="dense cosine similarity to the question below which a chunk is dropped "
-        "(dense mode; hybrid keeps one below it that shares a content word with the question, "
-        "and none when even the best is below); fused and reranker scores are not similarities",
-    )
-    # Retrieval (bigbertha.documents.retrieval, docs/retrieval.md). Every collection ingestion
-    # creates holds Milvus' built-in BM25 full-text index beside the vectors, so the mode is a
-    # query-time choice; hybrid wins on the golden set (bench/retrieval.py).
-    retrieval_mode: Literal["dense", "hybrid"] = Field(
+    # Every collection ingestion creates holds Milvus' built-in BM25 full-text index beside the
+    # vectors, so the mode is a query-time choice; hybrid wins on the golden set
+    # (bench/retrieval.py).
+    mode: Literal["dense", "hybrid"] = Field(
         "hybrid",
         description="dense: embedding vectors only; hybrid: vectors and BM25 full-text, fused",
     )
-    retrieval_ranker: Literal["rrf", "weighted"] = Field(
+    ranker: Literal["rrf", "weighted"] = Field(
         "rrf", description="hybrid fusion: reciprocal rank (rrf) or weighted normalised scores"
     )
     rrf_k: int = Field(60, ge=1, le=16384, description="RRF's k: larger flattens the ranks")
@@ -223,7 +215,7 @@ class ChatSettings(Section):
     )
     # bench/retrieval.py, golden set, seed docs: 6 gives hit@4 0.86, 10 0.84, 20 0.83 (deep
     # BM25-only ranks crowd dense hits out after fusion).
-    retrieval_candidates: int = Field(
+    candidates: int = Field(
         10,
         ge=1,
         le=1000,
@@ -236,6 +228,62 @@ class ChatSettings(Section):
     rerank_dir: Location = Field(
         default_factory=lambda: str(home() / "reranker"),
         description="where an s3:// rerank_model is downloaded to",
+    )
+
+
+#: chat's flat retrieval keys before they moved under chat.retrieval: still read (with a
+#: warning), so values files and env vars written for an earlier release keep their meaning.
+RENAMED_CHAT_KEYS = {
+    "retrieval_mode": "mode",
+    "retrieval_ranker": "ranker",
+    "rrf_k": "rrf_k",
+    "dense_weight": "dense_weight",
+    "retrieval_candidates": "candidates",
+    "rerank_model": "rerank_model",
+    "rerank_dir": "rerank_dir",
+}
+
+
+class ChatSettings(Section):
+    """The Streamlit chatbot."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        """Move the flat keys of an earlier release under `retrieval`, with a warning; they
+        win over the nested ones, which only the chart's defaults set beside them."""
+        if not isinstance(data, dict) or not RENAMED_CHAT_KEYS.keys() & data.keys():
+            return data
+        import warnings
+
+        data = dict(data)
+        nested = data.get("retrieval")
+        moved = dict(nested) if isinstance(nested, dict) else {}
+        for old, new in RENAMED_CHAT_KEYS.items():
+            if old in data:
+                moved[new] = data.pop(old)
+                warnings.warn(
+                    f"setting chat.{old} is now chat.retrieval.{new} "
+                    f"(BIGBERTHA_CHAT__RETRIEVAL__{new.upper()}); the old name still works",
+                    FutureWarning,
+                    stacklevel=2,
+                )
+        data["retrieval"] = moved if nested is None or isinstance(nested, dict) else nested
+        return data
+
+    port: int = Field(8501, ge=1, le=65535, description="listen port")
+    top_k: int = Field(4, ge=1, le=100, description="chunks retrieved per question")
+    similarity_cutoff: float = Field(
+        0.2,
+        ge=-1,
+        le=1,
+        description="dense cosine similarity to the question below which a chunk is dropped "
+        "(dense mode; hybrid keeps one below it that shares a content word with the question, "
+        "and none when even the best is below); fused and reranker scores are not similarities",
+    )
+    retrieval: RetrievalSettings = Field(
+        default_factory=lambda: RetrievalSettings(),
+        description="how passages are found: dense or hybrid, fusion, reranking",
     )
     champion_poll_seconds: float = Field(
         30, gt=0, description="how often to check the registry's champion alias"
@@ -700,40 +748,74 @@ def load(config_file: Path | None = None, overrides: dict[str, Any] | None = Non
         _CONFIG_FILE.reset(token)
 
 
+def _leaves(
+    model: BaseModel, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every setting of a section as (key path, value): a nested section's keys one by one."""
+    for key in type(model).model_fields:
+        value = getattr(model, key)
+        if isinstance(value, BaseModel):
+            yield from _leaves(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
+def _dig(data: Any, path: Sequence[str]) -> bool:
+    """Whether nested dict `data` holds `path`."""
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return False
+        data = data[key]
+    return True
+
+
 def sources(
     settings: Settings, config_file: Path | None = None, overrides: dict[str, Any] | None = None
 ) -> dict[str, dict[str, str]]:
-    """Where each effective value came from: flag, env:NAME, file:PATH or default."""
+    """Where each effective value came from: flag, env:NAME, file:PATH or default. A nested
+    section's keys are dotted (chat: retrieval.mode)."""
     file_data = _read_yaml(config_file) if config_file else {}
+    renamed: dict[tuple[str, ...], str] = {(new,): old for old, new in RENAMED_CHAT_KEYS.items()}
     result: dict[str, dict[str, str]] = {}
     for section in type(settings).model_fields:
         result[section] = {}
-        for key in type(getattr(settings, section)).model_fields:
-            env_name = f"{ENV_PREFIX}{section.upper()}{ENV_DELIMITER}{key.upper()}"
-            if key in (overrides or {}).get(section, {}):
+        for path, _ in _leaves(getattr(settings, section)):
+            # The key's own env var, then each enclosing block's (a JSON object), then the
+            # flat name an earlier release used.
+            names = [
+                f"{ENV_PREFIX}{section.upper()}{ENV_DELIMITER}"
+                + ENV_DELIMITER.join(p.upper() for p in path[:n])
+                for n in range(len(path), 0, -1)
+            ]
+            paths = [path]
+            old = renamed.get(path[1:]) if section == "chat" and path[0] == "retrieval" else None
+            if old:
+                names.insert(0, f"{ENV_PREFIX}CHAT{ENV_DELIMITER}{old.upper()}")
+                paths.insert(0, (old,))
+            env = next((n for n in names if n in os.environ), None)
+            if any(_dig((overrides or {}).get(section), p) for p in paths):
                 origin = "flag"
-            elif env_name in os.environ:
-                origin = f"env:{env_name}"
-            elif key in (file_data.get(section) or {}):
+            elif env:
+                origin = f"env:{env}"
+            elif any(_dig(file_data.get(section), p) for p in paths):
                 origin = f"file:{config_file}"
             else:
                 origin = "default"
-            result[section][key] = origin
+            result[section][".".join(path)] = origin
     return result
 
 
 def masked(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The settings as plain data, secrets shown as '***' (or null when unset).
+    """The settings as plain data, secrets shown as '***' (or null when unset), a nested
+    section's keys dotted.
 
     A URI keeps its scheme, user and host with only its credentials masked
     (`core.masking.mask_credentials`), secret or not: `mlflow.tracking_uri` may hold a password.
     """
     out: dict[str, dict[str, Any]] = {}
     for section in type(settings).model_fields:
-        values = getattr(settings, section)
         out[section] = {}
-        for key in type(values).model_fields:
-            value = getattr(values, key)
+        for path, value in _leaves(getattr(settings, section)):
             if isinstance(value, SecretStr):
                 secret = value.get_secret_value()
                 value = mask_credentials(secret) if "://" in secret else "***" if secret else ""
@@ -741,7 +823,7 @@ def masked(settings: Settings) -> dict[str, dict[str, Any]]:
                 value = mask_credentials(value)
             elif isinstance(value, list):
                 value = [mask_credentials(v) if isinstance(v, str) else v for v in value]
-            out[section][key] = value
+            out[section][".".join(path)] = value
     return out
 
 
@@ -791,20 +873,36 @@ def values_schema() -> dict[str, Any]:
     """
     full = Settings.model_json_schema()
     defs = full["$defs"]
-    sections: dict[str, Any] = {}
-    for section, ref in full["properties"].items():
-        model = defs[ref["$ref"].rsplit("/", 1)[1]]
-        props = {
-            key: _values_type(field)
-            for key, field in model["properties"].items()
-            if (section, key) not in CHART_WIRED and not _is_secret(field)
-        }
-        sections[section] = {
+
+    def section_of(name: str, model: dict[str, Any], description: str) -> dict[str, Any]:
+        props: dict[str, Any] = {}
+        for key, field in model["properties"].items():
+            if (name, key) in CHART_WIRED or _is_secret(field):
+                continue
+            if "$ref" in field:  # a nested section (chat.retrieval): rendered as one JSON value
+                nested = defs[field["$ref"].rsplit("/", 1)[1]]
+                props[key] = section_of(f"{name}.{key}", nested, field.get("description", ""))
+            else:
+                props[key] = _values_type(field)
+        if name == "chat":  # an earlier release's names, still read (RENAMED_CHAT_KEYS)
+            for old, new in RENAMED_CHAT_KEYS.items():
+                renamed = props["retrieval"]["properties"][new]
+                props[old] = {
+                    **renamed,
+                    "description": f"deprecated: renamed chat.retrieval.{new}",
+                    "deprecated": True,
+                }
+        return {
             "type": "object",
-            "description": model.get("description", "").splitlines()[0],
+            "description": description,
             "properties": props,
             "additionalProperties": False,
         }
+
+    sections: dict[str, Any] = {}
+    for section, ref in full["properties"].items():
+        model = defs[ref["$ref"].rsplit("/", 1)[1]]
+        sections[section] = section_of(section, model, model.get("description", "").splitlines()[0])
     return {
         "type": "object",
         "description": "bigbertha settings, rendered as BIGBERTHA_<SECTION>__<KEY> env vars",

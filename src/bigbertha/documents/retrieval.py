@@ -4,13 +4,13 @@
 bench/retrieval.py get the same chunks. Steps (docs/retrieval.md):
 
 1. search the LlamaIndex Milvus store (`vectorstore.open_store`) with the query embedding of the
-   model ingestion used: dense (`chat.retrieval_mode: dense`) or hybrid, the dense request and
+   model ingestion used: dense (`chat.retrieval.mode: dense`) or hybrid, the dense request and
    Milvus' built-in BM25 full-text request fused in Milvus by RRF or weighted scores
    (`MilvusVectorStore._hybrid_search`, VectorStoreQueryMode.HYBRID);
 2. give every candidate its dense cosine similarity to the question (in hybrid mode read from its
    stored unit vector), and drop those below `chat.similarity_cutoff` (hybrid: unless the
    passage shares a content word with the question; none at all when even the best is below);
-3. optionally reorder them with a cross-encoder (`chat.rerank_model`);
+3. optionally reorder them with a cross-encoder (`chat.retrieval.rerank_model`);
 4. keep `chat.top_k`, in that order.
 
 `Chunk.score` is always the dense cosine similarity, whatever ordered the chunks: fused ranks and
@@ -101,19 +101,19 @@ class Retrieved(list[Chunk]):
 
 
 class RerankerMissing(ConfigError):
-    """`chat.rerank_model` is set but no cross-encoder can be loaded from it."""
+    """`chat.retrieval.rerank_model` is set but no cross-encoder can be loaded from it."""
 
 
 def load_reranker(settings: Settings) -> Any | None:
-    """The cross-encoder named by `chat.rerank_model`, or None when it is unset.
+    """The cross-encoder named by `chat.retrieval.rerank_model`, or None when it is unset.
 
     Only a local directory or an s3:// prefix (downloaded to `rerank_dir`): an air-gapped
     install never reaches a model hub at run time, so a name that is neither is an error too.
     """
-    r = settings.chat
+    r = settings.chat.retrieval
     if not r.rerank_model:
         return None
-    where = f"chat.rerank_model {r.rerank_model!r}"
+    where = f"chat.retrieval.rerank_model {r.rerank_model!r}"
     if r.rerank_model.startswith("s3://"):
         from bigbertha.core.storage import download_prefix
 
@@ -160,8 +160,8 @@ class Retriever:
         )
         self.top_k = top_k or settings.chat.top_k
         self.cutoff = settings.chat.similarity_cutoff
-        self.options = settings.chat
-        self.mode = mode or self.options.retrieval_mode
+        self.options = settings.chat.retrieval
+        self.mode = mode or self.options.mode
         self.reranker = reranker if reranker is not None else load_reranker(settings)
         self._store: Any = None
         self._embed: Any = None
@@ -181,7 +181,7 @@ class Retriever:
 
     def _configure(self, store: Any) -> None:
         """Point the store's hybrid search at our fusion settings."""
-        if self.options.retrieval_ranker == "rrf":
+        if self.options.ranker == "rrf":
             store.hybrid_ranker, store.hybrid_ranker_params = "RRFRanker", {"k": self.options.rrf_k}
         else:
             w = self.options.dense_weight
@@ -201,11 +201,11 @@ class Retriever:
         if self.mode == "hybrid" and not hybrid and not self._warned:
             self._warned = True  # open_store logged the reindex hint; say what we do instead
             log.warning(
-                "chat.retrieval_mode is hybrid but the collection has no full-text "
+                "chat.retrieval.mode is hybrid but the collection has no full-text "
                 "index: retrieving dense only until `bigbertha reindex` runs"
             )
         wide = hybrid or self.reranker is not None
-        n = max(self.top_k, self.options.retrieval_candidates) if wide else self.top_k
+        n = max(self.top_k, self.options.candidates) if wide else self.top_k
         vector = embed.get_query_embedding(question)
         query = VectorStoreQuery(
             query_embedding=vector,
