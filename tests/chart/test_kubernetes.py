@@ -15,10 +15,12 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 
 from tests.chart import crds
 from tests.chart.render import (
     CUSTOM_KINDS,
+    ROOT,
     Release,
     clean,
     find,
@@ -233,7 +235,8 @@ def test_registry_override_and_pull_secrets_reach_every_pod() -> None:
 def test_image_tags_default_to_the_app_version(default_docs: list[dict[str, Any]]) -> None:
     images = [c["image"] for _, pod in pod_specs(default_docs) for c in _containers(pod)]
     ours = [i for i in images if "/bigbertha/" in i]
-    assert ours and all(i.endswith(":0.1.0") for i in ours), ours
+    app_version = yaml.safe_load((ROOT / "Chart.yaml").read_text())["appVersion"]
+    assert ours and all(i.endswith(f":{app_version}") for i in ours), ours
 
 
 def test_prod_chatbot_survives_a_node_drain(prod_docs: list[dict[str, Any]]) -> None:
