@@ -93,7 +93,10 @@ def schema(shared_dir: Path) -> dict[str, Any]:
 
 
 #: values/ files that are not environments of their own (no cluster to sync).
-OVERLAYS = {"demo": "layered on values/local.yaml by `bigbertha demo` on one machine"}
+OVERLAYS = {
+    "demo": "layered on values/local.yaml by `bigbertha demo` on one machine",
+    "shared-cluster": "layered on values/prod.yaml where the cluster runs its own operators",
+}
 
 
 def environments() -> set[str]:

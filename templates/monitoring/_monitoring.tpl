@@ -1,3 +1,11 @@
+{{/* bigbertha.monitoring.labels: (dict "ctx" . "rules" <bool>) -> the labels a Prometheus or Alertmanager selects our ServiceMonitors, PrometheusRules and AlertmanagerConfig by: kube-prometheus-stack's default selector (release: <release>, its *SelectorNilUsesHelmValues) unless monitoring.labels sets it, then monitoring.labels (an existing stack's selector), and on rules monitoring.ruleLabels. */}}
+{{- define "bigbertha.monitoring.labels" -}}
+{{- $m := .ctx.Values.monitoring -}}
+{{- $labels := merge (deepCopy ($m.labels | default dict)) (dict "release" .ctx.Release.Name) -}}
+{{- if .rules -}}{{- $labels = merge (deepCopy ($m.ruleLabels | default dict)) $labels -}}{{- end -}}
+{{- toYaml $labels -}}
+{{- end -}}
+
 {{/* bigbertha.monitoring.seconds: a Prometheus duration ("1h30m", "90s") -> its seconds, for rules that compare a timestamp with time(). */}}
 {{- define "bigbertha.monitoring.seconds" -}}
 {{- $units := dict "ms" 0.001 "s" 1 "m" 60 "h" 3600 "d" 86400 "w" 604800 "y" 31536000 -}}

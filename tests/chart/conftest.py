@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.chart.render import ENVS, RELEASES, Release, render_env
+from tests.chart.render import cluster_docs as _cluster_docs
 
 
 @pytest.fixture(scope="session", params=ENVS)
@@ -29,6 +30,13 @@ def release(request: pytest.FixtureRequest) -> Release:
 @pytest.fixture(scope="session")
 def docs(env: str, release: Release) -> list[dict[str, Any]]:
     return render_env(env, release)
+
+
+@pytest.fixture(scope="session")
+def cluster_docs(env: str, release: Release) -> list[dict[str, Any]]:
+    """`docs`, and beside the release what the cluster runs where the environment uses the
+    cluster's own operators (values/shared-cluster.yaml): what wiring and policies meet."""
+    return _cluster_docs(env, release)
 
 
 @pytest.fixture(scope="session")

@@ -32,13 +32,15 @@ RELEASE = "bigbertha"
 NAMESPACE = "bigbertha"
 KUBE_VERSION = "v1.30.0"
 # Each environment as a user installs it: the values files layered after the chart defaults.
-# demo.yaml is an overlay on local.yaml (`bigbertha demo`); test_chart checks every file is here.
+# demo.yaml is an overlay on local.yaml (`bigbertha demo`), shared-cluster.yaml on prod.yaml (a
+# cluster that runs its own Prometheus Operator and Argo); test_chart checks every file is here.
 ENV_FILES: dict[str, tuple[str, ...]] = {
     "default": (),
     "dev": ("dev",),
     "local": ("local",),
     "local+demo": ("local", "demo"),
     "prod": ("prod",),
+    "prod+shared-cluster": ("prod", "shared-cluster"),
 }
 ENVS = tuple(ENV_FILES)
 
@@ -129,6 +131,51 @@ def render_env_raw(env: str, release: Release = RELEASES[0]) -> dict[str, str]:
 @functools.cache
 def render_env(env: str, release: Release = RELEASES[0]) -> list[dict[str, Any]]:
     return documents(render_env_raw(env, release))
+
+
+def installs(env: str, name: str) -> bool:
+    """Whether `env` installs subchart `name` (its `enabled`, values.yaml's default under the
+    environment's files)."""
+    values = deep_merge(yaml.safe_load((ROOT / "values.yaml").read_text()), env_values(env))
+    return bool((values.get(name) or {}).get("enabled", True))
+
+
+# What a cluster already runs where an environment leaves our operators off
+# (values/shared-cluster.yaml): the pinned charts with their own defaults, each installed as most
+# clusters install it (kube-prometheus-stack in `monitoring`, argo-events in `argo-events`).
+EXISTING = {
+    "kube-prometheus-stack": Release("kube-prometheus-stack", "monitoring"),
+    "argo-events": Release("argo-events", "argo-events"),
+}
+
+
+@functools.cache
+def existing(name: str) -> list[dict[str, Any]]:
+    """The objects of the cluster's own install of the pinned chart `name` (EXISTING)."""
+    (archive,) = (ROOT / "charts").glob(f"{name}-[0-9]*.tgz")
+    docs = documents(
+        chart.render_templates(
+            {},
+            chart_dir=archive,
+            release=EXISTING[name].name,
+            namespace=EXISTING[name].namespace,
+            api_versions=API_VERSIONS,
+            kube_version=KUBE_VERSION,
+        )
+    )
+    for doc in docs:  # `subchart` names it; nothing takes it for ours
+        doc["__template"] = f"<cluster>/charts/{doc['__template']}"
+    return docs
+
+
+def cluster_docs(env: str, release: Release = RELEASES[0]) -> list[dict[str, Any]]:
+    """The release and what the cluster already runs beside it: the objects our wiring and
+    network policies are checked against."""
+    docs = render_env(env, release)
+    for name in EXISTING:
+        if not installs(env, name):
+            docs = docs + existing(name)
+    return docs
 
 
 def manifest_text(

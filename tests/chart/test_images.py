@@ -75,12 +75,14 @@ def images(docs: list[dict[str, Any]]) -> dict[str, set[str]]:
                     add(tpl["container"]["image"], by)
     for bus in find(docs, "EventBus"):
         version = bus["spec"]["jetstream"]["version"]
-        (config,) = [
+        configs = [
             c
             for c in find(docs, "ConfigMap")
             if c["metadata"]["name"].endswith("argo-events-controller-manager")
         ]
-        loaded = yaml.safe_load(config["data"]["controller-config.yaml"])
+        if not configs:
+            continue  # the cluster's own controller (values/shared-cluster.yaml) brings its images
+        loaded = yaml.safe_load(configs[0]["data"]["controller-config.yaml"])
         for v in loaded["eventBus"]["jetstream"]["versions"]:
             if v["version"] == version:
                 for key in ("natsImage", "metricsExporterImage", "configReloaderImage"):

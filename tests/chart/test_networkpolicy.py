@@ -53,7 +53,10 @@ def _used(pod: cluster.Pod, address: cluster.Address) -> bool:
     return section in sections
 
 
-def test_every_wire_of_the_release_is_allowed(docs: list[dict[str, Any]], release: Release) -> None:
+def test_every_wire_of_the_release_is_allowed(
+    cluster_docs: list[dict[str, Any]], release: Release
+) -> None:
+    docs = cluster_docs
     pods = cluster.pods(docs, release.namespace)
     services = cluster.services(docs, release.namespace)
     replicas = cluster.stateful_pods(docs, release.namespace)
@@ -97,10 +100,12 @@ def test_every_wire_of_the_release_is_allowed(docs: list[dict[str, Any]], releas
     assert not missing, f"wires the model did not derive: {missing}"
 
 
-def test_the_loops_wires_are_allowed(docs: list[dict[str, Any]], release: Release) -> None:
+def test_the_loops_wires_are_allowed(cluster_docs: list[dict[str, Any]], release: Release) -> None:
     """The two loops, hop by hop: Alertmanager -> webhook EventSource; EventSources and Sensors
     -> EventBus; the MinIO EventSource -> MinIO; Workflow steps -> Milvus, MinIO, MLflow, Redis;
-    Prometheus -> exporter; every BigBertha pod -> the cluster DNS."""
+    Prometheus -> exporter; every BigBertha pod -> the cluster DNS. Prometheus and Alertmanager
+    are the release's, or the cluster's own in another namespace."""
+    docs = cluster_docs
     pods = cluster.pods(docs, release.namespace)
     policies = _policies(docs)
 

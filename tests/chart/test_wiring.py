@@ -109,12 +109,13 @@ def _unresolved(
 
 
 def test_every_in_cluster_address_resolves_to_a_service_and_port(
-    env: str, release: Release, docs: list[dict[str, Any]]
+    env: str, release: Release, cluster_docs: list[dict[str, Any]]
 ) -> None:
     """Our settings, MLflow's database and S3 endpoint, Milvus' etcd, MinIO and message queue,
     Grafana's datasources, ...: every address in a ConfigMap or a container's env, and every
     connection a custom resource declares (EventBus, MinIO events, Alertmanager's webhook,
     Prometheus' Alertmanager and scrape targets)."""
+    docs = cluster_docs
     pods, services = _cluster(docs, release)
     found = cluster.configured_addresses(docs, pods, _addresses(release))
     found += [a for _, a in cluster.declared_wires(docs, pods, services, release.namespace)]
@@ -317,10 +318,12 @@ def _selected(
 
 
 def test_the_stack_selects_our_rules_monitor_and_alertmanager_route(
-    docs: list[dict[str, Any]], release: Release
+    cluster_docs: list[dict[str, Any]], release: Release
 ) -> None:
-    """With the real kube-prometheus-stack Prometheus and Alertmanager objects: their label and
-    namespace selectors pick up our PrometheusRule, ServiceMonitor and AlertmanagerConfig."""
+    """With the real kube-prometheus-stack Prometheus and Alertmanager objects (the release's, or
+    the cluster's own with its defaults in another namespace): their label and namespace
+    selectors pick up our PrometheusRule, ServiceMonitor and AlertmanagerConfig."""
+    docs = cluster_docs
     (prometheus,) = find(docs, "Prometheus")
     (alertmanager,) = find(docs, "Alertmanager")
     rules = _selected(prometheus, "rule", find(docs, "PrometheusRule"), release)
@@ -334,7 +337,7 @@ def test_the_stack_selects_our_rules_monitor_and_alertmanager_route(
     # ... and Prometheus sends its alerts to that Alertmanager.
     (target,) = prometheus["spec"]["alerting"]["alertmanagers"]
     services = {s["metadata"]["name"]: s for s in find(docs, "Service")}
-    assert target["namespace"] == release.namespace
+    assert target["namespace"] == (alertmanager["metadata"].get("namespace") or release.namespace)
     assert cluster.selects(
         {"matchLabels": services[target["name"]]["spec"]["selector"]},
         next(
