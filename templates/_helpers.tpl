@@ -55,11 +55,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "bigbertha.image" -}}
 {{- $registry := .ctx.Values.global.imageRegistry | default .image.registry -}}
 {{- $tag := .image.tag | default .ctx.Chart.AppVersion -}}
-{{- if $registry -}}
-{{- printf "%s/%s:%s" $registry .image.repository $tag -}}
-{{- else -}}
-{{- printf "%s:%s" .image.repository $tag -}}
-{{- end -}}
+{{- $ref := printf "%s:%s" .image.repository $tag -}}
+{{- if $registry -}}{{- $ref = printf "%s/%s" $registry $ref -}}{{- end -}}
+{{- /* A digest pins the bytes (the release's digests.yaml, docs/images.md); the tag stays for people reading it. */ -}}
+{{- if .image.digest -}}{{- $ref = printf "%s@%s" $ref .image.digest -}}{{- end -}}
+{{- $ref -}}
 {{- end -}}
 
 {{/* bigbertha.imagePullSecrets: root ctx -> imagePullSecrets list from global.imagePullSecrets. */}}

@@ -108,7 +108,8 @@ def test_one_gitops_environment_per_values_file() -> None:
     assert set(envs) == environments()
     for env, path in envs.items():
         assert path.stem == env
-        assert set(load(path)) == {"env", "server", "namespace", "revision"}
+        assert set(load(path)) == {"env", "server", "namespace", "revision", "apiServerCIDRs"}
+        assert isinstance(yaml.safe_load(load(path)["apiServerCIDRs"]), list), path
 
 
 @pytest.mark.parametrize("path", [OPERATORS, PLATFORM], ids=lambda p: p.name)
@@ -180,10 +181,12 @@ def test_chart_renders_as_argo_cd_renders_it(env: str) -> None:
         if a["metadata"]["labels"]["bigbertha.io/environment"] == env
     ]
     merged: dict[str, Any] = {}
-    for value_file in app["spec"]["source"]["helm"]["valueFiles"]:
+    helm = app["spec"]["source"]["helm"]
+    for value_file in helm["valueFiles"]:
         path = ROOT / value_file
         assert path.is_file(), f"{app['metadata']['name']}: {value_file} does not exist"
         merged = deep_merge(merged, load(path) or {})
+    merged = deep_merge(merged, yaml.safe_load(helm["values"]))  # Argo CD: values over files
     assert merged == deep_merge(env_values(env), load(GITOPS / "values/argocd.yaml"))
     docs = render(merged)
     kinds = {d["kind"] for d in docs}

@@ -69,9 +69,21 @@ def env_files(env: str) -> list[Path]:
     return [ROOT / "values" / f"{name}.yaml" for name in ENV_FILES[env]]
 
 
+def cluster_values(env: str) -> dict[str, Any]:
+    """The facts of the cluster an environment deploys to, as the BigBertha ApplicationSet passes
+    them from gitops/environments/<env>.yaml (the API server's CIDRs); {} for the defaults."""
+    files = ENV_FILES[env]
+    path = ROOT / "gitops" / "environments" / f"{files[0]}.yaml" if files else None
+    if path is None or not path.is_file():
+        return {}
+    cidrs = yaml.safe_load(yaml.safe_load(path.read_text())["apiServerCIDRs"])
+    return {"networkPolicy": {"apiServerCIDRs": cidrs}}
+
+
 def env_values(env: str) -> dict[str, Any]:
-    """The user-supplied values of one environment, its files merged as `helm -f a -f b` does."""
-    return chart.load_values(env_files(env))
+    """The user-supplied values of one environment, its files merged as `helm -f a -f b` does,
+    with its cluster's facts (cluster_values)."""
+    return chart.load_values(env_files(env), cluster_values(env))
 
 
 @functools.cache

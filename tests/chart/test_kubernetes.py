@@ -216,7 +216,7 @@ def test_registry_override_and_pull_secrets_reach_every_pod() -> None:
         render(
             {
                 "global": {
-                    "imageRegistry": "mirror.example:5000",
+                    "imageRegistry": "mirror.corp.internal:5000",
                     "imagePullSecrets": ["mirror-pull"],
                 }
             }
@@ -224,7 +224,7 @@ def test_registry_override_and_pull_secrets_reach_every_pod() -> None:
     )
     images = [c["image"] for _, pod in pod_specs(docs) for c in _containers(pod)]
     images += [tpl["container"]["image"] for _, tpl in workflow_containers(docs)]
-    assert images and all(i.startswith("mirror.example:5000/") for i in images), images
+    assert images and all(i.startswith("mirror.corp.internal:5000/") for i in images), images
     for name, pod in pod_specs(docs):
         assert pod["imagePullSecrets"] == [{"name": "mirror-pull"}], name
     for wt in find(docs, "WorkflowTemplate"):

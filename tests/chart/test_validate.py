@@ -8,8 +8,10 @@ from typing import Any
 import helm_python as helm
 import pytest
 
+from bigbertha.local.chart import load_values
 from tests.chart.render import (
     API_VERSIONS,
+    ROOT,
     deep_merge,
     env_values,
     find,
@@ -268,3 +270,56 @@ def test_wired_settings_cannot_be_overridden(section: str, key: str, value: Any)
 )
 def test_each_subchart_wire_is_checked(broken: dict[str, Any], message: str) -> None:
     _fails(broken, message)
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"global": {"imageRegistry": "registry.internal.example"}}, "global.imageRegistry"),
+        ({"chatbot": {"image": {"registry": "registry.example.com"}}}, "chatbot.image.registry"),
+        ({"workflows": {"image": {"registry": "<your-registry>"}}}, "workflows.image.registry"),
+        ({"exporter": {"image": {"registry": "CHANGEME.io"}}}, "exporter.image.registry"),
+    ],
+    ids=["global", "example.com", "angle-brackets", "changeme"],
+)
+def test_a_placeholder_registry_fails_naming_the_value(values: dict[str, Any], key: str) -> None:
+    """docs/air-gapped.md's mirror name copied as is would pull nothing: the render says which
+    value to set instead of every pod ending in ImagePullBackOff."""
+    _fails(values, f"bigbertha: {key} is ")
+    _fails(values, "a placeholder no cluster can pull from")
+
+
+def test_a_real_registry_and_a_digest_render() -> None:
+    digest = "sha256:" + "ab" * 32
+    docs = ours(
+        render(
+            {
+                "global": {"imageRegistry": "harbor.corp.internal:5000"},
+                "chatbot": {"image": {"digest": digest}},
+            }
+        )
+    )
+    (chatbot,) = [d for d in find(docs, "Deployment") if d["metadata"]["name"].endswith("chatbot")]
+    image = chatbot["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.startswith("harbor.corp.internal:5000/bigbertha/bigbertha-chat:")
+    assert image.endswith(f"@{digest}")
+
+
+def test_a_malformed_digest_is_refused_by_the_schema() -> None:
+    with pytest.raises(helm.HelmValuesError, match="digest"):
+        render_raw({"exporter": {"image": {"digest": "latest"}}})
+
+
+def test_prod_refuses_egress_to_any_address_naming_the_cidrs() -> None:
+    """values/prod.yaml alone (no cluster file) would open ports 443/6443 to every address."""
+    prod = load_values([ROOT / "values" / "prod.yaml"])
+    _fails(prod, "bigbertha: networkPolicy.apiServerCIDRs is empty")
+    docs = render(deep_merge(prod, {"networkPolicy": {"apiServerCIDRs": ["10.1.2.3/32"]}}))
+    egress = [
+        rule
+        for policy in find(docs, "NetworkPolicy")
+        for rule in policy["spec"].get("egress") or []
+        if any(p.get("port") == 6443 for p in rule.get("ports") or [])
+    ]
+    assert len(egress) == 3, "workflows, sensors and the inference tier call the API"
+    assert all(rule["to"] == [{"ipBlock": {"cidr": "10.1.2.3/32"}}] for rule in egress), egress

@@ -87,7 +87,11 @@ HELM_FLAGS = {
     "diff": {"-n", "-f"},  # the helm-diff plugin: `helm diff upgrade` takes upgrade's flags
 }
 # -f files a guide has the reader write first (not in the repository), with where.
-USER_FILES = {"airgap.yaml": "docs/air-gapped.md writes it in its step before the install"}
+USER_FILES = {
+    "airgap.yaml": "docs/air-gapped.md writes it in its step before the install",
+    "cluster.yaml": "docs/install.md writes it in step 3: the cluster's API server CIDRs",
+    "keep-names.yaml": "CHANGELOG.md's upgrade from 0.1.0 under another release name",
+}
 
 
 def _helm_cases() -> list[Any]:
