@@ -24,7 +24,6 @@ import yaml
 from bigbertha.local.chart import go_template
 from tests.chart import crds
 from tests.chart.render import (
-    clean,
     deep_merge,
     env_values,
     find,
@@ -418,16 +417,6 @@ def _workflow_name(sensor: dict[str, Any], event: dict[str, Any]) -> str:
     return prefix + go_template(param["src"]["dataTemplate"], event)
 
 
-def _cr_errors(shared: Path, doc: dict[str, Any]) -> list[str]:
-    """Schema errors of a custom resource against its CRD (../shared; unknown fields refused)."""
-    schema, advisory_required = crds.schema(shared, doc["kind"], doc["apiVersion"].split("/")[1])
-    return [
-        f"{e.json_path}: {e.message}"
-        for e in jsonschema.Draft7Validator(schema).iter_errors(clean(doc))
-        if not (advisory_required and e.validator == "required")
-    ]
-
-
 E2E = ROOT / "ci/kind-e2e.sh"
 
 
@@ -633,7 +622,7 @@ def test_kind_e2e_workflows_are_valid_and_retry_as_the_chart_does(
     assert set(workflows) == {"e2e-retry-69", "e2e-exit-2"}
     for name, workflow in workflows.items():
         assert workflow["metadata"]["name"] == name
-        assert not _cr_errors(shared_dir, workflow), _cr_errors(shared_dir, workflow)
+        assert not crds.errors(shared_dir, workflow), crds.errors(shared_dir, workflow)
         (tpl,) = workflow["spec"]["templates"]
         strategy = tpl["retryStrategy"]
         assert (strategy["retryPolicy"], strategy["expression"]) == (policy, expression)

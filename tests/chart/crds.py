@@ -113,3 +113,23 @@ def schema(shared: Path, kind: str, version: str) -> tuple[dict[str, Any], bool]
         f"{kind} {version}: no schema in {shared}/schemas and no CRD in charts/*.tgz"
     )
     return close(copy.deepcopy(crd.schemas[version])), False
+
+
+@functools.cache
+def _validator(shared: Path, kind: str, version: str) -> tuple[Any, bool]:
+    import jsonschema
+
+    found, advisory_required = schema(shared, kind, version)
+    return jsonschema.Draft7Validator(found), advisory_required
+
+
+def errors(shared: Path, doc: dict[str, Any]) -> list[str]:
+    """Schema errors of a custom resource against its CRD (unknown fields refused), each naming
+    the object and the path."""
+    validator, advisory_required = _validator(shared, doc["kind"], doc["apiVersion"].split("/")[1])
+    body = {k: v for k, v in doc.items() if k != "__template"}
+    return [
+        f"{doc['kind']}/{doc['metadata']['name']} {e.json_path}: {e.message}"
+        for e in validator.iter_errors(body)
+        if not (advisory_required and e.validator == "required")
+    ]

@@ -222,6 +222,22 @@ def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return found[0]
 
 
+def replicas(docs: list[dict[str, Any]], workload: dict[str, Any]) -> int:
+    """The pods a Deployment or StatefulSet runs at rest: its spec.replicas, or where an
+    autoscaler owns the count (a KEDA ScaledObject or an HPA targets it, and the workload sets
+    none) the autoscaler's minimum."""
+    spec = workload["spec"]
+    if "replicas" in spec:
+        return int(spec["replicas"])
+    name = workload["metadata"]["name"]
+    for scaler in find(docs, "ScaledObject") + find(docs, "HorizontalPodAutoscaler"):
+        target = scaler["spec"]["scaleTargetRef"]
+        if target.get("kind", "Deployment") == workload["kind"] and target["name"] == name:
+            s = scaler["spec"]
+            return int(s.get("minReplicas", s.get("minReplicaCount", 1)))
+    return 1
+
+
 def subchart(doc: dict[str, Any]) -> str | None:
     """The (innermost) subchart whose template rendered `doc`; None for our own templates."""
     parts = doc["__template"].split("/")

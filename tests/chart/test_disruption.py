@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from tests.chart.render import Release, find, one, render_env, subchart
+from tests.chart.render import Release, find, one, render_env, replicas, subchart
 
 # The pod labels prometheus-operator v0.93 gives a Prometheus' and an Alertmanager's pods, over
 # spec.podMetadata.labels (its selector labels win): makeSelectorLabels in
@@ -80,7 +80,7 @@ def workloads(docs: list[dict[str, Any]], release: Release) -> list[Workload]:
                     kind,
                     name,
                     namespace,
-                    spec.get("replicas", 1),
+                    replicas(docs, d),  # autoscaled: its minReplicas
                     template["metadata"].get("labels") or {},
                     template["spec"],
                 )

@@ -29,6 +29,8 @@ CHART_ENV = "BIGBERTHA_CHART"
 CUSTOM_KINDS = {
     "monitoring.coreos.com/v1": ("ServiceMonitor", "PodMonitor", "PrometheusRule"),
     "monitoring.coreos.com/v1alpha1": ("AlertmanagerConfig",),
+    # KEDA's, installed with KEDA itself (a cluster operator, docs/gpu.md), not by install-crds.sh.
+    "keda.sh/v1alpha1": ("ScaledObject",),
     "argoproj.io/v1alpha1": (
         "Workflow",
         "WorkflowTemplate",
