@@ -266,12 +266,13 @@ def demo_command(
 def ingest_command(
     ctx: typer.Context,
     source: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
             help="s3://bucket/key, s3://bucket/prefix/, a local file or a directory.",
             metavar="SOURCE",
+            show_default=False,
         ),
-    ],
+    ] = None,
     event_name: Annotated[
         str | None,
         typer.Option(help="MinIO event name: s3:ObjectRemoved:* deletes, s3:ObjectCreated:* adds."),
@@ -290,19 +291,57 @@ def ingest_command(
         Path | None,
         typer.Option(help="Also write the JSON report to this file.", callback=_abs_path),
     ] = None,
+    prefix: Annotated[
+        str | None,
+        typer.Option(
+            help="Backfill: ingest everything under s3://bucket/path/ in batches of "
+            "--batch-size, --parallelism at a time (with --plan-out: only list and split)."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Backfill: documents per batch.", min=1)] = 100,
+    parallelism: Annotated[
+        int, typer.Option(help="Backfill: batches ingested at once in this process.", min=1)
+    ] = 2,
+    plan_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --prefix: write the batches (a JSON list) here and ingest nothing.",
+            callback=_abs_path,
+        ),
+    ] = None,
+    batch: Annotated[
+        str | None,
+        typer.Option(help="Ingest one batch of --plan-out's list (its JSON object)."),
+    ] = None,
+    summary: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --batch: write the batch's summary (totals, failures) here.",
+            callback=_abs_path,
+        ),
+    ] = None,
+    merge: Annotated[
+        str | None,
+        typer.Option(help="Fan-in: one report from a JSON list of batch summaries."),
+    ] = None,
 ) -> None:
     """Index documents into Milvus (or --delete them); exit 0 ok, 3 some rejected, 69 storage or
     Milvus unreachable, 2 bad arguments, 143/130 stopped by SIGTERM/SIGINT.
 
     Prints the JSON report as the last line on stdout; --report is written however it ends.
+    Backfill (--prefix, --batch, --merge): docs/capacity.md; a batch exits 0 with rejected
+    documents (named in its summary), the merged report 3.
     """
     from bigbertha.documents import ingest
 
+    if prefix or batch or merge:
+        _backfill(ctx, prefix, batch_size, parallelism, plan_out, batch, summary, merge, report)
+        return
     if key_encoding not in ("raw", "query"):
         raise typer.BadParameter("must be raw or query", param_hint="--key-encoding")
     result = ingest.run(
         ctx.obj.settings(),
-        source,
+        source or [],
         event_name=event_name,
         key_encoding="query" if key_encoding == "query" else "raw",
         delete=delete,
@@ -310,6 +349,51 @@ def ingest_command(
     )
     typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
     raise typer.Exit(result.exit_code)
+
+
+def _backfill(
+    ctx: typer.Context,
+    prefix: str | None,
+    batch_size: int,
+    parallelism: int,
+    plan_out: Path | None,
+    batch: str | None,
+    summary: Path | None,
+    merge: str | None,
+    report: Path | None,
+) -> None:
+    from bigbertha.core.errors import ConfigError
+    from bigbertha.documents import backfill
+
+    if sum(x is not None for x in (prefix, batch, merge)) != 1:
+        raise ConfigError("pass one of --prefix, --batch (it names its prefix) or --merge")
+    if merge is not None:
+        try:
+            summaries = json.loads(merge)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--merge: not a JSON list of batch summaries ({exc})") from exc
+        merged = backfill.merge(summaries if isinstance(summaries, list) else [summaries])
+        backfill.write_json(report, merged)
+        typer.echo(json.dumps(merged, ensure_ascii=False))
+        raise typer.Exit(merged["exit_code"])
+    settings = ctx.obj.settings()
+    if batch is not None:
+        one = backfill.Batch.parse(batch)
+        result, _ = backfill.run_batch(settings, one, report)
+        backfill.write_json(summary, result)
+        typer.echo(json.dumps(result, ensure_ascii=False))
+        # Rejected documents are reported, not retried: the batch itself succeeded.
+        raise typer.Exit(0 if result["exit_code"] == 3 else result["exit_code"])
+    assert prefix is not None
+    if plan_out is not None:
+        batches = [backfill.as_dict(b) for b in backfill.plan(settings, prefix, batch_size)]
+        backfill.write_json(plan_out, batches)
+        typer.echo(json.dumps(batches, ensure_ascii=False))
+        return
+    merged = backfill.backfill(settings, prefix, batch_size=batch_size, parallelism=parallelism)
+    backfill.write_json(report, merged)
+    typer.echo(json.dumps(merged, ensure_ascii=False))
+    raise typer.Exit(merged["exit_code"])
 
 
 @app.command("reindex")

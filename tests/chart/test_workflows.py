@@ -22,6 +22,13 @@ PLACEHOLDERS = {
     "inputs.parameters.event-name": "s3:ObjectCreated:Put",
     "inputs.parameters.alert-episode": "eaa2de8d1f",
     "outputs.parameters.decision.path": "/tmp/retrain-decision",
+    "inputs.parameters.prefix": "s3://documents/handbooks/",
+    "inputs.parameters.batch-size": "100",
+    "outputs.parameters.batches.path": "/tmp/batches.json",
+    "inputs.parameters.batch": '{"batch": 0, "prefix": "s3://documents/handbooks/", '
+    '"first": "handbooks/a.pdf", "last": "handbooks/k.pdf", "count": 100}',
+    "outputs.parameters.summary.path": "/tmp/summary.json",
+    "inputs.parameters.summaries": '["{\\"batch\\": 0, \\"totals\\": {}}"]',
     "workflow.parameters.alert-name": "BigBerthaNegativeFeedbackHigh",
     "workflow.parameters.alert-labels": '{"alertname":"BigBerthaNegativeFeedbackHigh"}',
     "workflow.name": "bigbertha-retrain-493827",
@@ -124,6 +131,38 @@ def test_ingestion_is_bounded_retried_and_takes_the_raw_key(docs: list[dict[str,
     assert wt["activeDeadlineSeconds"] > 0
 
 
+def test_backfill_lists_fans_out_under_its_cap_and_fans_in() -> None:
+    docs = render({"workflows": {"backfill": {"batchSize": 250, "parallelism": 3}}})
+    wt = one(docs, "WorkflowTemplate", "bigbertha-ingest-backfill")["spec"]
+    assert wt["parallelism"] == 3
+    params = {p["name"]: p["value"] for p in wt["arguments"]["parameters"]}
+    assert params == {"prefix": "s3://documents/", "batch-size": "250"}
+    templates = {t["name"]: t for t in wt["templates"]}
+    plan, fan_out, fan_in = templates[wt["entrypoint"]]["dag"]["tasks"]
+    assert fan_out["withParam"] == "{{tasks.plan.outputs.parameters.batches}}"
+    assert fan_out["depends"] == "plan.Succeeded" and fan_in["depends"] == "ingest.Succeeded"
+    assert fan_out["arguments"]["parameters"] == [{"name": "batch", "value": "{{item}}"}]
+    summaries = fan_in["arguments"]["parameters"][0]["value"]
+    assert summaries == "{{tasks.ingest.outputs.parameters.summary}}"
+    # Each step writes its output parameter where Argo reads it.
+    for name, param, flag in (
+        ("plan", "batches", "--plan-out"),
+        ("ingest", "summary", "--summary"),
+    ):
+        args = templates[name]["container"]["args"]
+        (output,) = templates[name]["outputs"]["parameters"]
+        assert output["name"] == param and output["valueFrom"]["path"].startswith("/tmp/")
+        assert args[args.index(flag) + 1] == f"{{{{outputs.parameters.{param}.path}}}}"
+        assert templates[name]["retryStrategy"]["limit"] >= 1
+    assert templates["report"]["container"]["args"][:2] == ["ingest", "--merge"]
+    # The batch pods are ingestion pods: the ingest image, resources and network wiring.
+    ingest = one(docs, "WorkflowTemplate", "bigbertha-ingest")["spec"]
+    step = next(t for t in ingest["templates"] if "container" in t)
+    assert templates["ingest"]["container"]["image"] == step["container"]["image"]
+    assert templates["ingest"]["container"]["resources"] == step["container"]["resources"]
+    assert wt["podMetadata"]["labels"] == ingest["podMetadata"]["labels"]
+
+
 def test_values_drive_deadlines_parallelism_and_retries() -> None:
     docs = render(
         {
@@ -175,7 +214,11 @@ def test_every_step_retries_exactly_the_transient_exit_code(env: str) -> None:
         for tpl in wt["spec"]["templates"]
         if "retryStrategy" in tpl
     ]
-    assert {name for name, _ in steps} == {"bigbertha-finetune", "bigbertha-ingest"}
+    assert {name for name, _ in steps} == {
+        "bigbertha-finetune",
+        "bigbertha-ingest",
+        "bigbertha-ingest-backfill",
+    }
     for name, tpl in steps:
         expression = tpl["retryStrategy"]["expression"]
         retried = {code for code in [*ExitCode, 1] if retry_wanted(expression, "Failed", code)}

@@ -624,3 +624,81 @@ def test_when_conditions(condition, expected):
 def test_a_when_the_gateway_cannot_evaluate_is_refused():
     with pytest.raises(ValueError, match="evaluates only"):
         gateway.when_true("{{x}} > 3 && y")
+
+
+class BackfillSteps:
+    """The backfill's steps, scripted: plan writes `batches` batches, each batch its summary
+    (one rejected document in batch 1), the report records the summaries it was given."""
+
+    def __init__(self, batches: int, delay: float = 0.05) -> None:
+        self.batches, self.delay = batches, delay
+        self.active = self.max_active = 0
+        self.merged: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, argv: list[str]) -> int:
+        if "--plan-out" in argv:
+            prefix = argv[argv.index("--prefix") + 1]
+            plan = [{"batch": n, "prefix": prefix, "first": f"k{n}"} for n in range(self.batches)]
+            Path(argv[argv.index("--plan-out") + 1]).write_text(json.dumps(plan))
+        elif "--batch" in argv:
+            with self._lock:
+                self.active += 1
+                self.max_active = max(self.max_active, self.active)
+            time.sleep(self.delay)
+            batch = json.loads(argv[argv.index("--batch") + 1])
+            failures = [{"source": "s3://d/bad.pdf", "reason": "x"}] if batch["batch"] == 1 else []
+            summary = {"batch": batch["batch"], "totals": {"ingested": 2}, "failures": failures}
+            Path(argv[argv.index("--summary") + 1]).write_text(json.dumps(summary))
+            with self._lock:
+                self.active -= 1
+        elif "--merge" in argv:
+            self.merged = json.loads(argv[argv.index("--merge") + 1])
+        return 0
+
+
+def _backfill(manifests, runner, prefix: str = "s3://documents/handbooks/") -> gateway.WorkflowRun:
+    engine = gateway.WorkflowEngine(manifests, runner)
+    [name] = [n for n in engine.templates if n.endswith("-ingest-backfill")]
+    run = engine.submit(
+        {
+            "metadata": {"name": "backfill-1"},
+            "spec": {
+                "workflowTemplateRef": {"name": name},
+                "arguments": {"parameters": [{"name": "prefix", "value": prefix}]},
+            },
+        }
+    )
+    assert run is not None
+    return engine.execute(run)
+
+
+def test_backfill_fans_out_under_the_workflows_parallelism_and_fans_in(manifests):
+    [template] = [
+        m
+        for m in manifests
+        if m.get("kind") == "WorkflowTemplate" and m["metadata"]["name"].endswith("-backfill")
+    ]
+    cap = template["spec"]["parallelism"]
+    runner = BackfillSteps(batches=cap * 2 + 1)
+    run = _backfill(manifests, runner)
+    assert run.status == "Succeeded", run.message
+    assert 1 < runner.max_active <= cap or cap == 1
+    batches = [s for s in run.steps if s["name"].startswith("ingest(")]
+    assert len(batches) == cap * 2 + 1
+    # Every batch got its own item, with the prefix the Workflow was given.
+    items = [json.loads(s["argv"][s["argv"].index("--batch") + 1]) for s in batches]
+    assert sorted(i["batch"] for i in items) == list(range(cap * 2 + 1))
+    assert {i["prefix"] for i in items} == {"s3://documents/handbooks/"}
+    # The fan-in gets every batch's summary, in batch order, as Argo aggregates them.
+    summaries = [json.loads(s) for s in runner.merged]
+    assert [s["batch"] for s in summaries] == list(range(cap * 2 + 1))
+    assert summaries[1]["failures"] == [{"source": "s3://d/bad.pdf", "reason": "x"}]
+
+
+def test_an_empty_backfill_skips_the_fan_out_and_the_report(manifests):
+    runner = BackfillSteps(batches=0)
+    run = _backfill(manifests, runner)
+    assert run.status == "Succeeded"
+    assert run.phases == {"plan": "Succeeded", "ingest": "Skipped", "report": "Omitted"}
+    assert runner.merged == []

@@ -13,6 +13,7 @@ or local paths; `download_prefix` / `upload_path` / `read_bytes` / `write_bytes`
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import random
 import shutil
@@ -182,11 +183,26 @@ class Storage:
             ),
         )
 
-    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object under `prefix` (recursively), in key order."""
+    def list(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        start_after: str | None = None,
+        until: str | None = None,
+    ) -> Iterator[ObjectInfo]:
+        """Every object under `prefix` (recursively), in key order; with `start_after` and
+        `until`, only keys in (start_after, until], listing no further than `until`'s page."""
         objects = self._retry(
             f"list s3://{bucket}/{prefix}",
-            lambda: list(self.client.list_objects(bucket, prefix=prefix, recursive=True)),
+            lambda: list(
+                itertools.takewhile(
+                    lambda o: until is None or (o.object_name or "") <= until,
+                    self.client.list_objects(
+                        bucket, prefix=prefix, recursive=True, start_after=start_after
+                    ),
+                )
+            ),
         )
         for obj in objects:
             if obj.is_dir or obj.object_name is None:

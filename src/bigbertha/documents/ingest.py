@@ -9,6 +9,14 @@ every chunk of a source carries the source URI as its ref-doc id. Re-ingesting a
 object writes nothing; a changed one gets its new chunks written first and its stale ones
 deleted after, so a crash never leaves a source with no chunks; a delete removes them all.
 
+Two writers on one object (a backfill batch and the event-driven Workflow of a new upload, or two
+overlapping batches) converge to the object's latest version: after writing an object's chunks a
+writer stats the object again, and if its ETag is no longer the one it read (a newer version was
+uploaded meanwhile) it ingests the object again, which deletes every chunk of the version it
+wrote; an object deleted meanwhile has its chunks removed. S3 is strongly consistent, so the
+writer of an older version always sees the newer one at that check, and the writer of the newer
+version either wrote after the older one (its diff deletes the older chunks) or re-checks.
+
 Bad input is rejected one object at a time (one log line naming it and the reason, an entry in
 the JSON report, a copy under the dead-letter prefix) while the rest of the batch goes on.
 Exit codes (`bigbertha.core.errors`): 0 all ok, 3 some rejected, 69 storage or Milvus down
@@ -51,6 +59,7 @@ if TYPE_CHECKING:
     from bigbertha.core.settings import Settings
 
 log = logging.getLogger(__name__)
+CONVERGE_TRIES = 5  # reads of an object that keeps changing while it is ingested
 
 
 @dataclass
@@ -61,6 +70,8 @@ class Pending:
     embed: list[TextNode]  # new chunks
     refresh: list[TextNode]  # same text, new etag/version: reuse the stored vectors
     stale: list[str]
+    item: Item
+    etag: str
 
 
 # --- the job -------------------------------------------------------------------------------
@@ -146,21 +157,72 @@ class Ingestion:
         keep = {n.node_id for n in nodes}
         stale = [i for i in have if i not in keep]
         outcome.added, outcome.removed = len(new), len(stale)
-        return Pending(outcome, new, refresh, stale)
+        return Pending(outcome, new, refresh, stale, item, etag)
 
-    def flush(self, pending: list[Pending], index: Index, embed: Any) -> list[Outcome]:
-        """Embed every new chunk of the window in one call, then write source by source."""
+    def current(self, p: Pending, index: Index) -> bool:
+        """After writing `p`: is it still the object's latest version? False: ingest it again.
+        An object deleted meanwhile has its chunks removed (its delete event's job may have run
+        before this write) and counts as settled."""
+        item = p.item
+        if item.bucket is None or item.key is None:
+            return True  # a local file: one writer
+        try:
+            etag = self.storage.stat(item.bucket, item.key).etag
+        except ObjectMissing:
+            ids = list(index.existing(item.uri))
+            index.delete(ids)
+            p.outcome.status, p.outcome.removed = "skipped", len(ids)
+            p.outcome.reason = "deleted while it was ingested: its chunks are removed"
+            log.info("%s: %s", item.uri, p.outcome.reason, extra={"source": item.uri})
+            return True
+        if etag == p.etag:
+            return True
+        log.info(
+            "%s changed while it was ingested (etag %s, now %s): ingesting the new version",
+            item.uri,
+            p.etag,
+            etag,
+            extra={"source": item.uri},
+        )
+        return False
+
+    def flush(
+        self,
+        pending: list[Pending],
+        index: Index,
+        embed: Any,
+        chunker: Chunker,
+        tries: int = CONVERGE_TRIES,
+    ) -> list[Outcome]:
+        """Embed every new chunk of the window in one call, then write source by source; a
+        source that changed meanwhile is read and written again (at most `tries` times)."""
         new = [n for p in pending for n in p.embed]
         for node, vector in zip(new, embed.encode_documents([n.text for n in new]), strict=True):
             node.embedding = vector
-        outcomes = []
+        outcomes: list[Outcome] = []
+        again: list[Pending] = []
         for p in pending:
             stored = index.vectors([n.node_id for n in p.refresh])
             for node in p.refresh:
                 node.embedding = stored[node.node_id]
             index.write(p.embed + p.refresh)  # new chunks first ...
             index.delete(p.stale)  # ... then the old ones, so the source is never empty
-            outcomes.append(p.outcome)
+            if self.current(p, index):
+                outcomes.append(p.outcome)
+                continue
+            if tries <= 1:  # rewritten again and again: each upload's own event re-reads it
+                p.outcome.reason = (
+                    "changed again while ingested; its newest upload's event reads it"
+                )
+                outcomes.append(p.outcome)
+                continue
+            redone = self.prepare(p.item, chunker, index)
+            if isinstance(redone, Outcome):
+                outcomes.append(redone)
+            else:
+                again.append(redone)
+        if again:
+            outcomes += self.flush(again, index, embed, chunker, tries - 1)
         return outcomes
 
     def ingest(self, refs: list[SourceRef]) -> None:
@@ -196,9 +258,9 @@ class Ingestion:
                     continue
                 window.append(prepared)
                 if sum(len(p.embed) for p in window) >= self.settings.ingest.window_chunks:
-                    finish(self.flush(window, index, embed))
+                    finish(self.flush(window, index, embed, chunker))
                     window = []
-            finish(self.flush(window, index, embed))
+            finish(self.flush(window, index, embed, chunker))
         finally:
             progress.close()
 

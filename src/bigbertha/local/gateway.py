@@ -513,16 +513,65 @@ class WorkflowEngine:
                 run.phases[name] = "Skipped"
                 log.info("workflow %s task %s skipped (when: %s)", run.name, name, task["when"])
                 continue
-            inputs = {
-                f"inputs.parameters.{p['name']}": substitute(str(p.get("value", "")), task_scope)
-                for p in (task.get("arguments") or {}).get("parameters", [])
-            }
-            ok, produced = self._run_template(run, spec, task["template"], scope, inputs, name)
+            if "withParam" in task:
+                fanned, produced = self._fan_out(run, spec, task, scope, task_scope)
+                if fanned is None:  # an empty list: Skipped
+                    continue
+                ok = fanned
+            else:
+                inputs = {
+                    f"inputs.parameters.{p['name']}": substitute(
+                        str(p.get("value", "")), task_scope
+                    )
+                    for p in (task.get("arguments") or {}).get("parameters", [])
+                }
+                ok, produced = self._run_template(run, spec, task["template"], scope, inputs, name)
             run.phases[name] = "Succeeded" if ok else "Failed"
             if not ok:
                 failures.append(name)
             outputs |= {f"tasks.{name}.outputs.parameters.{k}": v for k, v in produced.items()}
         return failures
+
+    def _fan_out(
+        self,
+        run: WorkflowRun,
+        spec: Mapping[str, Any],
+        task: Mapping[str, Any],
+        scope: Mapping[str, str],
+        task_scope: Mapping[str, str],
+    ) -> tuple[bool | None, dict[str, str]]:
+        """A `withParam` task: one run of its template per item of the JSON list, at most the
+        Workflow's `parallelism` at once; each output parameter comes back as the JSON list of
+        the items' values, as Argo aggregates them. (None, {}) when the list is empty: the task
+        is Skipped, as in Argo."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        name = task["name"]
+        items = json.loads(substitute(str(task["withParam"]), task_scope))
+        if not isinstance(items, list):
+            raise ValueError(f"task {name}: withParam is not a JSON list: {items!r}")
+        if not items:
+            run.phases[name] = "Skipped"
+            return None, {}
+
+        def one(index: int) -> tuple[bool, dict[str, str]]:
+            item = items[index]
+            item_scope = dict(task_scope) | {
+                "item": item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)
+            }
+            inputs = {
+                f"inputs.parameters.{p['name']}": substitute(str(p.get("value", "")), item_scope)
+                for p in (task.get("arguments") or {}).get("parameters", [])
+            }
+            display = f"{name}({index})"
+            return self._run_template(run, spec, task["template"], scope, inputs, display)
+
+        cap = int(spec.get("parallelism") or 0) or len(items)
+        with ThreadPoolExecutor(max_workers=min(cap, len(items))) as pool:
+            results = list(pool.map(one, range(len(items))))
+        names = {k for _, produced in results for k in produced}
+        aggregated = {k: json.dumps([produced.get(k) for _, produced in results]) for k in names}
+        return all(ok for ok, _ in results), aggregated
 
     def _run_template(
         self,
