@@ -127,17 +127,24 @@ def test_ctrl_c_while_the_raters_vote_stops_them_at_once() -> None:
     from bigbertha.local.canary import run_users
 
     stop, ended = threading.Event(), []
+    deadline = time.monotonic() + 10  # a lost signal fails the test instead of hanging it
 
     def user() -> int:
-        while not stop.is_set():
+        while not stop.is_set() and time.monotonic() < deadline:
             time.sleep(0.02)
         ended.append(time.monotonic())
         return 1
 
-    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
-    started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        run_users(2, user, stop)
+    # Ctrl-C as a terminal delivers it: KeyboardInterrupt in the main thread, whatever handler
+    # an earlier test in this worker process left installed.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            run_users(2, user, stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert stop.is_set() and time.monotonic() - started < 2
     time.sleep(0.2)
     assert len(ended) == 2  # both users left after their current turn
