@@ -111,11 +111,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_settings_the_chart_renders_are_settings_the_code_accepts(clean_env, monkeypatch, env):
     """Every BIGBERTHA_* value of the chart's settings ConfigMap parses with the code's types."""
     from bigbertha.local import chart
+    from tests.chart.render import cluster_values
 
     files = [] if env == "default" else [ROOT / "values" / f"{env}.yaml"]
     if env == "demo":
         files.insert(0, ROOT / "values" / "local.yaml")
-    overrides = {"secrets": {"generate": True}} if env == "prod" else None
+    # prod names its API server's addresses in gitops/environments (cluster_values), not values/.
+    overrides = {"secrets": {"generate": True}, **cluster_values("prod")} if env == "prod" else None
     objects = chart.render(files, overrides)
     (configmap,) = [
         o
