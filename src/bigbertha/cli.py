@@ -7,6 +7,7 @@ Heavy libraries (torch, transformers, llama_index) are imported inside the subco
 from __future__ import annotations
 
 import json
+import sys
 import traceback
 from pathlib import Path
 from typing import Annotated, Any
@@ -540,6 +541,15 @@ def finetune_command(
     merge: Annotated[
         bool | None, typer.Option("--merge/--no-merge", help="Also save merged weights.")
     ] = None,
+    nproc_per_node: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Data-parallel processes on this node, one per GPU (workflows.finetune.gpus): "
+            "above 1 the command runs again in that many processes under torchrun.",
+        ),
+    ] = 1,
     report: ReportOption = None,
     alert_name: AlertNameOption = None,
     alert_labels: AlertLabelsOption = None,
@@ -550,11 +560,13 @@ def finetune_command(
     Flags: --data URI (prepare-data's output: trained on as written, its hash checked against
     the manifest beside it; nothing is rebuilt or added), --base-model REF, --output URI,
     --quantize auto|4bit|none, --max-steps N, --epochs X, --merge/--no-merge, --report URI,
-    --alert-name, --alert-labels JSON, --workflow-name. Other hyperparameters come from the
-    finetune settings section. Prints the result (adapter location, base, dataset hash, steps,
-    loss) as JSON.
+    --nproc-per-node N, --alert-name, --alert-labels JSON, --workflow-name. Other
+    hyperparameters come from the finetune settings section. Prints the result (adapter
+    location, base, dataset hash, steps, loss) as JSON. With --nproc-per-node above 1, or in a
+    Kubeflow Trainer TrainJob pod, the same command line runs once per process under torchrun
+    (training.distributed); process 0 publishes the adapter and prints the result.
     """
-    from bigbertha.training import finetune
+    from bigbertha.training import distributed, finetune
 
     lineage = _lineage(alert_name, alert_labels, workflow_name)
     settings = ctx.obj.settings(
@@ -567,9 +579,22 @@ def finetune_command(
             "merge": merge,
         }
     )
+    if distributed.needs_launch(nproc_per_node):
+        # Refuse bad data here, before any process loads a model (exit 3: not retried).
+        finetune.check_data(settings, data)
+        raise typer.Exit(distributed.launch(nproc_per_node, _command_line("finetune")))
     with interruptible():  # the MLflow run ends FAILED instead of RUNNING for ever
         result = finetune.run(settings, data=data, lineage=lineage, report=report)
-    typer.echo(json.dumps(result.to_json()))
+    if distributed.is_main():
+        typer.echo(json.dumps(result.to_json()))
+
+
+def _command_line(command: str) -> list[str]:
+    """This process' `bigbertha` arguments, to run again in each torchrun worker."""
+    argv = sys.argv[1:]
+    if command not in argv:  # called in process (a test's CliRunner), not from a shell
+        raise ConfigError(f"{command} with several processes runs from the command line only")
+    return argv
 
 
 @app.command("evaluate")

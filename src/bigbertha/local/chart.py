@@ -31,6 +31,8 @@ CUSTOM_KINDS = {
     "monitoring.coreos.com/v1alpha1": ("AlertmanagerConfig",),
     # KEDA's, installed with KEDA itself (a cluster operator, docs/gpu.md), not by install-crds.sh.
     "keda.sh/v1alpha1": ("ScaledObject",),
+    # Kubeflow Trainer's, installed with Trainer (workflows.finetune.trainJob, docs/gpu.md).
+    "trainer.kubeflow.org/v1alpha1": ("TrainJob", "TrainingRuntime"),
     "argoproj.io/v1alpha1": (
         "Workflow",
         "WorkflowTemplate",

@@ -11,10 +11,16 @@ with trl's SFTTrainer and a peft LoRA adapter, save the adapter with its lineage
 (``bigbertha.json``), optionally merged weights, and publish it to ``finetune.output`` (a path
 or an s3:// prefix). Parameters, the loss
 curve and system metrics go to an MLflow run in the ``bigbertha-retrain`` experiment.
+
+Under torchrun (`training.distributed`: ``--nproc-per-node`` above 1, or a TrainJob) every process
+runs `run` on its share of each batch (DDP; gloo on CPU, NCCL on GPUs, one GPU per process, each
+with a whole copy of the 4-bit base); process 0 alone logs, saves and publishes. ``batch_size``
+is per process: a step trains on batch_size x gradient_accumulation_steps x processes examples.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -29,6 +35,7 @@ from bigbertha.core import storage
 from bigbertha.core.errors import ConfigError
 from bigbertha.models import loading, registry, tracking
 from bigbertha.training import data as training_data
+from bigbertha.training import distributed
 
 if TYPE_CHECKING:
     from bigbertha.core.settings import FinetuneSettings, Settings
@@ -51,6 +58,7 @@ class FinetuneResult:
     train_loss: float
     seconds: float
     steps_per_second: float
+    processes: int = 1  # data-parallel processes (GPUs) that trained it, on every node
     mlflow_run_id: str | None = None
     merged: str | None = None
     lineage: dict[str, str] = field(default_factory=dict)  # alert_name, alert_labels, workflow
@@ -101,6 +109,7 @@ def sft_config(s: FinetuneSettings, output_dir: Path, *, report_to: Sequence[str
     from trl import SFTConfig
 
     gpu = torch.cuda.is_available()
+    parallel = distributed.world_size() > 1
     return SFTConfig(
         gradient_checkpointing=checkpointing(s),
         output_dir=str(output_dir),
@@ -121,6 +130,12 @@ def sft_config(s: FinetuneSettings, output_dir: Path, *, report_to: Sequence[str
         dataset_num_proc=None,
         lr_scheduler_type="cosine",
         warmup_steps=0,
+        # DDP: NCCL between GPUs, gloo between CPU processes; a frozen base leaves no parameter
+        # unused, so DDP need not search the graph for them each step.
+        ddp_backend=("nccl" if gpu else "gloo") if parallel else None,
+        ddp_find_unused_parameters=False if parallel else None,
+        # Re-entrant checkpointing and DDP's gradient hooks do not mix (torch.utils.checkpoint).
+        gradient_checkpointing_kwargs={"use_reentrant": False} if parallel else None,
     )
 
 
@@ -169,6 +184,11 @@ def training_file(settings: Settings, data: str | None) -> str:
     return settings.finetune.data[0]
 
 
+def check_data(settings: Settings, data: str | None) -> None:
+    """Refuse a bad or too small training file (`training.data.load`'s errors), loading no model."""
+    training_data.load(settings, training_file(settings, data))
+
+
 def run(
     settings: Settings,
     *,
@@ -182,12 +202,18 @@ def run(
 
     s = settings.finetune
     started = time.monotonic()
+    main, processes = distributed.is_main(), distributed.world_size()
     tracking.bound_client_retries(settings)
     # 1. Data first: a bad or tiny file must stop the run before a model is loaded.
     dataset = training_data.load(settings, training_file(settings, data))
 
     # 2. Base model (an adapter base is merged in: LoRA trains on a plain model).
     quantized = use_quantization(s.quantize)
+    if processes > 1:
+        import torch
+
+        if torch.cuda.is_available():  # each process loads its copy of the base onto its GPU
+            torch.cuda.set_device(distributed.local_rank())
     model, tokenizer, base_version = loading.load_causal_lm(
         s.base_model, settings, quantize=quantized
     )
@@ -197,33 +223,28 @@ def run(
 
     workdir = Path(tempfile.mkdtemp(prefix="bigbertha-finetune-"))
     try:
-        # 3. Train, with parameters, the loss curve and system metrics in one MLflow run.
-        with registry.mlflow_errors(settings):  # unreachable: a clear error before training
-            registry.client(settings)
-            mlflow.set_experiment(registry.EXPERIMENT)
-        run_name = f"finetune-{(lineage or {}).get('workflow_name') or 'local'}"
-        with mlflow.start_run(
-            run_name=run_name, log_system_metrics=True, tags=tracking.owner_tags()
-        ) as mlflow_run:
-            mlflow.set_tags(
-                {
-                    "step": "finetune",
-                    "base_model": base_ref,
-                    "dataset_hash": dataset.hash,
-                    "data": dataset.uri,
-                    **{k: v for k, v in (lineage or {}).items() if v},
-                }
+        # 3. Train, with parameters, the loss curve and system metrics in one MLflow run (process
+        #    0's: the trainer logs the loss averaged over every process).
+        run_context: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if main:
+            with registry.mlflow_errors(settings):  # unreachable: a clear error before training
+                registry.client(settings)
+                mlflow.set_experiment(registry.EXPERIMENT)
+            run_name = f"finetune-{(lineage or {}).get('workflow_name') or 'local'}"
+            run_context = mlflow.start_run(
+                run_name=run_name, log_system_metrics=True, tags=tracking.owner_tags()
             )
-            mlflow.log_params(
-                {
-                    "examples": len(dataset.examples),
-                    "quantized": quantized,
-                    "lora_target_modules": ",".join(s.target_modules),
-                }
-            )
-            training_data.log_card(dataset)
+        with run_context as mlflow_run:
+            if main:
+                _log_inputs(dataset, base_ref, quantized, processes, s, lineage)
             trainer = build_trainer(
-                model, tokenizer, dataset.examples, s, workdir / "trainer", quantized=quantized
+                model,
+                tokenizer,
+                dataset.examples,
+                s,
+                workdir / "trainer",
+                quantized=quantized,
+                report_to=("mlflow",) if main else (),
             )
             output = trainer.train()
             steps = int(output.global_step)
@@ -240,9 +261,12 @@ def run(
                 train_loss=float(output.training_loss),
                 seconds=seconds,
                 steps_per_second=steps / seconds if seconds else 0.0,
-                mlflow_run_id=mlflow_run.info.run_id,
+                processes=processes,
+                mlflow_run_id=mlflow_run.info.run_id if main else None,
                 lineage={k: v for k, v in (lineage or {}).items() if v},
             )
+            if not main:  # process 0 saves and publishes the one adapter
+                return result
 
             # 4. Save the adapter, its tokenizer and lineage; optionally merged weights.
             adapter_dir = workdir / "adapter"
@@ -271,3 +295,35 @@ def run(
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _log_inputs(
+    dataset: training_data.Prepared,
+    base_ref: str,
+    quantized: bool,
+    processes: int,
+    s: FinetuneSettings,
+    lineage: Mapping[str, str] | None,
+) -> None:
+    """What the run trained on and how, on its MLflow run."""
+    import mlflow
+
+    mlflow.set_tags(
+        {
+            "step": "finetune",
+            "base_model": base_ref,
+            "dataset_hash": dataset.hash,
+            "data": dataset.uri,
+            **{k: v for k, v in (lineage or {}).items() if v},
+        }
+    )
+    mlflow.log_params(
+        {
+            "examples": len(dataset.examples),
+            "quantized": quantized,
+            "lora_target_modules": ",".join(s.target_modules),
+            "processes": processes,
+            "global_batch_size": s.batch_size * s.gradient_accumulation_steps * processes,
+        }
+    )
+    training_data.log_card(dataset)
