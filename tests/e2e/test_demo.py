@@ -182,6 +182,9 @@ def test_demo_promotes_keeps_the_champion_then_runs_again_and_retires_a_challeng
     positions = [next(i for i, line in enumerate(done) if f"] {stage} " in line) for stage in order]
     assert positions == sorted(positions), out
     assert "FAILED" not in out
+    # Both ingestion paths ran: the backfill of the existing bucket and one upload's event.
+    (ingested,) = [line for line in done if "upload + ingest documents" in line]
+    assert "3 documents backfilled in 1 batch(es), 1 ingested on upload" in ingested, out
     gate_lines = [line for line in done if "promotion gate" in line]
     assert "challenger: version 1 goes on a live canary" in gate_lines[0], out
     assert "rejected: champion 1 -> 1" in gate_lines[1], out  # the champion stayed

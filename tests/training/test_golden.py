@@ -143,7 +143,8 @@ def test_every_prefix_of_8_rows_or_more_holds_every_kind_and_document() -> None:
 
 
 def test_every_gold_section_is_one_the_reader_produces() -> None:
-    # Retrieved chunks name the uploaded object (the demo's `seed/<file name>`), not this path.
+    # Retrieved chunks name the uploaded object (the demo's `seed/<file name>` or
+    # `uploads/<file name>`), not this path.
     assert len({Path(d).name for d in SEED_DOCS}) == len(SEED_DOCS), "file names must be unique"
     for r in rows():
         for g in r.gold:

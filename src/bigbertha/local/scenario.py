@@ -24,28 +24,32 @@ from bigbertha.local.timeline import DemoFailed, Stage, Timeline, prom_query, wa
 
 
 def upload_documents(platform: LocalPlatform, timeline: Timeline) -> Stage:
-    """Upload the seed documents; MinIO-style notifications go to the gateway's /minio, whose
-    ingestion workflows run in the background (`wait_ingested` finishes the stage)."""
+    """Both ways documents reach Milvus, in the background (`wait_ingested` finishes the stage):
+    the seed documents but the last are a bucket that already exists (`seed/`), ingested by the
+    ingest-backfill Workflow; the last is a new upload (`uploads/`), whose MinIO-style
+    notification goes to the gateway's /minio and starts an ingestion Workflow."""
     from bigbertha.core import storage
 
     bucket = platform.values["objectStorage"]["documentsBucket"]
     client = storage.open_client(platform.settings())
+    *existing, uploaded = SEED_DOCS
     with timeline.stage("upload + ingest documents", finish=False) as stage:
-        for rel in SEED_DOCS:
-            path = platform.root / rel
-            key = f"seed/{Path(rel).name}"
-            client.put(bucket, key, path.read_bytes())
-            notification = minio_notification(bucket, key, path.stat().st_size)
-            body = json.dumps(notification).encode()
-            request = urllib.request.Request(
-                f"{platform.urls['gateway']}/minio",
-                data=body,
-                headers={
-                    "Content-Type": "application/json",
-                    "Authorization": f"Bearer {platform.token}",  # as the webhook's
-                },
-            )
-            urllib.request.urlopen(request, timeout=10).read()
+        for rel in existing:
+            client.put(bucket, f"seed/{Path(rel).name}", (platform.root / rel).read_bytes())
+        platform.gateway.submit("ingest-backfill", {"prefix": f"s3://{bucket}/seed/"})
+        path = platform.root / uploaded
+        key = f"uploads/{path.name}"
+        client.put(bucket, key, path.read_bytes())
+        notification = minio_notification(bucket, key, path.stat().st_size)
+        request = urllib.request.Request(
+            f"{platform.urls['gateway']}/minio",
+            data=json.dumps(notification).encode(),
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {platform.token}",  # as the webhook's
+            },
+        )
+        urllib.request.urlopen(request, timeout=10).read()
     return stage
 
 
@@ -54,10 +58,21 @@ def wait_ingested(platform: LocalPlatform, timeline: Timeline, stage: Stage) -> 
         if not platform.gateway.wait(600):
             raise DemoFailed("ingestion workflows did not finish")
         runs = [r for r in platform.gateway.engine.runs if "ingest" in r.template]
-        failed = [r.name for r in runs if r.status != "Succeeded"]
+        failed = [f"{r.name}: {r.message}" for r in runs if r.status != "Succeeded"]
         if failed:
             raise DemoFailed(f"ingestion failed: {failed}")
-        st.result = f"{len(runs)} documents through {len(runs)} ingest workflows"
+        [backfill] = [r for r in runs if r.template.endswith("-ingest-backfill")]
+        # Each batch's summary (its output parameter): what the backfill ingested.
+        summaries = [
+            json.loads(s["outputs"]["summary"])
+            for s in backfill.steps
+            if s["name"].startswith("ingest(")
+        ]
+        documents = sum(summary["totals"]["ingested"] for summary in summaries)
+        st.result = (
+            f"{documents} documents backfilled in {len(summaries)} batch(es), "
+            f"{len(runs) - 1} ingested on upload"
+        )
 
 
 def minio_notification(bucket: str, key: str, size: int) -> dict[str, Any]:
