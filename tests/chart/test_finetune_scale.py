@@ -17,8 +17,16 @@ import yaml
 from bigbertha.cli import app
 from bigbertha.local.gateway import retry_wanted
 from tests.chart import crds
-from tests.chart.render import API_VERSIONS, clean, deep_merge, env_values, find, one, render
-from tests.chart.test_workflows import PLACEHOLDERS
+from tests.chart.render import (
+    API_VERSIONS,
+    PLACEHOLDERS,
+    clean,
+    deep_merge,
+    env_values,
+    find,
+    one,
+    render,
+)
 
 TRAINJOB = {"workflows": {"finetune": {"gpus": 4, "trainJob": {"enabled": True, "numNodes": 2}}}}
 # What an alert can carry into the Workflow's parameters: quotes, a newline, a template.

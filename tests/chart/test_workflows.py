@@ -12,29 +12,7 @@ import typer.main
 from typer.exceptions import TyperException
 
 from bigbertha.cli import app
-from tests.chart.render import find, one, render, render_env, workflow_containers
-
-PLACEHOLDERS = {
-    "inputs.parameters.alert-name": "BigBerthaNegativeFeedbackHigh",
-    "inputs.parameters.alert-labels": '{"alertname":"BigBerthaNegativeFeedbackHigh"}',
-    "inputs.parameters.bucket": "documents",
-    "inputs.parameters.key": "docs/handbook 2026-08 café.pdf",
-    "inputs.parameters.event-name": "s3:ObjectCreated:Put",
-    "inputs.parameters.alert-episode": "eaa2de8d1f",
-    "outputs.parameters.decision.path": "/tmp/retrain-decision",
-    "inputs.parameters.prefix": "s3://documents/handbooks/",
-    "inputs.parameters.batch-size": "100",
-    "outputs.parameters.batches.path": "/tmp/batches.json",
-    "inputs.parameters.batch": '{"batch": 0, "prefix": "s3://documents/handbooks/", '
-    '"first": "handbooks/a.pdf", "last": "handbooks/k.pdf", "count": 100}',
-    "outputs.parameters.summary.path": "/tmp/summary.json",
-    "inputs.parameters.summaries": '["{\\"batch\\": 0, \\"totals\\": {}}"]',
-    "workflow.parameters.alert-name": "BigBerthaNegativeFeedbackHigh",
-    "workflow.parameters.alert-labels": '{"alertname":"BigBerthaNegativeFeedbackHigh"}',
-    "workflow.name": "bigbertha-retrain-493827",
-    "workflow.status": "Failed",
-    "workflow.failures": '[{"displayName":"finetune","message":"OOMKilled"}]',
-}
+from tests.chart.render import PLACEHOLDERS, find, one, render, render_env, workflow_containers
 
 
 def _steps() -> list[tuple[str, list[str]]]:

@@ -6,8 +6,10 @@ router serving a canary of stubs."""
 from __future__ import annotations
 
 import functools
+import time
+import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from bigbertha.chat import api as chat_api
@@ -19,6 +21,7 @@ from bigbertha.core.settings import Settings
 from bigbertha.documents.retrieval import Chunk, Retriever
 from bigbertha.telemetry.feedback import FeedbackLog
 from bigbertha.telemetry.recorder import METRICS_KEY, Recorder, field
+from tests.services import Service
 
 HANDBOOK = """# The BigBertha Handbook
 
@@ -158,3 +161,26 @@ def canary_engine(settings: Settings) -> RagEngine:
         feedback=FeedbackLog.from_settings(settings),
         router=router,
     )
+
+
+def settings_for(redis: Service, model: str = "stub-1", **chat: Any) -> Settings:
+    # A collection name of its own: rag.shared_engine keeps one engine per distinct settings.
+    return Settings(
+        redis={"url": redis.extra["url"], "timeout_seconds": 0.5},
+        milvus={"collection": f"api_{uuid.uuid4().hex[:8]}"},
+        llm={"model": model},
+        chat={"champion_alias": "", **chat},
+    )
+
+
+def refused(settings: Settings, reason: str) -> float:
+    client = FeedbackLog.from_settings(settings).client
+    return float(client.hget(METRICS_KEY, field("bigbertha_chat_refused_total", reason)) or 0)
+
+
+def wait_for_count(read: Callable[[], float], expected: float, timeout: float = 10) -> float:
+    """Refusals are written after the response (a background task): poll for them."""
+    deadline = time.monotonic() + timeout
+    while (value := read()) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value

@@ -16,7 +16,7 @@ import time
 import typing
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,6 @@ from bigbertha.chat.llm import Message, ModelLoadError
 from bigbertha.chat.rag import Answer, RagEngine, render
 from bigbertha.core.settings import Settings
 from bigbertha.local.tiny_llama import tiny_llama
-from bigbertha.telemetry.feedback import FeedbackLog
-from bigbertha.telemetry.recorder import METRICS_KEY, field
 from tests.chat.helpers import (
     HANDBOOK,
     MASCOT,
@@ -37,21 +35,14 @@ from tests.chat.helpers import (
     Tokens,
     client_for,
     metric,
+    refused,
+    settings_for,
     stub_engine,
+    wait_for_count,
 )
 from tests.services import Service, free_port, pid_alive
 
 BIGBERTHA = str(Path(sys.executable).parent / "bigbertha")
-
-
-def settings_for(redis: Service, model: str = "stub-1", **chat: Any) -> Settings:
-    # A collection name of its own: rag.shared_engine keeps one engine per distinct settings.
-    return Settings(
-        redis={"url": redis.extra["url"], "timeout_seconds": 0.5},
-        milvus={"collection": f"api_{uuid.uuid4().hex[:8]}"},
-        llm={"model": model},
-        chat={"champion_alias": "", **chat},
-    )
 
 
 def test_status_and_ask_are_503_until_the_engine_is_built(redis_server: Service) -> None:
@@ -166,19 +157,6 @@ def test_bad_requests_are_400_naming_the_field(
     response = client_for(slot).post("/api/ask", content=body)
     assert response.status_code == 400
     assert response.json()["error"].startswith(error)
-
-
-def refused(settings: Settings, reason: str) -> float:
-    client = FeedbackLog.from_settings(settings).client
-    return float(client.hget(METRICS_KEY, field("bigbertha_chat_refused_total", reason)) or 0)
-
-
-def wait_for_count(read: Callable[[], float], expected: float, timeout: float = 10) -> float:
-    """Refusals are written after the response (a background task): poll for them."""
-    deadline = time.monotonic() + timeout
-    while (value := read()) != expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return value
 
 
 DEEP = b"[" * 100_000 + b"]" * 100_000

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +64,20 @@ def telemetry_counts(redis_url: str, metric: str) -> dict[str, int]:
 def retrain_counts(redis_url: str) -> dict[str, int]:
     """bigbertha_retrain_runs_total by result, as Redis holds it."""
     return telemetry_counts(redis_url, "bigbertha_retrain_runs_total")
+
+
+def bigbertha_process(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """`bigbertha <args>` as its own process, with only these BIGBERTHA_* settings."""
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BIGBERTHA_", "MLFLOW_HTTP_")) or k == "BIGBERTHA_SHARED"
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "bigbertha", *args],
+        env={**clean, "BIGBERTHA_LOG__FORMAT": "json", **env},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )

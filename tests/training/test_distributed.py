@@ -15,8 +15,7 @@ import yaml
 from bigbertha.core.settings import Settings
 from bigbertha.models import loading
 from bigbertha.training import distributed, evaluate, finetune, promote
-from tests.training.helpers import finetune_section, train_settings
-from tests.training.test_retrain import bigbertha_process
+from tests.training.helpers import bigbertha_process, finetune_section, train_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 

@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from bigbertha.models import registry
 from bigbertha.training import retrain
 from tests.models.helpers import mlflow_settings
 from tests.services import free_port
-from tests.training.helpers import retrain_counts
+from tests.training.helpers import bigbertha_process, retrain_counts
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -76,23 +74,6 @@ def test_retrain_runs_no_pipeline_of_its_own() -> None:
 # --- faults: MLflow down, a killed run (real processes) -------------------------------------
 
 MLFLOW_BOUND_SECONDS = 60  # "well under a minute" with the default mlflow.request_* settings
-
-
-def bigbertha_process(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
-    """`bigbertha <args>` as its own process, with only these BIGBERTHA_* settings."""
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("BIGBERTHA_", "MLFLOW_HTTP_")) or k == "BIGBERTHA_SHARED"
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "bigbertha", *args],
-        env={**clean, "BIGBERTHA_LOG__FORMAT": "json", **env},
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def test_promote_fails_fast_with_69_when_mlflow_is_down(
