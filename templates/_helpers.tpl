@@ -153,6 +153,11 @@ env:
 {{- printf "%s-vllm" (include "bigbertha.fullname" .) -}}
 {{- end -}}
 
+{{/* bigbertha.identitySecretName: root ctx -> Secret with the chatbot's `identityKey` (the pseudonyms' key). */}}
+{{- define "bigbertha.identitySecretName" -}}
+{{- .Values.chatbot.identity.existingSecret | default (printf "%s-identity" (include "bigbertha.fullname" .)) -}}
+{{- end -}}
+
 {{/* bigbertha.serving.secretName: root ctx -> Secret with the tier's `apiKey`. */}}
 {{- define "bigbertha.serving.secretName" -}}
 {{- .Values.serving.auth.existingSecret | default (include "bigbertha.serving.name" .) -}}

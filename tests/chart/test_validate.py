@@ -33,6 +33,7 @@ def _fails(values: dict[str, Any], message: str, **kwargs: Any) -> None:
         ("objectStorage", "set objectStorage.existingSecret"),
         ("redis", "set redis.auth.existingSecret"),
         ("events", "set events.webhook.auth.existingSecret"),
+        ("identity", "set chatbot.identity.existingSecret"),
     ],
 )
 def test_prod_requires_every_existing_secret(key: str, message: str) -> None:
@@ -41,6 +42,7 @@ def test_prod_requires_every_existing_secret(key: str, message: str) -> None:
         "objectStorage": {"objectStorage": {"existingSecret": ""}},
         "redis": {"redis": {"auth": {"existingSecret": ""}}},
         "events": {"events": {"webhook": {"auth": {"existingSecret": ""}}}},
+        "identity": {"chatbot": {"identity": {"existingSecret": ""}}},
     }[key]
     _fails(deep_merge(prod, blank), message)
 
@@ -77,8 +79,10 @@ def test_generated_secrets_in_dev_are_random_and_named_as_documented() -> None:
         "bigbertha-redis",
         "bigbertha-events-webhook",
         "bigbertha-mlflow-db",
+        "bigbertha-identity",
     }
     assert first["bigbertha-mlflow-db"]["data"] != second["bigbertha-mlflow-db"]["data"]
+    assert first["bigbertha-identity"]["data"] != second["bigbertha-identity"]["data"]
     # Offline (no live Secret to keep) each render draws a new value: nothing is hard-coded.
     assert first["bigbertha-redis"]["data"] != second["bigbertha-redis"]["data"]
     assert first["bigbertha-s3"]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"

@@ -245,6 +245,7 @@ def _named_existing_secrets(env: str) -> set[str]:
         v["huggingface"]["existingSecret"],
         v["mlflowDatabase"]["auth"]["existingSecret"],
         v["serving"]["auth"]["existingSecret"],
+        v["chatbot"]["identity"]["existingSecret"],
     }
     if not v["mlflowDatabase"]["enabled"]:
         names.add(v["mlflow"]["backendStore"]["existingDatabaseSecret"]["name"])

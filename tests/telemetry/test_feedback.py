@@ -51,7 +51,7 @@ def test_turn_and_rating_are_complete_records_sharing_the_turn_id(log: FeedbackL
     raw = log.client.lindex(KEY, 0)
     assert set(json.loads(raw)) == {
         "ts", "question", "answer", "sources", "model_version", "context", "rating", "turn_id",
-        "conversation",
+        "conversation", "contributor",
     }  # fmt: skip
 
 

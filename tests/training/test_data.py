@@ -356,6 +356,7 @@ def test_rows_over_the_token_limit_and_near_duplicates_are_left_out(tmp_path: Pa
             "too_long": 2,
             "personal_data": 0,
             "near_duplicate": 3,
+            "contributor_cap": 0,
         }
         questions = [
             e["prompt"][-1]["content"].rsplit("Question: ", 1)[-1] for e in dataset.examples
@@ -513,3 +514,64 @@ def test_up_rated_answers_cut_at_the_token_limit_train_on_their_complete_sentenc
     assert training_data.turn_example(turn(whole))["completion"][0]["content"] == whole
     with pytest.raises(ValueError, match="cut off before its first sentence ended"):
         training_data.turn_example(turn("The champion alias is moved back by"))
+
+
+def test_one_contributor_flooding_the_log_keeps_at_most_the_cap_of_their_rows(
+    redis_server: Any,
+) -> None:
+    """One person up-rating 100 answers against three who rated 2 each: the training set keeps
+    the cap of the flooder's (their newest) and every other person's, and says so."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.extra["url"])
+    client.delete(FEEDBACK_KEY)
+    passage = [{"text": "BigBertha is an LLMOps platform.", "label": "readme.md"}]
+    people = [("flooder", 100), ("ann", 2), ("bob", 2), ("eve", 2)]
+    ts = 0
+    for person, turns in people:
+        for n in range(turns):
+            ts += 1
+            record = {
+                "ts": ts,
+                "question": f"question {person} {n} ?",
+                "answer": f"answer {person} {n} [1]",
+                "sources": [],
+                "model_version": "1",
+                "context": passage,
+                "rating": "up",
+                "turn_id": f"{person}-{n}",
+                "conversation": f"{person}-{n}",
+                "contributor": person,
+            }
+            client.lpush(FEEDBACK_KEY, json.dumps(record))
+    # Turns logged before people were (no contributor) are not capped.
+    legacy = {k: v for k, v in record.items() if k != "contributor"}
+    for n in range(7):
+        question = {"question": f"question legacy {n} ?", "turn_id": f"legacy-{n}"}
+        client.lpush(FEEDBACK_KEY, json.dumps({**legacy, **question, "conversation": f"l{n}"}))
+    settings = Settings(
+        redis={"url": redis_server.extra["url"], "timeout_seconds": 2},
+        finetune={
+            "min_examples": 1,
+            "feedback_examples": 1000,
+            "eval_share": 0,
+            "near_duplicate_threshold": 1.0,
+            "max_rows_per_contributor": 5,
+        },
+    )
+    dataset = training_data.build(settings, [])
+    by_person: dict[str, list[int]] = {}
+    for example in dataset.examples:
+        _, person, n, _ = question_of(example["prompt"]).split(" ")
+        by_person.setdefault(person, []).append(int(n))
+    # The flooder's newest 5, everyone else's all, and every unattributed turn.
+    assert sorted(by_person.pop("flooder")) == [95, 96, 97, 98, 99]
+    assert {p: sorted(n) for p, n in by_person.items()} == {
+        "ann": [0, 1],
+        "bob": [0, 1],
+        "eve": [0, 1],
+        "legacy": list(range(7)),
+    }
+    card = dataset.card()
+    assert card["dropped"]["contributor_cap"] == 95 and card["contributors"] == 4
+    assert card["rows"]["read"] == card["rows"]["kept"] + sum(card["dropped"].values())

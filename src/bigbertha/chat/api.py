@@ -238,9 +238,14 @@ def routes(slot: EngineSlot) -> list[BaseRoute]:
             request.headers.get("x-forwarded-for"),
             chat.trusted_proxies,
         )
-        stream = engine.stream(question, conversation)
+        # The API's person is its client (its address, or the trusted proxy's X-Forwarded-For):
+        # a question with a vote counts as both, before any work, so over a limit is a 429 at once.
+        person = engine.person(f"client:{client}")
         answer, rated_at = None, None
         try:
+            if feedback in ("up", "down"):
+                engine.people.admit(person, "vote")
+            stream = engine.stream(question, conversation, person)
             with engine.queue.admit(client):
                 # A client that hangs up gives its place back at once; its answer stops at
                 # the next stage or token in its thread and is never logged (issue 25).

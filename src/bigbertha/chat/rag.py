@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
+from bigbertha.chat import identity
 from bigbertha.chat.limits import AnswerQueue, check_question
 from bigbertha.chat.llm import GenerationError, TokenStream
 from bigbertha.chat.model_server import ModelServer
@@ -169,6 +170,7 @@ class _Draft:
     question: str
     started: float
     conversation: str = ""
+    contributor: str = ""
     timings: Timings = field(default_factory=Timings)
     chunks: list[Chunk] | None = None  # None: retrieval was unavailable
     sources: list[Source] = field(default_factory=list)
@@ -186,10 +188,13 @@ class AnswerStream:
     token, from any thread, and records nothing: no turn is logged, `answer` stays None.
     """
 
-    def __init__(self, engine: RagEngine, question: str, conversation: str) -> None:
+    def __init__(
+        self, engine: RagEngine, question: str, conversation: str, contributor: str = ""
+    ) -> None:
         self._engine = engine
         self.question = question
         self.conversation = conversation
+        self.contributor = contributor
         self.answer: Answer | None = None
         self.warnings: dict[str, str] = {}
         self.gone = threading.Event()
@@ -243,6 +248,9 @@ class RagEngine:
             settings.chat.max_queued_answers,
             settings.chat.max_answers_per_client,
         )
+        # Who asks and votes: pseudonyms, and the per-person limits shared through Redis.
+        self.identity_key = identity.identity_key(settings)
+        self.people = identity.PersonLimits.from_settings(settings, feedback.client)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, watch: bool = True) -> RagEngine:
@@ -273,11 +281,20 @@ class RagEngine:
         """Stop watching the registry (both servers)."""
         self.router.stop()
 
-    def stream(self, question: str, conversation: str | None = None) -> AnswerStream:
+    def person(self, subject: str) -> str:
+        """The pseudonym of `subject` (a sign-on's subject, a session, an API client)."""
+        return identity.pseudonym(subject, self.identity_key)
+
+    def stream(
+        self, question: str, conversation: str | None = None, person: str | None = None
+    ) -> AnswerStream:
         """Answer `question` as it is generated, as a turn of `conversation` (None: a new
-        one-turn conversation); `limits.Refused` for a question out of bounds."""
+        one-turn conversation) asked by `person` (a pseudonym: `person()`); `limits.Refused` for
+        a question out of bounds, `identity.PersonLimited` for a person over their limit."""
         question = check_question(question, self.settings.chat.max_question_chars)
-        return AnswerStream(self, question, conversation or new_conversation())
+        if person:
+            self.people.admit(person, "question")
+        return AnswerStream(self, question, conversation or new_conversation(), person or "")
 
     def ask(
         self,
@@ -291,11 +308,16 @@ class RagEngine:
             self.rate(answer, "up" if rating == "up" else "down")
         return answer
 
-    def rate(self, answer: Answer, rating: Literal["up", "down"]) -> bool:
-        """Record a thumbs up/down for the model version that produced `answer`.
+    def rate(
+        self, answer: Answer, rating: Literal["up", "down"], person: str | None = None
+    ) -> bool:
+        """Record `person`'s thumbs up/down for the model version that produced `answer`
+        (`identity.PersonLimited` when they cast their votes of the hour already).
 
         Returns False when it could not be stored (Redis down: the UI says so).
         """
+        if person:
+            self.people.admit(person, "vote")
         dropped = self.recorder.dropped
         # One vote per answer: rating it again replaces the vote (the log's newest record wins).
         self.recorder.record_feedback(answer.model_version, rating, answer.turn.turn_id)
@@ -311,7 +333,12 @@ class RagEngine:
 
     def _run(self, question: str, out: AnswerStream) -> Generator[str, None, None]:
         settings = self.settings
-        draft = _Draft(question, started=time.perf_counter(), conversation=out.conversation)
+        draft = _Draft(
+            question,
+            started=time.perf_counter(),
+            conversation=out.conversation,
+            contributor=out.contributor,
+        )
         timings = draft.timings
 
         # 1. Retrieve (not even that for a client that hung up while queued).
@@ -403,6 +430,7 @@ class RagEngine:
             # What the model was prompted with, so a rated turn trains on this exact prompt.
             context=None if chunks is None else [p.to_record() for p in passages_of(chunks)],
             conversation=draft.conversation,
+            contributor=draft.contributor,
         )
         dropped = self.recorder.dropped
         self.recorder.record_answer(

@@ -103,14 +103,35 @@ def _plain_markdown(text: str) -> str:
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|>~<])", r"\\\1", text)
 
 
+def _person(engine: Any) -> str:
+    """This user's pseudonym (chat/identity.py): of their address as the API names a client
+    (X-Forwarded-For behind chat.trusted_proxies), so a new browser session is the same person."""
+    import streamlit as st
+
+    from bigbertha.chat.limits import client_of
+
+    client = client_of(
+        st.context.ip_address,
+        st.context.headers.get("X-Forwarded-For"),
+        engine.settings.chat.trusted_proxies,
+    )
+    return str(engine.person(f"client:{client}"))
+
+
 def _rate(engine: Any, answer: Any, key: str) -> None:
     import streamlit as st
+
+    from bigbertha.chat.identity import PersonLimited
 
     value = st.session_state.get(key)
     if value is None:
         return
     rating = "up" if value == 1 else "down"
-    stored = engine.rate(answer, rating)
+    try:
+        stored: bool | str = engine.rate(answer, rating, _person(engine))
+    except PersonLimited as exc:
+        engine.recorder.record_refused(exc.reason)
+        stored = f"Vote not counted: {exc}"
     st.session_state[f"{key}-stored"] = (rating, stored)
 
 
@@ -139,7 +160,9 @@ def _details(st: Any, engine: Any, answer: Any) -> None:
     stored = st.session_state.get(f"{key}-stored")
     if stored is not None:
         rating, ok = stored
-        if ok:
+        if isinstance(ok, str):  # refused: over the person's votes of the hour
+            st.warning(ok, icon="⚠️")
+        elif ok:
             st.caption(f"Thanks: you rated this answer {rating} (model {answer.model_version}).")
         else:
             st.caption("Rating shown but not stored: Redis is unreachable.")
@@ -191,7 +214,7 @@ def _answer(st: Any, engine: Any, question: str, history: list[Any], conversatio
     # client that ignores it; the engine still refuses control characters and surrogates.
     try:
         with engine.queue.admit():
-            stream = engine.stream(question, conversation)
+            stream = engine.stream(question, conversation, _person(engine))
             with st.chat_message("user"):
                 st.markdown(question)
             with st.chat_message("assistant"):

@@ -340,6 +340,18 @@ class ChatSettings(Section):
         le=600,
         description="`bigbertha ask --server` gives up on an answer after this long (exit 69)",
     )
+    # Per person (chat.identity): one person, or one script, cannot vote a thousand times.
+    questions_per_minute: int = Field(
+        0, ge=0, le=10_000, description="questions one person may ask per minute (0: no limit)"
+    )
+    votes_per_hour: int = Field(
+        0, ge=0, le=100_000, description="votes one person may cast per hour (0: no limit)"
+    )
+    identity_key: SecretStr | None = Field(
+        None,
+        description="key of the people's pseudonyms (HMAC-SHA256 of their subject); from a "
+        "Secret; unset: random per process",
+    )
 
 
 class ServingSettings(Section):
@@ -452,6 +464,12 @@ class FinetuneSettings(Section):
         False,
         description="leave out rows whose prompt the chatbot never sends (prompt/completion "
         "and messages rows); off: they are counted per source and warned about",
+    )
+    max_rows_per_contributor: int = Field(
+        20,
+        ge=0,
+        description="up-rated turns of one person (their pseudonym) kept in a training set; "
+        "the newest are kept (0: no cap)",
     )
     eval_share: float = Field(
         0.2,

@@ -347,7 +347,8 @@ def build(
             bars(
                 "Refused questions",
                 "Questions refused before any work, per second: busy (answer queue full: add "
-                "replicas or chat.max_concurrent_answers), too_large, invalid, timeout.",
+                "replicas or chat.max_concurrent_answers), too_large, invalid, timeout, "
+                "person_limit (one person over chat.questions_per_minute or votes_per_hour).",
                 REFUSED,
             )
         )

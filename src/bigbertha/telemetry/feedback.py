@@ -2,7 +2,8 @@
 
 Each turn is LPUSHed to the list `bigbertha:feedback:log` as one JSON object
 `{"ts", "question", "answer", "sources": [{"source", "page", "score"}], "model_version",
-"context": [{"text", "label"}] | null, "rating", "turn_id", "conversation"}` with `rating` null
+"context": [{"text", "label"}] | null, "rating", "turn_id", "conversation", "contributor"}` with
+`rating` null
 (`context` holds the passages the model was prompted with, so training rebuilds that exact
 prompt; `conversation` lets training hold whole conversations out for evaluation); a thumbs up
 or down appends a second, complete record with the same `turn_id` and the rating, so a reader
@@ -57,6 +58,8 @@ class Turn:
     rating: Rating | None = None
     # The conversation it belongs to: training holds a share of conversations out, whole.
     conversation: str = ""
+    # Who asked: their pseudonym (chat.identity), never a name; training caps rows per person.
+    contributor: str = ""
 
     def record(self) -> dict[str, Any]:
         data = asdict(self)

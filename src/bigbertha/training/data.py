@@ -95,6 +95,7 @@ DROP_REASONS = (
     "too_long",
     "personal_data",
     "near_duplicate",
+    "contributor_cap",  # a person's up-rated turns beyond finetune.max_rows_per_contributor
 )
 
 
@@ -112,6 +113,7 @@ class Dataset:
     limits: dict[str, Any] = field(default_factory=dict)
     foreign_prompts: dict[str, int] = field(default_factory=dict)  # source -> rows
     evaluation: list[dict[str, Any]] = field(default_factory=list)  # held-out feedback rows
+    contributors: int = 0  # people whose up-rated turns were kept (pseudonyms, never names)
 
     @property
     def hash(self) -> str:
@@ -133,6 +135,7 @@ class Dataset:
             "kept_by_source": self.counts,
             "foreign_prompts": self.foreign_prompts,
             "held_out_for_evaluation": len(self.evaluation),
+            "contributors": self.contributors,
             "limits": self.limits,
             "dataset_hash": self.hash,
         }
@@ -399,6 +402,8 @@ class Feedback:
     examples: list[Example] = field(default_factory=list)
     evaluation: list[dict[str, Any]] = field(default_factory=list)
     unusable: int = 0
+    capped: int = 0  # turns left out: their person had max_rows_per_contributor already
+    contributors: int = 0  # people (pseudonyms) whose turns were kept
 
 
 def eval_row(turn_id: str, conversation: str, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -416,7 +421,10 @@ def eval_row(turn_id: str, conversation: str, record: Mapping[str, Any]) -> dict
 
 def feedback_examples(settings: Settings, limit: int) -> Feedback:
     """Turns users rated up (latest rating per turn wins), newest first, at most `limit` on
-    each side of the conversation split (`held_out`)."""
+    each side of the conversation split (`held_out`), and at most
+    ``finetune.max_rows_per_contributor`` of one person's (their pseudonym, `contributor`):
+    no one person's votes can make up a training set. Turns logged before people were
+    (no `contributor`) are not capped."""
     out = Feedback()
     if limit <= 0 or settings.redis.url is None:
         return out
@@ -432,7 +440,8 @@ def feedback_examples(settings: Settings, limit: int) -> Feedback:
         if turn_id not in rating or rating[turn_id] is None:  # the newest rating wins
             rating[turn_id] = record.get("rating")
         turns.setdefault(turn_id, record)
-    share = settings.finetune.eval_share
+    share, cap = settings.finetune.eval_share, settings.finetune.max_rows_per_contributor
+    per_person: Counter[str] = Counter()
     for turn_id, record in turns.items():
         if rating.get(turn_id) != "up":
             continue
@@ -441,6 +450,12 @@ def feedback_examples(settings: Settings, limit: int) -> Feedback:
         evaluation = held_out(conversation, share)
         if len(out.evaluation if evaluation else out.examples) >= limit:
             continue
+        person = record.get("contributor")
+        if isinstance(person, str) and person:
+            if cap and per_person[person] >= cap:
+                out.capped += 1
+                continue
+            per_person[person] += 1
         try:
             example = turn_example(record)
             row = eval_row(turn_id, conversation, record) if evaluation else None
@@ -452,6 +467,14 @@ def feedback_examples(settings: Settings, limit: int) -> Feedback:
             out.evaluation.append(row)
         else:
             out.examples.append(example)
+    out.contributors = len(per_person)
+    if out.capped:
+        log.warning(
+            "feedback log: %d up-rated turns left out: their person had %d already "
+            "(finetune.max_rows_per_contributor)",
+            out.capped,
+            cap,
+        )
     return out
 
 
@@ -473,6 +496,10 @@ def build(
         read.append((uri, _served_only(settings, dataset, uri, examples)))
     turns = feedback_examples(settings, limit)
     dataset.dropped["malformed"] += turns.unusable
+    # Read but left out before the guards, so read = kept + dropped still holds.
+    dataset.dropped["contributor_cap"] += turns.capped
+    dataset.read += turns.capped
+    dataset.contributors = turns.contributors
     dataset.evaluation = _redacted_rows(settings, turns.evaluation)
     read.append(("feedback", turns.examples))
     distinct = {canonical(e) for _, examples in read for e in examples}
@@ -630,6 +657,7 @@ def log_card(dataset: Dataset | Prepared) -> None:
     metrics |= {f"data.redacted.{k}": v for k, v in card.get("redactions", {}).items()}
     # Per source in the card's artifact: a source URI is not a valid metric name.
     metrics["data.foreign_prompts"] = sum(card.get("foreign_prompts", {}).values())
+    metrics["data.contributors"] = card.get("contributors", 0)
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
 
 
