@@ -158,6 +158,12 @@ env:
 {{- .Values.chatbot.identity.existingSecret | default (printf "%s-identity" (include "bigbertha.fullname" .)) -}}
 {{- end -}}
 
+{{/* bigbertha.chatbot.redirectUri: root ctx -> where the provider sends people back after sign-in. */}}
+{{- define "bigbertha.chatbot.redirectUri" -}}
+{{- $a := .Values.chatbot.auth -}}
+{{- $a.redirectUri | default (printf "https://%s/oauth2callback" .Values.chatbot.ingress.host) -}}
+{{- end -}}
+
 {{/* bigbertha.serving.secretName: root ctx -> Secret with the tier's `apiKey`. */}}
 {{- define "bigbertha.serving.secretName" -}}
 {{- .Values.serving.auth.existingSecret | default (include "bigbertha.serving.name" .) -}}

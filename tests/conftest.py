@@ -59,6 +59,11 @@ def milvus_server(services: ServiceManager) -> Service:
     return services.milvus()
 
 
+@pytest.fixture(scope="session")
+def oidc_server(services: ServiceManager) -> Service:
+    return services.oidc()
+
+
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No BIGBERTHA_* settings from the caller's environment; run in a fresh directory."""

@@ -11,7 +11,7 @@ from typing import NoReturn
 import pytest
 
 from bigbertha.core.errors import ServiceUnavailable
-from bigbertha.local.stack import Service, find_binary, free_port, pid_alive
+from bigbertha.local.stack import Service, find_binary, free_port, http_ok, pid_alive
 from bigbertha.local.stack import ServiceManager as _StackManager
 
 __all__ = [
@@ -55,3 +55,20 @@ class ServiceManager(_StackManager):
 
     def __init__(self, base: Path) -> None:
         super().__init__(base, which=require_binary)
+
+    def oidc(self) -> Service:
+        """A real OpenID provider (oidc-provider-mock): discovery, keys, the authorization-code
+        flow, signed ID tokens. Anyone may sign in as any subject, with any client id."""
+        binary = self.which("oidc-provider-mock")
+        port = free_port()
+        issuer = f"http://127.0.0.1:{port}"
+        service = self._launch(
+            "oidc",
+            [binary, "--host", "127.0.0.1", "--port", str(port)],
+            port,
+            probe=lambda: http_ok(f"{issuer}/.well-known/openid-configuration"),
+            timeout=30,
+            wait=True,
+        )
+        service.extra["issuer"] = issuer
+        return service

@@ -887,6 +887,9 @@ def ask_command(
                 rating=feedback,
                 conversation=conversation,
                 timeout=settings.chat.ask_timeout_seconds,
+                token=settings.chat.api_token.get_secret_value()
+                if settings.chat.api_token
+                else None,
             )
         )
     else:

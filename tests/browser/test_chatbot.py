@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,22 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from bigbertha.local.stack import http_ok
+from tests.browser.helpers import BIGBERTHA, CHROMIUM, CHROMIUM_ARGS, Proc, wait_http
 from tests.chat.helpers import HANDBOOK, MASCOT, smollm2_chat_model
-from tests.services import Service, free_port, missing, pid_alive
+from tests.services import Service, free_port, missing
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-BIGBERTHA = str(Path(sys.executable).parent / "bigbertha")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def _feedback_down(exporter_url: str) -> float:
@@ -50,41 +38,6 @@ def _feedback_down(exporter_url: str) -> float:
                 if s.name == "bigbertha_feedback_total" and s.labels.get("rating") == "down"
             )
     return 0.0
-
-
-class _Proc:
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, 15)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
-                self.process.wait(5)
-        assert not pid_alive(self.process.pid)
-
-
-def _wait_http(url: str, proc: _Proc, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.process.poll() is None, f"exited:\n{proc.tail()}"
-        try:
-            if http_ok(url):
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"{url} did not answer in {timeout}s:\n{proc.tail()}")
 
 
 @pytest.fixture(scope="module")
@@ -132,17 +85,17 @@ def stack(
         timeout=300,
     )
     assert ingested.returncode == 0, ingested.stderr[-2000:]
-    chat = _Proc(
+    chat = Proc(
         [BIGBERTHA, "chat", "--host", "127.0.0.1", "--port", str(chat_port)], env, work / "chat.log"
     )
-    exporter = _Proc(
+    exporter = Proc(
         [BIGBERTHA, "exporter", "--host", "127.0.0.1", "--port", str(exporter_port)],
         env,
         work / "exporter.log",
     )
     try:
-        _wait_http(f"http://127.0.0.1:{chat_port}/_stcore/health", chat, 120)
-        _wait_http(f"http://127.0.0.1:{exporter_port}/healthz", exporter, 60)
+        wait_http(f"http://127.0.0.1:{chat_port}/_stcore/health", chat, 120)
+        wait_http(f"http://127.0.0.1:{exporter_port}/healthz", exporter, 60)
         yield {
             "chat": f"http://127.0.0.1:{chat_port}",
             "exporter": f"http://127.0.0.1:{exporter_port}",

@@ -327,3 +327,31 @@ def test_prod_refuses_egress_to_any_address_naming_the_cidrs() -> None:
     ]
     assert len(egress) == 3, "workflows, sensors and the inference tier call the API"
     assert all(rule["to"] == [{"ipBlock": {"cidr": "10.1.2.3/32"}}] for rule in egress), egress
+
+
+def test_prod_signs_people_in_or_the_operator_says_it_is_open() -> None:
+    """An exposed or production chatbot without sign-on fails the render with the way out;
+    sign-on itself is complete or fails naming the key."""
+    prod = env_values("prod")
+    open_prod = deep_merge(prod, {"chatbot": {"auth": {"enabled": False}}})
+    _fails(open_prod, "bigbertha: the chatbot has no sign-on (chatbot.auth.enabled=false)")
+    accepted = deep_merge(open_prod, {"chatbot": {"auth": {"acceptUnauthenticated": True}}})
+    deploy = next(
+        d
+        for d in find(render(accepted), "Deployment")
+        if d["metadata"]["name"].endswith("-chatbot")
+    )
+    names = {e["name"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "BIGBERTHA_CHAT__AUTH__ENABLED" not in names
+    # The defaults stay open for a local install, until an Ingress exposes the chatbot.
+    _fails(
+        {"chatbot": {"ingress": {"enabled": True, "host": "chat.example.com"}}},
+        "enable chatbot.auth (docs/security.md) or set chatbot.auth.acceptUnauthenticated=true",
+    )
+    for change, message in [
+        ({"issuer": ""}, "chatbot.auth.enabled: set chatbot.auth.issuer"),
+        ({"existingSecret": ""}, "chatbot.auth.enabled: set chatbot.auth.existingSecret"),
+        ({"providerEgress": []}, "set chatbot.auth.providerEgress"),
+        ({"redirectUri": ""}, "set chatbot.auth.redirectUri (the chatbot's public URL"),
+    ]:
+        _fails(deep_merge(prod, {"chatbot": {"auth": change}}), message)

@@ -246,6 +246,7 @@ def _named_existing_secrets(env: str) -> set[str]:
         v["mlflowDatabase"]["auth"]["existingSecret"],
         v["serving"]["auth"]["existingSecret"],
         v["chatbot"]["identity"]["existingSecret"],
+        v["chatbot"]["auth"]["existingSecret"],
     }
     if not v["mlflowDatabase"]["enabled"]:
         names.add(v["mlflow"]["backendStore"]["existingDatabaseSecret"]["name"])
@@ -518,8 +519,10 @@ def test_settings_env_names_are_real_settings(docs: list[dict[str, Any]]) -> Non
         assert match, f"{name}: not BIGBERTHA_<SECTION>__<KEY>"
         section, key = match[1].lower(), match[2].lower()
         assert section in sections, f"{name}: no settings section {section!r}"
-        fields = sections[section].annotation.model_fields  # type: ignore[union-attr]
-        assert key in fields, f"{name}: settings.{section} has no field {key!r}"
+        model: Any = sections[section].annotation
+        for part in key.split("__"):  # a nested section: BIGBERTHA_CHAT__AUTH__ISSUER
+            assert part in model.model_fields, f"{name}: settings.{section} has no field {key!r}"
+            model = model.model_fields[part].annotation
 
 
 def test_pods_reach_each_other_through_the_services(

@@ -11,6 +11,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 from bigbertha.chat import api as chat_api
 from bigbertha.chat.llm import GenerationError, Message, TransformersChatModel, load_transformers
@@ -184,3 +185,35 @@ def wait_for_count(read: Callable[[], float], expected: float, timeout: float = 
     while (value := read()) != expected and time.monotonic() < deadline:
         time.sleep(0.05)
     return value
+
+
+def id_token(issuer: str, sub: str, client_id: str = "bigbertha-chat") -> str:
+    """An ID token for `sub` from the real provider at `issuer`, through the authorization-code
+    flow a browser goes through (its sign-in form posted by hand)."""
+    import httpx
+
+    redirect = "http://127.0.0.1:8501/oauth2callback"
+    signed = httpx.post(
+        f"{issuer}/oauth2/authorize",
+        params={
+            "client_id": client_id,
+            "redirect_uri": redirect,
+            "response_type": "code",
+            "scope": "openid",
+            "state": "s",
+        },
+        data={"sub": sub},
+    )
+    code = parse_qs(urlparse(signed.headers["location"]).query)["code"][0]
+    tokens = httpx.post(
+        f"{issuer}/oauth2/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect,
+            "client_id": client_id,
+            "client_secret": "client-secret",
+        },
+    )
+    tokens.raise_for_status()
+    return str(tokens.json()["id_token"])

@@ -4,11 +4,14 @@
                            "registry_ok", "last_error", "history",
                            "canary": {"version", "ref", "share"} | null}
                       503 {"ready": false, "error"} while the model loads or after it failed
+                      with sign-on and no Authorization header: {"ready"} only (the probe)
     POST /api/ask     {"question": str, "feedback": "up"|"down"|null, "conversation": str|null}
                       200 what `bigbertha ask --json` prints, with the "conversation" id (a new
                           one when none was sent: send it back for the next turn) and
                           "rated_at" (unix time the vote was stored; null: no vote, or Redis
                           lost it); 503 not ready
+                      401 + WWW-Authenticate {"error"}: with sign-on (chat.auth), no valid
+                          bearer token (chat/signon.py)
                       400 {"error"} a bad body or question (not UTF-8 or JSON, too deep, not
                           an object, a control character); 413 body or question too large;
                           408 body not received in time; 503 + Retry-After: the answer queue
@@ -47,9 +50,15 @@ from typing import TYPE_CHECKING, Any, NotRequired
 # pydantic needs typing_extensions' TypedDict before Python 3.12 (its typed-dict-version error)
 from typing_extensions import TypedDict
 
-from bigbertha.chat import limits
+from bigbertha.chat import limits, signon
 from bigbertha.core import payloads
-from bigbertha.core.errors import BigberthaError, Busy, InputError, ServiceUnavailable
+from bigbertha.core.errors import (
+    BigberthaError,
+    Busy,
+    ConfigError,
+    InputError,
+    ServiceUnavailable,
+)
 from bigbertha.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -200,10 +209,23 @@ def routes(slot: EngineSlot) -> list[BaseRoute]:
     def not_ready() -> JSONResponse:
         return JSONResponse({"ready": False, "error": slot.error or LOADING}, status_code=503)
 
+    verifier = signon.BearerVerifier(chat.auth) if chat.auth.enabled else None
+
+    async def signed_in(request: Request) -> str | None:
+        """The caller's subject from its bearer token (None: sign-on is off);
+        `Unauthenticated` or `ServiceUnavailable` (the provider's keys) otherwise. In a
+        thread: the provider's keys may have to be fetched."""
+        if verifier is None:
+            return None
+        header = request.headers.get("authorization")
+        return await anyio.to_thread.run_sync(verifier.person_subject, header)
+
     def refuse(exc: limits.Refused | limits.QueueFull) -> JSONResponse:
         headers = {}
         if isinstance(exc, limits.QueueFull):
             headers["Retry-After"] = str(exc.retry_after)
+        elif isinstance(exc, signon.Unauthenticated):
+            headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
         elif exc.status in (408, 413):
             headers["Connection"] = "close"  # the rest of the body is not read
         return JSONResponse(
@@ -214,11 +236,31 @@ def routes(slot: EngineSlot) -> list[BaseRoute]:
             background=BackgroundTask(recorder.record_refused, exc.reason),
         )
 
+    def unavailable(exc: ServiceUnavailable) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+
     async def status(request: Request) -> JSONResponse:
         engine = slot.ready()
+        # With sign-on, an anonymous caller (the kubelet's readiness probe) learns only
+        # whether answers can be served; the model, registry and canary need a token.
+        if verifier is not None and "authorization" not in request.headers:
+            return JSONResponse({"ready": engine is not None}, status_code=200 if engine else 503)
+        try:
+            await signed_in(request)
+        except signon.Unauthenticated as exc:
+            return refuse(exc)
+        except ServiceUnavailable as exc:
+            return unavailable(exc)
         return not_ready() if engine is None else JSONResponse(status_body(engine))
 
     async def ask(request: Request) -> JSONResponse:
+        try:
+            # Before the body: a caller without a token gets nothing read or queued.
+            subject = await signed_in(request)
+        except signon.Unauthenticated as exc:
+            return refuse(exc)
+        except ServiceUnavailable as exc:
+            return unavailable(exc)
         try:
             raw = await limits.read_body(
                 request, chat.max_request_bytes, chat.request_timeout_seconds
@@ -238,9 +280,10 @@ def routes(slot: EngineSlot) -> list[BaseRoute]:
             request.headers.get("x-forwarded-for"),
             chat.trusted_proxies,
         )
-        # The API's person is its client (its address, or the trusted proxy's X-Forwarded-For):
-        # a question with a vote counts as both, before any work, so over a limit is a 429 at once.
-        person = engine.person(f"client:{client}")
+        # The API's person is its token's subject, or without sign-on its client (its address,
+        # or the trusted proxy's X-Forwarded-For): a question with a vote counts as both,
+        # before any work, so over a limit is a 429 at once.
+        person = engine.person(subject or f"client:{client}")
         answer, rated_at = None, None
         try:
             if feedback in ("up", "down"):
@@ -308,19 +351,23 @@ def ask_server(
     rating: str | None = None,
     conversation: str | None = None,
     timeout: float = ASK_TIMEOUT_SECONDS,
+    token: str | None = None,
 ) -> dict[str, Any]:
     """POST the question to a running chatbot's /api/ask; its answer as `Answer.to_dict()`.
 
-    `conversation`: the id of an earlier answer, to ask within that conversation.
-    Unreachable or not ready: ServiceUnavailable; a rejected question: InputError.
+    `conversation`: the id of an earlier answer, to ask within that conversation; `token`: the
+    bearer token a chatbot with sign-on requires (chat.api_token).
+    Unreachable or not ready: ServiceUnavailable; a rejected question: InputError; a missing
+    or refused token: ConfigError.
     """
     endpoint = url.rstrip("/") + "/api/ask"
     body = json.dumps(
         {"question": question, "feedback": rating, "conversation": conversation}
     ).encode()
-    request = urllib.request.Request(
-        endpoint, data=body, headers={"Content-Type": "application/json"}, method="POST"
-    )
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(endpoint, data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             raw = response.read()
@@ -328,6 +375,12 @@ def ask_server(
         error = _error_of(exc)
         if exc.code in (400, 413):
             raise InputError(error) from None
+        if exc.code == 401:
+            raise ConfigError(
+                f"the chatbot at {url} requires sign-on and refused "
+                f"{'the token' if token else 'a request without one'} ({error}): set "
+                "chat.api_token (BIGBERTHA_CHAT__API_TOKEN) to a token from its provider"
+            ) from None
         if exc.code in (429, 503) and exc.headers.get("Retry-After"):
             raise Busy(f"the chatbot at {url} is {error}") from None
         if exc.code == 503:

@@ -35,6 +35,10 @@ def serve(settings: Settings, *, host: str, config_file: Path | None) -> None:
     from bigbertha.chat.limits import install_server_limits
 
     limits_config = install_server_limits(settings)
+    if settings.chat.auth.enabled:  # Streamlit's st.login reads its provider from [auth]
+        from bigbertha.chat.signon import streamlit_secrets
+
+        limits_config["secrets.files"] = [str(streamlit_secrets(settings.chat.auth))]
     slot = chat_api.EngineSlot(settings)
     app = st.App(
         Path(__file__).resolve(),
@@ -104,11 +108,17 @@ def _plain_markdown(text: str) -> str:
 
 
 def _person(engine: Any) -> str:
-    """This user's pseudonym (chat/identity.py): of their address as the API names a client
+    """This user's pseudonym (chat/identity.py): of their sign-on subject, the same the API's
+    bearer tokens give; without sign-on, of their address as the API names a client
     (X-Forwarded-For behind chat.trusted_proxies), so a new browser session is the same person."""
     import streamlit as st
 
     from bigbertha.chat.limits import client_of
+    from bigbertha.chat.signon import subject
+
+    auth = engine.settings.chat.auth
+    if auth.enabled:
+        return str(engine.person(subject(auth.issuer, str(st.user["sub"]))))
 
     client = client_of(
         st.context.ip_address,
@@ -177,16 +187,25 @@ def main() -> None:
     from bigbertha.core.settings import load
 
     st.set_page_config(page_title=APP_TITLE, page_icon="🤖")
+    slot = serving()  # `bigbertha chat`: the engine its API answers with, same settings
     try:
-        slot = serving()  # `bigbertha chat`: the engine its API answers with, same settings
+        settings = slot.settings if slot else load(_config_file(sys.argv))
+        if not _signed_in(st, settings):
+            return
         with st.spinner("Loading the model…"):
-            engine = slot.get() if slot else shared_engine(load(_config_file(sys.argv)))
+            engine = slot.get() if slot else shared_engine(settings)
     except BigberthaError as exc:
         st.error(f"The chatbot cannot start: {exc}")
         st.stop()
         return
     st.title(f"{APP_TITLE} 🤖")
     st.caption("Answers come from your ingested documents, with their sources.")
+    if not settings.chat.auth.enabled:
+        st.info(
+            "Sign-on is off (chat.auth.enabled: false): anyone who can reach this page can ask "
+            "and vote, and votes decide retraining. Turn it on outside a local install.",
+            icon="🔓",
+        )
 
     history: list[Any] = st.session_state.setdefault("history", [])
     conversation: str = st.session_state.setdefault("conversation", new_conversation())
@@ -203,6 +222,20 @@ def main() -> None:
         _answer(st, engine, question, history, conversation)
     # Last, so it shows what this run learnt (a failed Redis write, a swapped model).
     _sidebar(st, engine)
+
+
+def _signed_in(st: Any, settings: Settings) -> bool:
+    """Whether this session may use the chatbot: with sign-on, only once signed in (else a
+    sign-in page, and False); without, always."""
+    if not settings.chat.auth.enabled or st.user.is_logged_in:
+        if settings.chat.auth.enabled:
+            st.sidebar.caption("Signed in.")
+            st.sidebar.button("Sign out", on_click=st.logout)
+        return True
+    st.title(f"{APP_TITLE} 🤖")
+    st.write("Sign in to ask about your documents and rate the answers.")
+    st.button("Sign in", type="primary", on_click=st.login)
+    return False
 
 
 def _answer(st: Any, engine: Any, question: str, history: list[Any], conversation: str) -> None:

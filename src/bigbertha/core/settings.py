@@ -244,6 +244,56 @@ RENAMED_CHAT_KEYS = {
 }
 
 
+class AuthSettings(Section):
+    """Sign-on in front of the chatbot (bigbertha.chat.signon, docs/security.md): OpenID
+    Connect for the UI (Streamlit's st.login) and the same provider's JWTs as bearer tokens on
+    the JSON API."""
+
+    enabled: bool = Field(
+        False, description="require sign-on for the UI and a bearer token for the API"
+    )
+    issuer: str | None = Field(
+        None, description="the OpenID provider's issuer URL (its discovery document's issuer)"
+    )
+    client_id: str | None = Field(None, description="the chatbot's client id at the provider")
+    client_secret: SecretStr | None = Field(None, description="its client secret (a Secret)")
+    cookie_secret: SecretStr | None = Field(
+        None, description="signs the UI's sign-on cookie (a Secret, at least 32 characters)"
+    )
+    redirect_uri: str | None = Field(
+        None,
+        description="the chatbot's public URL + /oauth2callback, as registered at the provider",
+    )
+    audiences: list[str] = Field(
+        default_factory=list,
+        description="API bearer tokens must name client_id or one of these as their audience "
+        "(scripts' service accounts)",
+    )
+    timeout_seconds: float = Field(
+        5, gt=0, le=60, description="bound on each call to the provider (discovery, keys)"
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> AuthSettings:
+        if not self.enabled:
+            return self
+        missing = [
+            name
+            for name in ("issuer", "client_id", "client_secret", "cookie_secret", "redirect_uri")
+            if not getattr(self, name)
+        ]
+        if missing:
+            raise ValueError(f"sign-on is enabled but {', '.join(missing)} unset")
+        assert self.issuer and self.redirect_uri and self.cookie_secret
+        if not self.issuer.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            raise ValueError(f"issuer {self.issuer!r}: must be https:// (http only on loopback)")
+        if not self.redirect_uri.endswith("/oauth2callback"):
+            raise ValueError(f"redirect_uri {self.redirect_uri!r}: must end in /oauth2callback")
+        if len(self.cookie_secret.get_secret_value()) < 32:
+            raise ValueError("cookie_secret: at least 32 characters")
+        return self
+
+
 class ChatSettings(Section):
     """The Streamlit chatbot."""
 
@@ -346,6 +396,14 @@ class ChatSettings(Section):
     )
     votes_per_hour: int = Field(
         0, ge=0, le=100_000, description="votes one person may cast per hour (0: no limit)"
+    )
+    auth: AuthSettings = Field(
+        default_factory=lambda: AuthSettings(),
+        description="sign-on: OpenID Connect for the UI, bearer tokens for the API",
+    )
+    api_token: SecretStr | None = Field(
+        None,
+        description="bearer token `bigbertha ask --server` sends to a chatbot with sign-on",
     )
     identity_key: SecretStr | None = Field(
         None,
@@ -854,6 +912,7 @@ CHART_WIRED = {
     ("exporter", "host"),
     ("exporter", "port"),
     ("chat", "port"),
+    ("chat", "auth"),  # chatbot.auth, its secrets from chatbot.auth.existingSecret
     ("serving", "url"),
     ("serving", "base_model"),
     ("serving", "base_override"),

@@ -348,7 +348,8 @@ def build(
                 "Refused questions",
                 "Questions refused before any work, per second: busy (answer queue full: add "
                 "replicas or chat.max_concurrent_answers), too_large, invalid, timeout, "
-                "person_limit (one person over chat.questions_per_minute or votes_per_hour).",
+                "person_limit (one person over chat.questions_per_minute or votes_per_hour), "
+                "unauthenticated (an API call without a valid sign-on token).",
                 REFUSED,
             )
         )

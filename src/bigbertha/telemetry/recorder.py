@@ -53,7 +53,14 @@ RETRAIN_RESULTS = ("succeeded", "failed", "skipped")
 # challenger: passed the offline gate, serving a canary share; retired: the canary said no.
 PROMOTION_DECISIONS = ("promoted", "rejected", "rollback", "challenger", "retired")
 RATINGS = ("up", "down")
-REFUSAL_REASONS = ("busy", "too_large", "invalid", "timeout", "person_limit")
+REFUSAL_REASONS = (
+    "busy",
+    "too_large",
+    "invalid",
+    "timeout",
+    "person_limit",
+    "unauthenticated",
+)
 # After a Redis failure, calls are dropped without a connection attempt for this long.
 BACKOFF_SECONDS = 2.0
 #: Versions the serving hash keeps besides challengers (redis.serving_versions_kept's default).
