@@ -112,10 +112,12 @@ def ratio_inputs(
     minutes: int,
     stop: int | None = None,
     serving: bool = True,
+    voters: int | None = None,
 ) -> list[dict[str, str]]:
     """Input series for one ratio alert at `volume` events per minute, just past or short.
 
-    `serving`: the exporter reports the model version as serving (bigbertha_model_info 1).
+    `serving`: the exporter reports the model version as serving (bigbertha_model_info 1);
+    `voters`: distinct people who voted down (default: the rule's minVoters).
     """
     threshold = float(cfg["threshold"])
     delta = max(abs(threshold) * 0.02, 0.002)
@@ -125,8 +127,11 @@ def ratio_inputs(
     info = "bigbertha_model_info{" + ",".join(f'{k}="{v}"' for k, v in CHAT.items()) + "}"
     serving = [{"series": info, "values": f"1x{minutes}"}] if serving else []
     if alert == "BigBerthaNegativeFeedbackHigh":
+        people = cfg["minVoters"] if voters is None else voters
+        labels = ",".join(f'{k}="{v}"' for k, v in {**CHAT, "rating": "down"}.items())
         return [
             *serving,
+            {"series": f"bigbertha_feedback_voters{{{labels}}}", "values": f"{people}x{minutes}"},
             series("bigbertha_feedback_total", {**CHAT, "rating": "down"}, volume * value, **args),
             series(
                 "bigbertha_feedback_total", {**CHAT, "rating": "up"}, volume * (1 - value), **args
@@ -223,6 +228,14 @@ def ratio_tests(alert: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
             [(f + 120, firing), (stop * 60 + w + 120, [])],
         ),
     ]
+    if alert == "BigBerthaNegativeFeedbackHigh":
+        tests.append(
+            case(
+                "fewer than minVoters people never fires, however many votes they cast",
+                ratio_inputs(alert, cfg, True, busy, long, voters=cfg["minVoters"] - 1),
+                [(f + 120, []), (w + f + 300, [])],
+            )
+        )
     if ALERTS[alert][1] == "retrain":
         tests.append(
             case(
@@ -488,6 +501,9 @@ def test_every_vote_counts_once_whatever_the_exporter_replicas(
                 labels = {**target, "rating": rating}
                 out.append(series(name, labels, 1, 0) | {"values": ramp})
             out.append(series("bigbertha_model_info", target, 0, 0) | {"values": "1+0x80"})
+            people = {**target, "rating": "down"}
+            voters = series("bigbertha_feedback_voters", people, 0, 0)
+            out.append(voters | {"values": f"{cfg['minVoters']}+0x80"})
         return out
 
     alert = "BigBerthaNegativeFeedbackHigh"

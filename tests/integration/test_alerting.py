@@ -192,8 +192,8 @@ def test_bad_ratings_start_retraining_and_only_retraining(stack: dict):
         "Prometheus to scrape the zero-valued feedback series",
     )
 
-    for _ in range(8):  # 8 of 10 votes down, and 8 of 8 answers failed
-        recorder.record_feedback("3", "down")
+    for n in range(8):  # 8 of 10 votes down, by 8 people, and 8 of 8 answers failed
+        recorder.record_feedback("3", "down", person=f"person-{n}")
         recorder.record_answer(
             "3",
             latency_s=0.4,

@@ -85,6 +85,29 @@ def test_collector_yields_counters_histograms_and_gauges(settings: Settings):
     assert value("bigbertha_retrieval_score_sum", CHAT) == pytest.approx(3.9)
 
 
+def test_voters_are_people_not_votes_over_the_window(settings: Settings, redis_url: str):
+    """One person's hundred down votes are one voter, a second person makes two; a vote
+    outside the window is not counted; the counters still count every vote."""
+    from bigbertha.telemetry import recorder as rec
+
+    recorder = Recorder.from_settings(settings)
+    recorder.set_serving_model("7")
+    for n in range(100):
+        recorder.record_feedback("7", "down", f"answer-{n}", person="flooder")
+    recorder.record_feedback("7", "down", "answer-x", person="someone-else")
+    recorder.record_feedback("7", "up", "answer-y", person="flooder")
+    # Two hours ago: past the one-hour window the chart gives the exporter by default.
+    old = rec.voters_key("bb", "7", "down", int((time.time() - 7200) // rec.VOTER_BUCKET_SECONDS))
+    redis.Redis.from_url(redis_url).pfadd(old, "long-ago")
+    registry = CollectorRegistry()
+    create_app(settings, registry=registry)
+    value = registry.get_sample_value
+    assert value("bigbertha_feedback_total", {**CHAT, "rating": "down"}) == 101
+    assert value("bigbertha_feedback_voters", {**CHAT, "rating": "down"}) == 2
+    assert value("bigbertha_feedback_voters", {**CHAT, "rating": "up"}) == 1
+    assert recorder.voters("7") == 2  # since the version first answered, either rating
+
+
 def test_scrape_parses_with_the_right_types_in_both_formats(settings: Settings):
     drive(settings)
     client = create_app(settings).test_client()
@@ -144,7 +167,8 @@ def test_foreign_fields_and_old_serving_versions_are_ignored(settings: Settings)
     assert registry.get_sample_value("bigbertha_model_info", {**info, "model_version": "8"}) == 1
 
 
-def test_scrape_is_one_round_trip(settings: Settings, monkeypatch: pytest.MonkeyPatch):
+def test_scrape_is_two_round_trips(settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    """The hashes in one, then every serving version's distinct voters in one more."""
     drive(settings)
     registry = CollectorRegistry()
     create_app(settings, registry=registry)
@@ -157,8 +181,10 @@ def test_scrape_is_one_round_trip(settings: Settings, monkeypatch: pytest.Monkey
         return original(self, command, check_health)
 
     monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
-    assert registry.get_sample_value("bigbertha_chat_requests_total", CHAT) == 4
-    assert len(sends) == 1
+    scrape = [s for metric in registry.collect() for s in metric.samples]  # all of it
+    assert len(sends) == 2
+    voters = [s for s in scrape if s.name == "bigbertha_feedback_voters"]
+    assert {s.labels["rating"] for s in voters} == {"up", "down"}
 
 
 def test_exporter_needs_a_redis_url(clean_env: object):

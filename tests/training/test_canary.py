@@ -187,13 +187,17 @@ def register(settings: Settings, count: int, workflow: str = "wf-canary") -> lis
     ]
 
 
-def rate(settings: Settings, version: str, up: int, down: int) -> None:
-    """Votes as the chatbot records them when users click thumbs up or down."""
+def rate(settings: Settings, version: str, up: int, down: int, people: int = 0) -> None:
+    """Votes as the chatbot records them when users click thumbs up or down (by `people`
+    distinct pseudonyms in turn; 0: without one)."""
     recorder = Recorder.from_settings(settings)
     recorder.set_serving_model(version)
+    n = 0
     for rating, count in (("up", up), ("down", down)):
         for _ in range(count):
-            recorder.record_feedback(version, rating)  # type: ignore[arg-type]
+            person = f"person-{n % people}" if people else None
+            recorder.record_feedback(version, rating, person=person)  # type: ignore[arg-type]
+            n += 1
     assert recorder.dropped == 0
 
 
@@ -353,6 +357,31 @@ def test_a_challenger_users_like_less_is_retired(stack: dict[str, Any]) -> None:
     tags = registry.version_tags(settings, challenger)
     assert tags["canary.decision"] == "retired" and "not better by" in tags["canary.reason"]
     assert promotions(settings).get("retired", 0) == before.get("retired", 0) + 1
+
+
+@pytest.mark.slow
+def test_a_few_peoples_many_votes_never_promote(stack: dict[str, Any]) -> None:
+    """The votes a promotion needs, cast by 2 people where canary.min_voters is 3: the test
+    would promote, the canary waits for a third person, and past the deadline retires."""
+
+    def canary_of(people: int, **values: Any) -> tuple[str, Any]:
+        """Votes a promotion needs on the challenger, cast by `people` people."""
+        settings = canary_settings(stack, min_voters=3, **values)
+        champion, challenger = register(settings, 2)
+        registry.promote(settings, champion)
+        canary.start(settings, challenger)
+        rate(settings, challenger, up=9, down=1, people=people)
+        rate(settings, champion, up=2, down=8, people=9)
+        decision = canary.run(settings, version=challenger)
+        assert aliases(settings)["champion"] == (champion if people < 3 else challenger)
+        return champion, decision
+
+    _, decision = canary_of(2, deadline_seconds=6)
+    assert decision.decision == "retired"
+    assert decision.reason.endswith("but 2 people voted on it, 3 needed (canary.min_voters)")
+    # A third person, and the same evidence promotes.
+    _, decision = canary_of(3)
+    assert decision.decision == "promoted" and decision.reason.endswith("3 people voted on it")
 
 
 @pytest.mark.slow

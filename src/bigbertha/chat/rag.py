@@ -320,7 +320,9 @@ class RagEngine:
             self.people.admit(person, "vote")
         dropped = self.recorder.dropped
         # One vote per answer: rating it again replaces the vote (the log's newest record wins).
-        self.recorder.record_feedback(answer.model_version, rating, answer.turn.turn_id)
+        self.recorder.record_feedback(
+            answer.model_version, rating, answer.turn.turn_id, person or answer.turn.contributor
+        )
         logged = self.feedback.rate(answer.turn, rating)
         return logged and self.recorder.dropped == dropped
 

@@ -194,6 +194,13 @@ class ExporterSettings(Section):
     redis_timeout_seconds: float = Field(
         1.0, gt=0, le=30, description="per-scrape Redis read timeout; past it redis_up is 0"
     )
+    voters_window_seconds: float = Field(
+        3600,
+        ge=1,
+        le=8 * 86400,
+        description="range bigbertha_feedback_voters counts distinct people over (the "
+        "negative-feedback alert's window)",
+    )
 
 
 class RetrievalSettings(Section):
@@ -640,6 +647,13 @@ class CanarySettings(Section):
         description="votes each side needs before the sequential test is looked at (its normal "
         "approximation)",
     )
+    min_voters: int = Field(
+        1,
+        ge=1,
+        le=100_000,
+        description="distinct people (pseudonyms) who must have voted on the challenger before "
+        "it is promoted, however many votes they cast",
+    )
     margin: float = Field(
         0.05,
         gt=0,
@@ -911,6 +925,7 @@ CHART_WIRED = {
     ("mlflow", "tracking_uri"),
     ("exporter", "host"),
     ("exporter", "port"),
+    ("exporter", "voters_window_seconds"),  # monitoring.rules.negativeFeedback.window
     ("chat", "port"),
     ("chat", "auth"),  # chatbot.auth, its secrets from chatbot.auth.existingSecret
     ("serving", "url"),

@@ -61,8 +61,10 @@ class TelemetryCollector(Collector):
         client: redis.Redis,
         serving_window: float = SERVING_WINDOW_SECONDS,
         serving_versions_kept: int = recorder.SERVING_VERSIONS_KEPT,
+        voters_window: float = 3600.0,
     ):
         self._client = client
+        self._voters_window = voters_window
         self._kept = serving_versions_kept
         self._serving_window = serving_window
         self._warn = RateLimitedLogger(log, interval=60.0)
@@ -83,6 +85,7 @@ class TelemetryCollector(Collector):
             recorder.CANARY_STARTED,
             recorder.REDIS_UP,
             recorder.SKIPPED,
+            recorder.VOTERS,
         )
         for spec in specs:
             yield _family(spec)
@@ -106,7 +109,9 @@ class TelemetryCollector(Collector):
         # Bounded whatever the hash holds (the recorder's trim rule; issue 25 item 6).
         seen = recorder.kept_versions(_serving(serving, skipped), challengers, self._kept)
         # A challenger's series start at 0 with its canary, so its first vote is an increase.
-        yield from self._families(stored, sorted(seen.keys() | challengers.keys()), skipped)
+        versions = sorted(seen.keys() | challengers.keys())
+        yield from self._families(stored, versions, skipped)
+        yield self._voters(versions)
         yield self._model_info(seen)
         yield _canary(challengers)
         yield _skipped_family(skipped)
@@ -174,6 +179,31 @@ class TelemetryCollector(Collector):
         if value is None or (spec.kind == "histogram" and key != "sum" and not value.is_integer()):
             return "value"  # OpenMetrics rejects a whole scrape for one fractional bucket count
         return spec, tuple(label_values), key, value
+
+    def _voters(self, versions: list[tuple[str, ...]]) -> Metric:
+        """Distinct people per version and rating over the voters window: one PFCOUNT (a
+        union of the window's buckets) each, in one round trip. Left empty when Redis fails
+        now: no series is better than a zero that would read as nobody."""
+        import redis
+
+        family = _scalar_family(recorder.VOTERS)
+        wanted = [(*labels, rating) for labels in versions for rating in recorder.RATINGS]
+        if not wanted:
+            return family
+        now = time.time()
+        pipe = self._client.pipeline(transaction=False)
+        for model, version, rating in wanted:
+            pipe.pfcount(
+                *recorder.voter_window_keys(model, version, rating, self._voters_window, now)
+            )
+        try:
+            counts = pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self._warn.warning("cannot read the voters from Redis: %s", exc)
+            return family
+        for labels, count in zip(wanted, counts, strict=True):
+            family.add_metric(list(labels), float(count))
+        return family
 
     def _model_info(self, seen: dict[tuple[str, ...], float]) -> Metric:
         family = _scalar_family(recorder.MODEL_INFO)
@@ -383,7 +413,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         process_collector.ProcessCollector(registry=registry)
         platform_collector.PlatformCollector(registry=registry)
     registry.register(
-        TelemetryCollector(client, serving_versions_kept=settings.redis.serving_versions_kept)
+        TelemetryCollector(
+            client,
+            serving_versions_kept=settings.redis.serving_versions_kept,
+            voters_window=settings.exporter.voters_window_seconds,
+        )
     )
 
     app = Flask(__name__)

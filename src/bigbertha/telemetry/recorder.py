@@ -165,6 +165,36 @@ FEEDBACK_REPLACED = MetricSpec(
     "User ratings replaced by a later rating of the same answer (standing = feedback - this).",
     (*CHAT_LABELS, "rating"),
 )
+# People, not votes: each vote adds its person's pseudonym to HyperLogLogs (PFADD, ~0.8% error,
+# 12 KiB each at most) per version and rating, one per 5-minute bucket (the alert's window is a
+# union of buckets) and one since the version first answered (the canary's floor).
+VOTERS = MetricSpec(
+    "bigbertha_feedback_voters",
+    "gauge",
+    "Distinct people (pseudonyms) who rated the version's answers over the last "
+    "exporter.voters_window_seconds (up to one 5-minute bucket more).",
+    (*CHAT_LABELS, "rating"),
+)
+VOTERS_PREFIX = "bigbertha:telemetry:v1:voters"
+VOTER_BUCKET_SECONDS = 300
+VOTER_BUCKET_TTL_SECONDS = 8 * 86400
+VOTER_TOTAL_TTL_SECONDS = 90 * 86400
+
+
+def voters_key(model: str, version: str, rating: str, bucket: int | str) -> str:
+    """The HyperLogLog of who rated (model, version) `rating` in `bucket` (or "all")."""
+    return f"{VOTERS_PREFIX}:{field('voters', model, version, rating)}:{bucket}"
+
+
+def voter_window_keys(
+    model: str, version: str, rating: str, window_seconds: float, now: float
+) -> list[str]:
+    """The bucket keys covering [now - window, now]."""
+    first = int((now - window_seconds) // VOTER_BUCKET_SECONDS)
+    last = int(now // VOTER_BUCKET_SECONDS)
+    return [voters_key(model, version, rating, b) for b in range(first, last + 1)]
+
+
 #: Redis string per rated answer: its standing rating, so a new one replaces it (SET ... GET).
 RATING_KEY = "bigbertha:telemetry:v1:rating:{}"
 #: How long an answer's rating is remembered for replacing: longer than anyone re-rates.
@@ -372,9 +402,14 @@ class Recorder:
         self._write(incr, serving=labels)
 
     def record_feedback(
-        self, model_version: str, rating: Literal["up", "down"], answer: str | None = None
+        self,
+        model_version: str,
+        rating: Literal["up", "down"],
+        answer: str | None = None,
+        person: str | None = None,
     ) -> None:
-        """One user rating of an answer produced by `model_version`.
+        """One user rating of an answer produced by `model_version`, by `person` (a pseudonym:
+        counted among the version's distinct voters).
 
         With the answer's id, one vote per answer: the same rating again counts nothing, the
         other rating replaces it (the old one counted as replaced), atomically in one script.
@@ -382,11 +417,16 @@ class Recorder:
         if rating not in RATINGS:
             return self._reject(f"rating {rating!r} is not one of {RATINGS}")
         labels = (self._model, str(model_version), rating)
+        voter = None
+        if person:
+            bucket = int(time.time() // VOTER_BUCKET_SECONDS)
+            voter = (person, voters_key(*labels, bucket), voters_key(*labels, "all"))
         if answer is None:
-            return self._write({_field(FEEDBACK.name, labels): 1})
+            return self._write({_field(FEEDBACK.name, labels): 1}, voter=voter)
         other = "down" if rating == "up" else "up"
         self._write(
             {},
+            voter=voter,
             vote=(
                 RATING_KEY.format(answer),
                 rating,
@@ -395,6 +435,18 @@ class Recorder:
             ),
         )
         return None
+
+    def voters(self, model_version: str) -> int | None:
+        """Distinct people who rated `model_version` since it first answered (either rating);
+        None when Redis cannot be read."""
+        if self._client is None:
+            return None
+        keys = [voters_key(self._model, str(model_version), r, "all") for r in RATINGS]
+        try:
+            return int(self._client.pfcount(*keys))
+        except Exception as exc:  # whatever the client raises: the caller decides
+            self._warn.warning("telemetry: cannot read the voters (%s)", exc)
+            return None
 
     def feedback_totals(self) -> dict[tuple[str, str, str], int] | None:
         """(sample, model_version, rating) -> count of this model's vote counters in Redis
@@ -498,6 +550,7 @@ class Recorder:
         serving: tuple[str, ...] | None = None,
         canary: tuple[tuple[str, ...], float | None] | None = None,
         vote: tuple[str, str, str, str] | None = None,
+        voter: tuple[str, str, str] | None = None,
     ) -> None:
         client = self._client
         if client is None:
@@ -532,6 +585,12 @@ class Recorder:
         if vote is not None:
             key, rating, cast, replaced = vote
             pipe.eval(_VOTE_SCRIPT, 2, key, METRICS_KEY, rating, cast, replaced, RATING_TTL_SECONDS)
+        if voter is not None:
+            person, bucket_key, total_key = voter
+            pipe.pfadd(bucket_key, person)
+            pipe.expire(bucket_key, VOTER_BUCKET_TTL_SECONDS)
+            pipe.pfadd(total_key, person)
+            pipe.expire(total_key, VOTER_TOTAL_TTL_SECONDS)
         try:
             pipe.execute()
         except Exception as exc:  # whatever the client raises, the chat goes on

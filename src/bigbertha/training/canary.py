@@ -494,6 +494,10 @@ def run(
             )
             if verdict is None and now >= deadline:
                 verdict, reason = _deadline_outcome(settings, challenger_votes, champion_votes)
+            if verdict == "promoted":
+                verdict, reason = _people_floor(
+                    settings, recorder, version, reason, now >= deadline
+                )
         if verdict is not None:
             break
         sleep(max(0.0, min(c.poll_seconds, deadline - now)))
@@ -550,6 +554,23 @@ def _baseline(
     )
     registry.set_tags(settings, version, {BASELINE_TAG: votes_api.encode(counts)})
     return counts
+
+
+def _people_floor(
+    settings: Settings, recorder: Any, version: str, reason: str, past_deadline: bool
+) -> tuple[str | None, str]:
+    """A promotion needs canary.min_voters distinct people's votes on the challenger (its
+    pseudonyms, in Redis): short of them it waits, or past the deadline retires. A few people's
+    many votes are evidence about those people, not about the users."""
+    needed = settings.canary.min_voters
+    if needed <= 1:
+        return "promoted", reason
+    people = recorder.voters(version)
+    if people is not None and people >= needed:
+        return "promoted", f"{reason}; {people} people voted on it"
+    counted = "unknown (Redis unreachable)" if people is None else str(people)
+    short = f"{reason}; but {counted} people voted on it, {needed} needed (canary.min_voters)"
+    return ("retired", short) if past_deadline else (None, short)
 
 
 def _deadline_outcome(settings: Settings, challenger: Votes, champion: Votes) -> tuple[str, str]:
