@@ -8,6 +8,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from typer.testing import CliRunner
 from bigbertha.chat import api as chat_api
 from bigbertha.chat.llm import Message, ModelLoadError
 from bigbertha.chat.rag import Answer, RagEngine, render
+from bigbertha.core.errors import ServiceUnavailable
 from bigbertha.core.settings import Settings
 from bigbertha.local.tiny_llama import tiny_llama
 from tests.chat.helpers import (
@@ -519,7 +521,10 @@ class _Misbehaving(http.server.BaseHTTPRequestHandler):
         if prefix == "/silent":
             time.sleep(5)  # accepts, never answers within the client's timeout
             return
-        status, body = self.replies[prefix]
+        if prefix == "/whoami":  # the address the request came from, as the body
+            status, body = 200, f"from {self.client_address[0]}".encode()
+        else:
+            status, body = self.replies[prefix]
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -561,6 +566,14 @@ def test_ask_server_against_a_misbehaving_server_is_one_line_and_exit_69(
     if path == "/timeout":  # the server timed out on us: not a wrong URL
         assert "--server" not in lines[0]
     assert time.monotonic() - started < 4
+
+
+def test_a_demo_rater_asks_from_its_own_loopback_address(misbehaving: str) -> None:
+    """Without sign-on the chatbot's person is the client address: the demo's raters are
+    different people by connecting from different 127/8 addresses."""
+    for source in ("127.0.4.9", "127.1.0.2"):
+        with pytest.raises(ServiceUnavailable, match=f"from {re.escape(source)}"):
+            chat_api.ask_server(misbehaving + "/whoami", "q", source_address=source)
 
 
 def test_ask_server_waits_30_s_by_default_and_the_setting_changes_it(

@@ -190,6 +190,9 @@ def test_demo_promotes_keeps_the_champion_then_runs_again_and_retires_a_challeng
     assert "rejected: champion 1 -> 1" in gate_lines[1], out  # the champion stayed
     (canary,) = [line for line in done if "canary decision" in line]
     assert "promoted after" in canary and "the chatbot ended the canary" in canary, out
+    # Every conversation is another rater (its own loopback address), counted as a person.
+    people = re.search(r"; (\d+) people voted on the challenger;", canary)
+    assert people and int(people[1]) >= 2, canary
     served = [line for line in done if "chatbot serves the champion" in line]
     assert len(served) == 2 and all("model version 1" in line for line in served)
     assert "chatbot hot-swapped to model version 1 (swaps 1)" in served[0], out  # no restart

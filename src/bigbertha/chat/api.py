@@ -352,11 +352,14 @@ def ask_server(
     conversation: str | None = None,
     timeout: float = ASK_TIMEOUT_SECONDS,
     token: str | None = None,
+    source_address: str | None = None,
 ) -> dict[str, Any]:
     """POST the question to a running chatbot's /api/ask; its answer as `Answer.to_dict()`.
 
     `conversation`: the id of an earlier answer, to ask within that conversation; `token`: the
-    bearer token a chatbot with sign-on requires (chat.api_token).
+    bearer token a chatbot with sign-on requires (chat.api_token); `source_address`: the local
+    address to connect from (http only; the demo's raters are different people on one machine:
+    127.0.0.0/8 is all loopback).
     Unreachable or not ready: ServiceUnavailable; a rejected question: InputError; a missing
     or refused token: ConfigError.
     """
@@ -369,7 +372,7 @@ def ask_server(
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(endpoint, data=body, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _opener(source_address)(request, timeout=timeout) as response:
             raw = response.read()
     except urllib.error.HTTPError as exc:
         error = _error_of(exc)
@@ -476,6 +479,23 @@ def checked_answer(raw: bytes, url: str) -> dict[str, Any]:
         ) from None
     answer: dict[str, Any] = body
     return answer
+
+
+def _opener(source_address: str | None) -> Callable[..., Any]:
+    """urlopen, or one whose HTTP connections leave from `source_address`."""
+    if not source_address:
+        return urllib.request.urlopen
+    import functools
+    import http.client
+
+    local = (source_address, 0)
+
+    class FromAddress(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> Any:
+            connect = functools.partial(http.client.HTTPConnection, source_address=local)
+            return self.do_open(connect, req)
+
+    return urllib.request.build_opener(FromAddress).open
 
 
 def _error_of(exc: urllib.error.HTTPError) -> str:

@@ -87,6 +87,9 @@ def canary_round(
             for side in ("challenger", "champion")
         }
         questions = _Shared(itertools.cycle(QUESTIONS))
+        # Each conversation is another person: its own loopback address, which the chatbot
+        # (no sign-on locally) keys their pseudonym by.
+        people = _Shared(rater_address(n) for n in itertools.count())
         settings = platform.settings()
         failed = threading.Event()
         counting = threading.Lock()
@@ -112,7 +115,10 @@ def canary_round(
             try:
                 while not decided():
                     conversations += 1
-                    for vote in _conversation(url, questions, taste, challenger, decided, wanted):
+                    rater = _conversation(
+                        url, questions, taste, challenger, decided, wanted, next(people)
+                    )
+                    for vote in rater:
                         if failed.is_set():
                             break  # Ctrl-C or another user's error: leave mid-conversation
                         with counting:
@@ -162,6 +168,10 @@ def canary_round(
             raise DemoFailed("the canary's decision does not say when its counts were scraped")
         before, after = reconcile(stored, counted, (float(through[0]), float(through[1])))
         decision["rated_before_counts"] = before
+        # Distinct people, as the chatbot knew them (their pseudonyms in Redis).
+        from bigbertha.telemetry.recorder import Recorder
+
+        decision["challenger_people"] = Recorder.from_settings(settings).voters(challenger)
         # Share back to 0: the chatbot lets the challenger go (promoted, it returns as champion).
         wait_for(
             "the chatbot to end the canary",
@@ -172,8 +182,9 @@ def canary_round(
         st.result = (
             f"{decision['decision']} after {decision['seconds']:.0f}s from the challenger's "
             f"start ({decision['reason']}); votes (up, down) the canary counted {counted}, the "
-            f"raters cast {before} before its counts were scraped and {after} after; the "
-            "chatbot ended the canary"
+            f"raters cast {before} before its counts were scraped and {after} after; "
+            f"{decision['challenger_people']} people voted on the challenger; the chatbot "
+            "ended the canary"
         )
     return decision
 
@@ -267,6 +278,11 @@ class _Shared:
             return next(self._items)
 
 
+def rater_address(n: int, block: int = 0) -> str:
+    """The `n`th demo rater's own loopback address (127.<block>.x.y: all of 127/8 is lo)."""
+    return f"127.{block}.{n // 250}.{n % 250 + 2}"
+
+
 def _conversation(
     url: str,
     questions: Iterator[str],
@@ -274,13 +290,14 @@ def _conversation(
     challenger: str,
     decided: Callable[[], bool],
     wanted: Callable[[Side], bool],
+    source: str | None = None,
 ) -> Iterator[Vote]:
     """One user's conversation: a first turn, then, if the side it landed on still `wanted`
     votes, rated turns; yields their votes.
 
     Every turn must come from the model of the first while the canary runs (sticky routing);
     once it has decided, the aliases move and the conversation simply ends."""
-    first = ask_server(url, next(questions), timeout=300)
+    first = ask_server(url, next(questions), timeout=300, source_address=source)
     conversation, version = first["conversation"], str(first["model_version"])
     side: Side = "challenger" if version == challenger else "champion"
     if not wanted(side):
@@ -288,7 +305,12 @@ def _conversation(
     for _ in range(RATED_TURNS):
         rating = next(taste[side])
         answer = ask_server(
-            url, next(questions), rating=rating, conversation=conversation, timeout=300
+            url,
+            next(questions),
+            rating=rating,
+            conversation=conversation,
+            timeout=300,
+            source_address=source,
         )
         if str(answer["model_version"]) != version or answer["conversation"] != conversation:
             if decided():

@@ -265,12 +265,17 @@ class UnhappyUsers:
 
     def until(self, query: str) -> bool:
         from bigbertha.chat.api import ask_server
+        from bigbertha.local.canary import rater_address
 
         if prom_query(self.platform.prometheus, query):
             return True
         if time.monotonic() >= self._next:
             url = self.platform.urls["chatbot"]
-            answer = ask_server(url, next(self._questions), rating="down", timeout=300)
+            # Each is another person (the `rater_address` block 1: not a canary rater).
+            source = rater_address(self.extra, block=1)
+            answer = ask_server(
+                url, next(self._questions), rating="down", timeout=300, source_address=source
+            )
             if str(answer.get("model_version")) != self.version:
                 raise DemoFailed(
                     f"answer came from {answer.get('model_version')}, not the "
