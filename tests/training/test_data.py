@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
@@ -318,10 +319,26 @@ def test_planted_personal_data_and_secrets_never_reach_the_training_file(
     dropping = settings.model_copy(
         update={"finetune": settings.finetune.model_copy(update={"pii": "drop"})}
     )
+    rows = functools.partial(_training_rows, redis_server.extra["url"])
+    before = {outcome: rows(outcome) for outcome in ("kept", "personal_data")}
     manifest = training_data.prepare(dropping, [src], str(tmp_path / "dropped.jsonl"))
     assert leaked(tmp_path / "dropped.jsonl") == []
     assert manifest["data_card"]["rows"] == {"read": 12, "kept": 2}
     assert manifest["data_card"]["dropped"]["personal_data"] == 10
+    # ... and counted for the dashboard's "Training rows" panel.
+    assert rows("kept") == before["kept"] + 2
+    assert rows("personal_data") == before["personal_data"] + 10
+
+
+def _training_rows(url: str, outcome: str) -> int:
+    import redis
+
+    from bigbertha.telemetry.recorder import METRICS_KEY, field
+
+    value = redis.Redis.from_url(url).hget(
+        METRICS_KEY, field("bigbertha_training_rows_total", outcome)
+    )
+    return int(value or 0)
 
 
 def test_rows_over_the_token_limit_and_near_duplicates_are_left_out(tmp_path: Path) -> None:

@@ -166,6 +166,13 @@ RETRAIN_RUNS = (
         interval="1h",
     ),
 )
+TRAINING_ROWS = (
+    Query(
+        f"sum by (outcome) ({ONCE} (increase(bigbertha_training_rows_total{JOB}[1h])))",
+        "{{outcome}}",
+        interval="1h",
+    ),
+)
 PROMOTIONS = (
     Query(
         f"sum by (decision) ({ONCE} (increase(bigbertha_promotions_total{JOB}[1h])))",
@@ -411,6 +418,15 @@ def build(
                 "Promotion gate decisions per hour (promoted, rejected, rollback).",
                 PROMOTIONS,
             ).span(8)
+        )
+        .with_panel(
+            bars(
+                "Training rows",
+                "Rows prepare-data read per hour: kept, or why left out (contributor_cap: a "
+                "person's up-rated turns beyond finetune.max_rows_per_contributor; "
+                "personal_data, near_duplicate, too_long, ...). The run's data card has each.",
+                TRAINING_ROWS,
+            ).span(12)
         )
         .with_panel(
             panel(

@@ -346,6 +346,8 @@ def _zero_series(
         yield recorder.PROMOTIONS, (decision,)
     for reason in recorder.REFUSAL_REASONS:
         yield recorder.REFUSED, (reason,)
+    for outcome in recorder.TRAINING_ROW_OUTCOMES:
+        yield recorder.TRAINING_ROWS, (outcome,)
     for labels in versions:
         for spec in (recorder.REQUESTS, recorder.ERRORS, recorder.RETRIEVAL_EMPTY):
             yield spec, labels

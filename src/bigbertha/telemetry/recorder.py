@@ -236,6 +236,24 @@ REFUSED = MetricSpec(
     "Questions refused before any work: busy (answer queue full), too_large, invalid, timeout.",
     ("reason",),
 )
+#: What prepare-data did with each training row it read (training/data.py's DROP_REASONS).
+TRAINING_ROW_OUTCOMES = (
+    "kept",
+    "malformed",
+    "foreign_prompt",
+    "duplicate",
+    "too_long",
+    "personal_data",
+    "near_duplicate",
+    "contributor_cap",
+)
+TRAINING_ROWS = MetricSpec(
+    "bigbertha_training_rows_total",
+    "counter",
+    "Rows prepare-data read for training, by outcome: kept, or why left out (contributor_cap: "
+    "a person's up-rated turns beyond finetune.max_rows_per_contributor).",
+    ("outcome",),
+)
 DROPPED = MetricSpec(
     "bigbertha_telemetry_dropped_total",
     "counter",
@@ -267,6 +285,7 @@ STORED = (
     RETRAIN_RUNS,
     PROMOTIONS,
     REFUSED,
+    TRAINING_ROWS,
     DROPPED,
 )
 
@@ -474,6 +493,14 @@ class Recorder:
         if result not in RETRAIN_RESULTS:
             return self._reject(f"retrain result {result!r} is not one of {RETRAIN_RESULTS}")
         self._write({_field(RETRAIN_RUNS.name, (result,)): 1})
+
+    def record_training_rows(self, outcomes: dict[str, int]) -> None:
+        """One prepare-data run's rows by outcome (its data card: kept, and each drop reason)."""
+        unknown = sorted(set(outcomes) - set(TRAINING_ROW_OUTCOMES))
+        if unknown:
+            return self._reject(f"training row outcomes {unknown} not in {TRAINING_ROW_OUTCOMES}")
+        self._write({_field(TRAINING_ROWS.name, (k,)): int(n) for k, n in outcomes.items() if n})
+        return None
 
     def record_promotion(self, decision: str) -> None:
         """One promotion gate decision: promoted, rejected or rollback."""

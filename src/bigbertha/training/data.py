@@ -88,6 +88,7 @@ class DatasetTooSmall(InputError):
     """Too few usable examples to train on; nothing was trained."""
 
 
+# Each is also an outcome of bigbertha_training_rows_total (telemetry/recorder.py).
 DROP_REASONS = (
     "malformed",
     "foreign_prompt",
@@ -612,6 +613,7 @@ def prepare(
     import mlflow
 
     from bigbertha.models import registry, tracking
+    from bigbertha.telemetry.recorder import Recorder
 
     tracking.bound_client_retries(settings)
     lineage = {k: v for k, v in (lineage or {}).items() if v}
@@ -630,6 +632,11 @@ def prepare(
         }
     storage.write_bytes(settings, output, data)
     storage.write_bytes(settings, manifest_uri(output), json.dumps(manifest, indent=2).encode())
+    # The dashboard's "Training rows" panel: what was kept and what left out, and why.
+    card = dataset.card()
+    Recorder.from_settings(settings).record_training_rows(
+        {"kept": card["rows"]["kept"], **card["dropped"]}
+    )
     run_name = f"prepare-data-{lineage.get('workflow_name', 'local')}"
     with registry.mlflow_errors(settings):
         registry.client(settings)
