@@ -74,6 +74,7 @@ from bigbertha.models.prompts import (
     build_messages,
     question_of,
 )
+from bigbertha.telemetry.recorder import TRAINING_ROW_OUTCOMES
 
 if TYPE_CHECKING:
     from bigbertha.core.settings import Settings
@@ -88,16 +89,9 @@ class DatasetTooSmall(InputError):
     """Too few usable examples to train on; nothing was trained."""
 
 
-# Each is also an outcome of bigbertha_training_rows_total (telemetry/recorder.py).
-DROP_REASONS = (
-    "malformed",
-    "foreign_prompt",
-    "duplicate",
-    "too_long",
-    "personal_data",
-    "near_duplicate",
-    "contributor_cap",  # a person's up-rated turns beyond finetune.max_rows_per_contributor
-)
+#: Why a row is left out: every outcome of bigbertha_training_rows_total but "kept"
+#: (contributor_cap: a person's up-rated turns beyond finetune.max_rows_per_contributor).
+DROP_REASONS = tuple(o for o in TRAINING_ROW_OUTCOMES if o != "kept")
 
 
 @dataclass
