@@ -249,7 +249,9 @@ def test_chatbot_ingress_routes_to_its_service() -> None:
                     "enabled": True,
                     "host": "chat.example.org",
                     "tlsSecretName": "chat-tls",
-                }
+                },
+                # Routing is the point here; sign-on is tests/chart/test_chatbot.py's.
+                "auth": {"acceptUnauthenticated": True},
             }
         }
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.chart import cluster
-from tests.chart.render import Release, find, ours, workflow_containers
+from tests.chart.render import Release, find, one, ours, workflow_containers
 
 OUTSIDER = "intruder"  # a namespace of someone else's workloads
 
@@ -185,14 +185,28 @@ def test_what_should_be_blocked_is(docs: list[dict[str, Any]], release: Release)
     blocked("WorkflowTemplate/bigbertha-ingest/ingest", "Deployment/bigbertha-chatbot", 8501)
     blocked("Deployment/bigbertha-exporter", "Deployment/bigbertha-chatbot", 8501)
     # Leaving the cluster: only workflow steps, Sensors and the inference tier (its sidecar
-    # rolls its Deployment onto a merged champion) reach the API server; nobody else gets
+    # rolls its Deployment onto a merged champion) reach the API server, and a chatbot with
+    # sign-on its OpenID provider (only at chatbot.auth.providerEgress); nobody else gets
     # internet egress (models come from object storage).
+    chatbot = next(p for p in pods if p.origin == "Deployment/bigbertha-chatbot")
+    signs_on = any(
+        e.get("name") == "BIGBERTHA_CHAT__AUTH__ENABLED"
+        for c in chatbot.containers
+        for e in c.get("env") or []
+    )
     for pod in ours_pods(pods):
         api = cluster.external_egress(policies, pod, 443)
         needs_api = pod.origin.startswith(
             ("WorkflowTemplate/", "Sensor/", "Deployment/bigbertha-vllm")
-        )
+        ) or (pod is chatbot and signs_on)
         assert api == needs_api, f"{pod.origin}: external egress to 443 is {api}"
+    if signs_on:  # to the provider's peers, not the internet
+        (rule,) = [
+            r
+            for r in one(docs, "NetworkPolicy", "bigbertha-chatbot")["spec"]["egress"]
+            if any("ipBlock" in peer for peer in r.get("to") or [])
+        ]
+        assert rule["to"] == [{"ipBlock": {"cidr": "203.0.113.10/32"}}]
 
 
 def ours_pods(pods: list[cluster.Pod]) -> list[cluster.Pod]:

@@ -23,6 +23,9 @@ from tests.chart.render import deep_merge, env_values, find, one, render, render
 PROD = env_values("prod")
 TIER = "bigbertha-vllm"
 
+#: A Secret's value in these renders: as long as a cookie secret must be.
+STAND_IN = "a-secret-value-standing-in-for-the-real-one"
+
 
 def _prod(**overrides: Any) -> list[dict[str, Any]]:
     return render(deep_merge(PROD, overrides))
@@ -52,7 +55,7 @@ def _mounts(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _settings_of(docs: list[dict[str, Any]], container: dict[str, Any], mp: Any) -> Settings:
     """The Settings a container's process loads: the settings ConfigMap, then its own env (a
-    Secret's value stands in as "secret", a missing pod annotation as Kubernetes gives it: "")."""
+    Secret's value stands in as STAND_IN, a missing pod annotation as Kubernetes gives it: "")."""
     from bigbertha.core import settings as settings_mod
 
     for name in [n for n in __import__("os").environ if n.startswith("BIGBERTHA_")]:
@@ -62,7 +65,7 @@ def _settings_of(docs: list[dict[str, Any]], container: dict[str, Any], mp: Any)
     for name, value in _env(container).items():
         if name.startswith("BIGBERTHA_") and name != "BIGBERTHA_HOME":
             mp.setenv(
-                name, value if isinstance(value, str) else "secret" * ("secretKeyRef" in value)
+                name, value if isinstance(value, str) else STAND_IN * ("secretKeyRef" in value)
             )
     return settings_mod.load()
 
