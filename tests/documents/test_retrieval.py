@@ -44,6 +44,25 @@ def test_chat_does_not_wait_out_ingestion_retries() -> None:
     assert Retriever(settings, top_k=9).top_k == 9 and Retriever(settings).top_k == 4
 
 
+def test_fused_ties_go_to_the_chunk_holding_more_of_the_question_then_the_closer_one() -> None:
+    """RRF gives each list's first 1/(k+1): when the dense and the BM25 winner are in only their
+    own list they tie, and Milvus orders them arbitrarily (a milvus-lite file and server did it
+    both ways for the demo's MinIO question). Ours is one order, whatever the store's."""
+    question = "What happens when a document is uploaded to MinIO?"
+
+    def chunk(text: str, score: float) -> Any:
+        return to_chunk(text, score, {"source": "s3://docs/a.md"})
+
+    dense_first = chunk("Retrieval relevance is low: check what MinIO holds.", 0.52)
+    bm25_first = chunk("Each document uploaded to MinIO is ingested.", 0.18)
+    closer = chunk("Each document uploaded to MinIO is ingested into Milvus.", 0.30)
+    above = chunk("Unrelated words entirely.", 0.01)
+    pairs = [(1 / 61, dense_first), (1 / 61, bm25_first), (1 / 61, closer), (1 / 55, above)]
+    for candidates in (pairs, pairs[::-1]):  # whatever order the store returned
+        ranked = [c for _, c in sorted(candidates, key=Retriever._rank(question))]
+        assert ranked == [above, closer, bm25_first, dense_first]
+
+
 # --- real retrieval on milvus-lite: the demo's corpus and questions ------------------------
 
 ROOT = Path(__file__).resolve().parents[2]

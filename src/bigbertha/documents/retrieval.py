@@ -6,7 +6,8 @@ bench/retrieval.py get the same chunks. Steps (docs/retrieval.md):
 1. search the LlamaIndex Milvus store (`vectorstore.open_store`) with the query embedding of the
    model ingestion used: dense (`chat.retrieval.mode: dense`) or hybrid, the dense request and
    Milvus' built-in BM25 full-text request fused in Milvus by RRF or weighted scores
-   (`MilvusVectorStore._hybrid_search`, VectorStoreQueryMode.HYBRID);
+   (`MilvusVectorStore._hybrid_search`, VectorStoreQueryMode.HYBRID), fused ties ordered by
+   the question's content words each chunk holds, then by cosine (`Retriever._rank`);
 2. give every candidate its dense cosine similarity to the question (in hybrid mode read from its
    stored unit vector), and drop those below `chat.similarity_cutoff` (hybrid: unless the
    passage shares a content word with the question; none at all when even the best is below);
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -220,17 +222,31 @@ class Retriever:
                 store.collection_name, ids=list(ids), output_fields=[EMBEDDING_FIELD]
             )
             stored = {row["id"]: row[EMBEDDING_FIELD] for row in rows}
+            fused = dict(zip(ids, result.similarities or [0.0] * len(ids), strict=True))
             # A chunk deleted between the search and this read is left out.
             pairs = [(n, i) for n, i in zip(nodes, ids, strict=True) if i in stored]
             nodes = [n for n, _ in pairs]
             scores = [sum(a * b for a, b in zip(vector, stored[i], strict=True)) for _, i in pairs]
+            order = [fused[i] for _, i in pairs]
         else:
             scores = list(result.similarities or [])
         chunks = [
             to_chunk(node.get_content(), score, dict(node.metadata))
             for node, score in zip(nodes, scores, strict=True)
         ]
+        if hybrid:
+            ranked = sorted(zip(order, chunks, strict=True), key=self._rank(question))
+            chunks = [c for _, c in ranked]
         return chunks, hybrid
+
+    @staticmethod
+    def _rank(question: str) -> Callable[[tuple[float, Chunk]], tuple[float, int, float]]:
+        """Fused order, ties broken by the question's content words the chunk holds, then by
+        cosine. Each list's first scores 1/(k+1) under RRF, so the dense and the BM25 winner tie
+        whenever neither is in the other list; Milvus orders such ties arbitrarily (a
+        milvus-lite file and server put the demo's MinIO question's two first ones either way)."""
+        asked = content_words(question)
+        return lambda pair: (-pair[0], -len(asked & content_words(pair[1].text)), -pair[1].score)
 
     def retrieve(self, question: str) -> Retrieved:
         """Up to top_k chunks, best first; [] when none is close enough to the question (the
