@@ -157,3 +157,16 @@ def test_scoring_in_batches_scores_each_example_as_alone(tiny_model: Path) -> No
     assert batched.answers == alone.answers and batched.tokens == alone.tokens
     assert batched.nll == pytest.approx(alone.nll, rel=1e-4)
     assert all(math.isfinite(x) for x in batched.nll)
+    # Scoring keeps only the answer's logits: it must still be the model's own loss on the
+    # reference (transformers' mean over the labelled tokens, times their count).
+    import torch
+
+    for example, nll, tokens in zip(examples, alone.nll, alone.tokens, strict=True):
+        prompt_ids, full_ids = evaluate._encode(tokenizer, example)
+        ids = torch.tensor([full_ids])
+        labels = ids.clone()
+        labels[0, : len(prompt_ids)] = -100
+        with torch.inference_mode():
+            loss = model(input_ids=ids, labels=labels).loss
+        assert tokens == len(full_ids) - len(prompt_ids)
+        assert nll == pytest.approx(float(loss) * tokens, rel=1e-4)
