@@ -8,9 +8,10 @@ bench/retrieval.py get the same chunks. Steps (docs/retrieval.md):
    Milvus' built-in BM25 full-text request fused in Milvus by RRF or weighted scores
    (`MilvusVectorStore._hybrid_search`, VectorStoreQueryMode.HYBRID), fused ties ordered by
    the question's content words each chunk holds, then by cosine (`Retriever._rank`);
-2. give every candidate its dense cosine similarity to the question (in hybrid mode read from its
-   stored unit vector), and drop those below `chat.similarity_cutoff` (hybrid: unless the
-   passage shares a content word with the question; none at all when even the best is below);
+2. give every candidate its dense cosine similarity to the question (in hybrid mode from its
+   stored unit vector, which the search returns: `vectorstore.ChunkStore`), and drop those
+   below `chat.similarity_cutoff` (hybrid: unless the passage shares a content word with the
+   question; none at all when even the best is below);
 3. optionally reorder them with a cross-encoder (`chat.retrieval.rerank_model`);
 4. keep `chat.top_k`, in that order.
 
@@ -196,8 +197,6 @@ class Retriever:
         whether they were fused (hybrid) or dense only."""
         from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryMode
 
-        from bigbertha.documents.vectorstore import EMBEDDING_FIELD
-
         store, embed = self._open()
         hybrid = self.mode == "hybrid" and store.enable_sparse
         if self.mode == "hybrid" and not hybrid and not self._warned:
@@ -216,18 +215,14 @@ class Retriever:
             mode=VectorStoreQueryMode.HYBRID if hybrid else VectorStoreQueryMode.DEFAULT,
         )
         result = store.query(query)
-        nodes, ids = result.nodes or [], result.ids or []
+        nodes = result.nodes or []
         if hybrid:  # fused scores are ranks: the cosine comes from the stored unit vectors
-            rows = store.client.get(
-                store.collection_name, ids=list(ids), output_fields=[EMBEDDING_FIELD]
-            )
-            stored = {row["id"]: row[EMBEDDING_FIELD] for row in rows}
-            fused = dict(zip(ids, result.similarities or [0.0] * len(ids), strict=True))
-            # A chunk deleted between the search and this read is left out.
-            pairs = [(n, i) for n, i in zip(nodes, ids, strict=True) if i in stored]
-            nodes = [n for n, _ in pairs]
-            scores = [sum(a * b for a, b in zip(vector, stored[i], strict=True)) for _, i in pairs]
-            order = [fused[i] for _, i in pairs]
+            if any(node.embedding is None for node in nodes):
+                raise RuntimeError("the hybrid search returned chunks without their vectors")
+            scores = [
+                sum(a * b for a, b in zip(vector, node.embedding, strict=True)) for node in nodes
+            ]
+            order = list(result.similarities or [0.0] * len(nodes))
         else:
             scores = list(result.similarities or [])
         chunks = [

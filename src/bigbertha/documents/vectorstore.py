@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -164,6 +164,31 @@ def check_collection(
     return dict(info)
 
 
+@cache
+def _store_class() -> type[MilvusVectorStore]:
+    from llama_index.vector_stores.milvus import MilvusVectorStore
+
+    class ChunkStore(MilvusVectorStore):
+        """LlamaIndex's Milvus store, whose search results keep each chunk's stored vector.
+
+        Its searches already ask for every field (`_prepare_before_search`: output_fields
+        ["*"]), the vector included, but `_parse_from_milvus_results` drops it. Hybrid
+        retrieval scores each fused chunk by its cosine to the question (retrieval.py), and
+        taking the vector from the search saves reading it again (3.7 ms a question).
+        """
+
+        def _parse_from_milvus_results(
+            self, results: list[Any]
+        ) -> tuple[list[Any], list[float], list[str]]:
+            nodes, similarities, ids = super()._parse_from_milvus_results(results)
+            for node, hit in zip(nodes, results[0] if results else [], strict=True):
+                vector = hit["entity"].get(self.embedding_field)
+                node.embedding = None if vector is None else [float(x) for x in vector]
+            return nodes, similarities, ids
+
+    return ChunkStore
+
+
 def open_store(settings: Settings, *, create: bool, name: str | None = None) -> MilvusVectorStore:
     """The chunk collection (or collection `name`) as a LlamaIndex vector store.
 
@@ -174,7 +199,6 @@ def open_store(settings: Settings, *, create: bool, name: str | None = None) -> 
     hybrid retrieval is opened without it (a warning names `bigbertha reindex`), so ingestion
     and dense retrieval go on working on it.
     """
-    from llama_index.vector_stores.milvus import MilvusVectorStore
     from llama_index.vector_stores.milvus.utils import BM25BuiltInFunction
     from pymilvus import MilvusClient
 
@@ -208,7 +232,7 @@ def open_store(settings: Settings, *, create: bool, name: str | None = None) -> 
         properties[DIM_PROPERTY] = str(dim)
 
     def build(properties: dict[str, str] | None, sparse: bool) -> MilvusVectorStore:
-        return MilvusVectorStore(
+        return _store_class()(
             **_connect_args(settings),
             collection_name=name,
             dim=dim,
@@ -270,6 +294,7 @@ class Index:
     def __init__(self, store: MilvusVectorStore, settings: Settings) -> None:
         self.store, self.settings = store, settings
         self.collection = settings.milvus.collection
+        self.written = False  # anything upserted or deleted since the last seal()
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         return call(self.settings, what, fn)
@@ -321,13 +346,30 @@ class Index:
 
     def write(self, nodes: list[TextNode]) -> None:
         if nodes:
+            self.written = True
             self._call("upsert", lambda: self.store.add(nodes))  # type: ignore[arg-type]
 
     def delete(self, ids: list[str]) -> None:
         client, collection = self.store.client, self.collection
         for start in range(0, len(ids), 1000):
             batch: list[str] = ids[start : start + 1000]
+            self.written = True
             self._call("delete", partial(client.delete, collection, ids=batch))
+
+    def seal(self) -> None:
+        """Seal what this run wrote (Milvus `flush`), once, at its end, so search reads it
+        through the collection's indexes.
+
+        Milvus indexes sealed segments only and searches a growing one row by row; it seals one
+        on its own only once it is large or old, which a documents collection rarely gets.
+        milvus-lite 3.2.2 on the demo's 82 chunks: the BM25 request 17.6 -> 3.4 ms, the dense
+        one 7.3 -> 3.4 ms, a hybrid search 28 -> 6.3 ms (docs/retrieval.md). Milvus advises
+        against a flush per insert (many small segments); one per ingestion run is what it
+        recommends, after the data is in, and its compaction merges small segments.
+        """
+        if self.written:
+            self._call("seal", partial(self.store.client.flush, self.collection))
+            self.written = False
 
 
 # --- re-indexing a collection from before hybrid retrieval ---------------------------------
@@ -384,6 +426,7 @@ def reindex(settings: Settings, *, batch: int = 1000) -> int:
         rows = client.query(collection, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
+    call(settings, f"seal {tmp}", partial(client.flush, tmp))  # indexed search (Index.seal)
     have, want = count(tmp), count(name)
     if have != want:
         raise ServiceUnavailable(
