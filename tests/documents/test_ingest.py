@@ -286,6 +286,25 @@ def test_a_run_that_writes_seals_the_collection_once_and_one_that_does_not_never
     assert len(chunks(settings, f"file://{docs}/1.md")) == 1  # the rest untouched
 
 
+def test_a_seal_that_fails_is_a_warning_and_what_was_written_stays(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    def refuse(self: MilvusClient, collection_name: str, **kwargs: Any) -> None:
+        raise MilvusException(message="flush refused")
+
+    monkeypatch.setattr(MilvusClient, "flush", refuse)
+    settings = env(ingest={"retries": 1})
+    (tmp_path / "a.md").write_text("# A\n\nAlpha document.\n")
+    result, report = ingest(str(tmp_path / "a.md"))
+    assert result.exit_code == 0 and report["totals"]["ingested"] == 1, result.output
+    assert len(chunks(settings, f"file://{tmp_path}/a.md")) == 1
+    said = caplog.text + result.output
+    assert "could not seal collection" in said and "flush refused" in said
+
+
 @pytest.mark.parametrize(
     ("model", "dim"), [("other-model", 384), ("all-MiniLM-L6-v2", 8)], ids=["model", "dim"]
 )

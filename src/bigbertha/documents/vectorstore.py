@@ -366,10 +366,25 @@ class Index:
         one 7.3 -> 3.4 ms, a hybrid search 28 -> 6.3 ms (docs/retrieval.md). Milvus advises
         against a flush per insert (many small segments); one per ingestion run is what it
         recommends, after the data is in, and its compaction merges small segments.
+
+        What was written is stored and searchable either way, so a seal that fails is a
+        warning, not a failed run (a rerun would find nothing to write, nor seal).
         """
-        if self.written:
+        if not self.written:
+            return
+        from pymilvus.exceptions import MilvusException
+
+        try:
             self._call("seal", partial(self.store.client.flush, self.collection))
             self.written = False
+        except (ServiceUnavailable, MilvusException) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning(
+                "could not seal collection %r (%s): what was written is stored, and search "
+                "reads it unindexed until the next ingestion run seals it",
+                self.collection,
+                first,
+            )
 
 
 # --- re-indexing a collection from before hybrid retrieval ---------------------------------
