@@ -256,55 +256,6 @@ def test_local_directory_ingest_and_delete(env: Env, tmp_path: Path) -> None:
     assert not chunks(settings, f"file://{docs}/a.md")
 
 
-def test_a_run_that_writes_seals_the_collection_once_and_one_that_does_not_never(
-    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Milvus indexes sealed segments only (milvus-lite's BM25 request: 17.6 ms on growing rows,
-    3.4 sealed), and advises against a flush per insert: one per run that wrote."""
-    from pymilvus import MilvusClient
-
-    settings = env()
-    sealed: list[str] = []
-    flush = MilvusClient.flush
-
-    def spy(self: MilvusClient, collection_name: str, **kwargs: Any) -> None:
-        sealed.append(collection_name)
-        flush(self, collection_name, **kwargs)
-
-    monkeypatch.setattr(MilvusClient, "flush", spy)
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for n in range(3):  # three sources, each its own upsert
-        (docs / f"{n}.md").write_text(f"# Doc {n}\n\nDocument number {n}.\n")
-
-    assert ingest(str(docs))[0].exit_code == 0
-    assert sealed == [settings.milvus.collection]
-    assert ingest(str(docs))[1]["totals"]["unchanged"] == 3
-    assert sealed == [settings.milvus.collection]  # nothing written, nothing sealed
-    assert ingest("--delete", str(docs / "0.md"))[0].exit_code == 0
-    assert sealed == [settings.milvus.collection] * 2
-    assert len(chunks(settings, f"file://{docs}/1.md")) == 1  # the rest untouched
-
-
-def test_a_seal_that_fails_is_a_warning_and_what_was_written_stays(
-    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    from pymilvus import MilvusClient
-    from pymilvus.exceptions import MilvusException
-
-    def refuse(self: MilvusClient, collection_name: str, **kwargs: Any) -> None:
-        raise MilvusException(message="flush refused")
-
-    monkeypatch.setattr(MilvusClient, "flush", refuse)
-    settings = env(ingest={"retries": 1})
-    (tmp_path / "a.md").write_text("# A\n\nAlpha document.\n")
-    result, report = ingest(str(tmp_path / "a.md"))
-    assert result.exit_code == 0 and report["totals"]["ingested"] == 1, result.output
-    assert len(chunks(settings, f"file://{tmp_path}/a.md")) == 1
-    said = caplog.text + result.output
-    assert "could not seal collection" in said and "flush refused" in said
-
-
 @pytest.mark.parametrize(
     ("model", "dim"), [("other-model", 384), ("all-MiniLM-L6-v2", 8)], ids=["model", "dim"]
 )

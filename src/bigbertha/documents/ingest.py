@@ -261,7 +261,6 @@ class Ingestion:
                     finish(self.flush(window, index, embed, chunker))
                     window = []
             finish(self.flush(window, index, embed, chunker))
-            index.seal()
         finally:
             progress.close()
 
@@ -297,7 +296,6 @@ class Ingestion:
             for source, ids in sorted(found.items()) or [(ref.uri, [])]:
                 index.delete(ids)
                 self.report.outcomes.append(Outcome(source, "deleted", removed=len(ids)))
-        index.seal()
 
 
 def run(

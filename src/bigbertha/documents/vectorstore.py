@@ -294,7 +294,6 @@ class Index:
     def __init__(self, store: MilvusVectorStore, settings: Settings) -> None:
         self.store, self.settings = store, settings
         self.collection = settings.milvus.collection
-        self.written = False  # anything upserted or deleted since the last seal()
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         return call(self.settings, what, fn)
@@ -346,45 +345,13 @@ class Index:
 
     def write(self, nodes: list[TextNode]) -> None:
         if nodes:
-            self.written = True
             self._call("upsert", lambda: self.store.add(nodes))  # type: ignore[arg-type]
 
     def delete(self, ids: list[str]) -> None:
         client, collection = self.store.client, self.collection
         for start in range(0, len(ids), 1000):
             batch: list[str] = ids[start : start + 1000]
-            self.written = True
             self._call("delete", partial(client.delete, collection, ids=batch))
-
-    def seal(self) -> None:
-        """Seal what this run wrote (Milvus `flush`), once, at its end, so search reads it
-        through the collection's indexes.
-
-        Milvus indexes sealed segments only and searches a growing one row by row; it seals one
-        on its own only once it is large or old, which a documents collection rarely gets.
-        milvus-lite 3.2.2 on the demo's 82 chunks: the BM25 request 17.6 -> 3.4 ms, the dense
-        one 7.3 -> 3.4 ms, a hybrid search 28 -> 6.3 ms (docs/retrieval.md). Milvus advises
-        against a flush per insert (many small segments); one per ingestion run is what it
-        recommends, after the data is in, and its compaction merges small segments.
-
-        What was written is stored and searchable either way, so a seal that fails is a
-        warning, not a failed run (a rerun would find nothing to write, nor seal).
-        """
-        if not self.written:
-            return
-        from pymilvus.exceptions import MilvusException
-
-        try:
-            self._call("seal", partial(self.store.client.flush, self.collection))
-            self.written = False
-        except (ServiceUnavailable, MilvusException) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            log.warning(
-                "could not seal collection %r (%s): what was written is stored, and search "
-                "reads it unindexed until the next ingestion run seals it",
-                self.collection,
-                first,
-            )
 
 
 # --- re-indexing a collection from before hybrid retrieval ---------------------------------
@@ -441,7 +408,6 @@ def reindex(settings: Settings, *, batch: int = 1000) -> int:
         rows = client.query(collection, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
-    call(settings, f"seal {tmp}", partial(client.flush, tmp))  # indexed search (Index.seal)
     have, want = count(tmp), count(name)
     if have != want:
         raise ServiceUnavailable(
